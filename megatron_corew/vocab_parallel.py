@@ -1,0 +1,78 @@
+"""Per-token log-probs, entropy and self-certainty from vocabulary-parallel logits.
+
+With tensor parallelism each rank holds logits for a slice of the vocabulary. Everything here
+reduces over the TP group (max, sum-exp, target logit) instead of gathering full logits, so memory
+stays at [batch, seq, vocab / tp]. Columns past the true vocabulary (Megatron's padding) are
+masked out so the results equal the HF model's softmax exactly.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+
+def _tp_info():
+    from megatron.core import parallel_state
+
+    if not parallel_state.model_parallel_is_initialized():
+        return None, 0, 1
+    return (parallel_state.get_tensor_model_parallel_group(),
+            parallel_state.get_tensor_model_parallel_rank(),
+            parallel_state.get_tensor_model_parallel_world_size())
+
+
+def _sum_over_tp(x: torch.Tensor) -> torch.Tensor:
+    """All-reduce in forward, identity in backward (every TP rank holds the same loss)."""
+    group, _, tp = _tp_info()
+    if tp == 1:
+        return x
+    from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
+
+    return reduce_from_tensor_model_parallel_region(x)
+
+
+class VocabParallelStats:
+    """Shared pieces of a masked, temperature-scaled log-softmax over a vocab shard."""
+
+    def __init__(self, logits: torch.Tensor, true_vocab_size: int, temperature: float = 1.0):
+        group, tp_rank, tp = _tp_info()
+        local_vocab = logits.shape[-1]
+        self.vocab_start = tp_rank * local_vocab
+        self.local_vocab = local_vocab
+        self.true_vocab_size = true_vocab_size
+        logits = logits.float()
+        if temperature != 1.0:
+            logits = logits / temperature
+        n_valid = max(0, min(local_vocab, true_vocab_size - self.vocab_start))
+        self.valid = None
+        if n_valid < local_vocab:
+            self.valid = torch.arange(local_vocab, device=logits.device) < n_valid
+            logits = logits.masked_fill(~self.valid, float("-inf"))
+        self.logits = logits
+        with torch.no_grad():
+            row_max = logits.max(dim=-1).values
+            if tp > 1:
+                dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        self.shifted = logits - row_max.unsqueeze(-1)
+        self.log_z = torch.log(_sum_over_tp(self.shifted.exp().sum(dim=-1)))  # logsumexp - max
+
+    def token_logprobs(self, labels: torch.Tensor) -> torch.Tensor:
+        local = labels - self.vocab_start
+        in_shard = (local >= 0) & (local < self.local_vocab)
+        picked = self.shifted.gather(-1, local.clamp(0, self.local_vocab - 1).unsqueeze(-1)).squeeze(-1)
+        picked = torch.where(in_shard, picked, torch.zeros_like(picked))
+        return _sum_over_tp(picked) - self.log_z
+
+    def entropy(self) -> torch.Tensor:
+        """H(p) = log Z - sum_j p_j z_j (z shifted by the row max)."""
+        probs = torch.exp(self.shifted - self.log_z.unsqueeze(-1))
+        finite_shifted = torch.where(torch.isfinite(self.shifted), self.shifted, torch.zeros_like(self.shifted))
+        return self.log_z - _sum_over_tp((probs * finite_shifted).sum(dim=-1))
+
+    def self_certainty(self) -> torch.Tensor:
+        """KL(U || p) = -(1/V) sum_j log(V p_j) = log Z - mean_j z_j - log V over the true vocabulary."""
+        finite_shifted = torch.where(torch.isfinite(self.shifted), self.shifted, torch.zeros_like(self.shifted))
+        mean_z = _sum_over_tp(finite_shifted.sum(dim=-1)) / self.true_vocab_size
+        return self.log_z - mean_z - math.log(self.true_vocab_size)

@@ -1,0 +1,70 @@
+"""Runs one job of a multi-process test under torchrun and writes its results (rank 0) to a file.
+
+Usage: torchrun --nproc_per_node N tests/dist_worker.py JOB --model DIR --out FILE [--tp --pp ...]
+"""
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_corew import parallel  # noqa: E402  (applies the CPU compatibility layer)
+
+
+def _samples(spec_path):
+    from megatron_corew.trainer import TrainSample
+
+    with open(spec_path) as f:
+        rows = json.load(f)
+    return [TrainSample(prompt_ids=r["prompt"], response_ids=r["response"], advantage=r.get("adv", 0.0),
+                        view=r.get("view", 0)) for r in rows]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("job", choices=["logprobs", "train_step", "export"])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--samples")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--mbs", type=int, default=8)
+    ap.add_argument("--kl-coef", type=float, default=0.0)
+    ap.add_argument("--entropy-coef", type=float, default=0.0)
+    ap.add_argument("--distopt", action="store_true")
+    a = ap.parse_args()
+
+    import torch
+
+    from megatron_corew.model_builder import load_model_args
+    from megatron_corew.trainer import PolicyTrainer, TrainerConfig
+    from megatron_corew.weights import hf_state_dict
+
+    parallel.init_distributed(a.tp, a.pp)
+    args = load_model_args(a.model)
+    cfg = TrainerConfig(tp=a.tp, pp=a.pp, micro_batch_size=a.mbs, lr=1e-3, train_iters=10, lr_warmup_fraction=0.0,
+                        kl_coef=a.kl_coef, entropy_coef=a.entropy_coef, use_distributed_optimizer=a.distopt,
+                        need_anchor=a.kl_coef > 0)
+    trainer = PolicyTrainer(args, cfg)
+    result = {}
+    if a.job == "logprobs":
+        stats = trainer.sequence_stats(_samples(a.samples), want=("logp", "entropy", "self_certainty"))
+        result = {str(i): {"logp": v["logp"].tolist(), "entropy": v["entropy"],
+                           "self_certainty": v["self_certainty"]} for i, v in stats.items()}
+    elif a.job == "train_step":
+        samples = _samples(a.samples)
+        result["step1"] = trainer.train_step(samples)
+        result["step2"] = trainer.train_step(samples)
+    elif a.job == "export":
+        sd = hf_state_dict(trainer.model, args)
+        if sd is not None:
+            torch.save(sd, a.out + ".pt")
+    if parallel.is_rank0():
+        with open(a.out, "w") as f:
+            json.dump(result, f)
+    parallel.destroy_distributed()
+
+
+if __name__ == "__main__":
+    main()
