@@ -41,8 +41,10 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 ARCHS = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-MODEL_DIMS = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=3, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=32)
+MODEL_DIMS = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16)
+MAX_OPERAND = 50  # operands in [1, 50]: 3775 distinct problems; a 0.19M model reaches ~25-55% in a few hundred steps
+DEFAULT_SFT_STEPS = 500
 
 # --------------------------------------------------------------------------------------------------------------
 # Problems
@@ -109,7 +111,7 @@ def _make_problem(a: int, op: str, b: int, rng: random.Random) -> Problem:
 
 
 def generate_problems(num_train: int = 2000, num_val: int = 200, seed: int = 0,
-                      max_operand: int = 99) -> tuple[list[Problem], list[Problem]]:
+                      max_operand: int = MAX_OPERAND) -> tuple[list[Problem], list[Problem]]:
     """Distinct (a, op, b) triples: a + b, or a - b with a >= b, operands in [1, max_operand].
 
     Validation triples never occur in train. Deterministic in ``seed``.
@@ -173,7 +175,7 @@ def tokenizer_corpus() -> list[str]:
     texts = []
     for _ in range(400):
         op = rng.choice("+-")
-        a = rng.randint(1, 99)
+        a = rng.randint(1, 99)  # fixed corpus: independent of MAX_OPERAND on purpose
         b = rng.randint(1, 99 if op == "+" else a)
         p = _make_problem(a, op, b, rng)
         texts += [p.original, p.rephrased, p.solution]
@@ -205,7 +207,6 @@ def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None):
     hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD_TOKEN,
                                      bos_token=None, unk_token=None)
     hf_tok.chat_template = CHATML_TEMPLATE
-    hf_tok.padding_side = "left"  # for batched generation
     return hf_tok
 
 
@@ -383,57 +384,37 @@ def is_complete(out: str) -> bool:
         f.endswith((".safetensors", ".bin")) for f in os.listdir(os.path.join(out, "model")))
 
 
-def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0, sft_steps: int = 300,
+def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS,
                    force: bool = False, num_train: int = 2000, num_val: int = 200, batch_size: int = 64,
-                   lr: float = 3e-3, num_samples: int = 8, deterministic: bool = True, log=print) -> dict | None:
+                   lr: float = 3e-3, num_samples: int = 8, max_operand: int = MAX_OPERAND, threads: int | None = 2,
+                   deterministic: bool = True, log=print) -> dict | None:
     """Build the whole bundle atomically (temp dir next to ``out`` + os.replace). Returns the metrics dict,
-    or None when ``out`` is already complete and ``force`` is False."""
+    or None when ``out`` is already complete and ``force`` is False.
+
+    Bit-reproducible for a fixed (seed, arch, sft_steps, threads) on the same torch build."""
     import torch
-    from transformers import GenerationConfig
 
     out = os.path.abspath(out)
     if os.path.isdir(out) and is_complete(out) and not force:
         log(f"{out} already holds the tiny task (use --force to rebuild); skipping")
         return None
     t0 = time.time()
-    torch.manual_seed(seed)
+    prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
     if deterministic:
         torch.use_deterministic_algorithms(True)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
-        train, val = generate_problems(num_train, num_val, seed)
-        for split, probs in (("train", train), ("val", val)):
-            write_parquet(verl_rows(probs, split, "original"), os.path.join(tmp, "data", f"{split}.parquet"))
-            write_parquet(verl_rows(probs, split, "rephrased"), os.path.join(tmp, "data", f"{split}_rephrased.parquet"))
-        tok = build_tokenizer()
-        model = build_model(tok, arch, seed)
-        n_params = sum(p.numel() for p in model.parameters())
-        log(f"data: {len(train)} train / {len(val)} val pairs; tokenizer vocab {len(tok)}; "
-            f"{arch} model {n_params / 1e6:.3f}M params")
-        t_sft = time.time()
-        losses = sft_warm_start(model, tok, train, sft_steps, batch_size=batch_size, lr=lr, seed=seed,
-                                log_every=max(1, sft_steps // 6), log=log)
-        t_sft = time.time() - t_sft
-        t_eval = time.time()
-        metrics = evaluate(model, tok, val, num_samples=num_samples, seed=seed)
-        t_eval = time.time() - t_eval
-        gen_cfg = GenerationConfig(bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(IM_END),
-                                   pad_token_id=tok.pad_token_id)
-        model.generation_config = gen_cfg
-        mdir = os.path.join(tmp, "model")
-        model.save_pretrained(mdir)
-        tok.save_pretrained(mdir)
-        metrics.update(
-            arch=arch, seed=seed, sft_steps=sft_steps, batch_size=batch_size, lr=lr, final_sft_loss=losses[-1] if losses else None,
-            num_params=n_params, vocab_size=len(tok), num_train=len(train), num_val=len(val),
-            sft_seconds=round(t_sft, 2), eval_seconds=round(t_eval, 2), total_seconds=round(time.time() - t0, 2),
-            torch_version=torch.__version__, num_threads=torch.get_num_threads())
+        metrics = _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples,
+                                max_operand, log)
+        metrics["total_seconds"] = round(time.time() - t0, 2)
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
         old = None
-        if os.path.exists(out):
+        if os.path.exists(out):  # os.replace cannot overwrite a non-empty directory: move the old one aside first
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
             os.replace(out, os.path.join(old, "x"))
         os.replace(tmp, out)
@@ -442,4 +423,52 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        torch.use_deterministic_algorithms(prev_det)
+        torch.set_num_threads(prev_threads)
+    return metrics
+
+
+def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples, max_operand, log):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    torch.manual_seed(seed)
+    train, val = generate_problems(num_train, num_val, seed, max_operand=max_operand)
+    for split, probs in (("train", train), ("val", val)):
+        write_parquet(verl_rows(probs, split, "original"), os.path.join(tmp, "data", f"{split}.parquet"))
+        write_parquet(verl_rows(probs, split, "rephrased"), os.path.join(tmp, "data", f"{split}_rephrased.parquet"))
+    tok = build_tokenizer()
+    model = build_model(tok, arch, seed)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"data: {len(train)} train / {len(val)} val pairs (operands 1..{max_operand}); tokenizer vocab {len(tok)}; "
+        f"{arch} model {n_params / 1e6:.3f}M params; {torch.get_num_threads()} threads")
+    t = time.time()
+    losses = sft_warm_start(model, tok, train, sft_steps, batch_size=batch_size, lr=lr, seed=seed,
+                            log_every=max(1, sft_steps // 5), log=log)
+    t_sft = time.time() - t
+    t = time.time()
+    metrics = evaluate(model, tok, val, num_samples=num_samples, seed=seed)
+    t_eval = time.time() - t
+    model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(IM_END),
+                                               pad_token_id=tok.pad_token_id)
+    mdir = os.path.join(tmp, "model")
+    model.save_pretrained(mdir)
+    tok.save_pretrained(mdir)
+    # the saved bundle must load offline with the Auto classes and reproduce the in-memory model
+    tok2 = AutoTokenizer.from_pretrained(mdir)
+    model2 = AutoModelForCausalLM.from_pretrained(mdir).eval()
+    probe = render_prompt_ids(tok2, messages_for(val[0].original))
+    if probe != render_prompt_ids(tok, messages_for(val[0].original)):
+        raise RuntimeError("reloaded tokenizer encodes differently")
+    with torch.no_grad():
+        x = torch.tensor([probe])
+        if not torch.allclose(model(input_ids=x).logits, model2(input_ids=x).logits, atol=1e-5):
+            raise RuntimeError("reloaded model differs from the trained one")
+    metrics.update(
+        arch=arch, seed=seed, sft_steps=sft_steps, batch_size=batch_size, lr=lr, max_operand=max_operand,
+        final_sft_loss=round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4) if losses else None,
+        num_params=n_params, vocab_size=len(tok), num_train=len(train), num_val=len(val), num_samples=num_samples,
+        sft_seconds=round(t_sft, 2), eval_seconds=round(t_eval, 2), torch_version=torch.__version__,
+        num_threads=torch.get_num_threads())
     return metrics

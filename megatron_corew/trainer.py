@@ -136,7 +136,7 @@ class PolicyTrainer:
         return self.model.module
 
     # ------------------------------------------------------------------ batching
-    def _local_microbatches(self, samples: list[TrainSample]) -> list[dict]:
+    def _local_microbatches(self, samples: list[TrainSample], loss_scale: float = 1.0) -> list[dict]:
         """This DP rank's micro-batches: samples sorted by length, dealt round-robin to DP ranks,
         then cut by sequence count or token budget and right-padded."""
         ps = self.ps
@@ -158,15 +158,17 @@ class PolicyTrainer:
             current = candidate
         if current:
             groups.append(current)
-        return [self._pad_microbatch([samples[i] for i in g], g, tokens_per_view) for g in groups]
+        return [self._pad_microbatch([samples[i] for i in g], g, tokens_per_view, loss_scale) for g in groups]
 
-    def _pad_microbatch(self, batch, indices, tokens_per_view) -> dict:
+    def _pad_microbatch(self, batch, indices, tokens_per_view, loss_scale) -> dict:
         width = max(s.length for s in batch)
         b = len(batch)
         tokens = torch.zeros((b, width), dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.float32)
         adv = torch.zeros((b, width), dtype=torch.float32)
         weight = torch.zeros((b, width), dtype=torch.float32)
+        rollout_logp = torch.zeros((b, width), dtype=torch.float32)
+        has_rollout_logp = all(s.rollout_logprobs is not None for s in batch)
         for r, s in enumerate(batch):
             seq = s.prompt_ids + s.response_ids
             tokens[r, :len(seq)] = torch.tensor(seq)
@@ -174,12 +176,15 @@ class PolicyTrainer:
             start, end = len(s.prompt_ids) - 1, len(seq) - 1
             mask[r, start:end] = 1.0
             adv[r, start:end] = s.advantage
-            weight[r, start:end] = 1.0 / max(tokens_per_view[s.view], 1)
+            weight[r, start:end] = loss_scale / max(tokens_per_view[s.view], 1)
+            if has_rollout_logp:
+                rollout_logp[r, start:end] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
         labels = torch.zeros_like(tokens)
         labels[:, :-1] = tokens[:, 1:]
         dev = parallel.device()
         return {"tokens": tokens.to(dev), "labels": labels.to(dev), "mask": mask.to(dev), "adv": adv.to(dev),
-                "weight": weight.to(dev), "positions": torch.arange(width, device=dev).unsqueeze(0).expand(b, -1),
+                "weight": weight.to(dev), "rollout_logp": rollout_logp.to(dev) if has_rollout_logp else None,
+                "positions": torch.arange(width, device=dev).unsqueeze(0).expand(b, -1),
                 "indices": indices, "lengths": [len(s.response_ids) for s in batch],
                 "prompt_lengths": [len(s.prompt_ids) for s in batch]}
 
@@ -240,16 +245,20 @@ class PolicyTrainer:
             merged.update(part)
         return merged
 
-    def train_step(self, samples: list[TrainSample], recompute_old_logp: bool = False) -> dict:
-        """One GRPO optimizer step over all samples. Returns metrics (identical on every rank)."""
+    def train_step(self, samples: list[TrainSample], recompute_old_logp: bool = False,
+                   loss_scale: float = 1.0) -> dict:
+        """One GRPO optimizer step over all samples. Returns metrics (identical on every rank).
+
+        ``loss_scale`` multiplies every token weight (0.5 averages Co-rewarding-I's two views)."""
         cfg = self.cfg
-        mbs = self._local_microbatches(samples)
+        mbs = self._local_microbatches(samples, loss_scale)
         use_kl = cfg.kl_coef > 0 and self.anchor is not None
         if use_kl:
             self.sequence_stats(samples, "anchor", want=("logp", "store"), microbatches=mbs)
         if recompute_old_logp:
             self.sequence_stats(samples, "policy", want=("logp", "store"), microbatches=mbs)
-        sums = torch.zeros(8, dtype=torch.float64)  # pg, kl, entropy, clipfrac, tokens, loss, ratio dev, n
+        # pg, kl, entropy, clipfrac, tokens, loss, |logp - old|, |logp - rollout logp|, tokens with rollout logp
+        sums = torch.zeros(9, dtype=torch.float64)
 
         def loss_fn(mb, logits):
             stats = self._stats(logits)
@@ -277,6 +286,9 @@ class PolicyTrainer:
                 sums[4] += float(m.sum())
                 sums[5] += float(loss)
                 sums[6] += float(((logp - old).abs() * m).sum())
+                if mb["rollout_logp"] is not None:
+                    sums[7] += float(((logp - mb["rollout_logp"]).abs() * m).sum())
+                    sums[8] += float(m.sum())
             return loss, m.sum().to(torch.int), {}
 
         self.model.zero_grad_buffer()
@@ -294,7 +306,8 @@ class PolicyTrainer:
         return {"loss": sums[5].item(), "pg_loss": sums[0].item(), "kl": sums[1].item(),
                 "entropy": sums[2].item() / tokens, "pg_clipfrac": sums[3].item() / tokens,
                 "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                "update_ok": bool(ok), "lr": self.optimizer.param_groups[0]["lr"], "response_tokens": tokens}
+                "update_ok": bool(ok), "lr": self.optimizer.param_groups[0]["lr"], "response_tokens": tokens,
+                "rollout_logprob_abs_diff": sums[7].item() / sums[8].item() if sums[8] > 0 else math.nan}
 
     # ------------------------------------------------------------------ anchor
     @torch.no_grad()

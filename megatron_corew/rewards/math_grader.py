@@ -216,7 +216,8 @@ _RE_UNIT_TAIL = re.compile(r"^(.*?\S)\s*\\" + _TEXT_WRAPPERS + r"\{[^{}]*\}(?:\^
 _RE_TEXT_AND = re.compile(r"\\" + _TEXT_WRAPPERS + r"\{\s*(?:and|or)\s*\}")
 _RE_TEXT_UNWRAP = re.compile(r"\\" + _TEXT_WRAPPERS + r"\{([^{}]*)\}")
 _RE_LEFT_RIGHT = re.compile(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])")
-_RE_SPACING = re.compile(r"\\[,;:! ]|\\q?quad(?![a-zA-Z])|~|\\displaystyle(?![a-zA-Z])")
+# A "\\" row break is matched whole first, so its second backslash plus a space is not "\ ".
+_RE_SPACING = re.compile(r"\\\\|\\[,;:! ]|\\q?quad(?![a-zA-Z])|~|\\displaystyle(?![a-zA-Z])")
 _RE_THOUSANDS = re.compile(r"^[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _RE_SCIENTIFIC = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))[eE]([+-]?\d+)$")
 _RE_OPERATOR_END = re.compile(r"[-+*/^=<>≤≥≠(\[{,]$")
@@ -251,11 +252,15 @@ def _rename_command(match: re.Match) -> str:
     return _COMMAND_REPLACEMENTS.get(match.group(1), match.group(0))
 
 
+def _keep_row_breaks(match: re.Match) -> str:
+    return match.group(0) if match.group(0) == "\\\\" else ""
+
+
 def _clean(s: str) -> str:
     """Strip LaTeX presentation noise so that equal answers become equal-looking strings."""
     s = s.strip().replace("\n", " ")
     s = _RE_LEFT_RIGHT.sub("", s)
-    s = _RE_SPACING.sub("", s)
+    s = _RE_SPACING.sub(_keep_row_breaks, s)
     for old, new in _SYMBOL_REPLACEMENTS:
         if old in s:
             s = s.replace(old, new)
@@ -778,6 +783,7 @@ _RELATIONS = "=<>≤≥≠"
 _FLIPPED = {">": "<", "≥": "≤", "<": ">", "≤": "≥", "=": "=", "≠": "≠"}
 _RE_VARIABLE = re.compile(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\{?\w+\}?)?(?:\([a-z]\))?$")
 _RE_WORD = re.compile(r"[a-zA-Z]{3,}")
+_RE_PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
 _RE_MATRIX = re.compile(r"^\\begin\{([pbvB]?matrix|array)\}(?:\{[^{}]*\})?(.*)\\end\{\1\}$", re.S)
 
 
@@ -856,6 +862,10 @@ def _parse_value(s: str):
             return ("expr", ("num", mantissa * Fraction(10) ** power))
     if s == "∅":
         return ("set_of", ())
+    plus_minus = _RE_PLUS_MINUS.findall(s)
+    if len(plus_minus) == 1:  # "3 \pm \sqrt2" is the pair of both signs
+        first, second = ("+", "-") if plus_minus[0] == "\\pm" else ("-", "+")
+        return ("set_of", (_parse_value(_RE_PLUS_MINUS.sub(first, s)), _parse_value(_RE_PLUS_MINUS.sub(second, s))))
     matrix = _RE_MATRIX.match(s)
     if matrix:
         rows = [row for row in re.split(r"\\\\", matrix.group(2)) if row.strip()]
@@ -895,7 +905,28 @@ def _parse_relation(sides):
     if all(op in (">", "≥") for op in ops):  # write every chain with "<"-type relations
         parsed.reverse()
         ops = [_FLIPPED[op] for op in reversed(ops)]
-    return ("rel", tuple(ops), tuple(parsed))
+    interval = _relation_as_interval(ops, parsed)
+    return interval if interval is not None else ("rel", tuple(ops), tuple(parsed))
+
+
+_INFINITY = ("expr", ("const", "inf"))
+_MINUS_INFINITY = ("expr", ("neg", ("const", "inf")))
+
+
+def _relation_as_interval(ops, parsed):
+    """A one-variable inequality as the interval it describes: ``-2 <= x < 7`` -> ``[-2, 7)``."""
+    if not all(op in ("<", "≤") for op in ops):
+        return None
+    is_variable = lambda value: value[0] == "expr" and value[1][0] == "var"  # noqa: E731
+    opening = {"<": "(", "≤": "["}
+    closing = {"<": ")", "≤": "]"}
+    if len(ops) == 2 and is_variable(parsed[1]):
+        return ("seq", opening[ops[0]] + closing[ops[1]], (parsed[0], parsed[2]))
+    if len(ops) == 1 and is_variable(parsed[0]):
+        return ("seq", "(" + closing[ops[0]], (_MINUS_INFINITY, parsed[1]))
+    if len(ops) == 1 and is_variable(parsed[1]):
+        return ("seq", opening[ops[0]] + ")", (parsed[0], _INFINITY))
+    return None
 
 
 def _parse_scalar(s: str):
@@ -934,7 +965,9 @@ def _same_value(x, y) -> bool:
     * ``seq`` (tuples and intervals): same brackets, same length, equal in order, so ``[1,2)`` is
       not ``(1,2)`` and ``(1,2)`` is not ``(2,1)``.
     * ``set_of`` (``\\{..\\}``, unbracketed lists, unions): equal as multisets, in any order.
-    * ``rel``: same relation chain (``x > 3`` equals ``3 < x``).
+    * ``rel``: same relation chain (``x > 3`` equals ``3 < x``); one-variable inequalities are
+      parsed as intervals, so ``-2 \\le x < 7`` equals ``[-2, 7)`` and ``x > 3`` equals ``(3, \\infty)``.
+    * a one-element set equals its element; ``a \\pm b`` is the set of both signs.
     * ``text``: case-insensitive equality after removing spaces and braces.
     """
     kind_x, kind_y = x[0], y[0]
@@ -946,6 +979,9 @@ def _same_value(x, y) -> bool:
             return False
         return _same_scalar(pct[1], other[1]) or _same_scalar(("div", pct[1], ("num", Fraction(100))), other[1])
     if kind_x != kind_y:
+        for single, other in ((x, y), (y, x)):  # "\{-2\}" is the answer "-2"
+            if single[0] == "set_of" and len(single[1]) == 1 and other[0] != "set_of":
+                return _same_value(single[1][0], other)
         return False
     if kind_x == "expr":
         return _same_scalar(x[1], y[1])

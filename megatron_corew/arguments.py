@@ -1,0 +1,102 @@
+"""Command-line flags: Megatron's names where Megatron has the concept, ours for the RL parts."""
+from __future__ import annotations
+
+import argparse
+
+from megatron_corew.rewards.methods import METHOD_DEFAULTS, METHODS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="GRPO / Co-rewarding training on megatron-core",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("model and parallelism")
+    g.add_argument("--hf-checkpoint", required=True, help="HF model directory the policy starts from")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--bf16", action="store_true", help="bf16 params/compute (fp32 main weights)")
+    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
+    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
+    g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise"], default=None)
+
+    g = p.add_argument_group("data")
+    g.add_argument("--train-data", required=True, help="verl-schema parquet of training prompts")
+    g.add_argument("--train-data-rephrased", default=None, help="aligned rephrased parquet (Co-rewarding-I)")
+    g.add_argument("--val-data", default=None, help="held-out parquet with ground truth for validation")
+    g.add_argument("--max-val-samples", type=int, default=None)
+    g.add_argument("--prompt-key", default="prompt")
+    g.add_argument("--max-prompt-length", type=int, default=512)
+    g.add_argument("--max-response-length", type=int, default=3072)
+
+    g = p.add_argument_group("optimisation (Megatron names)")
+    g.add_argument("--global-batch-size", type=int, default=128, help="prompts (pairs for Co-rewarding-I) per step")
+    g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per micro-batch")
+    g.add_argument("--max-tokens-per-micro-batch", type=int, default=None,
+                   help="token budget per micro-batch (dynamic batching); overrides nothing, caps both")
+    g.add_argument("--train-iters", type=int, default=None, help="RL steps; default: --epochs over the data")
+    g.add_argument("--epochs", type=int, default=3)
+    g.add_argument("--lr", type=float, default=3e-6)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-warmup-fraction", type=float, default=0.1)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=1234)
+
+    g = p.add_argument_group("RL")
+    g.add_argument("--reward-method", choices=METHODS, default="gt")
+    g.add_argument("--n-samples-per-prompt", type=int, default=8)
+    g.add_argument("--rollout-temperature", type=float, default=1.0)
+    g.add_argument("--rollout-top-p", type=float, default=1.0)
+    g.add_argument("--rollout-backend", choices=["embedded"], default="embedded")
+    g.add_argument("--rollout-batch-size", type=int, default=64, help="sequences per engine forward")
+    g.add_argument("--kl-loss-coef", type=float, default=None, help="default: the method's reference value")
+    g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default="low_var_kl")
+    g.add_argument("--entropy-coef", type=float, default=0.0)
+    g.add_argument("--clip-ratio-low", type=float, default=0.2)
+    g.add_argument("--clip-ratio-high", type=float, default=0.2)
+    g.add_argument("--dual-clip-c", type=float, default=3.0)
+    g.add_argument("--no-std-normalization", action="store_true", help="Dr.GRPO advantages")
+    g.add_argument("--label-matching", choices=["exact", "equiv"], default="exact",
+                   help="pseudo-label voting: raw string equality (reference) or equivalence clusters")
+    g.add_argument("--gt-grading", choices=["reference", "equiv"], default="reference")
+    g.add_argument("--view-loss-agg", choices=["sum", "mean"], default="sum",
+                   help="Co-rewarding-I: sum (reference) or average the two views' losses")
+    g.add_argument("--teacher-update-interval", type=int, default=1)
+    g.add_argument("--teacher-alpha-start", type=float, default=0.01)
+    g.add_argument("--teacher-alpha-end", type=float, default=1e-5)
+    g.add_argument("--no-ema", action="store_true", help="Co-rewarding-II ablation: teacher stays the initial model")
+    g.add_argument("--teacher-on-rephrased", action="store_true",
+                   help="Co-rewarding I+II hybrid: the teacher answers the rephrased question")
+
+    g = p.add_argument_group("logging, evaluation, checkpoints")
+    g.add_argument("--output-dir", default="runs/default")
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--eval-interval", type=int, default=10)
+    g.add_argument("--log-interval", type=int, default=1)
+    g.add_argument("--rollout-dump", action="store_true", help="write every step's rollouts as jsonl")
+    g.add_argument("--save", default=None)
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--load", default=None)
+    g.add_argument("--no-progress-bar", action="store_true")
+    return p
+
+
+def parse_args(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.kl_loss_coef is None:
+        args.kl_loss_coef = METHOD_DEFAULTS[args.reward_method]["kl_coef"]
+    if args.reward_method == "corewarding_1" and not args.train_data_rephrased:
+        raise SystemExit("error: --reward-method corewarding_1 needs --train-data-rephrased")
+    if args.teacher_on_rephrased and not args.train_data_rephrased:
+        raise SystemExit("error: --teacher-on-rephrased needs --train-data-rephrased")
+    if args.fp8_format:
+        from megatron_corew.model_builder import transformer_engine_available
+
+        if not transformer_engine_available():
+            raise SystemExit("error: --fp8-format needs Transformer Engine and a CUDA GPU; neither is "
+                             "available here (no silent fallback to bf16)")
+    return args

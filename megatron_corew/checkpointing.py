@@ -1,0 +1,111 @@
+"""Atomic RL checkpoints: megatron dist-checkpoint (model, optimizer, anchor) plus the loop state.
+
+Layout: ``SAVE/iter_0000010/`` holds ``model/`` (torch_dist, reloadable at any TP/PP) and
+``state.pt`` (step, scheduler, data cursor, RNG, weight version). It is written under
+``SAVE/.tmp-iter_.../`` and renamed into place only when complete; ``SAVE/latest`` is then
+replaced atomically, so a crash mid-write leaves the previous checkpoint and pointer intact.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import torch
+import torch.distributed as dist
+
+_OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
+
+
+def _barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rank0():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _sharded_state(trainer, is_loading: bool = False):
+    model_sd = trainer.model.module.sharded_state_dict()
+    sd = {"model": model_sd,
+          "optimizer": trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPT_META)}
+    if trainer.anchor is not None:
+        sd["anchor"] = trainer.anchor.sharded_state_dict(prefix="anchor.")
+    return sd
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_last: int | None = None) -> str:
+    from megatron.core import dist_checkpointing
+
+    name = f"iter_{step:07d}"
+    final = os.path.join(save_dir, name)
+    tmp = os.path.join(save_dir, f".tmp-{name}")
+    if _rank0():
+        os.makedirs(save_dir, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(os.path.join(tmp, "model"))
+    _barrier()
+    dist_checkpointing.save(_sharded_state(trainer), os.path.join(tmp, "model"))
+    _barrier()
+    if _rank0():
+        state = {"step": step, "scheduler": trainer.scheduler.state_dict(), "rng": rng_state(), **loop_state}
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(tmp, final)
+        pointer_tmp = os.path.join(save_dir, ".latest.tmp")
+        with open(pointer_tmp, "w") as f:
+            f.write(name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer_tmp, os.path.join(save_dir, "latest"))
+        if keep_last:
+            done = sorted(d for d in os.listdir(save_dir) if d.startswith("iter_"))
+            for old in done[:-keep_last]:
+                shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
+    _barrier()
+    return final
+
+
+def latest_checkpoint(load_dir: str) -> str | None:
+    pointer = os.path.join(load_dir, "latest")
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer) as f:
+        name = f.read().strip()
+    path = os.path.join(load_dir, name)
+    if not os.path.isfile(os.path.join(path, "state.pt")):
+        raise FileNotFoundError(f"{pointer} points to {path}, which is not a complete checkpoint")
+    return path
+
+
+def load_checkpoint(load_dir: str, trainer) -> dict | None:
+    """Restore model, optimizer, anchor and scheduler in place; returns the loop state or None."""
+    from megatron.core import dist_checkpointing
+
+    path = latest_checkpoint(load_dir)
+    if path is None:
+        return None
+    loaded = dist_checkpointing.load(_sharded_state(trainer, is_loading=True), os.path.join(path, "model"))
+    trainer.model.module.load_state_dict(loaded["model"])
+    with torch.no_grad():
+        trainer.optimizer.load_state_dict(loaded["optimizer"])
+    if trainer.anchor is not None and "anchor" in loaded:
+        trainer.anchor.load_state_dict(loaded["anchor"])
+    state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    trainer.step_count = state["step"]
+    set_rng_state(state["rng"])
+    return state

@@ -1,0 +1,105 @@
+"""The six reward methods on one interface: groups of rollouts in, one scalar per rollout out.
+
+A ``Group`` is the G rollouts sampled for one question (one view of a pair for Co-rewarding-I).
+Ground truth is only read by ``gt``; every other method gets it solely to *log* how good its
+pseudo-labels are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from megatron_corew.rewards.math_grader import answers_equivalent, is_equiv_reference
+from megatron_corew.rewards.voting import crossed_labels, majority_vote, match_rewards
+
+METHODS = ("gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2")
+
+# Reference defaults: the KL anchor and its coefficient per method (ALGORITHMS.md section 3).
+METHOD_DEFAULTS = {
+    "gt": {"kl_coef": 0.005, "anchor": "initial"},
+    "majority_vote": {"kl_coef": 0.005, "anchor": "initial"},
+    "self_certainty": {"kl_coef": 0.005, "anchor": "initial"},
+    "entropy": {"kl_coef": 0.005, "anchor": "initial"},
+    "corewarding_1": {"kl_coef": 0.005, "anchor": "initial"},
+    "corewarding_2": {"kl_coef": 0.001, "anchor": "teacher"},
+}
+
+
+@dataclass
+class Group:
+    answers: list[str]                      # extracted answers of the policy rollouts ("" = none)
+    ground_truth: str | None = None
+    view: int = 0                           # 0 original question, 1 rephrased (Co-rewarding-I)
+    pair_id: int = 0                        # ties the two views of one Co-rewarding-I pair
+    teacher_answers: list[str] | None = None  # Co-rewarding-II
+    seq_stats: list[dict] = field(default_factory=list)  # per rollout: self_certainty / entropy means
+    label: str = ""                         # filled in: the pseudo-label used (voting methods)
+
+
+def _equiv_fn(equivalence: str):
+    return answers_equivalent if equivalence == "equiv" else None
+
+
+def _grade_gt(answer: str, gt: str | None, mode: str) -> float:
+    if not answer or gt is None:
+        return 0.0
+    ok = answers_equivalent(answer, gt) if mode == "equiv" else is_equiv_reference(answer, gt)
+    return 1.0 if ok else 0.0
+
+
+def compute_rewards(method: str, groups: list[Group], *, label_matching: str = "exact",
+                    gt_grading: str = "reference") -> tuple[list[list[float]], dict]:
+    """Rewards per group and rollout, plus pseudo-label metrics.
+
+    label_matching: "exact" (reference: raw string equality for votes) or "equiv" (cluster
+    equivalent answers before voting and when matching the label).
+    gt_grading: "reference" (MATH normalisation) or "equiv" (our equivalence checker)."""
+    if method not in METHODS:
+        raise ValueError(f"--reward-method {method!r} is not one of {', '.join(METHODS)}")
+    equiv = _equiv_fn(label_matching)
+    if method == "gt":
+        rewards = [[_grade_gt(a, g.ground_truth, gt_grading) for a in g.answers] for g in groups]
+        return rewards, {}
+    if method in ("self_certainty", "entropy"):
+        key = "self_certainty" if method == "self_certainty" else "entropy"
+        sign = 1.0 if method == "self_certainty" else -1.0
+        rewards = [[sign * s[key] for s in g.seq_stats] for g in groups]
+        return rewards, _label_metrics(groups, gt_grading, with_label=False)
+    if method == "majority_vote":
+        for g in groups:
+            g.label = majority_vote(g.answers, equiv)
+    elif method == "corewarding_1":
+        by_pair: dict[int, dict[int, Group]] = {}
+        for g in groups:
+            by_pair.setdefault(g.pair_id, {})[g.view] = g
+        for pair_id, views in by_pair.items():
+            if set(views) != {0, 1}:
+                raise ValueError(f"Co-rewarding-I pair {pair_id} lacks one of its two views")
+        pairs = list(by_pair.values())
+        orig_labels, reph_labels = crossed_labels([p[0].answers for p in pairs], [p[1].answers for p in pairs], equiv)
+        for p, lo, lr in zip(pairs, orig_labels, reph_labels):
+            p[0].label, p[1].label = lo, lr
+    elif method == "corewarding_2":
+        for g in groups:
+            if g.teacher_answers is None:
+                raise ValueError("Co-rewarding-II needs teacher rollouts for every group")
+            g.label = majority_vote(g.teacher_answers, equiv)
+    rewards = [match_rewards(g.answers, g.label, equiv) for g in groups]
+    return rewards, _label_metrics(groups, gt_grading, with_label=True)
+
+
+def _label_metrics(groups: list[Group], gt_grading: str, with_label: bool) -> dict:
+    """How good are the pseudo-labels? Only computed where ground truth exists (never trained on)."""
+    graded = [g for g in groups if g.ground_truth is not None]
+    out: dict = {}
+    if not graded:
+        return out
+    own_votes = [majority_vote(g.answers) for g in graded]
+    out["pseudo/policy_vote_acc"] = sum(_grade_gt(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
+    if with_label:
+        out["pseudo/label_acc"] = sum(_grade_gt(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
+        out["pseudo/label_nonempty"] = sum(1.0 for g in groups if g.label) / len(groups)
+        total = sum(len(g.answers) for g in groups)
+        out["pseudo/match_label_rate"] = sum(a == g.label and bool(a) for g in groups for a in g.answers) / max(total, 1)
+    out["pseudo/rollout_gt_acc"] = (sum(_grade_gt(a, g.ground_truth, gt_grading) for g in graded for a in g.answers)
+                                    / max(sum(len(g.answers) for g in graded), 1))
+    return out

@@ -1,0 +1,327 @@
+"""The RL training loop: rollouts -> rewards -> GRPO step on megatron -> weight sync -> log/eval/save.
+
+Launch like Megatron's pretrain scripts: ``torchrun --nproc_per_node N train_rl.py --flags`` (or
+plain ``python train_rl.py`` for one process). Global rank 0 owns the rollout engine(s) and the
+reward computation; every rank runs the megatron step.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+from megatron_corew import parallel
+from megatron_corew.arguments import parse_args
+
+
+def _log0(*msg):
+    if parallel.is_rank0():
+        print(*msg, flush=True)
+
+
+class RLRun:
+    def __init__(self, args):
+        from transformers import AutoTokenizer
+
+        from megatron_corew import data
+        from megatron_corew.model_builder import load_model_args, validate_layout
+        from megatron_corew.trainer import PolicyTrainer, TrainerConfig
+
+        self.args = a = args
+        self.model_args = load_model_args(a.hf_checkpoint)  # fail fast on a bad directory/config
+        validate_layout(self.model_args, a.tensor_model_parallel_size, a.pipeline_model_parallel_size)
+        parallel.init_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size, a.seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(a.hf_checkpoint)
+        self.paired = a.train_data_rephrased is not None and (a.reward_method == "corewarding_1" or a.teacher_on_rephrased)
+        if self.paired:
+            self.train_set = data.load_paired_examples(a.train_data, a.train_data_rephrased, self.tokenizer,
+                                                       a.max_prompt_length)
+        else:
+            self.train_set = data.load_examples(a.train_data, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key)
+        if len(self.train_set) < a.global_batch_size:
+            raise SystemExit(f"error: {a.train_data} has {len(self.train_set)} usable prompts, fewer than "
+                             f"--global-batch-size {a.global_batch_size}")
+        self.val_set = data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length) if a.val_data else None
+        self.sampler = data.EpochSampler(len(self.train_set), a.global_batch_size, seed=a.seed)
+        steps_per_epoch = len(self.train_set) // a.global_batch_size
+        self.train_iters = a.train_iters or steps_per_epoch * a.epochs
+        is_ii = a.reward_method == "corewarding_2"
+        self.trainer = PolicyTrainer(self.model_args, TrainerConfig(
+            tp=a.tensor_model_parallel_size, pp=a.pipeline_model_parallel_size,
+            micro_batch_size=a.micro_batch_size, max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
+            lr=a.lr, min_lr=a.min_lr, lr_warmup_fraction=a.lr_warmup_fraction, train_iters=self.train_iters,
+            weight_decay=a.weight_decay, adam_beta1=a.adam_beta1, adam_beta2=a.adam_beta2, adam_eps=a.adam_eps,
+            clip_grad=a.clip_grad, clip_low=a.clip_ratio_low, clip_high=a.clip_ratio_high,
+            dual_clip=a.dual_clip_c, kl_coef=a.kl_loss_coef, kl_estimator=a.kl_loss_type,
+            entropy_coef=a.entropy_coef, temperature=a.rollout_temperature, bf16=a.bf16,
+            use_distributed_optimizer=a.use_distributed_optimizer, recompute=a.recompute_granularity,
+            sequence_parallel=a.sequence_parallel, fp8=a.fp8_format, fp8_recipe=a.fp8_recipe,
+            need_anchor=a.kl_loss_coef > 0 or is_ii))
+        self.engine = self.teacher_engine = None
+        if parallel.is_rank0():
+            from megatron_corew.rollout.embedded import EmbeddedEngine
+
+            eos = self.model_args.eos_token_id or [self.tokenizer.eos_token_id]
+            kw = dict(eos_token_ids=eos, pad_token_id=self.tokenizer.pad_token_id, max_batch_size=a.rollout_batch_size)
+            self.engine = EmbeddedEngine(a.hf_checkpoint, **kw)
+            if is_ii:
+                self.teacher_engine = EmbeddedEngine(a.hf_checkpoint, **kw)
+        from megatron_corew.run_logger import RunLogger
+
+        self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0())
+        self.start_step = 0
+        self.weight_version = 0
+        if a.load:
+            from megatron_corew.checkpointing import load_checkpoint
+
+            state = load_checkpoint(a.load, self.trainer)
+            if state is not None:
+                self.start_step = state["step"]
+                self.sampler.load_state_dict(state["sampler"])
+                self.weight_version = state.get("weight_version", self.start_step)
+                self.sync_weights()
+                if is_ii:
+                    self.sync_teacher()
+                _log0(f"resumed from {a.load} at step {self.start_step}")
+
+    # ------------------------------------------------------------------ helpers
+    def sync_weights(self) -> float:
+        from megatron_corew.weights import export_hf_weights
+
+        t0 = time.perf_counter()
+        tensors = export_hf_weights(self.trainer.model, self.model_args)
+        if self.engine is not None:
+            self.engine.update_weights(tensors, self.weight_version)
+        else:
+            for _ in tensors:
+                pass
+        return time.perf_counter() - t0
+
+    def sync_teacher(self) -> None:
+        from megatron_corew.weights import export_hf_weights
+
+        tensors = export_hf_weights(self.trainer.anchor, self.model_args)
+        if self.teacher_engine is not None:
+            self.teacher_engine.update_weights(tensors, self.weight_version)
+        else:
+            for _ in tensors:
+                pass
+
+    def _params(self, greedy=False, seed=None):
+        from megatron_corew.rollout.base import SamplingParams
+
+        a = self.args
+        return SamplingParams(temperature=a.rollout_temperature, top_p=a.rollout_top_p,
+                              max_new_tokens=a.max_response_length, greedy=greedy, seed=seed)
+
+    def _answers(self, gens):
+        from megatron_corew.rewards.math_grader import extract_boxed_answer
+
+        texts = [self.tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
+        return texts, [extract_boxed_answer(t) for t in texts]
+
+    def validate(self) -> dict:
+        """Greedy pass@1 on the held-out set, graded against ground truth (rank 0)."""
+        if self.val_set is None or not parallel.is_rank0():
+            return {}
+        from megatron_corew.rewards.math_grader import grade
+
+        n = len(self.val_set) if self.args.max_val_samples is None else min(len(self.val_set), self.args.max_val_samples)
+        examples = [self.val_set[i] for i in range(n)]
+        gens = self.engine.generate([e.prompt_ids for e in examples], self._params(greedy=True))
+        texts, _ = self._answers(gens)
+        correct = [grade(t, e.ground_truth, self.args.gt_grading) for t, e in zip(texts, examples)]
+        return {"val/accuracy": sum(correct) / max(n, 1),
+                "val/response_length": sum(len(g.response_ids) for g in gens) / max(n, 1)}
+
+    # ------------------------------------------------------------------ one step
+    def batch_prompts(self, indices):
+        """[(example, view, pair_id)] for this step; Co-rewarding-I takes both views of each pair."""
+        if not self.paired:
+            return [(self.train_set[i], 0, k) for k, i in enumerate(indices)]
+        pairs = [self.train_set[i] for i in indices]
+        if self.args.reward_method == "corewarding_1":
+            return [(p[0], 0, k) for k, p in enumerate(pairs)] + [(p[1], 1, k) for k, p in enumerate(pairs)]
+        return [(p[0], 0, k) for k, p in enumerate(pairs)]
+
+    def step(self, step: int) -> dict:
+        from megatron_corew import grpo
+        from megatron_corew.rewards.methods import Group, compute_rewards
+        from megatron_corew.teacher import ema_alpha
+        from megatron_corew.trainer import TrainSample
+
+        a, G = self.args, self.args.n_samples_per_prompt
+        timers: dict[str, float] = {}
+        indices = self.sampler.next_batch()  # identical on every rank (same seed, same cursor)
+        batch = self.batch_prompts(indices)
+        t0 = time.perf_counter()
+        gens = None
+        if self.engine is not None:
+            prompts = [ex.prompt_ids for ex, _, _ in batch for _ in range(G)]
+            gens = self.engine.generate(prompts, self._params(seed=a.seed * 100003 + step))
+        gens = parallel.broadcast_object(gens)
+        timers["perf/time_generate"] = time.perf_counter() - t0
+
+        teacher_gens = None
+        if a.reward_method == "corewarding_2":
+            t1 = time.perf_counter()
+            if not a.no_ema and (step + 1) % a.teacher_update_interval == 0:
+                alpha = ema_alpha(step + 1, self.train_iters, a.teacher_alpha_start, a.teacher_alpha_end)
+                self.trainer.ema_update_anchor(alpha)  # from the pre-update policy
+                timers["train/teacher_alpha"] = alpha
+                self.sync_teacher()
+            if self.teacher_engine is not None:
+                if a.teacher_on_rephrased:
+                    teacher_prompts = [self.train_set[i][1].prompt_ids for i in indices for _ in range(G)]
+                else:
+                    teacher_prompts = [ex.prompt_ids for ex, _, _ in batch for _ in range(G)]
+                teacher_gens = self.teacher_engine.generate(teacher_prompts, self._params(seed=a.seed * 7919 + step))
+            timers["perf/time_teacher_generate"] = time.perf_counter() - t1
+
+        samples = [TrainSample(g.prompt_ids, g.response_ids, view=batch[k // G][1], rollout_logprobs=g.logprobs)
+                   for k, g in enumerate(gens)]
+        seq_stats = None
+        if a.reward_method in ("self_certainty", "entropy"):
+            t1 = time.perf_counter()
+            stats = self.trainer.sequence_stats(samples, "policy", want=("logp", "entropy", "self_certainty"))
+            seq_stats = [stats[i] for i in range(len(samples))]
+            timers["perf/time_logprob"] = time.perf_counter() - t1
+
+        t1 = time.perf_counter()
+        metrics: dict = {}
+        advantages = None
+        if parallel.is_rank0():
+            texts, answers = self._answers(gens)
+            teacher_answers = self._answers(teacher_gens)[1] if teacher_gens is not None else None
+            groups = []
+            for k, (ex, view, pair_id) in enumerate(batch):
+                sl = slice(k * G, (k + 1) * G)
+                groups.append(Group(answers=answers[sl], ground_truth=ex.ground_truth, view=view, pair_id=pair_id,
+                                    teacher_answers=teacher_answers[sl] if teacher_answers else None,
+                                    seq_stats=seq_stats[sl] if seq_stats else []))
+            rewards, metrics = compute_rewards(a.reward_method, groups, label_matching=a.label_matching,
+                                               gt_grading=a.gt_grading)
+            flat = [r for rs in rewards for r in rs]
+            group_ids = [k for k in range(len(groups)) for _ in range(G)]
+            advantages = grpo.group_advantages(flat, group_ids, norm_by_std=not a.no_std_normalization).tolist()
+            lengths = [len(g.response_ids) for g in gens]
+            metrics.update({
+                "reward/mean": sum(flat) / len(flat),
+                "rollout/response_length_mean": sum(lengths) / len(lengths),
+                "rollout/response_length_max": max(lengths),
+                "rollout/clip_ratio": sum(g.finish_reason == "length" for g in gens) / len(gens),
+                "rollout/boxed_rate": sum(bool(x) for x in answers) / len(answers),
+            })
+            if a.reward_method != "gt":  # how often would ground truth have agreed (never trained on)
+                from megatron_corew.rewards.math_grader import grade
+
+                metrics["reward/gt_accuracy"] = sum(
+                    grade(t, groups[k // G].ground_truth or "", a.gt_grading) for k, t in enumerate(texts)
+                    if groups[k // G].ground_truth is not None) / len(texts)
+            else:
+                metrics["reward/gt_accuracy"] = metrics["reward/mean"]
+            if teacher_gens is not None:
+                metrics["rollout/teacher_response_length_mean"] = sum(len(g.response_ids) for g in teacher_gens) / len(teacher_gens)
+            if a.rollout_dump:
+                self._dump(step, batch, gens, texts, flat, G, groups)
+        advantages = parallel.broadcast_object(advantages)
+        timers["perf/time_reward"] = time.perf_counter() - t1
+        for s, adv in zip(samples, advantages):
+            s.advantage = adv
+        view_scale = 0.5 if (a.reward_method == "corewarding_1" and a.view_loss_agg == "mean") else 1.0
+
+        t1 = time.perf_counter()
+        train_metrics = self.trainer.train_step(samples, loss_scale=view_scale)
+        timers["perf/time_train"] = time.perf_counter() - t1
+        if not train_metrics["update_ok"]:
+            raise FloatingPointError(f"step {step}: non-finite loss or gradient (grad norm "
+                                     f"{train_metrics['grad_norm']}); stopping before corrupting the run")
+        self.weight_version += 1
+        timers["perf/time_weight_sync"] = self.sync_weights()
+        total_tokens = sum(s.length for s in samples)
+        timers["perf/time_step"] = time.perf_counter() - t0
+        timers["perf/tokens_per_s"] = total_tokens / timers["perf/time_step"]
+        if self.engine is not None:
+            timers["perf/rollout_tokens_per_s"] = self.engine.throughput()
+            if self.teacher_engine is not None:
+                timers["perf/teacher_rollout_tokens_per_s"] = self.teacher_engine.throughput()
+        metrics.update({f"train/{k}": v for k, v in train_metrics.items() if k != "update_ok"})
+        metrics.update(timers)
+        return metrics
+
+    def _dump(self, step, batch, gens, texts, rewards, G, groups):
+        path = os.path.join(self.args.output_dir, "rollouts", f"step_{step:06d}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            for k, (g, t, r) in enumerate(zip(gens, texts, rewards)):
+                ex, view, pair_id = batch[k // G]
+                f.write(json.dumps({"step": step, "index": ex.index, "view": view, "pair_id": pair_id,
+                                    "label": groups[k // G].label, "ground_truth": ex.ground_truth,
+                                    "response": t, "reward": r, "finish_reason": g.finish_reason,
+                                    "weight_version": g.weight_version}) + "\n")
+        os.replace(path + ".tmp", path)
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        a = self.args
+        from tqdm import tqdm
+
+        first_val = self.validate() if self.start_step == 0 else {}
+        if first_val:
+            _log0(f"validation accuracy before training: {first_val['val/accuracy']:.4f}")
+            self.logger.log(0, first_val)
+        bar = tqdm(total=self.train_iters, initial=self.start_step, disable=not parallel.is_rank0() or a.no_progress_bar,
+                   desc=f"{a.reward_method}", dynamic_ncols=True)
+        last_val = first_val
+        for step in range(self.start_step, self.train_iters):
+            metrics = self.step(step)
+            done = step + 1
+            if a.eval_interval and done % a.eval_interval == 0 and done != self.train_iters:
+                val = self.validate()
+                metrics.update(val)
+                last_val = val or last_val
+            self.logger.log(done, metrics)
+            bar.update(1)
+            bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", loss=f"{metrics['train/loss']:.4f}")
+            if a.save and a.save_interval and done % a.save_interval == 0 and done != self.train_iters:
+                self.save(done)
+        bar.close()
+        final_val = self.validate()
+        if final_val:
+            self.logger.log(self.train_iters, final_val)
+            _log0(f"validation accuracy after training:  {final_val['val/accuracy']:.4f}")
+        if a.save:
+            self.save(self.train_iters)
+        self.logger.close()
+        return {"before": first_val.get("val/accuracy"), "after": final_val.get("val/accuracy")}
+
+    def save(self, step: int) -> None:
+        from megatron_corew.checkpointing import save_checkpoint
+
+        save_checkpoint(self.args.save, step, self.trainer,
+                        {"sampler": self.sampler.state_dict(), "weight_version": self.weight_version})
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megatron_corew.data import DataError
+    from megatron_corew.model_builder import ModelConfigError
+
+    try:
+        run = RLRun(args)
+    except (ModelConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    result = run.run()
+    if parallel.is_rank0():
+        with open(os.path.join(args.output_dir, "result.json"), "w") as f:
+            json.dump(result, f)
+    parallel.destroy_distributed()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Shared test utilities: tiny random HF models written to disk, and torchrun launches of
+tests/dist_worker.py (each layout runs in fresh processes, as it would in production)."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ARCHS = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
+
+
+def make_tiny_hf_model(path: str, arch: str, tie: bool = False, vocab: int = 100, seed: int = 0, **over) -> str:
+    """A random tiny HF model whose norms and biases are perturbed, so a mapping that confuses
+    them (or drops them) changes the logits."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    dims.update(over)
+    cfg = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tie, eos_token_id=2, pad_token_id=0,
+                               bos_token_id=1, **dims)
+    cfg.architectures = [ARCHS[arch]]
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(path)
+    return path
+
+
+def random_samples(n: int = 6, vocab: int = 100, seed: int = 1) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        plen = int(torch.randint(3, 9, (1,), generator=g))
+        rlen = int(torch.randint(1, 12, (1,), generator=g))
+        rows.append({"prompt": torch.randint(3, vocab, (plen,), generator=g).tolist(),
+                     "response": torch.randint(3, vocab, (rlen,), generator=g).tolist(),
+                     "adv": float(torch.randn(1, generator=g)), "view": int(torch.randint(0, 2, (1,), generator=g))})
+    return rows
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_worker(job: str, model: str, tmp_path, nproc: int = 1, samples=None, extra=(), timeout=300) -> dict:
+    """Run tests/dist_worker.py under torchrun (or plain python for one process); return rank 0's json."""
+    out = os.path.join(str(tmp_path), f"{job}-{nproc}-{'_'.join(extra) or 'base'}.json")
+    cmd = [job, "--model", model, "--out", out, *extra]
+    if samples is not None:
+        spath = os.path.join(str(tmp_path), "samples.json")
+        with open(spath, "w") as f:
+            json.dump(samples, f)
+        cmd += ["--samples", spath]
+    worker = os.path.join(REPO, "tests", "dist_worker.py")
+    if nproc == 1:
+        full = [sys.executable, worker, *cmd]
+    else:
+        full = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                "--master_port", str(free_port()), worker, *cmd]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise AssertionError(f"worker failed ({' '.join(full)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    with open(out) as f:
+        return json.load(f)
+
+
+def hf_reference_logprobs(model_dir: str, samples: list[dict]) -> list[dict]:
+    """Per-token log-probs, mean entropy and mean self-certainty of each response from transformers,
+    computed in float64 from the fp32 logits."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    out = []
+    for s in samples:
+        ids = torch.tensor([s["prompt"] + s["response"]])
+        with torch.no_grad():
+            logits = model(ids).logits[0].double()
+        p0, n = len(s["prompt"]) - 1, len(s["response"])
+        lp = torch.log_softmax(logits[p0:p0 + n], dim=-1)
+        vocab = lp.shape[-1]
+        out.append({"logp": [lp[j, t].item() for j, t in enumerate(s["response"])],
+                    "entropy": (-(lp.exp() * lp).sum(-1)).mean().item(),
+                    "self_certainty": (-(lp + torch.log(torch.tensor(float(vocab, ), dtype=torch.float64))).mean(-1)).mean().item()})
+    return out
