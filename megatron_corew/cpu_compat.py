@@ -8,6 +8,7 @@ to CPU equivalents; with CUDA present :func:`apply` does nothing. Call it before
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import logging
 import sys
 import types
@@ -96,6 +97,75 @@ class _NullEvent(_NullStream):
         return 0.0
 
 
+_FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "as_tensor",
+              "eye", "linspace", "empty_strided", "zeros_like", "ones_like", "empty_like", "full_like")
+
+
+class _CpuTorch(types.ModuleType):
+    """``torch`` as megatron modules see it: CUDA device arguments of factories become CPU."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+
+_CPU_TORCH = _CpuTorch("torch")
+for _name in _FACTORIES:
+    setattr(_CPU_TORCH, _name, _cpu_factory(getattr(torch, _name)))
+
+
+def _rebind_torch(module) -> None:
+    if getattr(module, "torch", None) is torch:
+        module.torch = _CPU_TORCH
+
+
+class _MegatronImportHook(importlib.abc.MetaPathFinder):
+    """Rebinds ``torch`` in every megatron module imported from now on."""
+
+    def find_spec(self, fullname, path, target=None):
+        if not fullname.startswith("megatron."):
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader = spec.loader
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        original_exec = loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            _rebind_torch(module)
+
+        spec.loader = _WrappedLoader(loader, exec_module)
+        return spec
+
+
+class _WrappedLoader(importlib.abc.Loader):
+    def __init__(self, inner, exec_module):
+        self._inner, self._exec = inner, exec_module
+
+    def create_module(self, spec):
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module):
+        self._exec(module)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+
+def _scope_factories_to_megatron() -> None:
+    for name, module in list(sys.modules.items()):
+        if name.startswith("megatron.") and module is not None:
+            _rebind_torch(module)
+    sys.meta_path.insert(0, _MegatronImportHook())
+
+
 def apply() -> None:
     """Install the CPU redirections once per process; a no-op when CUDA is available."""
     global _APPLIED
@@ -117,12 +187,11 @@ def apply() -> None:
     mrandom._set_cuda_rng_state = lambda new_state, *a, **k: torch.set_rng_state(new_state)
     logging.getLogger("megatron.core.tensor_parallel.random").setLevel(logging.ERROR)
 
-    # Tensors placed on torch.cuda.current_device() or on a literal 'cuda' land on the CPU.
+    # Tensors placed on torch.cuda.current_device() or on a literal 'cuda' land on the CPU. The
+    # factory wrappers are visible to megatron modules only: swapping torch.tensor globally for a
+    # Python function changes transformers' numerics (its cache/attention paths treat it differently).
     torch.cuda.current_device = lambda: "cpu"
-    for name in ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint",
-                 "as_tensor", "eye", "linspace", "empty_strided", "zeros_like", "ones_like",
-                 "empty_like", "full_like"):
-        setattr(torch, name, _cpu_factory(getattr(torch, name)))
+    _scope_factories_to_megatron()
     torch.Tensor.cuda = lambda self, *a, **k: self
 
     # Optimizer code asserts tensor.type() == 'torch.cuda.FloatTensor' and friends.

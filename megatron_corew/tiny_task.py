@@ -303,16 +303,15 @@ def sft_warm_start(model, tokenizer, problems: Sequence[Problem], steps: int, ba
         L = max(len(p) + len(r) for p, r in batch)
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
         tgt_mask = torch.zeros((len(batch), L), dtype=torch.bool)
-        attn = torch.zeros((len(batch), L), dtype=torch.long)
         for row, (p, r) in enumerate(batch):
             seq = p + r
             ids[row, : len(seq)] = torch.tensor(seq)
-            attn[row, : len(seq)] = 1
             tgt_mask[row, len(p): len(seq)] = True
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        # lm_head only on the positions that predict a response token (the prompt carries no loss)
-        hidden = getattr(model, model.base_model_prefix)(input_ids=ids, attention_mask=attn).last_hidden_state
+        # Right padding + causal attention: real tokens never see the pads, so no attention mask is needed (and
+        # sdpa takes its is_causal fast path). lm_head only where a response token is predicted.
+        hidden = getattr(model, model.base_model_prefix)(input_ids=ids).last_hidden_state
         m = tgt_mask[:, 1:]
         logits = model.get_output_embeddings()(hidden[:, :-1][m])
         loss = torch.nn.functional.cross_entropy(logits, ids[:, 1:][m])

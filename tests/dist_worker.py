@@ -23,7 +23,7 @@ def _samples(spec_path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("job", choices=["logprobs", "train_step", "export"])
+    ap.add_argument("job", choices=["logprobs", "train_step", "export", "rollout_vs_trainer"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--samples")
     ap.add_argument("--out", required=True)
@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--kl-coef", type=float, default=0.0)
     ap.add_argument("--entropy-coef", type=float, default=0.0)
     ap.add_argument("--distopt", action="store_true")
+    ap.add_argument("--temperature", type=float, default=1.0)
     a = ap.parse_args()
 
     import torch
@@ -45,7 +46,7 @@ def main():
     args = load_model_args(a.model)
     cfg = TrainerConfig(tp=a.tp, pp=a.pp, micro_batch_size=a.mbs, lr=1e-3, train_iters=10, lr_warmup_fraction=0.0,
                         kl_coef=a.kl_coef, entropy_coef=a.entropy_coef, use_distributed_optimizer=a.distopt,
-                        need_anchor=a.kl_coef > 0)
+                        need_anchor=a.kl_coef > 0, temperature=a.temperature)
     trainer = PolicyTrainer(args, cfg)
     result = {}
     if a.job == "logprobs":
@@ -56,6 +57,26 @@ def main():
         samples = _samples(a.samples)
         result["step1"] = trainer.train_step(samples)
         result["step2"] = trainer.train_step(samples)
+    elif a.job == "rollout_vs_trainer":
+        from megatron_corew.rollout.base import SamplingParams
+        from megatron_corew.rollout.embedded import EmbeddedEngine
+        from megatron_corew.trainer import TrainSample
+
+        gens = None
+        if parallel.is_rank0():
+            engine = EmbeddedEngine(a.model, eos_token_ids=args.eos_token_id, pad_token_id=0, max_batch_size=4)
+            prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13], [14, 15]] * 2
+            gens = engine.generate(prompts, SamplingParams(temperature=a.temperature, max_new_tokens=12, seed=7))
+        gens = parallel.broadcast_object(gens)
+        samples = [TrainSample(g.prompt_ids, g.response_ids, advantage=float(i % 3) - 1.0,
+                               rollout_logprobs=g.logprobs) for i, g in enumerate(gens)]
+        stats = trainer.sequence_stats(samples)
+        diffs = [abs(x - y) for i, g in enumerate(gens) for x, y in zip(stats[i]["logp"].tolist(), g.logprobs)]
+        result["mean_abs_diff"] = sum(diffs) / len(diffs)
+        result["max_abs_diff"] = max(diffs)
+        result["num_tokens"] = len(diffs)
+        result["samples"] = [{"prompt": x.prompt_ids, "response": x.response_ids, "adv": x.advantage} for x in samples]
+        result["step"] = trainer.train_step(samples)
     elif a.job == "export":
         sd = hf_state_dict(trainer.model, args)
         if sd is not None:

@@ -22,7 +22,9 @@ def make_tiny_hf_model(path: str, arch: str, tie: bool = False, vocab: int = 100
     dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                 num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
     dims.update(over)
-    cfg = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tie, eos_token_id=2, pad_token_id=0,
+    # pad_token_id stays unset: HF gives the pad row nn.Embedding(padding_idx) semantics (zero init,
+    # gradient masked) which megatron's embedding does not have; random rollouts do sample it.
+    cfg = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tie, eos_token_id=2, pad_token_id=None,
                                bos_token_id=1, **dims)
     cfg.architectures = [ARCHS[arch]]
     torch.manual_seed(seed)
@@ -96,3 +98,22 @@ def hf_reference_logprobs(model_dir: str, samples: list[dict]) -> list[dict]:
                     "entropy": (-(lp.exp() * lp).sum(-1)).mean().item(),
                     "self_certainty": (-(lp + torch.log(torch.tensor(float(vocab, ), dtype=torch.float64))).mean(-1)).mean().item()})
     return out
+
+
+def hf_reference_grad_norm(model_dir: str, samples: list[dict], temperature: float = 1.0) -> float:
+    """Gradient norm of the on-policy GRPO loss sum_t(-A_t * logp_t) / N_tokens in transformers
+    autograd (ratio == 1 at the first update, so the clipped loss has this gradient)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    n_tokens = sum(len(s["response"]) for s in samples)
+    loss = 0.0
+    for s in samples:
+        ids = torch.tensor([s["prompt"] + s["response"]])
+        logits = model(ids).logits[0].double() / temperature
+        p0, n = len(s["prompt"]) - 1, len(s["response"])
+        lp = torch.log_softmax(logits[p0:p0 + n], dim=-1)
+        picked = lp.gather(-1, torch.tensor(s["response"]).unsqueeze(-1)).squeeze(-1)
+        loss = loss + (-s["adv"] * picked).sum() / n_tokens
+    loss.backward()
+    return float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)))

@@ -2,7 +2,7 @@
 single-process step, for TP=1, TP=2, PP=2, DP=2 and different micro-batch sizes."""
 import pytest
 
-from helpers import hf_reference_logprobs, make_tiny_hf_model, random_samples, run_worker
+from helpers import hf_reference_grad_norm, hf_reference_logprobs, make_tiny_hf_model, random_samples, run_worker
 
 LAYOUTS = [(1, []), (2, ["--tp", "2"]), (2, ["--pp", "2"])]
 
@@ -46,3 +46,17 @@ def test_train_step_is_layout_invariant(models, tmp_path):
             for key in ("loss", "grad_norm", "kl", "pg_loss"):
                 assert r[step][key] == pytest.approx(base[step][key], rel=1e-5, abs=1e-9), (lay, step, key)
     assert abs(results[0]["step2"]["kl"]) > 0  # the update moved the policy away from the reference
+
+
+@pytest.mark.parametrize("nproc,layout,temperature", [(1, [], 1.0), (1, [], 0.7), (2, ["--tp", "2"], 1.0)],
+                         ids=["tp1", "tp1-temp0.7", "tp2"])
+def test_engine_logprobs_match_trainer_and_step0_kl_is_zero(models, tmp_path, nproc, layout, temperature):
+    r = run_worker("rollout_vs_trainer", models["qwen3"], tmp_path, nproc,
+                   extra=["--kl-coef", "0.005", "--temperature", str(temperature), *layout])
+    assert r["num_tokens"] > 20
+    assert r["mean_abs_diff"] < 1e-4
+    assert r["step"]["rollout_logprob_abs_diff"] < 1e-4
+    assert abs(r["step"]["kl"]) < 1e-8
+    # the megatron gradient of the on-policy loss equals transformers autograd on the same rollouts
+    ref = hf_reference_grad_norm(models["qwen3"], r["samples"], temperature)
+    assert r["step"]["grad_norm"] == pytest.approx(ref, rel=1e-4)

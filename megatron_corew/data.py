@@ -1,0 +1,394 @@
+"""Prompt datasets for RL post-training (verl / Co-rewarding parquet schema, ALGORITHMS.md section 4).
+
+Each parquet row holds::
+
+    data_source  : str
+    prompt       : list of {"role": str, "content": str}   (the column name is configurable: ``prompt_key``)
+    ability      : str                                       (not used here)
+    reward_model : {"ground_truth": str, "style": str}       (optional column: no column -> ground_truth None)
+    extra_info   : {"index": int, "split": str, ...}         (optional)
+
+Extra columns (``level``, ``type``, ...) are ignored. The Co-rewarding reference releases load as they are.
+
+Public API:
+    DataError, Example, PromptDataset, PairedDataset, EpochSampler,
+    load_examples(path, tokenizer, ...), load_paired_examples(original_path, rephrased_path, tokenizer, ...)
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataError", "Example", "PromptDataset", "PairedDataset", "EpochSampler", "load_examples",
+           "load_paired_examples", "render_prompt"]
+
+
+class DataError(ValueError):
+    """A data file is missing, unreadable, or holds a row that does not fit the schema."""
+
+
+@dataclass
+class Example:
+    index: int  # row number in the source file (0-based, before any filtering)
+    messages: list[dict]  # [{"role": ..., "content": ...}, ...]
+    ground_truth: str | None  # reward_model.ground_truth; None when the file has no reward_model column
+    data_source: str
+    extra_info: dict
+    prompt_ids: list[int]  # chat template with the assistant header (add_generation_prompt=True)
+    prompt_text: str = field(default="", repr=False)  # the rendered prompt string that prompt_ids encodes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Normalisation helpers (pyarrow gives lists/dicts; pandas or datasets may give numpy arrays and scalars)
+# ----------------------------------------------------------------------------------------------------------------
+def _py(x: Any) -> Any:
+    """Recursively convert numpy arrays/scalars (and tuples) into plain Python objects."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover
+        np = None
+    if np is not None:
+        if isinstance(x, np.ndarray):
+            return [_py(v) for v in x.tolist()] if x.dtype == object else x.tolist()
+        if isinstance(x, np.generic):
+            return x.item()
+    if isinstance(x, (list, tuple)):
+        return [_py(v) for v in x]
+    if isinstance(x, dict):
+        return {k: _py(v) for k, v in x.items()}
+    return x
+
+
+def _check_messages(value: Any, prompt_key: str) -> list[dict]:
+    """Return [{"role", "content"}, ...] or raise ValueError with a message about ``prompt_key``."""
+    value = _py(value)
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if isinstance(value, list) else type(value).__name__
+        raise ValueError(f"{prompt_key!r} must be a non-empty list of chat messages (got {got})")
+    msgs = []
+    for j, m in enumerate(value):
+        if not isinstance(m, dict):
+            raise ValueError(f"{prompt_key!r} message {j} must be a dict with 'role' and 'content' "
+                             f"(got {type(m).__name__})")
+        role, content = m.get("role"), m.get("content")
+        if not isinstance(role, str) or not role:
+            raise ValueError(f"{prompt_key!r} message {j} has no string 'role' (got {role!r})")
+        if not isinstance(content, str):
+            raise ValueError(f"{prompt_key!r} message {j} has no string 'content' (got {type(content).__name__})")
+        msgs.append({"role": role, "content": content})
+    return msgs
+
+
+def _check_ground_truth(value: Any) -> str:
+    value = _py(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"'reward_model' must be a struct with a string 'ground_truth' (got {type(value).__name__})")
+    gt = value.get("ground_truth")
+    if not isinstance(gt, str):
+        raise ValueError(f"'reward_model.ground_truth' must be a string (got {type(gt).__name__}: {gt!r})")
+    return gt
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> tuple[str, list[int]]:
+    """Chat-template ``messages`` with the assistant header and encode without adding special tokens.
+
+    (``apply_chat_template(tokenize=True)`` returns a BatchEncoding in transformers 5, so we render text and encode.)
+    """
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError("the tokenizer has no chat_template; prompts cannot be rendered")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------------------------
+def _read_table(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read as a parquet file ({type(e).__name__}: {e})") from e
+
+
+def _parse_rows(path: str, table, prompt_key: str, on_bad_row: str) -> tuple[list[tuple[int, dict]], int]:
+    """Validate rows. Returns ([(row, parsed)], num_skipped); parsed has messages, ground_truth, data_source,
+    extra_info."""
+    cols = table.column_names
+    if prompt_key not in cols:
+        raise DataError(f"{path}: missing required column {prompt_key!r} (columns: {cols})")
+    wanted = [c for c in (prompt_key, "reward_model", "data_source", "extra_info") if c in cols]
+    try:
+        records = table.select(wanted).to_pylist()
+    except Exception as e:  # pragma: no cover - corrupt pages are usually caught by read_table
+        raise DataError(f"{path}: cannot decode columns {wanted} ({type(e).__name__}: {e})") from e
+    has_rm = "reward_model" in cols
+    parsed, bad = [], []
+    for i, rec in enumerate(records):
+        try:
+            messages = _check_messages(rec.get(prompt_key), prompt_key)
+            gt = _check_ground_truth(rec.get("reward_model")) if has_rm else None
+            extra = _py(rec.get("extra_info"))
+            if extra is None:
+                extra = {}
+            if not isinstance(extra, dict):
+                raise ValueError(f"'extra_info' must be a struct/dict (got {type(extra).__name__})")
+            ds = rec.get("data_source")
+            parsed.append((i, dict(messages=messages, ground_truth=gt, extra_info=extra,
+                                   data_source="unknown" if ds is None else str(ds))))
+        except ValueError as e:
+            msg = f"{path}: row {i}: {e}"
+            if on_bad_row == "error":
+                raise DataError(msg) from None
+            bad.append(msg)
+    if bad:
+        logger.warning("%s: skipped %d malformed row(s) of %d; first: %s", path, len(bad), len(records),
+                       "; ".join(bad[:3]))
+    return parsed, len(bad)
+
+
+def _tokenize(path: str, parsed: list[tuple[int, dict]], tokenizer, on_bad_row: str) -> tuple[list[Example], int]:
+    examples, texts, skipped = [], [], 0
+    for i, p in parsed:
+        try:
+            text = tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # e.g. a template that rejects the role order
+            msg = f"{path}: row {i}: 'prompt' cannot be rendered with the chat template ({type(e).__name__}: {e})"
+            if on_bad_row == "error":
+                raise DataError(msg) from e
+            logger.warning("skipping %s", msg)
+            skipped += 1
+            continue
+        texts.append(text)
+        examples.append(Example(index=i, prompt_ids=[], prompt_text=text, **p))
+    if texts:
+        for ex, ids in zip(examples, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+            ex.prompt_ids = list(ids)
+    return examples, skipped
+
+
+def _check_options(on_bad_row: str, max_prompt_length: int | None) -> None:
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    if max_prompt_length is not None and max_prompt_length <= 0:
+        raise ValueError(f"max_prompt_length must be positive, got {max_prompt_length}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets
+# ----------------------------------------------------------------------------------------------------------------
+class PromptDataset(Sequence):
+    """Validated, tokenized prompts of one parquet file (after length filtering)."""
+
+    def __init__(self, examples: list[Example], path: str, num_rows: int, num_dropped: int = 0,
+                 num_skipped: int = 0, max_prompt_length: int | None = None):
+        self.examples = examples
+        self.path = path
+        self.num_rows = num_rows  # rows in the file
+        self.num_dropped = num_dropped  # rows dropped because the prompt was longer than max_prompt_length
+        self.num_skipped = num_skipped  # malformed rows skipped (on_bad_row="skip")
+        self.max_prompt_length = max_prompt_length
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    def __repr__(self) -> str:
+        return (f"PromptDataset({self.path!r}, {len(self)} examples of {self.num_rows} rows, "
+                f"dropped={self.num_dropped}, skipped={self.num_skipped})")
+
+
+class PairedDataset(Sequence):
+    """Aligned (original, rephrased) prompts for Co-rewarding-I; item i is a pair sharing row i of both files."""
+
+    def __init__(self, original: PromptDataset, rephrased: PromptDataset, num_dropped: int = 0):
+        assert len(original) == len(rephrased)
+        self.original = original
+        self.rephrased = rephrased
+        self.num_dropped = num_dropped  # pairs dropped because either prompt was too long
+        self.num_rows = original.num_rows
+
+    @property
+    def paths(self) -> tuple[str, str]:
+        return self.original.path, self.rephrased.path
+
+    @property
+    def path(self) -> str:
+        return self.original.path
+
+    def __len__(self) -> int:
+        return len(self.original)
+
+    def __getitem__(self, i) -> tuple[Example, Example]:
+        if isinstance(i, slice):
+            return list(zip(self.original[i], self.rephrased[i]))
+        return self.original[i], self.rephrased[i]
+
+    def __iter__(self):
+        return zip(self.original, self.rephrased)
+
+    def __repr__(self) -> str:
+        return f"PairedDataset({self.paths}, {len(self)} pairs of {self.num_rows}, dropped={self.num_dropped})"
+
+
+def load_examples(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = None,
+                  prompt_key: str = "prompt", on_bad_row: str = "error") -> PromptDataset:
+    """Read a verl-schema parquet file, validate it, and tokenize each prompt with the chat template.
+
+    Rows whose prompt has more than ``max_prompt_length`` tokens are dropped (counted in ``num_dropped``).
+    Malformed rows raise :class:`DataError` (``on_bad_row="error"``) or are skipped and logged (``"skip"``).
+    """
+    _check_options(on_bad_row, max_prompt_length)
+    path = os.fspath(path)
+    table = _read_table(path)
+    parsed, n_bad = _parse_rows(path, table, prompt_key, on_bad_row)
+    examples, n_bad_tpl = _tokenize(path, parsed, tokenizer, on_bad_row)
+    kept, dropped = examples, 0
+    if max_prompt_length is not None:
+        kept = [e for e in examples if len(e.prompt_ids) <= max_prompt_length]
+        dropped = len(examples) - len(kept)
+        if dropped:
+            logger.info("%s: dropped %d of %d prompts longer than %d tokens", path, dropped, len(examples),
+                        max_prompt_length)
+    if not kept:
+        raise DataError(f"{path}: no usable rows ({table.num_rows} rows, {n_bad + n_bad_tpl} malformed, "
+                        f"{dropped} longer than {max_prompt_length} tokens)")
+    return PromptDataset(kept, path, table.num_rows, dropped, n_bad + n_bad_tpl, max_prompt_length)
+
+
+def load_paired_examples(original_path: str | os.PathLike, rephrased_path: str | os.PathLike, tokenizer,
+                         max_prompt_length: int | None = None, prompt_key: str = "prompt") -> PairedDataset:
+    """Load two row-aligned files (row i of ``rephrased_path`` rephrases row i of ``original_path``).
+
+    Checks: equal row counts; where both rows carry ``extra_info.index`` the indices match; where both carry a
+    ground truth the ground truths match (a rephrasing keeps the answer). Malformed rows are errors (skipping one
+    side would break the alignment). A pair is dropped if EITHER prompt exceeds ``max_prompt_length``.
+    """
+    _check_options("error", max_prompt_length)
+    opath, rpath = os.fspath(original_path), os.fspath(rephrased_path)
+    otab, rtab = _read_table(opath), _read_table(rpath)
+    if otab.num_rows != rtab.num_rows:
+        raise DataError(f"paired files differ in length: {opath} has {otab.num_rows} rows, "
+                        f"{rpath} has {rtab.num_rows} rows")
+    oparsed, _ = _parse_rows(opath, otab, prompt_key, "error")
+    rparsed, _ = _parse_rows(rpath, rtab, prompt_key, "error")
+    for (i, o), (_, r) in zip(oparsed, rparsed):
+        oi, ri = o["extra_info"].get("index"), r["extra_info"].get("index")
+        if oi is not None and ri is not None and oi != ri:
+            raise DataError(f"paired files are misaligned at row {i}: extra_info.index is {oi!r} in {opath} "
+                            f"but {ri!r} in {rpath}")
+        og, rg = o["ground_truth"], r["ground_truth"]
+        if og is not None and rg is not None and og.strip() != rg.strip():
+            raise DataError(f"paired files disagree at row {i}: ground truth {og!r} in {opath} "
+                            f"but {rg!r} in {rpath}")
+    oex, _ = _tokenize(opath, oparsed, tokenizer, "error")
+    rex, _ = _tokenize(rpath, rparsed, tokenizer, "error")
+    keep = list(range(len(oex)))
+    if max_prompt_length is not None:
+        keep = [k for k in keep if len(oex[k].prompt_ids) <= max_prompt_length
+                and len(rex[k].prompt_ids) <= max_prompt_length]
+    dropped = len(oex) - len(keep)
+    if dropped:
+        logger.info("%s + %s: dropped %d of %d pairs with a prompt longer than %d tokens", opath, rpath, dropped,
+                    len(oex), max_prompt_length)
+    if not keep:
+        raise DataError(f"{opath} + {rpath}: no usable pairs ({otab.num_rows} rows, {dropped} with a prompt "
+                        f"longer than {max_prompt_length} tokens)")
+    n_o_long = sum(len(e.prompt_ids) > max_prompt_length for e in oex) if max_prompt_length else 0
+    n_r_long = sum(len(e.prompt_ids) > max_prompt_length for e in rex) if max_prompt_length else 0
+    original = PromptDataset([oex[k] for k in keep], opath, otab.num_rows, n_o_long, 0, max_prompt_length)
+    rephrased = PromptDataset([rex[k] for k in keep], rpath, rtab.num_rows, n_r_long, 0, max_prompt_length)
+    return PairedDataset(original, rephrased, dropped)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------------------------
+class EpochSampler:
+    """Deterministic batches of item indices, epoch after epoch.
+
+    Epoch e uses ``torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + e))`` (or 0..n-1 when
+    ``shuffle=False``). ``drop_last=True``: every batch is full and the tail of each epoch is left out;
+    ``drop_last=False``: the last batch of an epoch may be short. ``epoch`` counts completed epochs (it advances as
+    soon as an epoch's last batch has been handed out) and ``cursor`` is the position within the current epoch;
+    ``state_dict()``/``load_state_dict()`` carry both, so a resumed sampler continues with the identical sequence.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+        if num_items <= 0:
+            raise ValueError(f"num_items must be positive, got {num_items}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if drop_last and batch_size > num_items:
+            raise ValueError(f"batch_size {batch_size} > num_items {num_items} with drop_last=True: no full batch")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+        self.cursor = 0
+        self._perm_epoch, self._perm = None, None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, b = self.num_items, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self)
+
+    def permutation(self, epoch: int) -> list[int]:
+        if self._perm_epoch != epoch:
+            if self.shuffle:
+                import torch
+
+                g = torch.Generator().manual_seed(self.seed + epoch)
+                self._perm = torch.randperm(self.num_items, generator=g).tolist()
+            else:
+                self._perm = list(range(self.num_items))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def _epoch_end(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self.num_items
+
+    def next_batch(self) -> list[int]:
+        perm = self.permutation(self.epoch)
+        batch = perm[self.cursor: min(self.cursor + self.batch_size, self._epoch_end())]
+        self.cursor += len(batch)
+        if self.cursor >= self._epoch_end():
+            self.epoch += 1
+            self.cursor = 0
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "num_items": self.num_items,
+                "batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("num_items", "seed", "shuffle"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has "
+                                 f"{key}={getattr(self, key)!r}; the batch sequence would not continue")
+        epoch, cursor = int(state["epoch"]), int(state["cursor"])
+        if epoch < 0 or not 0 <= cursor < self._epoch_end():
+            raise ValueError(f"invalid sampler state epoch={epoch} cursor={cursor} for {self.num_items} items")
+        if state.get("batch_size", self.batch_size) != self.batch_size or \
+                state.get("drop_last", self.drop_last) != self.drop_last:
+            logger.warning("sampler resumed with batch_size/drop_last %s/%s (saved %s/%s): same item order, "
+                           "different batch boundaries", self.batch_size, self.drop_last,
+                           state.get("batch_size"), state.get("drop_last"))
+        self.epoch, self.cursor = epoch, cursor

@@ -1,0 +1,60 @@
+"""GRPO core against hand-computed values and float64 formulas written out independently."""
+import math
+
+import pytest
+import torch
+
+from megatron_corew import grpo
+from megatron_corew.teacher import ema_alpha
+
+
+def test_group_advantages_hand_computed():
+    # group 0: rewards 1,0,0,1 -> mean .5, unbiased std sqrt(1/3)
+    adv = grpo.group_advantages([1, 0, 0, 1, 1, 1], [0, 0, 0, 0, 1, 1])
+    s = math.sqrt(1 / 3)
+    expected = [0.5 / (s + 1e-6), -0.5 / (s + 1e-6), -0.5 / (s + 1e-6), 0.5 / (s + 1e-6), 0.0, 0.0]
+    assert adv.tolist() == pytest.approx(expected, rel=1e-6)
+
+
+def test_group_of_one_uses_mean0_std1_and_dr_grpo():
+    assert grpo.group_advantages([0.7], [0]).tolist() == pytest.approx([0.7 / (1 + 1e-6)])
+    adv = grpo.group_advantages([1.0, 0.0, 0.0], [5, 5, 5], norm_by_std=False)
+    assert adv.tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3])
+
+
+def test_kl_estimators_float64():
+    logp = torch.tensor([-1.0, -2.0, -0.5], dtype=torch.float64)
+    ref = torch.tensor([-1.2, -1.0, -0.5], dtype=torch.float64)
+    d = [(-1.0) - (-1.2), (-2.0) - (-1.0), 0.0]
+    assert grpo.kl_penalty(logp, ref, "k1").tolist() == pytest.approx(d)
+    assert grpo.kl_penalty(logp, ref, "k2").tolist() == pytest.approx([0.5 * x * x for x in d])
+    k3 = [math.exp(-x) - (-x) - 1 for x in d]
+    assert grpo.kl_penalty(logp, ref, "low_var_kl").tolist() == pytest.approx(k3)
+    assert grpo.kl_penalty(logp, logp, "low_var_kl").abs().max().item() == 0.0
+    big = grpo.kl_penalty(torch.tensor([-30.0]), torch.tensor([0.0]), "k3")
+    assert big.item() == 10.0  # clamped
+    with pytest.raises(ValueError):
+        grpo.kl_penalty(logp, ref, "k9")
+
+
+def test_ppo_clip_and_dual_clip_hand_cases():
+    old = torch.zeros(4)
+    # ratios: e^0.5=1.6487 (pos adv -> clipped at 1.2), e^-0.5=.6065 (neg adv -> clipped at .8),
+    # e^2 = 7.389 with neg adv -> dual clip caps the loss at 3 * |A|, ratio 1 -> plain
+    logp = torch.tensor([0.5, -0.5, 2.0, 0.0])
+    adv = torch.tensor([1.0, -1.0, -1.0, 2.0])
+    loss, clipped = grpo.ppo_clip_losses(logp, old, adv, 0.2, 0.2, 3.0)
+    assert loss.tolist() == pytest.approx([-1.2, 0.8, 3.0, -2.0], rel=1e-6)
+    assert clipped.tolist() == [True, True, False, False]  # the dual-clip case is capped, not "clipped"
+    loss_hi, _ = grpo.ppo_clip_losses(logp, old, adv, 0.2, 0.28, None)
+    assert loss_hi[0].item() == pytest.approx(-1.28)
+    assert loss_hi[2].item() == pytest.approx(math.exp(2.0))  # no dual clip: unbounded
+
+
+def test_ema_alpha_schedule():
+    assert ema_alpha(1, 100) == pytest.approx(0.01)
+    assert ema_alpha(101, 100) == pytest.approx(1e-5)
+    mid = 1e-5 + 0.5 * (0.01 - 1e-5) * (1 + math.cos(math.pi * 50 / 100))
+    assert ema_alpha(51, 100) == pytest.approx(mid)
+    assert ema_alpha(500, 100) == pytest.approx(1e-5)
+    assert ema_alpha(1, 10, 0.01, 1e-4) == pytest.approx(0.01)
