@@ -376,6 +376,9 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], num_samples: int = 8
 # --------------------------------------------------------------------------------------------------------------
 # End to end
 # --------------------------------------------------------------------------------------------------------------
+BUNDLE_ENTRIES = ("data", "model", "metrics.json")
+
+
 def is_complete(out: str) -> bool:
     need = ["model/config.json", "model/tokenizer.json", "data/train.parquet", "data/train_rephrased.parquet",
             "data/val.parquet", "data/val_rephrased.parquet"]
@@ -397,6 +400,11 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
     if os.path.isdir(out) and is_complete(out) and not force:
         log(f"{out} already holds the tiny task (use --force to rebuild); skipping")
         return None
+    if os.path.exists(out):
+        stray = sorted(set(os.listdir(out)) - set(BUNDLE_ENTRIES)) if os.path.isdir(out) else [out]
+        if stray:  # never replace a directory that holds anything but a previous bundle
+            raise FileExistsError(f"refusing to replace {out}: it holds files that are not part of the tiny-task "
+                                  f"bundle ({stray[:5]})")
     t0 = time.time()
     prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     if threads:
@@ -412,6 +420,7 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
         metrics["total_seconds"] = round(time.time() - t0, 2)
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
+        _umask_permissions(tmp)
         old = None
         if os.path.exists(out):  # os.replace cannot overwrite a non-empty directory: move the old one aside first
             old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
@@ -426,6 +435,18 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
         torch.use_deterministic_algorithms(prev_det)
         torch.set_num_threads(prev_threads)
     return metrics
+
+
+def _umask_permissions(root: str) -> None:
+    """mkdtemp makes 0700 directories (and safetensors writes 0600 files): give the bundle ordinary permissions."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(root, 0o777 & ~umask)
+    for d, dirs, files in os.walk(root):
+        for n in dirs:
+            os.chmod(os.path.join(d, n), 0o777 & ~umask)
+        for n in files:
+            os.chmod(os.path.join(d, n), 0o666 & ~umask)
 
 
 def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples, max_operand, log):

@@ -310,9 +310,11 @@ def main(argv=None) -> int:
     from megatron_corew.data import DataError
     from megatron_corew.model_builder import ModelConfigError
 
+    from checkpoints_conversion.hf_io import CheckpointError
+
     try:
         run = RLRun(args)
-    except (ModelConfigError, DataError) as e:
+    except (ModelConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     result = run.run()

@@ -112,3 +112,9 @@ def test_make_tiny_task_end_to_end(tmp_path):
     assert tt.make_tiny_task(out, **kw) is None  # already there: skipped
     assert tt.make_tiny_task(out, force=True, **kw) is not None
     assert sorted(os.listdir(tmp_path)) == ["tiny"]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError):
+        tt.make_tiny_task(str(other), force=True, **kw)
+    assert (other / "notes.txt").read_text() == "keep me"
