@@ -14,6 +14,8 @@ import shutil
 import torch
 import torch.distributed as dist
 
+from megatron_corew import faults
+
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
 
@@ -60,6 +62,7 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
     _barrier()
     dist_checkpointing.save(_sharded_state(trainer), os.path.join(tmp, "model"))
     _barrier()
+    faults.maybe_kill("during_save", step)
     if _rank0():
         state = {"step": step, "scheduler": trainer.scheduler.state_dict(), "rng": rng_state(), **loop_state}
         torch.save(state, os.path.join(tmp, "state.pt"))
@@ -103,7 +106,9 @@ def load_checkpoint(load_dir: str, trainer) -> dict | None:
     with torch.no_grad():
         trainer.optimizer.load_state_dict(loaded["optimizer"])
     if trainer.anchor is not None and "anchor" in loaded:
-        trainer.anchor.load_state_dict(loaded["anchor"])
+        prefix = "anchor."
+        trainer.anchor.load_state_dict({k[len(prefix):] if k.startswith(prefix) else k: v
+                                        for k, v in loaded["anchor"].items()})
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.step_count = state["step"]

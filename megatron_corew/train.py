@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from megatron_corew import parallel
+from megatron_corew import faults, parallel
 from megatron_corew.arguments import parse_args
 
 
@@ -131,7 +131,7 @@ class RLRun:
 
         n = len(self.val_set) if self.args.max_val_samples is None else min(len(self.val_set), self.args.max_val_samples)
         examples = [self.val_set[i] for i in range(n)]
-        gens = self.engine.generate([e.prompt_ids for e in examples], self._params(greedy=True))
+        gens = self.engine.generate([e.prompt_ids for e in examples], self._params(greedy=True, seed=0))
         texts, _ = self._answers(gens)
         correct = [grade(t, e.ground_truth, self.args.gt_grading) for t, e in zip(texts, examples)]
         return {"val/accuracy": sum(correct) / max(n, 1),
@@ -288,6 +288,7 @@ class RLRun:
             bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", loss=f"{metrics['train/loss']:.4f}")
             if a.save and a.save_interval and done % a.save_interval == 0 and done != self.train_iters:
                 self.save(done)
+            faults.maybe_kill("after_step", done)
         bar.close()
         final_val = self.validate()
         if final_val:
@@ -296,7 +297,21 @@ class RLRun:
         if a.save:
             self.save(self.train_iters)
         self.logger.close()
-        return {"before": first_val.get("val/accuracy"), "after": final_val.get("val/accuracy")}
+        return {"before": first_val.get("val/accuracy"), "after": final_val.get("val/accuracy"),
+                "steps": self.train_iters, "policy_sha256": self.weights_digest(self.trainer.model),
+                "anchor_sha256": self.weights_digest(self.trainer.anchor) if self.trainer.anchor is not None else None}
+
+    def weights_digest(self, model) -> str | None:
+        """sha256 over the exported HF tensors (names and bytes): equal digests = bitwise-equal weights."""
+        import hashlib
+
+        from megatron_corew.weights import export_hf_weights
+
+        h = hashlib.sha256()
+        for name, t in export_hf_weights(model, self.model_args):
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest() if parallel.is_rank0() else None
 
     def save(self, step: int) -> None:
         from megatron_corew.checkpointing import save_checkpoint

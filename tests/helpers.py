@@ -117,3 +117,52 @@ def hf_reference_grad_norm(model_dir: str, samples: list[dict], temperature: flo
         loss = loss + (-s["adv"] * picked).sum() / n_tokens
     loss.backward()
     return float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)))
+
+
+def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_val: int = 8) -> dict:
+    """A random tiny model with the tiny task's tokenizer plus small verl-schema parquet files:
+    enough for end-to-end runs of train_rl.py in seconds (no warm start, so rewards are mostly 0)."""
+    from megatron_corew.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
+
+    model = make_tiny_hf_model(os.path.join(root, "model"), arch, vocab=512)
+    build_tokenizer().save_pretrained(model)
+    train, val = generate_problems(num_train=num_train, num_val=num_val, seed=0)
+    out = {"model": model}
+    for name, probs, split, phrasing in [("train", train, "train", "original"), ("train_rephrased", train, "train", "rephrased"),
+                                         ("val", val, "test", "original")]:
+        out[name] = os.path.join(root, f"{name}.parquet")
+        write_parquet(verl_rows(probs, split, phrasing), out[name])
+    return out
+
+
+def run_train(args: list[str], env_extra: dict | None = None, nproc: int = 1, timeout: int = 600):
+    """Run train_rl.py as a user would, in its own session; returns a CompletedProcess.
+
+    Output goes through files, not pipes, and the whole process group is killed at the end: a
+    SIGKILLed trainer can leave megatron's checkpoint-writer helpers behind holding inherited pipes."""
+    import signal
+    import tempfile
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env_extra or {}))
+    if nproc == 1:
+        cmd = [sys.executable, "train_rl.py", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+               str(free_port()), "train_rl.py", *args]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+
+
+def read_metrics(out_dir: str) -> list[dict]:
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]

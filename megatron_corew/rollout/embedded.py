@@ -52,7 +52,10 @@ class EmbeddedEngine(RolloutEngine):
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         gen = torch.Generator(device=self.device)
-        gen.manual_seed(params.seed if params.seed is not None else torch.seed() % (2**63))
+        # no seed: draw one from the global generator (never torch.seed(), which reseeds it from the OS
+        # and would make a resumed run diverge)
+        seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        gen.manual_seed(seed)
         out: list[Generation] = []
         t0 = time.perf_counter()
         for i in range(0, len(prompts), self.max_batch_size):
