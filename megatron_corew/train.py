@@ -47,7 +47,7 @@ class RLRun:
         self.val_set = data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length) if a.val_data else None
         self.sampler = data.EpochSampler(len(self.train_set), a.global_batch_size, seed=a.seed)
         steps_per_epoch = len(self.train_set) // a.global_batch_size
-        self.train_iters = a.train_iters or steps_per_epoch * a.epochs
+        self.train_iters = a.train_iters if a.train_iters is not None else steps_per_epoch * a.epochs
         is_ii = a.reward_method == "corewarding_2"
         self.trainer = PolicyTrainer(self.model_args, TrainerConfig(
             tp=a.tensor_model_parallel_size, pp=a.pipeline_model_parallel_size,

@@ -23,7 +23,7 @@ def _samples(spec_path):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("job", choices=["logprobs", "train_step", "export", "rollout_vs_trainer"])
+    ap.add_argument("job", choices=["logprobs", "train_step", "export", "rollout_vs_trainer", "ema"])
     ap.add_argument("--model", required=True)
     ap.add_argument("--samples")
     ap.add_argument("--out", required=True)
@@ -77,6 +77,25 @@ def main():
         result["num_tokens"] = len(diffs)
         result["samples"] = [{"prompt": x.prompt_ids, "response": x.response_ids, "adv": x.advantage} for x in samples]
         result["step"] = trainer.train_step(samples)
+    elif a.job == "ema":
+        from megatron_corew.teacher import ema_alpha
+
+        samples = _samples(a.samples)
+        ref = hf_state_dict(trainer.anchor, args)
+        ref = {k: v.double() for k, v in ref.items()} if ref is not None else None
+        for k in range(1, 4):
+            trainer.train_step(samples)  # move the policy
+            policy = hf_state_dict(trainer.model, args)
+            alpha = ema_alpha(k, 3, 0.3, 0.05)  # large alphas so the check is sensitive
+            trainer.ema_update_anchor(alpha)
+            if ref is not None:
+                ref = {n: alpha * policy[n].double() + (1 - alpha) * ref[n] for n in ref}
+        teacher = hf_state_dict(trainer.anchor, args)
+        policy = hf_state_dict(trainer.model, args)  # collective: every rank takes part
+        if teacher is not None:
+            result["max_abs_diff"] = max(float((teacher[n].double() - ref[n]).abs().max()) for n in ref)
+            result["max_abs_ref"] = max(float(ref[n].abs().max()) for n in ref)
+            result["teacher_policy_gap"] = max(float((teacher[n] - policy[n]).abs().max()) for n in ref)
     elif a.job == "export":
         sd = hf_state_dict(trainer.model, args)
         if sd is not None:
