@@ -17,6 +17,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--bf16", action="store_true", help="bf16 params/compute (fp32 main weights)")
     g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
     g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument("--overlap-param-gather", action="store_true", help="needs --use-distributed-optimizer")
+    g.add_argument("--attention-backend", choices=["auto", "flash", "fused", "unfused", "local"], default="auto")
     g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
     g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise"], default=None)
 

@@ -59,6 +59,8 @@ class RLRun:
             entropy_coef=a.entropy_coef, temperature=a.rollout_temperature, bf16=a.bf16,
             use_distributed_optimizer=a.use_distributed_optimizer, recompute=a.recompute_granularity,
             sequence_parallel=a.sequence_parallel, fp8=a.fp8_format, fp8_recipe=a.fp8_recipe,
+            overlap_grad_reduce=a.overlap_grad_reduce, overlap_param_gather=a.overlap_param_gather,
+            attention_backend=a.attention_backend,
             need_anchor=a.kl_loss_coef > 0 or is_ii))
         self.engine = self.teacher_engine = None
         if parallel.is_rank0():

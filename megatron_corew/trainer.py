@@ -64,6 +64,9 @@ class TrainerConfig:
     sequence_parallel: bool = False
     fp8: str | None = None
     fp8_recipe: str | None = None
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    attention_backend: str = "auto"  # megatron AttnBackend name: auto, flash, fused, unfused, local
     need_anchor: bool = True  # build the frozen reference / teacher copy
     anchor_cpu_offload: bool = False
     extra_config: dict = field(default_factory=dict)
@@ -78,6 +81,10 @@ class PolicyTrainer:
 
         self.args, self.cfg, self.ps = model_args, cfg, ps
         extra = dict(cfg.extra_config)
+        if cfg.attention_backend != "auto":
+            from megatron.core.transformer.enums import AttnBackend
+
+            extra["attention_backend"] = AttnBackend[cfg.attention_backend]
         if cfg.pp > 1:
             # micro-batches are padded per batch, so stages exchange shapes first; megatron checks the
             # MoE dispatcher even for dense models and only alltoall accepts variable lengths
@@ -88,10 +95,12 @@ class PolicyTrainer:
             sequence_parallel=cfg.sequence_parallel, fp8=cfg.fp8, fp8_recipe=cfg.fp8_recipe, **extra)
         self.pre, self.post = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
         module = model_builder.build_gpt_model(model_args, self.config, cfg.tp, self.pre, self.post)
-        source = hf_source if hf_source is not None else model_args.model_dir
-        load_hf_weights(module, model_args, source)
-        ddp_cfg = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                use_distributed_optimizer=cfg.use_distributed_optimizer)
+        if hf_source is not False:  # False: keep megatron's random init (benchmarks of real shapes)
+            load_hf_weights(module, model_args, hf_source if hf_source is not None else model_args.model_dir)
+        ddp_cfg = DistributedDataParallelConfig(
+            grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
+            overlap_param_gather=cfg.overlap_param_gather and cfg.use_distributed_optimizer,
+            use_distributed_optimizer=cfg.use_distributed_optimizer)
         self.model = DistributedDataParallel(config=self.config, ddp_config=ddp_cfg, module=module)
         from megatron.core.distributed import finalize_model_grads
 
