@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
+    g.add_argument("--keep-last-checkpoints", type=int, default=None, help="delete older iter_* directories")
+    g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
+                   help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint")
     g.add_argument("--no-progress-bar", action="store_true")
     return p
 

@@ -1,13 +1,17 @@
 """Fault injection for crash-safety tests: ``COREW_FAULT=<point>:<step>`` SIGKILLs this process at
 that point (``after_step`` once step N is logged and saved, ``during_save`` between writing
-checkpoint N and publishing it). Unset in normal runs, where this costs one dict lookup."""
+checkpoint N and publishing it, ``nan_loss`` makes step N's loss NaN). Unset in normal runs, where this costs one dict lookup."""
 from __future__ import annotations
 
 import os
 import signal
 
 
-def maybe_kill(point: str, step: int) -> None:
+def active(point: str, step: int) -> bool:
     spec = os.environ.get("COREW_FAULT")
-    if spec and spec == f"{point}:{step}":
+    return bool(spec) and spec == f"{point}:{step}"
+
+
+def maybe_kill(point: str, step: int) -> None:
+    if active(point, step):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -76,6 +76,7 @@ class RLRun:
         self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0())
         self.start_step = 0
         self.weight_version = 0
+        self.skipped_updates = 0
         if a.load:
             from megatron_corew.checkpointing import load_checkpoint
 
@@ -84,6 +85,7 @@ class RLRun:
                 self.start_step = state["step"]
                 self.sampler.load_state_dict(state["sampler"])
                 self.weight_version = state.get("weight_version", self.start_step)
+                self.skipped_updates = state.get("skipped_updates", 0)
                 self.sync_weights()
                 if is_ii:
                     self.sync_teacher()
@@ -239,8 +241,13 @@ class RLRun:
         train_metrics = self.trainer.train_step(samples, loss_scale=view_scale)
         timers["perf/time_train"] = time.perf_counter() - t1
         if not train_metrics["update_ok"]:
-            raise FloatingPointError(f"step {step}: non-finite loss or gradient (grad norm "
-                                     f"{train_metrics['grad_norm']}); stopping before corrupting the run")
+            self.skipped_updates += 1
+            message = (f"step {step + 1}: non-finite loss or gradient (loss {train_metrics['loss']}, grad norm "
+                       f"{train_metrics['grad_norm']}); the update was not applied")
+            if a.on_nonfinite == "stop":
+                raise FloatingPointError(message + "; stopping (--on-nonfinite stop), last checkpoint is intact")
+            _log0("warning: " + message + " (skipped; --on-nonfinite skip)")
+        train_metrics["skipped_updates"] = self.skipped_updates
         self.weight_version += 1
         timers["perf/time_weight_sync"] = self.sync_weights()
         total_tokens = sum(s.length for s in samples)
@@ -319,7 +326,8 @@ class RLRun:
         from megatron_corew.checkpointing import save_checkpoint
 
         save_checkpoint(self.args.save, step, self.trainer,
-                        {"sampler": self.sampler.state_dict(), "weight_version": self.weight_version})
+                        {"sampler": self.sampler.state_dict(), "weight_version": self.weight_version,
+                         "skipped_updates": self.skipped_updates}, keep_last=self.args.keep_last_checkpoints)
 
 
 def main(argv=None) -> int:
@@ -334,7 +342,11 @@ def main(argv=None) -> int:
     except (ModelConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    result = run.run()
+    try:
+        result = run.run()
+    except FloatingPointError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 3
     if parallel.is_rank0():
         with open(os.path.join(args.output_dir, "result.json"), "w") as f:
             json.dump(result, f)

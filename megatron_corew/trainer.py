@@ -15,7 +15,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from megatron_corew import grpo, model_builder, parallel
+from megatron_corew import faults, grpo, model_builder, parallel
 from megatron_corew.vocab_parallel import VocabParallelStats
 from megatron_corew.weights import copy_weights, load_hf_weights
 
@@ -286,6 +286,8 @@ class PolicyTrainer:
             if cfg.entropy_coef:
                 per_token = per_token - cfg.entropy_coef * ent
             loss = (per_token * w).sum()
+            if faults.active("nan_loss", self.step_count + 1):
+                loss = loss * float("nan")
             with torch.no_grad():
                 m = mb["mask"]
                 sums[0] += float((pg * w).sum())
@@ -303,7 +305,12 @@ class PolicyTrainer:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         self._run(self.model, mbs, loss_fn, forward_only=False)
-        ok, grad_norm, _ = self.optimizer.step()
+        if self._grads_finite(sums[5]):
+            ok, grad_norm, _ = self.optimizer.step()
+        else:  # never let a NaN/Inf reach the weights or the Adam moments
+            ok, grad_norm = False, float("nan")
+            self.model.zero_grad_buffer()
+            self.optimizer.zero_grad()
         if ok:
             self.scheduler.step(1)
         self.step_count += 1
@@ -317,6 +324,17 @@ class PolicyTrainer:
                 "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                 "update_ok": bool(ok), "lr": self.optimizer.param_groups[0]["lr"], "response_tokens": tokens,
                 "rollout_logprob_abs_diff": sums[7].item() / sums[8].item() if sums[8] > 0 else math.nan}
+
+    def _grads_finite(self, local_loss) -> bool:
+        """True when the loss and every gradient are finite on every rank (fp32 has no grad scaler
+        to catch them, and megatron would step with NaN grads)."""
+        bad = torch.tensor([0.0 if bool(torch.isfinite(torch.as_tensor(local_loss))) else 1.0])
+        for buffer in self.model.buffers:
+            if not bool(torch.isfinite(buffer.grad_data).all()):
+                bad[0] = 1.0
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return bad.item() == 0.0
 
     # ------------------------------------------------------------------ anchor
     @torch.no_grad()
