@@ -9,7 +9,10 @@ Qwen3 q/k RMSNorm, tied embeddings), so one table of *kinds* covers them:
 - ``qkv``: q, k, v fused per query group [q_g heads | k_g | v_g], query groups split over TP.
 - ``gate_up``: [gate_shard; up_shard] per TP rank.
 
-Both local-spec and Transformer-Engine-spec parameter names are understood.
+Both local-spec and Transformer-Engine-spec parameter names are understood. The per-family tables
+(which parameters each family has, their dist-checkpoint keys) are in
+:mod:`checkpoints_conversion.families` and the ``qwen2`` / ``qwen3`` / ``llama`` modules; the
+streaming checkpoint converters are in :mod:`checkpoints_conversion.megatron_io`.
 """
 from __future__ import annotations
 
@@ -115,17 +118,8 @@ def layer_offset(model) -> int:
 
 
 def expected_hf_names(args) -> list[str]:
-    """Every tensor name the HF checkpoint of this architecture must contain."""
-    names = ["model.embed_tokens.weight", "model.norm.weight"]
-    if not args.tie_word_embeddings:
-        names.append("lm_head.weight")
-    suffixes = ["input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_proj.weight",
-                "self_attn.k_proj.weight", "self_attn.v_proj.weight", "self_attn.o_proj.weight",
-                "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"]
-    if args.qkv_bias:
-        suffixes += ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"]
-    if args.qk_norm:
-        suffixes += ["self_attn.q_norm.weight", "self_attn.k_norm.weight"]
-    for i in range(args.num_layers):
-        names += [f"model.layers.{i}.{s}" for s in suffixes]
-    return names
+    """Every tensor name the HF checkpoint of this architecture must contain (the per-family
+    parameter tables live in :mod:`checkpoints_conversion.families` and the family modules)."""
+    from checkpoints_conversion.families import expected_hf_shapes
+
+    return list(expected_hf_shapes(args))

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
+    g.add_argument("--save-hf-interval", type=int, default=None,
+                   help="export an HF checkpoint (safetensors) every N steps and at the end")
+    g.add_argument("--save-hf", default=None, help="directory of HF exports (default: OUTPUT_DIR/hf)")
+    g.add_argument("--save-hf-dtype", choices=["float32", "bfloat16", "float16"], default=None)
     g.add_argument("--keep-last-checkpoints", type=int, default=None, help="delete older iter_* directories")
     g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
                    help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint")

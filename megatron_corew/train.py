@@ -297,6 +297,8 @@ class RLRun:
             bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", loss=f"{metrics['train/loss']:.4f}")
             if a.save and a.save_interval and done % a.save_interval == 0 and done != self.train_iters:
                 self.save(done)
+            if a.save_hf_interval and done % a.save_hf_interval == 0 and done != self.train_iters:
+                self.save_hf(done)
             faults.maybe_kill("after_step", done)
         bar.close()
         final_val = self.validate()
@@ -305,6 +307,8 @@ class RLRun:
             _log0(f"validation accuracy after training:  {final_val['val/accuracy']:.4f}")
         if a.save:
             self.save(self.train_iters)
+        if a.save_hf_interval:
+            self.save_hf(self.train_iters)
         self.logger.close()
         return {"before": first_val.get("val/accuracy"), "after": final_val.get("val/accuracy"),
                 "steps": self.train_iters, "policy_sha256": self.weights_digest(self.trainer.model),
@@ -321,6 +325,16 @@ class RLRun:
             h.update(name.encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest() if parallel.is_rank0() else None
+
+    def save_hf(self, step: int) -> None:
+        """HF safetensors export (collective on every rank; rank 0 writes atomically)."""
+        from megatron_corew.hf_export import save_hf_checkpoint
+
+        a = self.args
+        out = a.save_hf or os.path.join(a.output_dir, "hf")
+        dtype = getattr(torch, a.save_hf_dtype) if a.save_hf_dtype else None
+        path = save_hf_checkpoint(self.trainer.model, self.model_args, out, step, dtype=dtype)
+        _log0(f"exported HF checkpoint {path}")
 
     def save(self, step: int) -> None:
         from megatron_corew.checkpointing import save_checkpoint
