@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-data-rephrased", default=None, help="aligned rephrased parquet (Co-rewarding-I)")
     g.add_argument("--val-data", default=None, help="held-out parquet with ground truth for validation")
     g.add_argument("--max-val-samples", type=int, default=None)
+    g.add_argument("--val-n-samples", type=int, default=0,
+                   help="also report sampled avg@k accuracy on the held-out set (k samples per question; 0: off)")
+    g.add_argument("--val-temperature", type=float, default=1.0, help="temperature of the avg@k validation samples")
     g.add_argument("--prompt-key", default="prompt")
     g.add_argument("--max-prompt-length", type=int, default=512)
     g.add_argument("--max-response-length", type=int, default=3072)
@@ -54,7 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-samples-per-prompt", type=int, default=8)
     g.add_argument("--rollout-temperature", type=float, default=1.0)
     g.add_argument("--rollout-top-p", type=float, default=1.0)
-    g.add_argument("--rollout-backend", choices=["embedded"], default="embedded")
     g.add_argument("--rollout-batch-size", type=int, default=64, help="sequences per engine forward")
     g.add_argument("--kl-loss-coef", type=float, default=None, help="default: the method's reference value")
     g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default="low_var_kl")
@@ -92,11 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
                    help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint")
     g.add_argument("--no-progress-bar", action="store_true")
+    from megatron_corew.rollout.factory import add_rollout_args
+
+    add_rollout_args(p)  # --rollout-backend {embedded,sglang}, --sglang-* flags
     return p
 
 
 def parse_args(argv=None):
+    import sys
+
+    from megatron_corew.rollout.factory import split_sglang_passthrough
+
+    argv, passthrough = split_sglang_passthrough(sys.argv[1:] if argv is None else list(argv))
     args = build_parser().parse_args(argv)
+    args.sglang_passthrough = passthrough
     if args.kl_loss_coef is None:
         args.kl_loss_coef = METHOD_DEFAULTS[args.reward_method]["kl_coef"]
     if args.reward_method == "corewarding_1" and not args.train_data_rephrased:

@@ -64,13 +64,11 @@ class RLRun:
             need_anchor=a.kl_loss_coef > 0 or is_ii))
         self.engine = self.teacher_engine = None
         if parallel.is_rank0():
-            from megatron_corew.rollout.embedded import EmbeddedEngine
+            from megatron_corew.rollout.factory import create_engine
 
-            eos = self.model_args.eos_token_id or [self.tokenizer.eos_token_id]
-            kw = dict(eos_token_ids=eos, pad_token_id=self.tokenizer.pad_token_id, max_batch_size=a.rollout_batch_size)
-            self.engine = EmbeddedEngine(a.hf_checkpoint, **kw)
+            self.engine = create_engine(a, a.hf_checkpoint, self.tokenizer, "policy")
             if is_ii:
-                self.teacher_engine = EmbeddedEngine(a.hf_checkpoint, **kw)
+                self.teacher_engine = create_engine(a, a.hf_checkpoint, self.tokenizer, "teacher")
         from megatron_corew.run_logger import RunLogger
 
         self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0())
@@ -138,8 +136,19 @@ class RLRun:
         gens = self.engine.generate([e.prompt_ids for e in examples], self._params(greedy=True, seed=0))
         texts, _ = self._answers(gens)
         correct = [grade(t, e.ground_truth, self.args.gt_grading) for t, e in zip(texts, examples)]
-        return {"val/accuracy": sum(correct) / max(n, 1),
-                "val/response_length": sum(len(g.response_ids) for g in gens) / max(n, 1)}
+        out = {"val/accuracy": sum(correct) / max(n, 1),
+               "val/response_length": sum(len(g.response_ids) for g in gens) / max(n, 1)}
+        k = self.args.val_n_samples
+        if k:  # sampled avg@k (the paper's AMC metric is avg@8 at T=0.8); fixed seed: same draws every eval
+            from megatron_corew.rollout.base import SamplingParams
+
+            params = SamplingParams(temperature=self.args.val_temperature, top_p=1.0,
+                                    max_new_tokens=self.args.max_response_length, seed=1)
+            gens = self.engine.generate([e.prompt_ids for e in examples for _ in range(k)], params)
+            texts, _ = self._answers(gens)
+            hits = [grade(t, examples[i // k].ground_truth, self.args.gt_grading) for i, t in enumerate(texts)]
+            out[f"val/accuracy_avg@{k}"] = sum(hits) / max(len(hits), 1)
+        return out
 
     # ------------------------------------------------------------------ one step
     def batch_prompts(self, indices):
