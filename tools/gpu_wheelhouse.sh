@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Prepare the wheels a lent GPU machine needs (Python 3.12, CUDA torch preinstalled, no internet):
+# megatron-core and the small pure-Python packages this project imports, downloaded here into
+# gpu_wheels/ (git-ignored) and carried to the device with the run tool's `carry: ["gpu_wheels"]`.
+# On the device:  pip install --no-index --find-links gpu_wheels --no-deps gpu_wheels/*.whl && pip install --no-deps -e .
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DEST=${DEST:-gpu_wheels}
+PY=${PY:-3.12}
+mkdir -p "$DEST"
+COMMON=(--no-deps --only-binary=:all: --python-version "$PY" --implementation cp --platform manylinux2014_x86_64
+        --platform manylinux_2_28_x86_64 --platform any -d "$DEST")
+pip download "${COMMON[@]}" "megatron-core==0.19.2"
+pip download "${COMMON[@]}" transformers tokenizers safetensors huggingface-hub hf-xet pyarrow tqdm regex \
+  pyyaml filelock fsspec packaging typing-extensions nltk psutil tensorboard tensorboard-data-server \
+  protobuf grpcio absl-py markdown werkzeug typer click shellingham rich markdown-it-py mdurl pygments \
+  httpx anyio h11 httpcore idna certifi sniffio joblib
+du -sh "$DEST"
+ls "$DEST"
