@@ -1,0 +1,29 @@
+"""The README's main command, run as a new user would: it builds the tiny task if needed, trains,
+prints held-out accuracy before and after, and writes tensorboard event files. The accuracy must rise."""
+import glob
+import json
+import os
+import re
+import subprocess
+
+from helpers import REPO
+
+
+def test_readme_main_command_improves_heldout_accuracy(tmp_path):
+    out = str(tmp_path / "run")
+    env = dict(os.environ, OUT=out)
+    proc = subprocess.run(["bash", "examples/run_tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    before = float(re.search(r"validation accuracy before training:\s+([0-9.]+)", proc.stdout).group(1))
+    after = float(re.search(r"validation accuracy after training:\s+([0-9.]+)", proc.stdout).group(1))
+    assert after > before, (before, after)
+    result = json.load(open(os.path.join(out, "result.json")))
+    assert result["after"] == after and result["before"] == before
+    events = glob.glob(os.path.join(out, "tensorboard", "events.out.tfevents.*"))
+    assert events and os.path.getsize(events[0]) > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(os.path.dirname(events[0]))
+    acc.Reload()
+    assert "val/accuracy" in acc.Tags()["scalars"] and "train/loss" in acc.Tags()["scalars"]
