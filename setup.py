@@ -28,6 +28,7 @@ setup(
         "psutil",
         "tqdm",
         "numpy",
+        "matplotlib",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "math-verify"],

@@ -294,6 +294,11 @@ class RLRun:
         bar = tqdm(total=self.train_iters, initial=self.start_step, disable=not parallel.is_rank0() or a.no_progress_bar,
                    desc=f"{a.reward_method}", dynamic_ncols=True)
         last_val = first_val
+        from megatron_corew.collapse import CollapseMonitor
+
+        monitor = CollapseMonitor()
+        if first_val:
+            monitor.update(0, first_val)
         for step in range(self.start_step, self.train_iters):
             metrics = self.step(step)
             done = step + 1
@@ -302,6 +307,8 @@ class RLRun:
                 metrics.update(val)
                 last_val = val or last_val
             self.logger.log(done, metrics)
+            for signal in monitor.update(done, metrics):
+                _log0(f"warning: collapse signature at step {done}: {signal}")
             bar.update(1)
             bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", loss=f"{metrics['train/loss']:.4f}")
             if a.save and a.save_interval and done % a.save_interval == 0 and done != self.train_iters:

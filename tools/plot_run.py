@@ -1,0 +1,171 @@
+#!/usr/bin/env python
+"""Plot a run's collapse signatures (ALGORITHMS.md section 5) on one PNG.
+
+    python tools/plot_run.py runs/qwen3-8b-base-corewarding_2 [--out run.png]
+
+Reads RUN_DIR/tensorboard (tensorboard event files; RUN_DIR itself if it holds them) and falls back to
+RUN_DIR/metrics.jsonl. Panels: validation accuracy; training reward (with the GT accuracy of the
+rollouts when logged); pseudo-label accuracy and the policy's own vote accuracy; mean response length
+and clip ratio; token entropy; KL. A missing series is skipped and noted in its panel. The collapse
+signatures found by ``megatron_corew.collapse.collapse_signals`` are printed and written under the plot.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# (title, [(tag, label, axis)]); axis "right" draws on a twin y axis
+PANELS = [
+    ("validation accuracy (greedy)", [("val/accuracy", "val/accuracy", "left")]),
+    ("training reward", [("reward/mean", "reward/mean", "left"), ("reward/gt_accuracy", "reward/gt_accuracy", "left")]),
+    ("pseudo-label accuracy vs ground truth", [("pseudo/label_acc", "pseudo/label_acc", "left"),
+                                               ("pseudo/policy_vote_acc", "pseudo/policy_vote_acc", "left")]),
+    ("response length / clip ratio", [("rollout/response_length_mean", "response_length_mean", "left"),
+                                      ("rollout/clip_ratio", "clip_ratio (right)", "right")]),
+    ("token entropy", [("train/entropy", "train/entropy", "left")]),
+    ("KL to the anchor", [("train/kl", "train/kl", "left")]),
+]
+TAGS = sorted({tag for _, series in PANELS for tag, _, _ in series})
+
+
+def load_tensorboard(logdir: str) -> dict[str, list[tuple[float, float]]]:
+    """{tag: [(step, value)]} from every event file under logdir (later files win on equal steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    files = sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True))
+    merged: dict[str, dict[float, float]] = {}
+    for path in files:
+        acc = EventAccumulator(path, size_guidance={SCALARS: 0})  # 0: keep every point
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            for ev in acc.Scalars(tag):
+                merged.setdefault(tag, {})[float(ev.step)] = float(ev.value)
+    return {tag: sorted(points.items()) for tag, points in merged.items()}
+
+
+def load_jsonl(path: str) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, dict[float, float]] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+                continue
+            step = float(row.get("step", 0))
+            for k, v in row.items():
+                if k in ("step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                if math.isfinite(v):
+                    out.setdefault(k, {})[step] = float(v)
+    return {tag: sorted(points.items()) for tag, points in out.items()}
+
+
+def load_run(run_dir: str) -> tuple[dict[str, list[tuple[float, float]]], str]:
+    """The run's scalar series and where they came from."""
+    for logdir in (os.path.join(run_dir, "tensorboard"), run_dir):
+        if glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
+            try:
+                series = load_tensorboard(logdir)
+            except ImportError:
+                break
+            if series:
+                return series, logdir
+    jsonl = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(jsonl):
+        return load_jsonl(jsonl), jsonl
+    raise SystemExit(f"error: no tensorboard event files under {run_dir}/tensorboard and no {jsonl}")
+
+
+def to_rows(series: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    rows: dict[float, dict] = {}
+    for tag, points in series.items():
+        for step, v in points:
+            rows.setdefault(step, {"step": step})[tag] = v
+    return [rows[s] for s in sorted(rows)]
+
+
+def plot(series: dict[str, list[tuple[float, float]]], out: str, title: str, notes: list[str]) -> list[str]:
+    """Render the panels to ``out``; returns the tags that were missing."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    missing = []
+    ncols, nrows = 2, (len(PANELS) + 1) // 2
+    fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.6 * nrows + 0.4 + 0.22 * len(notes)), squeeze=False)
+    for ax, (ptitle, specs) in zip(axes.flat, PANELS):
+        twin = None
+        lines, absent = [], []
+        for k, (tag, label, side) in enumerate(specs):
+            pts = series.get(tag)
+            if not pts:
+                absent.append(tag)
+                continue
+            target = ax
+            if side == "right":
+                twin = twin or ax.twinx()
+                target = twin
+            xs, ys = zip(*pts)
+            lines += target.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3,
+                                 color=f"C{k}", label=label)
+        missing += absent
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+        if twin is not None:
+            twin.tick_params(labelsize=8)
+        if lines:
+            ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
+        if absent:
+            ax.text(0.5, 0.5 if not lines else 0.04, "not logged: " + ", ".join(absent), transform=ax.transAxes,
+                    ha="center", va="center" if not lines else "bottom", fontsize=8, color="gray")
+    for ax in list(axes.flat)[len(PANELS):]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=11)
+    if notes:
+        fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, color="firebrick", va="bottom", ha="left")
+    bottom = (0.3 + 0.22 * len(notes)) / fig.get_figheight()
+    fig.tight_layout(rect=(0, min(bottom, 0.4), 1, 0.97))
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return missing
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", help="a run's --output-dir (holding tensorboard/ and/or metrics.jsonl)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/run.png)")
+    args = p.parse_args(argv)
+    if not os.path.isdir(args.run_dir):
+        raise SystemExit(f"error: run directory not found: {args.run_dir}")
+    series, source = load_run(args.run_dir)
+    out = args.out or os.path.join(args.run_dir, "run.png")
+
+    from megatron_corew.collapse import collapse_signals
+
+    signals = collapse_signals(to_rows(series))
+    notes = [f"collapse signature: {s}" for s in signals]
+    missing = plot(series, out, f"{os.path.basename(os.path.abspath(args.run_dir))}  ({source})", notes)
+    print(f"[plot_run] read {len(series)} series from {source}")
+    if missing:
+        print(f"[plot_run] not logged (skipped): {', '.join(missing)}")
+    for s in signals:
+        print(f"[plot_run] collapse signature: {s}")
+    print(f"[plot_run] wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
