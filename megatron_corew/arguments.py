@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("logging, evaluation, checkpoints")
     g.add_argument("--output-dir", default="runs/default")
     g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--wandb-project", default=None, help="also log to Weights & Biases (when installed)")
     g.add_argument("--eval-interval", type=int, default=10)
     g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--rollout-dump", action="store_true", help="write every step's rollouts as jsonl")

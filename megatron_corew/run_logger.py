@@ -9,12 +9,21 @@ import time
 
 
 class RunLogger:
-    def __init__(self, out_dir: str, tensorboard_dir: str | None = None, enabled: bool = True):
+    def __init__(self, out_dir: str, tensorboard_dir: str | None = None, enabled: bool = True,
+                 wandb_project: str | None = None, run_name: str | None = None, config: dict | None = None):
         self.enabled = enabled
         self.writer = None
         self.jsonl = None
+        self.wandb = None
         if not enabled:
             return
+        if wandb_project:  # optional: only when asked for and installed
+            try:
+                import wandb
+            except ImportError:
+                print("warning: --wandb-project given but wandb is not installed; logging to tensorboard/jsonl only")
+            else:
+                self.wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, dir=out_dir)
         os.makedirs(out_dir, exist_ok=True)
         self.jsonl_path = os.path.join(out_dir, "metrics.jsonl")
         self.jsonl = open(self.jsonl_path, "a", buffering=1)
@@ -35,9 +44,13 @@ class RunLogger:
                     self.writer.add_scalar(k, v, step)
             self.writer.flush()
         self.jsonl.write(json.dumps({"step": step, "time": time.time(), **clean}) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in clean.items() if isinstance(v, float)}, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
         if self.jsonl is not None:
             self.jsonl.close()
+        if self.wandb is not None:
+            self.wandb.finish()

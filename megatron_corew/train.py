@@ -71,7 +71,9 @@ class RLRun:
                 self.teacher_engine = create_engine(a, a.hf_checkpoint, self.tokenizer, "teacher")
         from megatron_corew.run_logger import RunLogger
 
-        self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0())
+        self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0(),
+                                wandb_project=a.wandb_project, run_name=os.path.basename(a.output_dir.rstrip("/")),
+                                config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
         self.start_step = 0
         self.weight_version = 0
         self.skipped_updates = 0
