@@ -79,9 +79,13 @@ def converted(tmp_path_factory):
     # (its logits reference: transformers in fp32 on the bf16-rounded weights, i.e. the back-converted model)
     spec.append(dict(spec[2], name="qwen3_as_bf16", ckpt=str(root / "mc_qwen3_bf16"),
                      back=str(root / "back_qwen3_bf16"), dtype="bfloat16", ref=str(root / "back_qwen3_bf16")))
-    # a model with tokenizer files (the repo's tiny Qwen3 task model), small output shards
-    spec.append({"name": "asset", "hf": os.path.join(REPO, "assets", "tiny", "model"), "ckpt": str(root / "mc_asset"),
-                 "back": str(root / "back_asset"), "tokens": _tokens(502, 99), "max_shard_bytes": 200_000})
+    # a model with tokenizer files (the tiny task's tokenizer, built here: CI has no assets/), small output shards
+    from megatron_corew.tiny_task import build_tokenizer
+
+    asset = make_tiny_hf_model(str(root / "hf_asset"), "qwen3", vocab=512, seed=99)
+    build_tokenizer().save_pretrained(asset)
+    spec.append({"name": "asset", "hf": asset, "ckpt": str(root / "mc_asset"),
+                 "back": str(root / "back_asset"), "tokens": _tokens(512, 99), "max_shard_bytes": 200_000})
     _worker("convert", spec, str(root))
     return {"root": str(root), "spec": {e["name"]: e for e in spec}}
 
