@@ -30,7 +30,7 @@ CMD=("${LAUNCH[@]}" train_rl.py --hf-checkpoint "$ASSETS/model"
   --train-data "$ASSETS/data/train.parquet" --val-data "$ASSETS/data/val.parquet"
   --reward-method "$METHOD" --global-batch-size 16 --n-samples-per-prompt 8
   --max-prompt-length 128 --max-response-length 48 --micro-batch-size 64
-  --lr "$LR" --train-iters "$STEPS" --eval-interval 10 --seed 1234 --output-dir "$OUT" "${EXTRA[@]}")
+  --lr "$LR" --train-iters "$STEPS" --eval-interval 10 --seed "${SEED:-1234}" --output-dir "$OUT" "${EXTRA[@]}")
 echo "[run_tiny] ${CMD[*]}"
 if [ "$DRY_RUN" = "1" ]; then exit 0; fi
 "${CMD[@]}"
