@@ -99,6 +99,7 @@ def plot(series: dict[str, list[tuple[float, float]]], out: str, title: str, not
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     missing = []
     ncols, nrows = 2, (len(PANELS) + 1) // 2
@@ -115,18 +116,26 @@ def plot(series: dict[str, list[tuple[float, float]]], out: str, title: str, not
             if side == "right":
                 twin = twin or ax.twinx()
                 target = twin
+                if tag == "rollout/clip_ratio":
+                    twin.set_ylim(-0.03, 1.03)
             xs, ys = zip(*pts)
-            lines += target.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3,
-                                 color=f"C{k}", label=label)
+            lines += target.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, color=f"C{k}",
+                                 linestyle="-" if k == 0 else "--", label=label)  # dashed: visible on overlap
         missing += absent
         ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=8)
+        if lines:
+            ax.ticklabel_format(axis="y", useOffset=False)
         if twin is not None:
             twin.tick_params(labelsize=8)
         if lines:
             ax.legend(lines, [ln.get_label() for ln in lines], fontsize=8, loc="best")
+        if not lines:
+            ax.set_xticks([])
+            ax.set_yticks([])
         if absent:
             ax.text(0.5, 0.5 if not lines else 0.04, "not logged: " + ", ".join(absent), transform=ax.transAxes,
                     ha="center", va="center" if not lines else "bottom", fontsize=8, color="gray")
