@@ -31,7 +31,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "math-verify"],
+        "test": ["pytest", "pytest-timeout", "math-verify", "champ-dataset", "reasoning-gym"],
         "gpu": ["transformer-engine[pytorch]"],
     },
 )

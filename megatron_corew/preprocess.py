@@ -1,0 +1,511 @@
+"""Turn math datasets, in the formats their publishers use, into the verl parquet schema (ALGORITHMS.md section 4).
+
+Output rows (what :func:`megatron_corew.data.load_examples` reads, and what the Co-rewarding reference releases)::
+
+    data_source  : str                                   (the source's hub id unless overridden)
+    prompt       : [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": <bare question>}]
+    ability      : "math"
+    reward_model : {"ground_truth": str, "style": "rule"}
+    extra_info   : {"index": <row number in the source>, "split": str, <source metadata, as strings>}
+
+Sources and their columns (column names are matched case-insensitively; the first present one wins):
+
+    math     DigitalLearningGmbH/MATH-lighteval   problem | solution -> last \\boxed{} of the solution
+    dapo     open-r1/DAPO-Math-17k-Processed (en)  prompt (a plain string) | solution
+    openrs   knoveleng/open-rs                     problem | answer, else last \\boxed{} of solution
+    gsm8k    openai/gsm8k (main)                   question | answer "... #### N" -> N (thousands commas dropped)
+    math500  HuggingFaceH4/MATH-500                problem | answer, else last \\boxed{} of solution
+    aime     AI-MO/aimo-validation-aime            problem / question / prompt | answer (numbers accepted)
+    amc      AI-MO/aimo-validation-amc             problem / question / prompt | answer (numbers accepted)
+
+Inputs are local files (parquet, jsonl, json array / {"data": [...]}) or a directory of them (a hub snapshot:
+files whose name starts with the split), or the hub itself through ``datasets`` when it is installed and online.
+
+Malformed rows (not an object, empty or non-string question, missing or non-string answer, a solution without a
+boxed answer, a bad jsonl line) are reported as ``FILE: row N: reason`` and raise (``on_bad_row="error"``) or
+are skipped (``"skip"``). A file that cannot be read at all, or lacks a required column entirely, is always an
+error. Outputs are written atomically: a temp file next to the target, fsync, ``os.replace``.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from megatron_corew import faults
+from megatron_corew.tiny_task import SYSTEM_PROMPT
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PreprocessError", "SourceSpec", "SOURCES", "SYSTEM_PROMPT", "read_records", "convert_records",
+           "preprocess", "verl_row", "verl_table", "atomic_write_parquet", "atomic_write_text",
+           "clean_stale_temps", "make_temp_path", "commit_temp"]
+
+INPUT_EXTS = (".parquet", ".jsonl", ".json")
+
+
+class PreprocessError(ValueError):
+    """An input that cannot be converted: unreadable file, missing column, or a malformed row under 'error'."""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    name: str
+    hub_id: str
+    hub_config: str | None
+    question_cols: tuple[str, ...]
+    answer_cols: tuple[tuple[str, str], ...]  # (column, kind) with kind in {"plain", "boxed", "gsm8k"}
+    numeric_answers: bool = False  # the source publishes numbers (AMC floats, AIME ints): format them
+    meta_cols: tuple[str, ...] = ()  # copied into extra_info (as strings) when present
+    default_split: str = "train"
+    splits: tuple[str, ...] = ("train",)
+
+
+SOURCES: dict[str, SourceSpec] = {
+    "math": SourceSpec("math", "DigitalLearningGmbH/MATH-lighteval", None, ("problem",), (("solution", "boxed"),),
+                       meta_cols=("level", "type"), default_split="train", splits=("train", "test")),
+    "dapo": SourceSpec("dapo", "open-r1/DAPO-Math-17k-Processed", "en", ("prompt",), (("solution", "plain"),),
+                       default_split="train"),
+    "openrs": SourceSpec("openrs", "knoveleng/open-rs", None, ("problem",),
+                         (("answer", "plain"), ("solution", "boxed")), meta_cols=("level",), default_split="train"),
+    "gsm8k": SourceSpec("gsm8k", "openai/gsm8k", "main", ("question",), (("answer", "gsm8k"),),
+                        default_split="test", splits=("train", "test")),
+    "math500": SourceSpec("math500", "HuggingFaceH4/MATH-500", None, ("problem",),
+                          (("answer", "plain"), ("solution", "boxed")), meta_cols=("subject", "level", "unique_id"),
+                          default_split="test", splits=("test",)),
+    "aime": SourceSpec("aime", "AI-MO/aimo-validation-aime", None, ("problem", "question", "prompt"),
+                       (("answer", "plain"),), numeric_answers=True, meta_cols=("id", "url", "year"),
+                       default_split="train", splits=("train",)),
+    "amc": SourceSpec("amc", "AI-MO/aimo-validation-amc", None, ("problem", "question", "prompt"),
+                      (("answer", "plain"),), numeric_answers=True, meta_cols=("id", "url", "source"),
+                      default_split="train", splits=("train",)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Atomic writes
+# ----------------------------------------------------------------------------------------------------------------
+def _tmp_prefix(path: str) -> str:
+    return f".{os.path.basename(path)}.tmp-"
+
+
+def clean_stale_temps(path: str) -> list[str]:
+    """Remove temp files left next to ``path`` by a killed writer (``.NAME.tmp-PID-*`` whose PID is gone)."""
+    d = os.path.dirname(os.path.abspath(path))
+    removed = []
+    for t in glob.glob(os.path.join(glob.escape(d), glob.escape(_tmp_prefix(path)) + "*")):
+        m = re.match(r"(\d+)-", os.path.basename(t)[len(_tmp_prefix(path)):])
+        pid = int(m.group(1)) if m else None
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            os.remove(t)
+            removed.append(t)
+        except OSError:
+            pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(d: str) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def make_temp_path(path: str) -> str:
+    """An empty temp file next to ``path`` (same directory, so a rename onto ``path`` is atomic), after removing
+    temp files that killed writers left there."""
+    path = os.path.abspath(os.fspath(path))
+    d = os.path.dirname(path)
+    os.makedirs(d, exist_ok=True)
+    clean_stale_temps(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", dir=d)
+    os.close(fd)
+    return tmp
+
+
+def commit_temp(tmp: str, path: str) -> None:
+    """fsync ``tmp`` and rename it onto ``path``."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
+    faults.maybe_kill("before_commit", 0)  # crash-safety tests: COREW_FAULT=before_commit:0
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+class _AtomicFile:
+    """Context manager yielding a temp path next to ``path``; on success it is fsynced and renamed onto ``path``,
+    on an exception it is removed."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(os.fspath(path))
+        self.tmp = None
+
+    def __enter__(self) -> str:
+        self.tmp = make_temp_path(self.path)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            try:
+                os.remove(self.tmp)
+            except OSError:
+                pass
+            return False
+        commit_temp(self.tmp, self.path)
+        return False
+
+
+def atomic_write_parquet(table, path: str) -> None:
+    """Write a pyarrow table so that ``path`` is either absent/previous or complete, never partial."""
+    import pyarrow.parquet as pq
+
+    with _AtomicFile(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    with _AtomicFile(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the sources' own formats
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Bad:
+    where: str  # "FILE: row N" (+ line for jsonl)
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"
+
+
+@dataclass
+class RecordSet:
+    """Rows of one input file: [(where, row_number, record)] (an unparseable row's record is a ``_Bad``),
+    plus the file's column names."""
+    path: str
+    rows: list[tuple[str, int, Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+
+
+def _expand_inputs(paths: Iterable[str], split: str | None) -> list[str]:
+    out = []
+    for p in paths:
+        p = os.fspath(p)
+        if os.path.isdir(p):
+            files = sorted(f for f in glob.glob(os.path.join(glob.escape(p), "**", "*"), recursive=True)
+                           if f.endswith(INPUT_EXTS) and os.path.isfile(f))
+            chosen = [f for f in files if split and os.path.basename(f).startswith(split)]
+            if not chosen:
+                raise PreprocessError(f"{p}: no {'/'.join(INPUT_EXTS)} file whose name starts with the split "
+                                      f"{split!r} (files: {[os.path.relpath(f, p) for f in files][:10]})")
+            out.extend(chosen)
+        elif os.path.isfile(p):
+            out.append(p)
+        else:
+            raise PreprocessError(f"{p}: file not found")
+    return out
+
+
+def read_records(path: str) -> RecordSet:
+    """Read one parquet / jsonl / json file. Unparseable jsonl lines become bad rows; an unreadable file raises."""
+    path = os.fspath(path)
+    rs = RecordSet(path)
+    if path.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+            records = table.to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise PreprocessError(f"{path}: cannot read as a parquet file ({type(e).__name__}: {e})") from e
+        rs.columns = list(table.column_names)
+        rs.rows = [(f"{path}: row {i}", i, r) for i, r in enumerate(records)]
+        return rs
+    if path.endswith(".jsonl"):
+        try:
+            f = open(path, encoding="utf-8")
+        except OSError as e:
+            raise PreprocessError(f"{path}: cannot open ({e})") from e
+        cols: dict[str, None] = {}
+        with f:
+            i = 0
+            try:
+                for lineno, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    where = f"{path}: row {i} (line {lineno})"
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        rs.rows.append((where, i, _Bad(where, f"not valid JSON ({e.msg})")))
+                        i += 1
+                        continue
+                    if isinstance(rec, dict):
+                        cols.update(dict.fromkeys(rec))
+                    rs.rows.append((where, i, rec))
+                    i += 1
+            except UnicodeDecodeError as e:
+                raise PreprocessError(f"{path}: not UTF-8 text ({e})") from e
+        rs.columns = list(cols)
+        return rs
+    if path.endswith(".json"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PreprocessError(f"{path}: cannot read as JSON ({type(e).__name__}: {e})") from e
+        if isinstance(data, dict):
+            lists = [v for k, v in data.items() if k in ("data", "rows", "train", "test", "examples")
+                     and isinstance(v, list)]
+            if len(lists) == 1:
+                data = lists[0]
+            elif data and all(isinstance(v, list) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
+                keys = list(data)  # a dict of columns
+                data = [dict(zip(keys, vals)) for vals in zip(*data.values())]
+        if not isinstance(data, list):
+            raise PreprocessError(f"{path}: expected a JSON array of objects (or {{'data': [...]}}), "
+                                  f"got {type(data).__name__}")
+        cols = {}
+        for i, rec in enumerate(data):
+            if isinstance(rec, dict):
+                cols.update(dict.fromkeys(rec))
+            rs.rows.append((f"{path}: row {i}", i, rec))
+        rs.columns = list(cols)
+        return rs
+    raise PreprocessError(f"{path}: unsupported file type (expected one of {INPUT_EXTS})")
+
+
+def read_hub(spec: SourceSpec, split: str) -> RecordSet:
+    """Records from the hub through ``datasets`` (only when it is installed and the hub is reachable)."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise PreprocessError("--hub needs the 'datasets' package; pass local files with --input instead") from e
+    try:
+        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
+    except Exception as e:  # noqa: BLE001 - offline, missing split, auth, ...
+        raise PreprocessError(f"cannot load {spec.hub_id} ({spec.hub_config}) split {split!r} from the hub: "
+                              f"{type(e).__name__}: {e}") from e
+    where = f"hub:{spec.hub_id}"
+    rs = RecordSet(where, columns=list(ds.column_names))
+    rs.rows = [(f"{where}: row {i}", i, r) for i, r in enumerate(ds)]
+    return rs
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Conversion
+# ----------------------------------------------------------------------------------------------------------------
+def _find_col(columns: Iterable[str], wanted: str) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    return wanted if wanted in columns else lower.get(wanted.lower())
+
+
+def _format_number(v) -> str:
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            raise ValueError(f"answer is not a finite number ({v!r})")
+        return str(int(v)) if v.is_integer() else repr(v)
+    return str(v)
+
+
+def _meta_str(v) -> str:
+    if isinstance(v, str):
+        return v
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and (not isinstance(v, float) or math.isfinite(v)):
+        return _format_number(v)
+    return json.dumps(v, default=str)
+
+
+def _answer_text(value, kind: str, numeric_ok: bool, col: str) -> str:
+    try:  # numpy scalars from pandas-written files
+        import numpy as np
+
+        if isinstance(value, np.generic):
+            value = value.item()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"{col!r} must be a string (got {type(value).__name__}: {str(value)[:60]!r})")
+    if not isinstance(value, str):
+        if not numeric_ok:
+            raise ValueError(f"{col!r} must be a string (got {type(value).__name__}: {value!r})")
+        return _format_number(value)
+    if kind == "plain":
+        ans = value.strip()
+    elif kind == "boxed":
+        from megatron_corew.rewards.math_grader import extract_boxed_answer
+
+        ans = extract_boxed_answer(value).strip()
+        if not ans:
+            raise ValueError(f"{col!r} has no complete \\boxed{{...}} answer")
+    elif kind == "gsm8k":
+        if "####" not in value:
+            raise ValueError(f"{col!r} has no '#### <answer>' line")
+        ans = value.rsplit("####", 1)[1].strip().replace(",", "")
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    if not ans:
+        raise ValueError(f"{col!r} is empty")
+    return ans
+
+
+def verl_row(question: str, ground_truth: str, index: int, split: str, data_source: str,
+             system_prompt: str | None = SYSTEM_PROMPT, prompt_style: str = "system", meta: dict | None = None) -> dict:
+    """One row of the verl schema. ``prompt_style="system"``: system prompt + bare question (the reference's
+    released files); ``"user"``: no system message, the instruction appended to the question after a space."""
+    if prompt_style == "system":
+        prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
+                 [{"role": "user", "content": question}]
+    elif prompt_style == "user":
+        prompt = [{"role": "user", "content": question + (" " + system_prompt if system_prompt else "")}]
+    else:
+        raise ValueError(f"prompt_style must be 'system' or 'user', got {prompt_style!r}")
+    extra = {"index": int(index), "split": split}
+    extra.update(meta or {})
+    return {"data_source": data_source, "prompt": prompt, "ability": "math",
+            "reward_model": {"ground_truth": ground_truth, "style": "rule"}, "extra_info": extra}
+
+
+def verl_table(rows: list[dict], meta_keys: Iterable[str] = ()):
+    """A pyarrow table with the verl schema (extra_info: index, split, then ``meta_keys`` as strings)."""
+    import pyarrow as pa
+
+    msg = pa.struct([("content", pa.string()), ("role", pa.string())])
+    extra = [("index", pa.int64()), ("split", pa.string())] + [(k, pa.string()) for k in meta_keys]
+    schema = pa.schema([
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(msg)),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+        ("extra_info", pa.struct(extra)),
+    ])
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+@dataclass
+class ConvertResult:
+    rows: list[dict]
+    meta_keys: list[str]
+    num_in: int
+    bad: list[str]
+
+
+def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, on_bad_row: str = "error",
+                    data_source: str | None = None, system_prompt: str | None = SYSTEM_PROMPT,
+                    prompt_style: str = "system") -> ConvertResult:
+    if on_bad_row not in ("error", "skip"):
+        raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
+    data_source = data_source or spec.hub_id
+    rows, bad, num_in, index = [], [], 0, 0
+    meta_keys: list[str] = []
+
+    def fail(b: _Bad):
+        if on_bad_row == "error":
+            raise PreprocessError(str(b))
+        bad.append(str(b))
+
+    for rs in record_sets:
+        qcol = next((c for c in (_find_col(rs.columns, q) for q in spec.question_cols) if c), None)
+        acols = [(c, kind) for c, kind in ((_find_col(rs.columns, a), kind) for a, kind in spec.answer_cols) if c]
+        if rs.rows and (qcol is None or not acols):
+            missing = [] if qcol else [" or ".join(map(repr, spec.question_cols))]
+            missing += [] if acols else [" or ".join(repr(a) for a, _ in spec.answer_cols)]
+            raise PreprocessError(f"{rs.path}: missing required column {', '.join(missing)} for --dataset "
+                                  f"{spec.name} (columns: {rs.columns})")
+        mcols = [(m, _find_col(rs.columns, m)) for m in spec.meta_cols]
+        for m, c in mcols:
+            if c and m not in meta_keys:
+                meta_keys.append(m)
+        for where, _row_no, rec in rs.rows:
+            num_in += 1
+            row_index = index  # running row number over all inputs (the source row for a single file)
+            index += 1
+            if isinstance(rec, _Bad):  # unparseable while reading (e.g. a broken jsonl line)
+                fail(rec)
+                continue
+            try:
+                if not isinstance(rec, dict):
+                    raise ValueError(f"expected an object with columns, got {type(rec).__name__}")
+                q = rec.get(qcol)
+                if not isinstance(q, str):
+                    raise ValueError(f"question column {qcol!r} must be a string (got {type(q).__name__})")
+                if not q.strip():
+                    raise ValueError(f"question column {qcol!r} is empty")
+                gt, errors = None, []
+                for col, kind in acols:  # the first answer column holding a value (a malformed value is an error)
+                    v = rec.get(col)
+                    if v is None or (isinstance(v, str) and not v.strip()):
+                        errors.append(f"{col!r} is missing or empty")
+                        continue
+                    gt = _answer_text(v, kind, spec.numeric_answers, col)
+                    break
+                if gt is None:
+                    raise ValueError("; ".join(errors))
+                meta = {m: _meta_str(rec.get(c)) for m, c in mcols if c is not None and rec.get(c) is not None}
+                rows.append(verl_row(q, gt, row_index, split, data_source, system_prompt, prompt_style, meta))
+            except ValueError as e:
+                fail(_Bad(where, str(e)))
+    return ConvertResult(rows, meta_keys, num_in, bad)
+
+
+def preprocess(dataset: str, inputs: list[str] | None, output: str, split: str | None = None,
+               on_bad_row: str = "error", data_source: str | None = None, system_prompt: str | None = SYSTEM_PROMPT,
+               prompt_style: str = "system", hub: bool = False, max_bad_reported: int = 20) -> dict:
+    """Convert ``inputs`` (files or directories) of source ``dataset`` and write ``output`` atomically.
+
+    ``output`` is a ``.parquet`` path or a directory (then ``DIR/<split>.parquet``). Returns a summary dict.
+    """
+    if dataset not in SOURCES:
+        raise PreprocessError(f"unknown --dataset {dataset!r}; choose from {sorted(SOURCES)}")
+    spec = SOURCES[dataset]
+    split = split or spec.default_split
+    if hub:
+        record_sets = [read_hub(spec, split)]
+    else:
+        if not inputs:
+            raise PreprocessError("no --input given (pass local files, or --hub to download)")
+        record_sets = [read_records(p) for p in _expand_inputs(inputs, split)]
+    res = convert_records(record_sets, spec, split, on_bad_row, data_source, system_prompt, prompt_style)
+    if res.bad:
+        logger.warning("skipped %d malformed row(s) of %d; first: %s", len(res.bad), res.num_in,
+                       "; ".join(res.bad[:3]))
+    if not res.rows:
+        raise PreprocessError(f"no usable rows in {[rs.path for rs in record_sets]} ({res.num_in} rows, "
+                              f"{len(res.bad)} malformed)")
+    out = output if output.endswith(".parquet") else os.path.join(output, f"{split}.parquet")
+    atomic_write_parquet(verl_table(res.rows, res.meta_keys), out)
+    return {"dataset": dataset, "split": split, "inputs": [rs.path for rs in record_sets], "output": out,
+            "rows_in": res.num_in, "rows_out": len(res.rows), "skipped": len(res.bad),
+            "skipped_rows": res.bad[:max_bad_reported]}

@@ -1,0 +1,446 @@
+"""Question rephrasing for Co-rewarding-I (ALGORITHMS.md section 4), on any rollout engine.
+
+An instruct model is asked to rewrite each question with different wording and a different real-world scenario,
+same mathematics and same answer, and to reply only between ``### RESULT_START`` / ``### RESULT_END`` in the form
+``ORIGINAL: ... REWRITE: ...``. Outputs (as in the reference tool): a JSONL log, the rephrased parquet (the input
+rows that were rewritten, user message replaced, every other column unchanged) and the original parquet holding
+the same input rows in the same order.
+
+Beyond the reference:
+
+* **retries**: a row whose output does not parse (or fails the check below) is sampled again, up to
+  ``max_attempts`` times in all, then logged as failed and dropped;
+* **answer check** (optional): the same model answers the rephrased question (greedy, with the row's own
+  prompt messages) and the rewrite is kept only if that answer matches the ground truth (``ground_truth``) or
+  the model's own greedy answer to the original question (``original``);
+* **resumable**: the JSONL holds one record per input row (``ok`` or ``failed``), written batch by batch in one
+  write + fsync. Batches are fixed row ranges and every generation call has a seed derived from
+  (seed, batch, attempt), so a resumed run redoes exactly the unfinished batches with the same draws: after a
+  kill, resume gives the same output as an uninterrupted run. A partly written batch is discarded on resume.
+  The run's settings are kept next to the JSONL (``.meta.json``); resuming with different ones is refused;
+* **atomic pair**: both parquet files are written to temp files first; the old rephrased file is removed before
+  the two renames, so a kill can leave the pair incomplete (rephrased file missing) but never misaligned.
+
+JSONL record: ``{"index": row, "status": "ok"|"failed", "original": ..., "rewritten": ..., "attempts": n,
+"errors": [...]}`` (``original``/``rewritten`` as in the reference's log).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from megatron_corew import faults
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["START_MARKER", "END_MARKER", "DEFAULT_INSTRUCTION", "RewriteParseError", "RewriteConfig", "parse_rewrite",
+           "question_of", "with_question", "rewrite_prompt", "run_rewrite", "read_log"]
+
+START_MARKER = "### RESULT_START"
+END_MARKER = "### RESULT_END"
+
+# Our wording of the reference task (same rules, same reply format). --instruction_file swaps in any other text.
+DEFAULT_INSTRUCTION = f"""Rewrite the math problem below so that it reads like a different problem: use new \
+wording and place it in a different real-world setting, but keep the mathematics, every given quantity and the \
+final answer exactly as they are.
+
+Rules:
+1. The math and the answer must not change.
+2. Change the words and the scenario; do not reuse the original's phrases or sentence structure.
+3. The rewritten problem must be natural, clear and solvable on its own.
+4. Reply only with the block below, in exactly this format, with nothing before or after it:
+
+{START_MARKER}
+ORIGINAL:
+<the original problem>
+REWRITE:
+<the rewritten problem>
+{END_MARKER}
+"""
+
+
+class RewriteParseError(ValueError):
+    pass
+
+
+def parse_rewrite(text: str) -> tuple[str, str]:
+    """(original, rewritten) from a model reply. A ``<think>...</think>`` block is ignored; the first
+    RESULT_START and the first RESULT_END after it delimit the block; it splits at the first ``REWRITE:``."""
+    if "</think>" in text:
+        text = text.rsplit("</think>", 1)[1]
+    elif "<think>" in text:
+        raise RewriteParseError("the reply is an unfinished <think> block")
+    start = text.find(START_MARKER)
+    if start < 0:
+        raise RewriteParseError(f"no {START_MARKER} marker")
+    end = text.find(END_MARKER, start + len(START_MARKER))
+    if end < 0:
+        raise RewriteParseError(f"no {END_MARKER} marker after {START_MARKER}")
+    block = text[start + len(START_MARKER):end].strip()
+    if "REWRITE:" not in block:
+        raise RewriteParseError("no REWRITE: section between the markers")
+    head, rewritten = block.split("REWRITE:", 1)
+    original = head.strip()
+    if original.startswith("ORIGINAL:"):
+        original = original[len("ORIGINAL:"):].strip()
+    rewritten = rewritten.strip()
+    if not rewritten:
+        raise RewriteParseError("the REWRITE: section is empty")
+    return original, rewritten
+
+
+def question_of(value: Any) -> tuple[str, int | None]:
+    """The question in a prompt cell: the last user message of a chat list (its position), or a plain string."""
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("the question is empty")
+        return value, None
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a list of chat messages or a string (got {type(value).__name__})")
+    for j in range(len(value) - 1, -1, -1):
+        m = value[j]
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if not isinstance(c, str) or not c.strip():
+                raise ValueError(f"user message {j} has no text")
+            return c, j
+    raise ValueError("no user message in the prompt")
+
+
+def with_question(value: Any, position: int | None, question: str):
+    """The prompt cell with its question replaced (every other message and field kept)."""
+    if position is None:
+        return question
+    new = copy.deepcopy(list(value))
+    new[position] = dict(new[position], content=question)
+    return new
+
+
+def rewrite_prompt(tokenizer, question: str, instruction: str = DEFAULT_INSTRUCTION,
+                   enable_thinking: bool = False) -> list[int]:
+    messages = [{"role": "user", "content": instruction + "\n" + question.strip()}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=enable_thinking)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class RewriteConfig:
+    batch_size: int = 128
+    temperature: float = 0.7
+    top_p: float = 0.8
+    max_new_tokens: int = 20480
+    max_attempts: int = 3  # generations per row in all (1 = no retry)
+    seed: int = 0
+    enable_thinking: bool = False
+    instruction: str = DEFAULT_INSTRUCTION
+    allow_identical: bool = False  # keep a "rewrite" that is the question verbatim
+    check_answer: str = "off"  # off | ground_truth | original
+    check_grading: str = "equiv"  # reference | equiv (ground_truth check); the original check uses equivalence
+    check_max_new_tokens: int = 3072
+
+    def identity(self) -> dict:
+        """Settings that change the output: resuming with different ones is refused."""
+        d = asdict(self)
+        d["instruction"] = hashlib.sha256(self.instruction.encode()).hexdigest()[:16]
+        return d
+
+
+def _seed(base: int, batch: int, attempt: int, purpose: int) -> int:
+    return (base * 1_000_003 + batch * 10_007 + attempt * 101 + purpose) % (2 ** 31 - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The JSONL log
+# ---------------------------------------------------------------------------------------------------------------
+def read_log(path: str) -> tuple[dict[int, dict], int]:
+    """Records by row index from a (possibly truncated) log; returns (records, number of unusable lines)."""
+    records: dict[int, dict] = {}
+    bad = 0
+    if not os.path.exists(path):
+        return records, 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.endswith("\n"):  # the tail of a killed write
+                bad += 1
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or rec.get("status") not in (
+                    "ok", "failed"):
+                bad += 1
+                continue
+            if rec["index"] in records:
+                bad += 1  # a duplicate: the first record of a row wins
+                continue
+            records[rec["index"]] = rec
+    return records, bad
+
+
+def _write_lines(path: str, records: list[dict], fault_batch: int | None = None) -> None:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    with open(path, "a", encoding="utf-8") as f:
+        if fault_batch is not None and faults.active("rewrite_mid_batch", fault_batch):
+            f.write(data[: len(data) // 2])  # crash-safety tests: a batch half on disk, then SIGKILL
+            f.flush()
+            os.fsync(f.fileno())
+            faults.maybe_kill("rewrite_mid_batch", fault_batch)
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _rewrite_log(path: str, records: list[dict]) -> None:
+    from megatron_corew.preprocess import _AtomicFile
+
+    with _AtomicFile(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class _Row:
+    index: int
+    question: str | None
+    position: int | None
+    ground_truth: str | None
+    messages: list | None  # the row's prompt messages (for the answer check), None for a plain-string prompt
+    error: str | None = None
+    errors: list = field(default_factory=list)
+
+
+def _ground_truth(rec: dict) -> str | None:
+    rm = rec.get("reward_model")
+    gt = rm.get("ground_truth") if isinstance(rm, dict) else None
+    return gt if isinstance(gt, str) else None
+
+
+def _rows_of(table, question_column: str) -> list[_Row]:
+    if question_column not in table.column_names:
+        raise ValueError(f"missing question column {question_column!r} (columns: {table.column_names})")
+    cols = [question_column] + (["reward_model"] if "reward_model" in table.column_names else [])
+    rows = []
+    for i, rec in enumerate(table.select(cols).to_pylist()):
+        try:
+            q, pos = question_of(rec[question_column])
+            msgs = rec[question_column] if pos is not None else None
+            rows.append(_Row(i, q, pos, _ground_truth(rec), msgs))
+        except ValueError as e:
+            rows.append(_Row(i, None, None, None, None, error=str(e)))
+    return rows
+
+
+def _check_prompt(tokenizer, row: _Row, rewritten: str, enable_thinking: bool = False) -> list[int]:
+    from megatron_corew.tiny_task import SYSTEM_PROMPT
+
+    msgs = (with_question(row.messages, row.position, rewritten) if row.messages is not None
+            else [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": rewritten}])
+    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=enable_thinking)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConfig) -> list[dict]:
+    from megatron_corew.evaluation import response_text
+    from megatron_corew.rewards.math_grader import answers_equivalent, extract_boxed_answer, grade
+    from megatron_corew.rollout.base import SamplingParams
+
+    done: dict[int, dict] = {}
+    for r in rows:
+        if r.error is not None:
+            done[r.index] = {"index": r.index, "status": "failed", "attempts": 0, "errors": [r.error]}
+    pending = [r for r in rows if r.error is None]
+    if cfg.check_answer == "ground_truth":
+        for r in list(pending):
+            if r.ground_truth is None:
+                done[r.index] = {"index": r.index, "status": "failed", "attempts": 0,
+                                 "errors": ["no reward_model.ground_truth for the answer check"]}
+                pending.remove(r)
+    original_answers: dict[int, str] = {}
+    if cfg.check_answer == "original" and pending:
+        params = SamplingParams(max_new_tokens=cfg.check_max_new_tokens, greedy=True, seed=_seed(cfg.seed, b, 0, 2))
+        gens = engine.generate([_check_prompt(tokenizer, r, r.question, cfg.enable_thinking)
+                                for r in pending], params)
+        original_answers = {r.index: extract_boxed_answer(response_text(tokenizer, g)) for r, g in zip(pending, gens)}
+    last_output: dict[int, str] = {}
+    for attempt in range(cfg.max_attempts):
+        if not pending:
+            break
+        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
+                                seed=_seed(cfg.seed, b, attempt, 0))
+        gens = engine.generate([rewrite_prompt(tokenizer, r.question, cfg.instruction, cfg.enable_thinking)
+                                for r in pending], params)
+        candidates = []
+        for r, g in zip(pending, gens):
+            text = response_text(tokenizer, g)
+            last_output[r.index] = text
+            try:
+                original, rewritten = parse_rewrite(text)
+                if not cfg.allow_identical and rewritten.strip() == r.question.strip():
+                    raise RewriteParseError("the rewrite repeats the question verbatim")
+                candidates.append((r, original, rewritten))
+            except RewriteParseError as e:
+                r.errors.append(f"attempt {attempt + 1}: {e}" + ("" if g.finish_reason != "length" else
+                                                                  " (output hit max tokens)"))
+        checks: dict[int, dict] = {}
+        if cfg.check_answer != "off" and candidates:
+            params = SamplingParams(max_new_tokens=cfg.check_max_new_tokens, greedy=True,
+                                    seed=_seed(cfg.seed, b, attempt, 1))
+            gens = engine.generate([_check_prompt(tokenizer, r, rw, cfg.enable_thinking)
+                                    for r, _, rw in candidates], params)
+            for (r, _, _), g in zip(candidates, gens):
+                text = response_text(tokenizer, g)
+                ans = extract_boxed_answer(text)
+                if cfg.check_answer == "ground_truth":
+                    ok = grade(text, r.ground_truth, cfg.check_grading) > 0
+                    checks[r.index] = {"answer": ans, "expected": r.ground_truth, "passed": ok}
+                else:
+                    exp = original_answers.get(r.index, "")
+                    ok = bool(ans.strip()) and bool(exp.strip()) and answers_equivalent(ans, exp)
+                    checks[r.index] = {"answer": ans, "expected": exp, "passed": ok}
+        still = {r.index for r in pending}
+        for r, original, rewritten in candidates:
+            chk = checks.get(r.index)
+            if chk is not None and not chk["passed"]:
+                r.errors.append(f"attempt {attempt + 1}: answer check failed (rephrased answer "
+                                f"{chk['answer']!r}, expected {chk['expected']!r})")
+                continue
+            rec = {"index": r.index, "status": "ok", "original": original, "rewritten": rewritten,
+                   "attempts": attempt + 1, "errors": list(r.errors)}
+            if chk is not None:
+                rec["check"] = chk
+            done[r.index] = rec
+            still.discard(r.index)
+        pending = [r for r in pending if r.index in still]
+    for r in pending:
+        done[r.index] = {"index": r.index, "status": "failed", "attempts": cfg.max_attempts, "errors": list(r.errors),
+                         "last_output": last_output.get(r.index, "")[-2000:]}
+    return [done[r.index] for r in rows]
+
+
+def _write_pair(table, ok: list[int], rewritten: dict[int, str], rows: list[_Row], question_column: str,
+                output_parquet: str, output_original_parquet: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from megatron_corew.preprocess import commit_temp, make_temp_path
+
+    original = table.take(pa.array(ok, type=pa.int64()))
+    cells = original.column(question_column).to_pylist()
+    new_cells = [with_question(c, rows[i].position, rewritten[i]) for c, i in zip(cells, ok)]
+    col_idx = table.column_names.index(question_column)
+    field_ = table.schema.field(question_column)
+    rephrased = original.set_column(col_idx, field_, pa.array(new_cells, type=field_.type))
+    tmp_o = make_temp_path(output_original_parquet)
+    tmp_r = make_temp_path(output_parquet)
+    try:
+        pq.write_table(original, tmp_o)
+        pq.write_table(rephrased, tmp_r)
+        if os.path.exists(output_parquet):  # from here until the last rename the pair is visibly incomplete
+            os.remove(output_parquet)
+        commit_temp(tmp_o, output_original_parquet)
+        faults.maybe_kill("rewrite_between_outputs", 0)
+        commit_temp(tmp_r, output_parquet)
+    finally:
+        for t in (tmp_o, tmp_r):
+            if os.path.exists(t):
+                os.remove(t)
+
+
+def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_parquet: str,
+                output_original_parquet: str, question_column: str = "prompt", cfg: RewriteConfig | None = None,
+                overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Rephrase every row of ``input_path`` (resuming from ``output_jsonl``) and write the aligned pair."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from megatron_corew.preprocess import atomic_write_text
+
+    cfg = cfg or RewriteConfig()
+    if cfg.max_attempts < 1 or cfg.batch_size < 1:
+        raise ValueError("max_attempts and batch_size must be >= 1")
+    if cfg.check_answer not in ("off", "ground_truth", "original"):
+        raise ValueError(f"check_answer must be off, ground_truth or original, got {cfg.check_answer!r}")
+    try:
+        table = pq.read_table(input_path)
+    except (pa.ArrowException, OSError, ValueError) as e:
+        raise ValueError(f"{input_path}: cannot read as a parquet file ({type(e).__name__}: {e})") from e
+    rows = _rows_of(table, question_column)
+    for r in rows:
+        if r.error:
+            log(f"{input_path}: row {r.index}: {r.error} (logged as failed)")
+    qhash = hashlib.sha256("\x00".join(r.question or "" for r in rows).encode()).hexdigest()[:16]
+    meta = {"input_rows": len(rows), "input_questions_sha256": qhash, "question_column": question_column,
+            "config": cfg.identity()}
+    meta_path = output_jsonl + ".meta.json"
+    for p in (output_jsonl, output_parquet, output_original_parquet):
+        os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+    if overwrite:
+        for p in (output_jsonl, meta_path):
+            if os.path.exists(p):
+                os.remove(p)
+    records, n_bad_lines = read_log(output_jsonl)
+    if records or n_bad_lines:
+        old = None
+        if os.path.exists(meta_path):
+            with open(meta_path) as f:
+                old = json.load(f)
+        if old != meta:
+            diff = sorted(k for k in set(meta) | set(old or {}) if (old or {}).get(k) != meta.get(k))
+            raise ValueError(f"{output_jsonl} holds results of a different run (differs in {diff}); pass "
+                             f"--overwrite to start again, or the same input and settings to resume")
+    else:
+        atomic_write_text(json.dumps(meta, indent=1, sort_keys=True), meta_path)
+    B = cfg.batch_size
+    batches = [rows[s:s + B] for s in range(0, len(rows), B)]
+    complete = [all(r.index in records for r in batch) for batch in batches]
+    keep = [records[r.index] for batch, c in zip(batches, complete) if c for r in batch]
+    dropped = len(records) - len(keep)
+    if dropped or n_bad_lines:
+        log(f"resume: discarding {dropped} record(s) of unfinished batches and {n_bad_lines} broken line(s)")
+        _rewrite_log(output_jsonl, keep)
+    elif not os.path.exists(output_jsonl):
+        open(output_jsonl, "a").close()
+    n_done = sum(complete)
+    if n_done:
+        log(f"resume: {n_done} of {len(batches)} batch(es) already done")
+    results = {r["index"]: r for r in keep}
+    for b, batch in enumerate(batches):
+        if complete[b]:
+            continue
+        recs = _process_batch(engine, tokenizer, batch, b, cfg)
+        _write_lines(output_jsonl, recs, fault_batch=b)
+        results.update((r["index"], r) for r in recs)
+        n_ok = sum(r["status"] == "ok" for r in recs)
+        log(f"batch {b + 1}/{len(batches)}: {n_ok}/{len(recs)} rewritten")
+    ok = sorted(i for i, r in results.items() if r["status"] == "ok")
+    _write_pair(table, ok, {i: results[i]["rewritten"] for i in ok}, rows, question_column, output_parquet,
+                output_original_parquet)
+    n_fail = len(rows) - len(ok)
+    if not ok:
+        log("warning: no question was rewritten successfully; both parquet files are empty")
+    attempts = [r.get("attempts", 0) for r in results.values()]
+    return {"input": input_path, "rows": len(rows), "rewritten": len(ok), "failed": n_fail,
+            "retried_ok": sum(1 for i in ok if results[i]["attempts"] > 1),
+            "mean_attempts": sum(attempts) / max(len(attempts), 1), "resumed_batches": n_done,
+            "output_jsonl": output_jsonl, "output_parquet": output_parquet,
+            "output_original_parquet": output_original_parquet}
