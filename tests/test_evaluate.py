@@ -230,6 +230,27 @@ def test_openai_compatible_server_and_engine(tiny, engine):
         OpenAICompatEngine(url, model="tiny", retries=1, backoff_s=0.01, timeout=2).generate([[1, 2]], greedy)
 
 
+def test_openai_client_against_a_strict_server(tiny, engine):
+    """A server that rejects non-OpenAI fields (as the OpenAI service does): the client drops its extensions after
+    the first 400 and takes the token ids from re-tokenising the text."""
+    from megatron_corew.rollout.openai_compat import OpenAICompatEngine, serve_engine
+
+    tk, exs = tiny["tok"], tiny["examples"][:3]
+    server = serve_engine(engine, tk, "127.0.0.1", 0, model_name="tiny", strict=True)
+    try:
+        client = OpenAICompatEngine(f"http://127.0.0.1:{server.server_address[1]}", tokenizer=tk, concurrency=1)
+        greedy = SamplingParams(max_new_tokens=16, greedy=True)
+        remote = client.generate([e.prompt_ids for e in exs], greedy)
+        assert client._extensions is False
+    finally:
+        server.shutdown()
+        server.server_close()
+    local = engine.generate([e.prompt_ids for e in exs], greedy)
+    texts = [tk.decode(g.response_ids, skip_special_tokens=True) for g in local]
+    assert [g.meta["text"] for g in remote] == texts
+    assert [g.response_ids for g in remote] == [tk(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
 def run_cli(*args, timeout=300):
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, TOOL, *args], capture_output=True, text=True, env=env, timeout=timeout)

@@ -135,6 +135,9 @@ def main(argv=None) -> int:
         benchmarks = {}
         for spec in args.data:
             name, path = benchmark_name(spec)
+            if not name or name.startswith(".") or "/" in name or os.sep in name:
+                print(f"error: bad benchmark name {name!r} (it names the output files)", file=sys.stderr)
+                return 2
             if name in benchmarks:
                 print(f"error: two benchmarks named {name!r}; use NAME=PATH", file=sys.stderr)
                 return 2

@@ -29,6 +29,7 @@ from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParam
 __all__ = ["OpenAICompatEngine", "OpenAICompatError", "serve_engine", "add_tool_backend_args", "create_tool_engine"]
 
 _RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_EXTENSIONS = {"return_token_ids": True, "skip_special_tokens": True}  # not in the OpenAI API itself
 
 
 class OpenAICompatError(RuntimeError):
@@ -48,6 +49,7 @@ class OpenAICompatEngine(RolloutEngine):
         self.concurrency = max(1, concurrency)
         self.api_key = api_key
         self.weight_version = 0
+        self._extensions = True
         self.model = model or self._first_model()
 
     # ------------------------------------------------------------------ HTTP
@@ -93,11 +95,19 @@ class OpenAICompatEngine(RolloutEngine):
     def _one(self, i: int, prompt: list[int], params: SamplingParams) -> Generation:
         body = {"model": self.model, "prompt": list(map(int, prompt)), "max_tokens": params.max_new_tokens,
                 "temperature": 0.0 if params.greedy else params.temperature,
-                "top_p": 1.0 if params.greedy else params.top_p, "n": 1, "logprobs": 0,
-                "return_token_ids": True, "skip_special_tokens": True}
+                "top_p": 1.0 if params.greedy else params.top_p, "n": 1, "logprobs": 0}
         if params.seed is not None:
             body["seed"] = (int(params.seed) + i) % (2 ** 31)
-        resp = self._request("POST", "/v1/completions", body)
+        if self._extensions:  # vLLM / SGLang extras; a strict server rejects them with a 400: then drop them
+            try:
+                resp = self._request("POST", "/v1/completions", dict(body, **_EXTENSIONS))
+            except OpenAICompatError as e:
+                if "HTTP 400" not in str(e) or not any(k in str(e) for k in _EXTENSIONS):
+                    raise
+                self._extensions = False
+                resp = self._request("POST", "/v1/completions", body)
+        else:
+            resp = self._request("POST", "/v1/completions", body)
         try:
             choice = resp["choices"][0]
             text = choice.get("text") or ""
@@ -129,11 +139,17 @@ class OpenAICompatEngine(RolloutEngine):
 # ---------------------------------------------------------------------------------------------------------------
 # A minimal OpenAI-compatible server in front of one of our engines
 # ---------------------------------------------------------------------------------------------------------------
+_API_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "logprobs", "stop", "stream",
+               "echo", "best_of", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "user"}
+
+
 def serve_engine(engine: RolloutEngine, tokenizer=None, host: str = "127.0.0.1", port: int = 0,
-                 model_name: str = "model"):
+                 model_name: str = "model", strict: bool = False):
     """Serve ``engine`` at ``http://host:port/v1/completions`` (+ ``/v1/models``, ``/health``) from a background
     thread. Returns the ``ThreadingHTTPServer`` (``.server_address`` has the port; ``.shutdown()`` stops it).
-    Requests are generated one at a time (engines are not thread-safe); each carries its own seed."""
+    Requests are generated one at a time (engines are not thread-safe); each carries its own seed.
+    ``strict``: reject fields outside the OpenAI API with a 400, as the OpenAI service does (and then return no
+    ``token_ids``)."""
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     lock = threading.Lock()
@@ -165,6 +181,9 @@ def serve_engine(engine: RolloutEngine, tokenizer=None, host: str = "127.0.0.1",
                 return self._send(404, {"error": {"message": f"no route {self.path}"}})
             try:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                unknown = sorted(set(body) - _API_FIELDS)
+                if strict and unknown:
+                    raise ValueError(f"Unrecognized request argument supplied: {', '.join(unknown)}")
                 prompts = body.get("prompt")
                 if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], int)):
                     prompts = [prompts]
@@ -196,14 +215,16 @@ def serve_engine(engine: RolloutEngine, tokenizer=None, host: str = "127.0.0.1",
                 out_ids = list(g.response_ids)  # as our engines report them (a final EOS included)
                 text = (tokenizer.decode(g.response_ids, skip_special_tokens=True) if tokenizer is not None
                         else "")
-                choice = {"index": j, "text": text, "finish_reason": g.finish_reason, "token_ids": out_ids}
+                choice = {"index": j, "text": text, "finish_reason": g.finish_reason}
+                if body.get("return_token_ids"):
+                    choice["token_ids"] = out_ids
                 if body.get("logprobs") is not None:
                     choice["logprobs"] = {"token_logprobs": list(g.logprobs[:len(out_ids)])}
                 choices.append(choice)
             self._send(200, {"id": f"cmpl-{time.time_ns()}", "object": "text_completion", "created": int(time.time()),
                              "model": model_name, "choices": choices,
                              "usage": {"prompt_tokens": sum(map(len, ids)),
-                                       "completion_tokens": sum(len(c["token_ids"]) for c in choices)}})
+                                       "completion_tokens": sum(len(g.response_ids) for g in gens)}})
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
