@@ -51,6 +51,19 @@ def _grade(texts: list[str], gts: list[str | None], grading: str, grader_pool=No
     return [grade(t, g, grading) if g is not None else 0.0 for t, g in zip(texts, gts)]
 
 
+def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str) -> float:
+    """maj@k: share of problems whose majority-voted answer (exact string, ties to the first seen, empty answers
+    never vote; the training-time vote of the self-supervised methods) is graded correct."""
+    from megatron_corew.rewards.math_grader import grade
+    from megatron_corew.rewards.voting import majority_vote
+
+    hits = 0.0
+    for i, gt in enumerate(gts):
+        label = majority_vote(answers[i * k:(i + 1) * k])
+        hits += grade(f"\\boxed{{{label}}}", gt, grading) if label else 0.0
+    return hits / len(gts)
+
+
 def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy", k: int = 1,
                       temperature: float = EVAL_TEMPERATURE, top_p: float = 1.0, seed: int = 0,
                       grading: str = "reference", max_new_tokens: int = 3072, pass_ks: Sequence[int] | None = None,
@@ -100,6 +113,8 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
     else:
         out[f"avg@{k}"] = sum(scores) / len(scores)
         out["pass@1"] = out[f"avg@{k}"]
+        out[f"maj@{k}"] = _majority_accuracy([extract_boxed_answer(t) for t in texts],
+                                             [examples[i].ground_truth for i in range(n)], k, grading)
         for j in sorted(set(list(pass_ks or []) + [k])):
             if 1 < j <= k:
                 out[f"pass@{j}"] = sum(pass_at_k(k, int(round(c)), j) for c in correct) / n
@@ -131,7 +146,7 @@ def validation_metrics(engine, tokenizer, examples: Sequence, grading: str = "re
                        n_samples: int = 0, temperature: float = 1.0, prefix: str = "val/") -> dict[str, float]:
     """The in-training validation: greedy accuracy (seed 0) and, when ``n_samples`` > 0, sampled avg@k / pass@k
     (top_p 1, seed 1: the same draws at every evaluation). Keys: ``val/accuracy``, ``val/response_length``,
-    ``val/accuracy_avg@k``, ``val/pass@k``."""
+    ``val/accuracy_avg@k``, ``val/pass@k``, ``val/maj@k``."""
     g = evaluate_examples(engine, tokenizer, examples, mode="greedy", seed=0, grading=grading,
                           max_new_tokens=max_new_tokens)
     out = {f"{prefix}accuracy": g["pass@1"], f"{prefix}response_length": g["response_length"]}
@@ -141,6 +156,7 @@ def validation_metrics(engine, tokenizer, examples: Sequence, grading: str = "re
         out[f"{prefix}accuracy_avg@{n_samples}"] = s[f"avg@{n_samples}"]
         if n_samples > 1:
             out[f"{prefix}pass@{n_samples}"] = s[f"pass@{n_samples}"]
+            out[f"{prefix}maj@{n_samples}"] = s[f"maj@{n_samples}"]
     return out
 
 

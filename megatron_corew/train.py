@@ -128,29 +128,18 @@ class RLRun:
         return texts, [extract_boxed_answer(t) for t in texts]
 
     def validate(self) -> dict:
-        """Greedy pass@1 on the held-out set, graded against ground truth (rank 0)."""
+        """Held-out accuracy, graded against ground truth (rank 0): greedy pass@1 (the reference's validation) and,
+        with ``--val-n-samples k``, sampled avg@k, pass@k and maj@k (the accuracy of the majority-voted answer, the
+        ceiling of what a vote label can teach). Same code as ``tools/evaluate.py``."""
         if self.val_set is None or not parallel.is_rank0():
             return {}
-        from megatron_corew.rewards.math_grader import grade
+        from megatron_corew.evaluation import validation_metrics
 
-        n = len(self.val_set) if self.args.max_val_samples is None else min(len(self.val_set), self.args.max_val_samples)
-        examples = [self.val_set[i] for i in range(n)]
-        gens = self.engine.generate([e.prompt_ids for e in examples], self._params(greedy=True, seed=0))
-        texts, _ = self._answers(gens)
-        correct = [grade(t, e.ground_truth, self.args.gt_grading) for t, e in zip(texts, examples)]
-        out = {"val/accuracy": sum(correct) / max(n, 1),
-               "val/response_length": sum(len(g.response_ids) for g in gens) / max(n, 1)}
-        k = self.args.val_n_samples
-        if k:  # sampled avg@k (the paper's AMC metric is avg@8 at T=0.8); fixed seed: same draws every eval
-            from megatron_corew.rollout.base import SamplingParams
-
-            params = SamplingParams(temperature=self.args.val_temperature, top_p=1.0,
-                                    max_new_tokens=self.args.max_response_length, seed=1)
-            gens = self.engine.generate([e.prompt_ids for e in examples for _ in range(k)], params)
-            texts, _ = self._answers(gens)
-            hits = [grade(t, examples[i // k].ground_truth, self.args.gt_grading) for i, t in enumerate(texts)]
-            out[f"val/accuracy_avg@{k}"] = sum(hits) / max(len(hits), 1)
-        return out
+        a = self.args
+        n = len(self.val_set) if a.max_val_samples is None else min(len(self.val_set), a.max_val_samples)
+        return validation_metrics(self.engine, self.tokenizer, [self.val_set[i] for i in range(n)],
+                                  grading=a.gt_grading, max_new_tokens=a.max_response_length,
+                                  n_samples=a.val_n_samples, temperature=a.val_temperature)
 
     # ------------------------------------------------------------------ one step
     def batch_prompts(self, indices):

@@ -100,6 +100,9 @@ def test_metrics_exact(tmp_path, tok):
     correct = [min(i, 4) for i in range(6)]  # 0, 1, 2, 3, 4, 4 correct samples out of 4
     assert s["avg@4"] == pytest.approx(sum(correct) / 24) and s["pass@1"] == s["avg@4"]
     assert s["pass@4"] == pytest.approx(5 / 6)
+    # maj@4 by hand: problem 0 (0 right) and 1 (1 right vs 3 identical wrong) lose the vote; problem 2 is a 2-2 tie
+    # that goes to the first answer seen (the right one); 3, 4, 5 win outright
+    assert s["maj@4"] == pytest.approx(4 / 6)
     assert s["pass@2"] == pytest.approx(sum(pass_at_k(4, c, 2) for c in correct) / 6)
     p = eng.params[-1]
     assert not p.greedy and p.temperature == 0.8 and p.top_p == 1.0 and p.seed == 7  # paper's eval temperature
@@ -179,7 +182,7 @@ def test_validation_metrics_match_previous_validate(tiny, engine):
                              temperature=1.0)
     old = old_validate(engine, tiny["tok"], exs, "reference", 20, 2, 1.0)
     assert {k: new[k] for k in old} == old
-    assert set(new) == set(old) | {"val/pass@2"}
+    assert set(new) == set(old) | {"val/pass@2", "val/maj@2"}
 
 
 def test_openai_compatible_server_and_engine(tiny, engine):
