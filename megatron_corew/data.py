@@ -84,11 +84,16 @@ def _check_messages(value: Any, prompt_key: str) -> list[dict]:
     return msgs
 
 
-def _check_ground_truth(value: Any) -> str:
+def _check_ground_truth(value: Any) -> str | None:
+    """The row's ground truth; None (an unlabelled row) when it is null. The reference's OpenRS release has such a
+    row (4303): the self-supervised methods never read labels, so the file must still load; ``gt`` training and
+    evaluation reject unlabelled rows with their row numbers (:func:`unlabelled_rows`)."""
     value = _py(value)
     if not isinstance(value, dict):
         raise ValueError(f"'reward_model' must be a struct with a string 'ground_truth' (got {type(value).__name__})")
     gt = value.get("ground_truth")
+    if gt is None:
+        return None
     if not isinstance(gt, str):
         raise ValueError(f"'reward_model.ground_truth' must be a string (got {type(gt).__name__}: {gt!r})")
     return gt
@@ -207,6 +212,10 @@ class PromptDataset(Sequence):
     def __iter__(self) -> Iterator[Example]:
         return iter(self.examples)
 
+    def unlabelled_rows(self) -> list[int]:
+        """File rows (0-based) of the kept examples that have no ground truth."""
+        return [e.index for e in self.examples if e.ground_truth is None]
+
     def __repr__(self) -> str:
         return (f"PromptDataset({self.path!r}, {len(self)} examples of {self.num_rows} rows, "
                 f"dropped={self.num_dropped}, skipped={self.num_skipped})")
@@ -267,6 +276,11 @@ def load_examples(path: str | os.PathLike, tokenizer, max_prompt_length: int | N
     if not kept:
         raise DataError(f"{path}: no usable rows ({table.num_rows} rows, {n_bad + n_bad_tpl} malformed, "
                         f"{dropped} longer than {max_prompt_length} tokens)")
+    has_rm = "reward_model" in table.column_names
+    unlabelled = [e.index for e in kept if e.ground_truth is None] if has_rm else []
+    if unlabelled:
+        logger.warning("%s: %d row(s) have a null reward_model.ground_truth (first: row %d); they train the "
+                       "self-supervised methods but are never graded", path, len(unlabelled), unlabelled[0])
     return PromptDataset(kept, path, table.num_rows, dropped, n_bad + n_bad_tpl, max_prompt_length)
 
 

@@ -45,6 +45,7 @@ class RLRun:
             raise SystemExit(f"error: {a.train_data} has {len(self.train_set)} usable prompts, fewer than "
                              f"--global-batch-size {a.global_batch_size}")
         self.val_set = data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length) if a.val_data else None
+        self._check_labels()
         self.sampler = data.EpochSampler(len(self.train_set), a.global_batch_size, seed=a.seed)
         steps_per_epoch = len(self.train_set) // a.global_batch_size
         self.train_iters = a.train_iters if a.train_iters is not None else steps_per_epoch * a.epochs
@@ -113,6 +114,19 @@ class RLRun:
         else:
             for _ in tensors:
                 pass
+
+    def _check_labels(self):
+        """Ground truth is needed by ``gt`` training and by validation, nowhere else: fail before training starts."""
+        from megatron_corew.data import DataError
+
+        train = self.train_set.original if self.paired else self.train_set
+        checks = [(self.val_set, "validation (--val-data)")] + (
+            [(train, "--reward-method gt")] if self.args.reward_method == "gt" else [])
+        for ds, who in checks:
+            rows = ds.unlabelled_rows() if ds is not None else []
+            if rows:
+                raise DataError(f"{ds.path}: {len(rows)} row(s) have no reward_model.ground_truth (first: row "
+                                     f"{rows[0]}), which {who} needs; drop them or use a self-supervised method")
 
     def _params(self, greedy=False, seed=None):
         from megatron_corew.rollout.base import SamplingParams

@@ -30,7 +30,11 @@ def setup(tmp_path_factory):
     cfg.update(model_type="gemma2", architectures=["Gemma2ForCausalLM"])
     with open(os.path.join(unsupported, "config.json"), "w") as f:
         json.dump(cfg, f)
-    return {"model": model, "good": good, "no_prompt": no_prompt, "unsupported": unsupported, "root": root}
+    unlabelled = str(root / "unlabelled.parquet")
+    rows = verl_rows(train, "train", "original")
+    rows[5]["reward_model"]["ground_truth"] = None
+    write_parquet(rows, unlabelled)
+    return {"model": model, "good": good, "unlabelled": unlabelled, "no_prompt": no_prompt, "unsupported": unsupported, "root": root}
 
 
 def _run(args):
@@ -66,3 +70,10 @@ def test_tp_not_dividing_heads(setup):
 def test_fp8_without_transformer_engine_fails_clearly(setup):
     line = _run(["--hf-checkpoint", setup["model"], "--train-data", setup["good"], "--fp8-format", "e4m3"])
     assert "Transformer Engine" in line and "no silent fallback" in line
+
+
+def test_gt_training_or_validation_on_unlabelled_rows(setup):
+    for flags in (["--train-data", setup["unlabelled"], "--reward-method", "gt"],
+                  ["--train-data", setup["good"], "--val-data", setup["unlabelled"], "--reward-method", "majority_vote"]):
+        line = _run(["--hf-checkpoint", setup["model"], *flags])
+        assert line.startswith("error:") and "unlabelled.parquet" in line and "row 5" in line, line

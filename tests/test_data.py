@@ -144,13 +144,19 @@ def test_non_string_ground_truth(tmp_path, tok):
         load_examples(path, tok)
     msg = str(e.value)
     assert "intgt.parquet" in msg and "row 0" in msg and "ground_truth" in msg
-    # a single null ground truth in an otherwise valid file names its row
+
+
+def test_null_ground_truth_is_an_unlabelled_row(tmp_path, tok):
+    """The reference OpenRS release has a null ground truth (row 4303): the file loads, that row is unlabelled."""
     rows = [row("What is 1 + 1?", gt="2"), row("What is 2 + 2?", gt="4"), row("What is 3 + 3?", gt="6")]
     rows[2]["reward_model"] = {"ground_truth": None, "style": "rule"}
     path = write(tmp_path / "nullgt.parquet", rows)
-    with pytest.raises(DataError, match=r"nullgt\.parquet: row 2: 'reward_model.ground_truth' must be a string"):
-        load_examples(path, tok)
-    assert len(load_examples(path, tok, on_bad_row="skip")) == 2
+    ds = load_examples(path, tok)
+    assert [e.ground_truth for e in ds] == ["2", "4", None] and ds.unlabelled_rows() == [2]
+    rephrased = write(tmp_path / "nullgt_r.parquet", [row("Two plus two?", gt="2"), row("Four?", gt="4"),
+                                                       row("Six?", gt="6")])
+    pairs = load_paired_examples(path, rephrased, tok)
+    assert len(pairs) == 3 and pairs[2][0].ground_truth is None and pairs[2][1].ground_truth == "6"
 
 
 def test_corrupt_file(tmp_path, tok):
