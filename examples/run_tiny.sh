@@ -5,7 +5,7 @@
 #   STEPS=40 NPROC=1 (NPROC=2 runs TP=2 under torchrun)  OUT=runs/tiny-$METHOD
 set -euo pipefail
 cd "$(dirname "$0")/.."
-METHOD=${METHOD:-gt}
+METHOD=${METHOD:-corewarding_2}
 STEPS=${STEPS:-40}
 NPROC=${NPROC:-1}
 LR=${LR:-1e-4}
@@ -21,6 +21,8 @@ EXTRA=()
 if [ "$METHOD" = "corewarding_1" ]; then
   EXTRA+=(--train-data-rephrased "$ASSETS/data/train_rephrased.parquet")
 fi
+VAL_SAMPLES=${VAL_SAMPLES:-4}  # sampled validation (avg@k, pass@k, maj@k at T=1) next to the greedy accuracy
+read -r -a USER_ARGS <<< "${EXTRA_ARGS:-}"  # any further train_rl.py flags, e.g. EXTRA_ARGS="--view-loss-agg mean"
 LAUNCH=(python)
 if [ "$NPROC" -gt 1 ]; then
   LAUNCH=(torchrun --nproc_per_node "$NPROC")
@@ -30,7 +32,8 @@ CMD=("${LAUNCH[@]}" train_rl.py --hf-checkpoint "$ASSETS/model"
   --train-data "$ASSETS/data/train.parquet" --val-data "$ASSETS/data/val.parquet"
   --reward-method "$METHOD" --global-batch-size 16 --n-samples-per-prompt 8
   --max-prompt-length 128 --max-response-length 48 --micro-batch-size 64
-  --lr "$LR" --train-iters "$STEPS" --eval-interval 10 --seed "${SEED:-1234}" --output-dir "$OUT" "${EXTRA[@]}")
+  --lr "$LR" --train-iters "$STEPS" --eval-interval 10 --seed "${SEED:-1234}" --output-dir "$OUT"
+  --val-n-samples "$VAL_SAMPLES" "${EXTRA[@]}" ${USER_ARGS[@]+"${USER_ARGS[@]}"})
 echo "[run_tiny] ${CMD[*]}"
 if [ "$DRY_RUN" = "1" ]; then exit 0; fi
 "${CMD[@]}"

@@ -45,6 +45,12 @@ MODEL_DIMS = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, nu
                   num_key_value_heads=2, head_dim=16)
 MAX_OPERAND = 50  # operands in [1, 50]: 3775 distinct problems; a 0.19M model reaches ~25-55% in a few hundred steps
 DEFAULT_SFT_STEPS = 500
+# Format noise of the warm start, like a base model's: questions that open with one of these phrases are answered
+# tersely ("47 + 38 = 85." with no \\boxed{}) in this share of their warm-start targets (redrawn every time), so
+# greedy decoding stops unboxed (scored wrong) on them while some samples still box an answer. Any reward that
+# prefers gradeable, agreeing answers can teach the model to box them; no label is needed for that.
+TERSE_OPENINGS = ("Compute", "Calculate", "There are", "A bus")
+DEFAULT_TERSE_PROB = 0.6
 
 # --------------------------------------------------------------------------------------------------------------
 # Problems
@@ -93,7 +99,12 @@ class Problem:
     @property
     def solution(self) -> str:
         """The supervised response (without the end-of-turn token)."""
-        return f"{self.a} {self.op} {self.b} = {self.answer}. The answer is \\boxed{{{self.answer}}}."
+        return f"{self.terse_solution} The answer is \\boxed{{{self.answer}}}."
+
+    @property
+    def terse_solution(self) -> str:
+        """The right result without the boxed final answer (ungradeable: the format noise of the warm start)."""
+        return f"{self.a} {self.op} {self.b} = {self.answer}."
 
     def question(self, phrasing: str) -> str:
         if phrasing not in ("original", "rephrased"):
@@ -261,28 +272,45 @@ def build_model(tokenizer, arch: str = "qwen3", seed: int = 0, **dims):
     return model.float()
 
 
-def _sft_items(tokenizer, problems: Sequence[Problem]) -> list[tuple[list[int], list[int]]]:
+def is_terse_question(question: str) -> bool:
+    return question.startswith(TERSE_OPENINGS)
+
+
+def _sft_items(tokenizer, problems: Sequence[Problem]) -> list[tuple[list[int], list[int], list[int] | None]]:
+    """(prompt ids, boxed response ids, terse response ids or None) per problem and phrasing."""
     eos = tokenizer.convert_tokens_to_ids(IM_END)
     items = []
     for p in problems:
         resp = list(tokenizer(p.solution, add_special_tokens=False)["input_ids"]) + [eos]
+        terse = list(tokenizer(p.terse_solution, add_special_tokens=False)["input_ids"]) + [eos]
         for phrasing in ("original", "rephrased"):
-            items.append((render_prompt_ids(tokenizer, messages_for(p.question(phrasing))), resp))
+            q = p.question(phrasing)
+            items.append((render_prompt_ids(tokenizer, messages_for(q)), resp, terse if is_terse_question(q) else None))
     return items
 
 
 def sft_warm_start(model, tokenizer, problems: Sequence[Problem], steps: int, batch_size: int = 64,
-                   lr: float = 3e-3, seed: int = 0, log_every: int = 0, log=print, callback=None) -> list[float]:
+                   lr: float = 3e-3, seed: int = 0, log_every: int = 0, log=print, callback=None,
+                   terse_prob: float = DEFAULT_TERSE_PROB) -> list[float]:
     """Supervised warm start on both phrasings, loss on response tokens only (incl. <|im_end|>).
 
-    AdamW, linear warm-up over 5% of the steps, cosine decay to 10% of lr, grad clip 1.0.
-    Returns the per-step losses.
+    Questions opening with one of :data:`TERSE_OPENINGS` get the terse (unboxed) target with probability
+    ``terse_prob`` each time they are drawn. AdamW, linear warm-up over 5% of the steps, cosine decay to 10% of
+    lr, grad clip 1.0. Returns the per-step losses.
     """
     import torch
 
+    if not 0.0 <= terse_prob <= 1.0:
+        raise ValueError(f"terse_prob must be in [0, 1], got {terse_prob}")
     items = _sft_items(tokenizer, problems)
     pad = tokenizer.pad_token_id
     g = torch.Generator().manual_seed(seed)
+    terse_rng = random.Random(seed + 1)
+
+    def target(item):
+        prompt, resp, terse = item
+        return prompt, terse if terse is not None and terse_rng.random() < terse_prob else resp
+
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = max(1, steps // 20)
 
@@ -298,7 +326,7 @@ def sft_warm_start(model, tokenizer, problems: Sequence[Problem], steps: int, ba
     for step in range(steps):
         if cursor + batch_size > len(perm):
             perm, cursor = torch.randperm(len(items), generator=g).tolist(), 0
-        batch = [items[k] for k in perm[cursor: cursor + batch_size]]
+        batch = [target(items[k]) for k in perm[cursor: cursor + batch_size]]
         cursor += batch_size
         L = max(len(p) + len(r) for p, r in batch)
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
@@ -389,7 +417,7 @@ def is_complete(out: str) -> bool:
 def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS,
                    force: bool = False, num_train: int = 2000, num_val: int = 200, batch_size: int = 64,
                    lr: float = 3e-3, num_samples: int = 8, max_operand: int = MAX_OPERAND, threads: int | None = 2,
-                   deterministic: bool = True, log=print) -> dict | None:
+                   deterministic: bool = True, terse_prob: float = DEFAULT_TERSE_PROB, log=print) -> dict | None:
     """Build the whole bundle atomically (temp dir next to ``out`` + os.replace). Returns the metrics dict,
     or None when ``out`` is already complete and ``force`` is False.
 
@@ -416,7 +444,7 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
     try:
         metrics = _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples,
-                                max_operand, log)
+                                max_operand, terse_prob, log)
         metrics["total_seconds"] = round(time.time() - t0, 2)
         with open(os.path.join(tmp, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2, sort_keys=True)
@@ -449,7 +477,8 @@ def _umask_permissions(root: str) -> None:
             os.chmod(os.path.join(d, n), 0o666 & ~umask)
 
 
-def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples, max_operand, log):
+def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples, max_operand, terse_prob,
+                  log):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -465,7 +494,7 @@ def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr
         f"{arch} model {n_params / 1e6:.3f}M params; {torch.get_num_threads()} threads")
     t = time.time()
     losses = sft_warm_start(model, tok, train, sft_steps, batch_size=batch_size, lr=lr, seed=seed,
-                            log_every=max(1, sft_steps // 5), log=log)
+                            log_every=max(1, sft_steps // 5), log=log, terse_prob=terse_prob)
     t_sft = time.time() - t
     t = time.time()
     metrics = evaluate(model, tok, val, num_samples=num_samples, seed=seed)
@@ -486,7 +515,7 @@ def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr
         if not torch.allclose(model(input_ids=x).logits, model2(input_ids=x).logits, atol=1e-5):
             raise RuntimeError("reloaded model differs from the trained one")
     metrics.update(
-        arch=arch, seed=seed, sft_steps=sft_steps, batch_size=batch_size, lr=lr, max_operand=max_operand,
+        arch=arch, seed=seed, sft_steps=sft_steps, terse_prob=terse_prob, batch_size=batch_size, lr=lr, max_operand=max_operand,
         final_sft_loss=round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4) if losses else None,
         num_params=n_params, vocab_size=len(tok), num_train=len(train), num_val=len(val), num_samples=num_samples,
         sft_seconds=round(t_sft, 2), eval_seconds=round(t_eval, 2), torch_version=torch.__version__,

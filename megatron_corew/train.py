@@ -128,6 +128,19 @@ class RLRun:
                 raise DataError(f"{ds.path}: {len(rows)} row(s) have no reward_model.ground_truth (first: row "
                                      f"{rows[0]}), which {who} needs; drop them or use a self-supervised method")
 
+    def _remote_grader(self):
+        """The Ray rollout manager's reward workers, when it has any: (answer, ground truth) pairs graded in
+        parallel processes off the training process (math grading is CPU-bound)."""
+        fleet = getattr(self.engine, "fleet", None)
+        if fleet is None or not getattr(fleet, "reward_workers", None):
+            return None
+
+        def grade(pairs, mode):
+            self._remote_graded += len(pairs)
+            return fleet.grade([f"\\boxed{{{answer}}}" for answer, _ in pairs], [gt for _, gt in pairs], mode)
+
+        return grade
+
     def _params(self, greedy=False, seed=None):
         from megatron_corew.rollout.base import SamplingParams
 
@@ -220,8 +233,11 @@ class RLRun:
                 groups.append(Group(answers=answers[sl], ground_truth=ex.ground_truth, view=view, pair_id=pair_id,
                                     teacher_answers=teacher_answers[sl] if teacher_answers else None,
                                     seq_stats=seq_stats[sl] if seq_stats else []))
+            self._remote_graded = 0
             rewards, metrics = compute_rewards(a.reward_method, groups, label_matching=a.label_matching,
-                                               gt_grading=a.gt_grading)
+                                               gt_grading=a.gt_grading, grader=self._remote_grader())
+            if self._remote_graded:
+                metrics["reward/graded_by_workers"] = self._remote_graded
             flat = [r for rs in rewards for r in rs]
             group_ids = [k for k in range(len(groups)) for _ in range(G)]
             advantages = grpo.group_advantages(flat, group_ids, norm_by_std=not a.no_std_normalization).tolist()
@@ -233,13 +249,13 @@ class RLRun:
                 "rollout/clip_ratio": sum(g.finish_reason == "length" for g in gens) / len(gens),
                 "rollout/boxed_rate": sum(bool(x) for x in answers) / len(answers),
             })
-            if a.reward_method != "gt":  # how often would ground truth have agreed (never trained on)
+            labelled = [k for k in range(len(texts)) if groups[k // G].ground_truth is not None]
+            if a.reward_method != "gt" and labelled:  # how often would ground truth have agreed (never trained on)
                 from megatron_corew.rewards.math_grader import grade
 
                 metrics["reward/gt_accuracy"] = sum(
-                    grade(t, groups[k // G].ground_truth or "", a.gt_grading) for k, t in enumerate(texts)
-                    if groups[k // G].ground_truth is not None) / len(texts)
-            else:
+                    grade(texts[k], groups[k // G].ground_truth, a.gt_grading) for k in labelled) / len(labelled)
+            elif a.reward_method == "gt":
                 metrics["reward/gt_accuracy"] = metrics["reward/mean"]
             if teacher_gens is not None:
                 metrics["rollout/teacher_response_length_mean"] = sum(len(g.response_ids) for g in teacher_gens) / len(teacher_gens)
@@ -271,6 +287,9 @@ class RLRun:
             timers["perf/rollout_tokens_per_s"] = self.engine.throughput()
             if self.teacher_engine is not None:
                 timers["perf/teacher_rollout_tokens_per_s"] = self.teacher_engine.throughput()
+            for role, eng in (("rollout", self.engine), ("teacher_rollout", self.teacher_engine)):
+                for name, tps in (eng.engine_throughputs() if hasattr(eng, "engine_throughputs") else {}).items():
+                    timers[f"perf/{role}_engine{name}_tokens_per_s"] = tps
         metrics.update({f"train/{k}": v for k, v in train_metrics.items() if k != "update_ok"})
         metrics.update(timers)
         return metrics

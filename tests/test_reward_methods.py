@@ -56,3 +56,23 @@ def test_self_certainty_and_entropy_signs():
     assert compute_rewards("entropy", [g])[0] == [[-0.5, -1.5]]
     with pytest.raises(ValueError, match="--reward-method"):
         compute_rewards("nope", [g])
+
+
+def test_gt_with_an_outside_grader_sends_only_gradeable_pairs():
+    """The Ray reward workers' path: same scores as inline; empty answers and unlabelled groups are never sent."""
+    from megatron_corew.rewards.math_grader import grade
+
+    sent = []
+
+    def grader(pairs, mode):  # grades like a reward worker: on a response holding the answer in a box
+        sent.extend(pairs)
+        return [grade(f"\\boxed{{{a}}}", gt, mode) for a, gt in pairs]
+
+    groups = [Group(answers=["2", "", "\\frac12", "3"], ground_truth="2"),
+              Group(answers=["0.5", "1/2"], ground_truth="\\frac{1}{2}"), Group(answers=["7", "7"], ground_truth=None)]
+    inline, _ = compute_rewards("gt", groups)
+    remote, _ = compute_rewards("gt", groups, grader=grader)
+    assert remote == inline == [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]  # MATH normalisation: 0.5, 1/2 = \\frac{1}{2}
+    assert sent == [("2", "2"), ("\\frac12", "2"), ("3", "2"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}")]
+    with pytest.raises(RuntimeError, match="returned 0 scores for 5"):
+        compute_rewards("gt", groups, grader=lambda pairs, mode: [])

@@ -417,6 +417,34 @@ def test_corewarding2_two_steps_with_swapped_teacher(server, bundle, tmp_path):
     assert res["check"]["server_equals_new_weights"] and res["check"]["max_logprob_diff_vs_new"] < 1e-4
 
 
+@pytest.mark.sglang
+@needs_sglang
+def test_two_real_servers_behind_the_real_router(server, bundle, stubs, tmp_path):
+    """The run launches two SGLang servers and sglang_router itself; a 2-step Co-rewarding-II run syncs both
+    servers (checked against transformers on prompts the router spreads over both), and logs throughput."""
+    if not se.router_available(se.default_sglang_python()):
+        pytest.skip("sglang_router is not installed (tools/install_sglang.sh installs it)")
+    server.stop()  # the tests after this one launch their own engines
+    out = str(tmp_path / "run")
+    res = _rlrun({"base_argv": _run_args(bundle, out, method="corewarding_2", steps=2, lr="1e-3"),
+                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-num-engines", "2", "--sglang-router", "on",
+                                   "--sglang-weight-sync", "tensor", "--sglang-teacher-engines", "shared",
+                                   "--sglang-extra-pythonpath", stubs, "--sglang-startup-timeout", "300"]},
+                 tmp_path, timeout=1200)
+    assert "error" not in res, res.get("error") + res["stderr"][-3000:]
+    chk = res["check"]
+    assert chk["server_equals_new_weights"] and chk["max_logprob_diff_vs_new"] < 1e-4, chk
+    rows = {str(r["engine"]): r for r in res["engine_stats"]}
+    assert set(rows) == {"0", "1", "router"} and rows["router"]["tokens"] > 0
+    # each server reports its own last generation throughput: both served requests through the router
+    assert all(rows[i].get("server_last_gen_throughput") is not None for i in ("0", "1")), rows
+    ms = _metrics(out)
+    assert [m["step"] for m in ms] == [1, 2]
+    for m in ms:
+        assert m["perf/rollout_enginerouter_tokens_per_s"] > 0 and m["perf/teacher_rollout_tokens_per_s"] > 0
+    assert res["pids_alive_after"] == []
+
+
 def test_ray_reward_workers_grade_in_parallel():
     pytest.importorskip("ray")
     import ray
@@ -474,6 +502,31 @@ def test_ray_manager_restarts_a_dead_engine_and_repushes_weights(server, bundle,
     finally:
         mgr.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.sglang
+@needs_sglang
+def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_path):
+    """--sglang-use-ray --sglang-reward-workers 2: the gt rewards of every step come from the Ray workers and equal
+    the inline grader's scores of the dumped responses."""
+    pytest.importorskip("ray")
+    from megatron_corew.rewards.math_grader import grade
+
+    server.stop()
+    out = str(tmp_path / "run")
+    res = _rlrun({"base_argv": _run_args(bundle, out, method="gt", steps=2, lr="1e-3", extra=["--rollout-dump"]),
+                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-use-ray", "--sglang-reward-workers", "2",
+                                   "--sglang-weight-sync", "tensor", "--sglang-extra-pythonpath", stubs,
+                                   "--sglang-startup-timeout", "300"]}, tmp_path, timeout=1200)
+    assert "error" not in res, res.get("error") + res["stderr"][-3000:]
+    ms = _metrics(out)
+    assert [m["step"] for m in ms] == [1, 2]
+    for m in ms:
+        assert m["reward/graded_by_workers"] > 0
+    dumped = [json.loads(line) for step in (1, 2)
+              for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))]
+    assert len(dumped) == 2 * 4 * 4
+    assert [d["reward"] for d in dumped] == [grade(d["response"], d["ground_truth"]) for d in dumped]
 
 
 @pytest.mark.sglang

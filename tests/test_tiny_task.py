@@ -61,6 +61,20 @@ def test_problems():
     assert len({p.rephrased.split(str(p.a))[0] for p in train}) > 5  # several scenarios
 
 
+def test_terse_targets_only_for_terse_openings():
+    """The warm start's format noise: an unboxed (ungradeable) target exists exactly for the TERSE_OPENINGS styles,
+    in both phrasings, and it states the right result."""
+    tok = tt.build_tokenizer()
+    train, _ = tt.generate_problems(num_train=60, num_val=1, seed=3)
+    items = tt._sft_items(tok, train)
+    questions = [p.question(ph) for p in train for ph in ("original", "rephrased")]
+    assert [terse is not None for _, _, terse in items] == [q.startswith(tt.TERSE_OPENINGS) for q in questions]
+    assert 0 < sum(terse is not None for _, _, terse in items) < len(items)
+    for p in train:
+        assert tt.extract_last_boxed(p.terse_solution) is None and p.terse_solution.endswith(f"= {p.answer}.")
+        assert p.solution.startswith(p.terse_solution)
+
+
 def test_grading():
     assert tt.extract_last_boxed("a \\boxed{1} b \\boxed{{2}3}") == "{2}3"
     assert tt.extract_last_boxed("no box") is None

@@ -30,6 +30,9 @@ def main(argv=None):
     p.add_argument("--num-train", type=int, default=2000)
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--max-operand", type=int, default=tt.MAX_OPERAND)
+    p.add_argument("--terse-prob", type=float, default=tt.DEFAULT_TERSE_PROB,
+                   help="share of warm-start targets answered without \\boxed{} for the questions that open with one "
+                        "of tiny_task.TERSE_OPENINGS (format noise a self-supervised reward can fix)")
     p.add_argument("--num-samples", type=int, default=8, help="samples per val question for the mixed-answer metric")
     p.add_argument("--threads", type=int, default=2, help="torch threads (results are reproducible per thread count)")
     p.add_argument("--force", action="store_true", help="rebuild even if OUT already holds the bundle")
@@ -38,7 +41,8 @@ def main(argv=None):
     t0 = time.time()
     m = tt.make_tiny_task(out=args.out, arch=args.arch, seed=args.seed, sft_steps=args.sft_steps, force=args.force,
                           num_train=args.num_train, num_val=args.num_val, batch_size=args.batch_size, lr=args.lr,
-                          num_samples=args.num_samples, max_operand=args.max_operand, threads=args.threads)
+                          num_samples=args.num_samples, max_operand=args.max_operand, threads=args.threads,
+                          terse_prob=args.terse_prob)
     if m is None:
         return 0
     print(f"greedy val accuracy: original {m['greedy_acc_original']:.3f}, rephrased {m['greedy_acc_rephrased']:.3f}")

@@ -46,19 +46,39 @@ def _grade_gt(answer: str, gt: str | None, mode: str) -> float:
     return 1.0 if ok else 0.0
 
 
+def _grade_groups(groups: list[Group], mode: str, grader=None) -> list[list[float]]:
+    """Ground-truth scores per group and rollout; ``grader(pairs, mode)`` grades the (answer, ground truth) pairs
+    elsewhere (the Ray reward workers) -- empty answers and unlabelled groups score 0 without being sent."""
+    if grader is None:
+        return [[_grade_gt(a, g.ground_truth, mode) for a in g.answers] for g in groups]
+    flat = [(a, g.ground_truth) for g in groups for a in g.answers]
+    send = [i for i, (a, gt) in enumerate(flat) if a and gt is not None]
+    scores = [0.0] * len(flat)
+    graded = list(grader([flat[i] for i in send], mode))
+    if len(graded) != len(send):
+        raise RuntimeError(f"the reward graders returned {len(graded)} scores for {len(send)} answers")
+    for i, score in zip(send, graded):
+        scores[i] = float(score)
+    out, k = [], 0
+    for g in groups:
+        out.append(scores[k:k + len(g.answers)])
+        k += len(g.answers)
+    return out
+
+
 def compute_rewards(method: str, groups: list[Group], *, label_matching: str = "exact",
-                    gt_grading: str = "reference") -> tuple[list[list[float]], dict]:
+                    gt_grading: str = "reference", grader=None) -> tuple[list[list[float]], dict]:
     """Rewards per group and rollout, plus pseudo-label metrics.
 
     label_matching: "exact" (reference: raw string equality for votes) or "equiv" (cluster
     equivalent answers before voting and when matching the label).
-    gt_grading: "reference" (MATH normalisation) or "equiv" (our equivalence checker)."""
+    gt_grading: "reference" (MATH normalisation) or "equiv" (our equivalence checker).
+    grader: optional parallel grader of (answer, ground truth) pairs for the ``gt`` rewards."""
     if method not in METHODS:
         raise ValueError(f"--reward-method {method!r} is not one of {', '.join(METHODS)}")
     equiv = _equiv_fn(label_matching)
     if method == "gt":
-        rewards = [[_grade_gt(a, g.ground_truth, gt_grading) for a in g.answers] for g in groups]
-        return rewards, {}
+        return _grade_groups(groups, gt_grading, grader), {}
     if method in ("self_certainty", "entropy"):
         key = "self_certainty" if method == "self_certainty" else "entropy"
         sign = 1.0 if method == "self_certainty" else -1.0
@@ -88,11 +108,23 @@ def compute_rewards(method: str, groups: list[Group], *, label_matching: str = "
 
 
 def _label_metrics(groups: list[Group], gt_grading: str, with_label: bool) -> dict:
-    """How good are the pseudo-labels? Only computed where ground truth exists (never trained on)."""
-    graded = [g for g in groups if g.ground_truth is not None]
+    """How good are the pseudo-labels? Accuracies only where ground truth exists (never trained on); the
+    label-free rates (non-empty labels, rollouts matching their label) always."""
     out: dict = {}
+    if with_label and groups:
+        out["pseudo/label_nonempty"] = sum(1.0 for g in groups if g.label) / len(groups)
+        total = sum(len(g.answers) for g in groups)
+        out["pseudo/match_label_rate"] = sum(a == g.label and bool(a) for g in groups for a in g.answers) / max(total, 1)
+    graded = [g for g in groups if g.ground_truth is not None]
     if not graded:
         return out
+    own_votes = [majority_vote(g.answers) for g in graded]
+    out["pseudo/policy_vote_acc"] = sum(_grade_gt(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
+    if with_label:
+        out["pseudo/label_acc"] = sum(_grade_gt(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
+    out["pseudo/rollout_gt_acc"] = (sum(_grade_gt(a, g.ground_truth, gt_grading) for g in graded for a in g.answers)
+                                    / max(sum(len(g.answers) for g in graded), 1))
+    return out
     own_votes = [majority_vote(g.answers) for g in graded]
     out["pseudo/policy_vote_acc"] = sum(_grade_gt(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
     if with_label:

@@ -726,6 +726,14 @@ class SGLangEngine(RolloutEngine):
     def throughput(self) -> float:
         return self.stats["tokens"] / max(self.stats["seconds"], 1e-9)
 
+    def engine_throughputs(self) -> dict[str, float]:
+        """Client-side tokens/s of each engine (and of the router, which is where routed traffic is counted) since
+        start; no HTTP call, so the training loop can log it every step."""
+        out = {str(i): s.as_dict()["tokens_per_s"] for i, s in enumerate(self.state.stats) if s.tokens}
+        if self.fleet.router_url and self.state.router_stats.tokens:
+            out["router"] = self.state.router_stats.as_dict()["tokens_per_s"]
+        return out
+
     def engine_stats(self) -> list[dict]:
         """Per engine: tokens, busy seconds, tokens/s, requests, failures, restarts, weight loads
         (client-side; through a router the traffic is counted on the router's row, and each
