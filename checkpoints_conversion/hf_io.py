@@ -167,6 +167,22 @@ def save_safetensors(tensors: dict, path: str, metadata: dict | None = None) -> 
         os.fsync(f.fileno())
 
 
+def commit_dir(tmp: str, out_dir: str) -> None:
+    """Publish a finished temp directory as ``out_dir`` (replacing an old one) with renames only, so a reader
+    or a crash sees the old directory or the new one, never a mix."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final directory gets the usual mode
+    if os.path.exists(out_dir):
+        old = out_dir.rstrip("/") + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_dir)
+
+
 def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None = None,
                         max_shard_bytes: int = 2 * 1024**3, dtype: torch.dtype | None = None,
                         config_overrides: dict | None = None) -> None:
@@ -230,17 +246,7 @@ def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None =
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=2, sort_keys=True)
                 f.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final directory gets the usual mode
-        if os.path.exists(out_dir):
-            old = out_dir.rstrip("/") + ".old"
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

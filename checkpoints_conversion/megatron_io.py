@@ -33,7 +33,7 @@ import torch
 from checkpoints_conversion.families import (EMBEDDING_KEY, EXTRA_STATE_MODULES, FINAL_NORM_KEY,
                                              LAYER_KEY_PREFIX, OUTPUT_KEY, ParamSpec, expected_hf_shapes,
                                              get_family, megatron_layer_shape)
-from checkpoints_conversion.hf_io import CheckpointError, HFCheckpointReader
+from checkpoints_conversion.hf_io import CheckpointError, HFCheckpointReader, commit_dir
 from checkpoints_conversion.mapping import hf_from_shards, shard_from_hf
 
 MODEL_ARGS_FILE = "model_args.json"
@@ -359,20 +359,6 @@ def _atomic_dir(out_dir: str, overwrite: bool):
     return tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(os.path.abspath(out_dir)) + "-", dir=parent)
 
 
-def _commit_dir(tmp: str, out_dir: str) -> None:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final directory gets the usual mode
-    if os.path.exists(out_dir):
-        old = out_dir.rstrip("/") + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
-
-
 def copy_hf_config_files(src_dir: str, dst_dir: str) -> None:
     """config.json, generation config and tokenizer files (no weights)."""
     os.makedirs(dst_dir, exist_ok=True)
@@ -419,7 +405,7 @@ def write_megatron_checkpoint(out_dir: str, args, reader: HFCheckpointReader, *,
             json.dump(record, f, indent=2)
             f.write("\n")
         copy_hf_config_files(args.model_dir, os.path.join(tmp, HF_CONFIG_SUBDIR))
-        _commit_dir(tmp, out_dir)
+        commit_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -49,6 +49,21 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def publish_latest(root: str, name: str, prefix: str, keep_last: int | None) -> None:
+    """Point ``root/latest`` at the finished ``name`` (fsynced temp file + rename: the pointer is never torn), then
+    drop all but the newest ``keep_last`` entries starting with ``prefix`` (names sort by step)."""
+    pointer_tmp = os.path.join(root, ".latest.tmp")
+    with open(pointer_tmp, "w") as f:
+        f.write(name + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(pointer_tmp, os.path.join(root, "latest"))
+    if keep_last:
+        done = sorted(d for d in os.listdir(root) if d.startswith(prefix))
+        for old in done[:-keep_last]:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+
+
 def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_last: int | None = None) -> str:
     from megatron.core import dist_checkpointing
 
@@ -68,16 +83,7 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
         torch.save(state, os.path.join(tmp, "state.pt"))
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-        pointer_tmp = os.path.join(save_dir, ".latest.tmp")
-        with open(pointer_tmp, "w") as f:
-            f.write(name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer_tmp, os.path.join(save_dir, "latest"))
-        if keep_last:
-            done = sorted(d for d in os.listdir(save_dir) if d.startswith("iter_"))
-            for old in done[:-keep_last]:
-                shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
+        publish_latest(save_dir, name, "iter_", keep_last)
     _barrier()
     return final
 

@@ -9,7 +9,6 @@ loads with ``AutoModelForCausalLM.from_pretrained`` (and serves with SGLang) as 
 from __future__ import annotations
 
 import os
-import shutil
 
 import torch
 import torch.distributed as dist
@@ -44,16 +43,9 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
         overrides = {"dtype": name} if declared is not None and str(declared).replace("torch.", "") != name else None
         write_hf_checkpoint(target, tensors, config_dir=model_args.model_dir, max_shard_bytes=max_shard_bytes,
                             config_overrides=overrides)
-        pointer_tmp = os.path.join(out_dir, ".latest.tmp")
-        with open(pointer_tmp, "w") as f:
-            f.write(os.path.basename(target) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer_tmp, os.path.join(out_dir, "latest"))
-        if keep_last:
-            done = sorted(d for d in os.listdir(out_dir) if d.startswith("step_"))
-            for old in done[:-keep_last]:
-                shutil.rmtree(os.path.join(out_dir, old), ignore_errors=True)
+        from megatron_corew.checkpointing import publish_latest
+
+        publish_latest(out_dir, os.path.basename(target), "step_", keep_last)
     else:
         for _ in tensors:  # collectives: every rank walks the export
             pass

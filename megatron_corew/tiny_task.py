@@ -295,22 +295,30 @@ def sft_warm_start(model, tokenizer, problems: Sequence[Problem], steps: int, ba
     """Supervised warm start on both phrasings, loss on response tokens only (incl. <|im_end|>).
 
     Questions opening with one of :data:`TERSE_OPENINGS` get the terse (unboxed) target with probability
-    ``terse_prob`` each time they are drawn. AdamW, linear warm-up over 5% of the steps, cosine decay to 10% of
-    lr, grad clip 1.0. Returns the per-step losses.
+    ``terse_prob`` each time they are drawn. Returns the per-step losses.
     """
-    import torch
-
     if not 0.0 <= terse_prob <= 1.0:
         raise ValueError(f"terse_prob must be in [0, 1], got {terse_prob}")
-    items = _sft_items(tokenizer, problems)
-    pad = tokenizer.pad_token_id
-    g = torch.Generator().manual_seed(seed)
     terse_rng = random.Random(seed + 1)
 
     def target(item):
         prompt, resp, terse = item
         return prompt, terse if terse is not None and terse_rng.random() < terse_prob else resp
 
+    return supervised_finetune(model, tokenizer, _sft_items(tokenizer, problems), steps, target, batch_size=batch_size,
+                               lr=lr, seed=seed, log_every=log_every, log=log, callback=callback)
+
+
+def supervised_finetune(model, tokenizer, items: Sequence, steps: int, target=None, batch_size: int = 64,
+                        lr: float = 3e-3, seed: int = 0, log_every: int = 0, log=print, callback=None) -> list[float]:
+    """Next-token loss on the response tokens of ``target(item) -> (prompt ids, response ids)`` (identity by
+    default), items drawn in seeded random order epoch after epoch. AdamW, linear warm-up over 5% of the steps,
+    cosine decay to 10% of lr, grad clip 1.0. Returns the per-step losses."""
+    import torch
+
+    target = target or (lambda item: item)
+    pad = tokenizer.pad_token_id
+    g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm = max(1, steps // 20)
 

@@ -512,9 +512,16 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
     pytest.importorskip("ray")
     from megatron_corew.rewards.math_grader import grade
 
+    from megatron_corew.tiny_task import is_complete, make_tiny_task
+
     server.stop()
+    assets = os.path.join(REPO, "assets", "tiny")  # the warm-started model: its answers are boxed, so graded
+    if not is_complete(assets):
+        make_tiny_task(assets)
+    warm = {"model": os.path.join(assets, "model"), "train": os.path.join(assets, "data", "train.parquet")}
     out = str(tmp_path / "run")
-    res = _rlrun({"base_argv": _run_args(bundle, out, method="gt", steps=2, lr="1e-3", extra=["--rollout-dump"]),
+    res = _rlrun({"base_argv": _run_args(warm, out, method="gt", steps=2, lr="1e-3",
+                                         extra=["--rollout-dump", "--max-response-length", "32"]),
                   "rollout_argv": ["--rollout-backend", "sglang", "--sglang-use-ray", "--sglang-reward-workers", "2",
                                    "--sglang-weight-sync", "tensor", "--sglang-extra-pythonpath", stubs,
                                    "--sglang-startup-timeout", "300"]}, tmp_path, timeout=1200)
@@ -523,10 +530,11 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
     assert [m["step"] for m in ms] == [1, 2]
     for m in ms:
         assert m["reward/graded_by_workers"] > 0
-    dumped = [json.loads(line) for step in (1, 2)
-              for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))]
+    dumped = [json.loads(line) for step in (0, 1)
+              for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))]  # 0-based
     assert len(dumped) == 2 * 4 * 4
     assert [d["reward"] for d in dumped] == [grade(d["response"], d["ground_truth"]) for d in dumped]
+    assert sum(d["reward"] for d in dumped) > 0
 
 
 @pytest.mark.sglang
@@ -577,11 +585,7 @@ def _rlrun_worker(cfg_path: str) -> None:
     argv, passthrough = factory.split_sglang_passthrough(cfg["rollout_argv"])
     factory.build_rollout_parser().parse_args(argv, namespace=args)
     args.sglang_passthrough = passthrough
-    run = RLRun(args)
-    # what train.py will do once wired: the engines come from the factory
-    run.engine = factory.create_engine(args, args.hf_checkpoint, run.tokenizer, "policy")
-    if run.teacher_engine is not None:
-        run.teacher_engine = factory.create_engine(args, args.hf_checkpoint, run.tokenizer, "teacher")
+    run = RLRun(args)  # its engines come from the factory, as in train_rl.py
     eng = run.engine
     result: dict = {}
     orig_step = run.step

@@ -18,10 +18,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import logging
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -88,18 +86,10 @@ def megatron_to_hf(checkpoint: str, hf_config_dir: str | None, out_dir: str) -> 
     return save
 
 
-def _sigterm_to_exit(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def main(argv=None) -> int:
-    from megatron_corew.rollout.factory import split_sglang_passthrough
+    from megatron_corew.rollout.openai_compat import parse_tool_args
 
-    argv, passthrough = split_sglang_passthrough(argv)
-    args = build_parser().parse_args(argv)
-    args.sglang_passthrough = passthrough
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    args = parse_tool_args(build_parser(), argv)
     sources = [x for x in (args.model, args.megatron_checkpoint) if x]
     if len(sources) > 1 or (not sources and not args.openai_url):
         print("error: pass exactly one of --model or --megatron-checkpoint (or --openai-url with --tokenizer)",

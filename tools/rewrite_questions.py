@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,18 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sigterm_to_exit(signum, frame):
-    raise SystemExit(128 + signum)
-
-
 def main(argv=None) -> int:
-    from megatron_corew.rollout.factory import split_sglang_passthrough
+    from megatron_corew.rollout.openai_compat import parse_tool_args
 
-    argv, passthrough = split_sglang_passthrough(argv)
-    args = build_parser().parse_args(argv)
-    args.sglang_passthrough = passthrough
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    args = parse_tool_args(build_parser(), argv)
     if args.output_dir is None:
         args.output_dir = os.path.join(os.path.dirname(os.path.abspath(args.output_jsonl)), "rewrite_logs")
     tok_path = args.tokenizer_path or args.model_path

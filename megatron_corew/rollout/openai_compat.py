@@ -253,6 +253,26 @@ def add_tool_backend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
+def _sigterm_to_exit(signum, frame):
+    raise SystemExit(128 + signum)  # `finally` blocks run: temp files go, the engines shut down
+
+
+def parse_tool_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Start-up shared by the offline tools: parse (``--sglang-X`` pass-through split off first), log to stderr,
+    and turn SIGTERM into SystemExit so a killed tool cleans up like an interrupted one."""
+    import logging
+    import signal
+
+    from megatron_corew.rollout.factory import split_sglang_passthrough
+
+    argv, passthrough = split_sglang_passthrough(argv)
+    args = parser.parse_args(argv)
+    args.sglang_passthrough = passthrough
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    signal.signal(signal.SIGTERM, _sigterm_to_exit)
+    return args
+
+
 def create_tool_engine(args, model_dir: str | None, tokenizer) -> RolloutEngine:
     if getattr(args, "openai_url", None):
         return OpenAICompatEngine(args.openai_url, model=args.openai_model, tokenizer=tokenizer,

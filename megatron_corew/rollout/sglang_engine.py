@@ -361,6 +361,9 @@ class RouterProcess(_ManagedProcess):
         super().__init__("router", log_path)
         self.python, self.worker_urls, self.host = python, list(worker_urls), host
         self.port = port or free_port()
+        # its own metrics port: the router's default (29000) is taken by the first router on a machine, and a
+        # second one (teacher group, another job) would die at start-up
+        self.metrics_port = free_port()
         self.policy, self.request_timeout = policy, request_timeout
 
     @property
@@ -370,7 +373,8 @@ class RouterProcess(_ManagedProcess):
     def start(self, timeout: float = 120.0) -> None:
         cmd = [self.python, "-m", "sglang_router.launch_router", "--worker-urls", *self.worker_urls,
                "--host", self.host, "--port", str(self.port), "--policy", self.policy,
-               "--request-timeout-secs", str(int(self.request_timeout)), "--log-level", "warn"]
+               "--request-timeout-secs", str(int(self.request_timeout)), "--log-level", "warn",
+               "--prometheus-host", self.host, "--prometheus-port", str(self.metrics_port)]
         self._spawn(cmd, dict(os.environ))
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
@@ -769,7 +773,10 @@ class SGLangEngine(RolloutEngine):
             self._restarts_left = self.max_restarts
             self._ensure_ready()
             results: list[Generation | None] = [None] * len(prompts)
-            pending = self._plan(len(prompts))
+            # per-prompt seeds need a list of sampling params, which sglang_router (0.3.x) cannot parse: through a
+            # router, seeded sampling goes one prompt per request (the router spreads them, the engines batch them)
+            pending = self._plan(len(prompts), single=bool(self.fleet.router_url) and params.seed is not None
+                                 and not params.greedy)
             rounds = 0
             while pending:
                 failed = self._run_requests(pending, prompts, params, results)
@@ -920,13 +927,13 @@ class SGLangEngine(RolloutEngine):
         self.state.event(f"engine {i}: loaded {self.role} weights {w.tag} in {time.perf_counter() - t0:.2f} s")
 
     # ------------------------------------------------------------------ generation
-    def _plan(self, n: int) -> list[tuple[int, list[int]]]:
+    def _plan(self, n: int, single: bool = False) -> list[tuple[int, list[int]]]:
         """(target, prompt indices) requests: a contiguous share per engine, cut into batches of at
-        most request_batch_size. Through a router the target is -1 and the shares are sized the
-        same way, so the router has one request per engine to spread."""
+        most request_batch_size (of one prompt with ``single``). Through a router the target is -1 and the
+        shares are sized the same way, so the router has one request per engine to spread."""
         engines = len(self.fleet)
         per = -(-n // engines)
-        size = min(per, self.request_batch_size or per)
+        size = 1 if single else min(per, self.request_batch_size or per)
         plan = []
         for e in range(engines):
             idx = list(range(e * per, min(n, (e + 1) * per)))
@@ -954,8 +961,8 @@ class SGLangEngine(RolloutEngine):
             payload = {"input_ids": [list(map(int, prompts[k])) for k in idx], "return_logprob": True,
                        "logprob_start_len": -1, "stream": False}
             if params.seed is not None and not params.greedy:
-                payload["sampling_params"] = [dict(sp, sampling_seed=int(params.seed * 1000003 + k) % (2 ** 63))
-                                              for k in idx]
+                seeded = [dict(sp, sampling_seed=int(params.seed * 1000003 + k) % (2 ** 63)) for k in idx]
+                payload["sampling_params"] = seeded[0] if len(idx) == 1 else seeded
             else:
                 payload["sampling_params"] = sp
             t0 = time.perf_counter()
