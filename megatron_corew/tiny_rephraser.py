@@ -6,7 +6,7 @@ is fine-tuned to answer :data:`INSTRUCTION` + an original question with the tool
 templates with the same numbers. It learns to copy the numbers from the prompt, so its rewrites are mostly right and
 sometimes wrong: the tool's parser, retries and answer check have real work to do.
 
-``python -m megatron_corew.tiny_rephraser --out assets/tiny_rephraser`` builds it (atomic, about a minute on 2 CPU
+``python -m megatron_corew.tiny_rephraser --out assets/tiny_rephraser`` builds it (atomic, about 30 s on 2 CPU
 cores); :func:`ensure_rephraser` builds it once and reuses it.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from megatron_corew import tiny_task as tt
 
 INSTRUCTION = "Rewrite the math problem below as a short story with the same numbers and the same answer.\n"
 INSTRUCTION_FILE = "instruction.txt"
-DEFAULT_STEPS = 600
+DEFAULT_STEPS = 300
 
 
 def reply(problem: tt.Problem) -> str:

@@ -5,9 +5,9 @@ Two kinds of engine:
 * ``ScriptedEngine`` below is a STAND-IN for a rollout backend (it implements ``RolloutEngine.generate`` by
   replying from a fixed script keyed on the question). It exists to drive the parser / retry / check / resume
   logic through exact, known replies; it is not a model.
-* the real tiny Qwen3 model with the embedded engine, end to end through the CLI, including a SIGKILL halfway
-  through writing a batch and a resume. It answers arithmetic rather than rewriting, so its replies fail to parse
-  and exercise the retries; seeded sampling makes the runs reproducible.
+* a real tiny Qwen3 rephrasing model (megatron_corew/tiny_rephraser.py) with the embedded engine, end to end
+  through the CLI, including a SIGKILL halfway through writing a batch and a resume; its rewrites are checked
+  (same numbers, new wording) and the pair loads as Co-rewarding-I data; seeded sampling makes runs reproducible.
 """
 from __future__ import annotations
 
@@ -281,47 +281,45 @@ def test_resume_refuses_other_settings(tmp_path, tok):
 # The real tiny model, end to end (CLI, SIGKILL, resume)
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """The warm-started tiny model when it has been built (assets/tiny), else a random tiny Qwen3 with the same
-    tokenizer (built in a second)."""
-    from megatron_corew.tiny_task import is_complete
+def rephraser():
+    """The tiny rephrasing model (megatron_corew/tiny_rephraser.py: a tiny Qwen3 fine-tuned to answer the tool's
+    instruction with the reply block), built once into assets/tiny_rephraser (about 30 s)."""
+    from megatron_corew.tiny_rephraser import ensure_rephraser
 
-    if is_complete(os.path.join(REPO, "assets", "tiny")):
-        return os.path.join(REPO, "assets", "tiny", "model")
-    from helpers import make_tiny_bundle
-
-    return make_tiny_bundle(str(tmp_path_factory.mktemp("tiny")), num_train=4, num_val=2)["model"]
+    return ensure_rephraser(os.path.join(REPO, "assets", "tiny_rephraser"))
 
 
-def test_tiny_model_end_to_end_kill_and_resume(tmp_path, tiny_model):
+def test_tiny_model_end_to_end_kill_and_resume(tmp_path, rephraser):
     import torch
     from transformers import AutoTokenizer
 
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.rollout.factory import eos_ids
-
+    from megatron_corew.tiny_rephraser import INSTRUCTION, INSTRUCTION_FILE
     from megatron_corew.tiny_task import generate_problems, verl_rows, write_parquet
 
     n = 6
+    problems = generate_problems(num_train=n, num_val=1, seed=3)[0]
     inp = str(tmp_path / "in.parquet")
-    write_parquet(verl_rows(generate_problems(num_train=n, num_val=1, seed=3)[0], "train", "original"), inp)
-    flags = ["--batch_size", "2", "--max_tokens", "16", "--max_attempts", "2", "--seed", "5"]
-    cfg = RewriteConfig(batch_size=2, max_new_tokens=16, max_attempts=2, seed=5)
+    write_parquet(verl_rows(problems, "train", "original"), inp)
+    flags = ["--batch_size", "2", "--max_tokens", "128", "--max_attempts", "2", "--seed", "5",
+             "--instruction_file", os.path.join(rephraser, INSTRUCTION_FILE)]
+    cfg = RewriteConfig(batch_size=2, max_new_tokens=128, max_attempts=2, seed=5, instruction=INSTRUCTION)
     killed = outputs(tmp_path / "killed")
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", COREW_FAULT="rewrite_mid_batch:1")
     cmd = [sys.executable, TOOL, "--input_path", inp, "--output_jsonl", killed["jsonl"], "--output_parquet",
-           killed["parquet"], "--output_original_parquet", killed["original"], "--model_path", tiny_model, *flags]
+           killed["parquet"], "--output_original_parquet", killed["original"], "--model_path", rephraser, *flags]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert "batch 1/3" in proc.stderr and "batch 2/3" not in proc.stderr
     assert not os.path.exists(killed["parquet"]) and not os.path.exists(killed["original"])
 
-    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(rephraser)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         def engine():
-            return EmbeddedEngine(tiny_model, eos_ids(tiny_model, tok), tok.pad_token_id, max_batch_size=64)
+            return EmbeddedEngine(rephraser, eos_ids(rephraser, tok), tok.pad_token_id, max_batch_size=64)
 
         s = run_rewrite(engine(), tok, inp, killed["jsonl"], killed["parquet"], killed["original"], cfg=cfg,
                         log=lambda m: None)
@@ -334,7 +332,13 @@ def test_tiny_model_end_to_end_kill_and_resume(tmp_path, tiny_model):
     assert got[0] == want[0] and got[1].equals(want[1]) and got[2].equals(want[2])
     recs = got[0]
     assert [r["index"] for r in recs] == list(range(n))
-    # the tiny model answers arithmetic instead of rewriting: every attempt fails to parse and is retried
-    assert all(r["status"] == "failed" and r["attempts"] == 2 and len(r["errors"]) == 2 for r in recs)
-    assert pq.read_table(killed["parquet"]).num_rows == 0 and pq.read_table(killed["original"]).schema == \
-        pq.read_table(inp).schema
+    # the tiny rephraser really rewrites: every question becomes a story with the same two numbers
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert len(ok) >= n - 1, recs
+    for r in ok:
+        p = problems[r["index"]]
+        assert r["rewritten"] != p.original and str(p.a) in r["rewritten"] and str(p.b) in r["rewritten"], r
+    # the aligned pair loads as Co-rewarding-I training data (same ground truths, row by row)
+    pairs = load_paired_examples(killed["original"], killed["parquet"], tok)
+    assert len(pairs) == len(ok)
+    assert all(o.ground_truth == r.ground_truth and o.prompt_ids != r.prompt_ids for o, r in pairs)
