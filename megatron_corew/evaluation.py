@@ -165,11 +165,12 @@ def results_markdown(results: Mapping[str, Mapping[str, Any]], title: str | None
     metric_cols: list[str] = []
     for r in results.values():
         for key in r:
-            if (key.startswith("pass@") or key.startswith("avg@")) and key not in metric_cols:
+            if key.startswith(("pass@", "avg@", "maj@")) and key not in metric_cols:
                 metric_cols.append(key)
-    def order(c):  # pass@1, then avg@k, then pass@j by j
+
+    def order(c):  # pass@1, then avg@k, then pass@j by j, then maj@k
         kind, j = c.split("@")
-        return (0 if c == "pass@1" else 1 if kind == "avg" else 2, int(j))
+        return (0 if c == "pass@1" else 1 if kind == "avg" else 2 if kind == "pass" else 3, int(j))
 
     metric_cols.sort(key=order)
     head = ["benchmark", "n", "mode", *metric_cols, "resp. len", "boxed", "truncated"]

@@ -126,7 +126,7 @@ class RLRun:
             rows = ds.unlabelled_rows() if ds is not None else []
             if rows:
                 raise DataError(f"{ds.path}: {len(rows)} row(s) have no reward_model.ground_truth (first: row "
-                                     f"{rows[0]}), which {who} needs; drop them or use a self-supervised method")
+                                f"{rows[0]}), which {who} needs; drop them or use a self-supervised method")
 
     def _remote_grader(self):
         """The Ray rollout manager's reward workers, when it has any: (answer, ground truth) pairs graded in

@@ -110,7 +110,7 @@ def test_metrics_exact(tmp_path, tok):
         "row": 1, "sample": 1, "ground_truth": "2", "answer": "3", "score": 0.0, "finish_reason": "stop",
         "response": "1 + 1 = 3. The answer is \\boxed{3}.", "response_length": s["records"][5]["response_length"]}
     md = results_markdown({"bench": s})
-    assert "| benchmark | n | mode | pass@1 | avg@4 | pass@2 | pass@4 |" in md
+    assert "| benchmark | n | mode | pass@1 | avg@4 | pass@2 | pass@4 | maj@4 |" in md
     assert f"| bench | 6 | sampled k=4 T=0.8 | {100 * s['avg@4']:.2f} |" in md
     with pytest.raises(ValueError, match="mode"):
         evaluate_examples(eng, tok, exs, mode="beam")
