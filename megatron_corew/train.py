@@ -363,7 +363,8 @@ class RLRun:
         h = hashlib.sha256()
         for name, t in export_hf_weights(model, self.model_args):
             h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            h.update(str(t.dtype).encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # bf16 too
         return h.hexdigest() if parallel.is_rank0() else None
 
     def save_hf(self, step: int) -> None:

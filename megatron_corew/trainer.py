@@ -130,9 +130,16 @@ class PolicyTrainer:
         """An fp32 copy with the policy's sharding: the KL anchor (reference or EMA teacher)."""
         import copy
 
+        import torch
+
         cfg = copy.copy(self.config)
         cfg.finalize_model_grads_func = None
         cfg.no_sync_func = None
+        # fp32 all through (EMA steps of 1e-5 vanish in bf16): with the policy's bf16 flags the attention would
+        # cast its fp32 probabilities to bf16 and meet fp32 values, and PP would send bf16 buffers
+        cfg.bf16 = cfg.fp16 = False
+        cfg.fp8 = None
+        cfg.params_dtype = cfg.pipeline_dtype = torch.float32
         frozen = model_builder.build_gpt_model(self.args, cfg, self.cfg.tp, self.pre, self.post)
         frozen.float()
         copy_weights(self.model.module, frozen)
