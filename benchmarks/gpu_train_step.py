@@ -191,6 +191,7 @@ def main():
     ap.add_argument("--no-fp8", action="store_true")
     ap.add_argument("--no-reference", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--cpu-smoke", action="store_true", help="tiny shape, fp32, CPU: checks the script runs")
+    ap.add_argument("--smoke-bf16", action="store_true", help="with --cpu-smoke: the bf16 code path on the CPU")
     ap.add_argument("--json", default=None, help="also write the rows here")
     args = ap.parse_args()
 
@@ -204,7 +205,7 @@ def main():
         args.steps, args.warmup = 2, 1
     on_gpu = torch.cuda.is_available() and not args.cpu_smoke
     device = torch.device("cuda") if on_gpu else torch.device("cpu")
-    bf16 = on_gpu
+    bf16 = on_gpu or (args.cpu_smoke and args.smoke_bf16)
     parallel.init_distributed(1, 1)
     card = torch.cuda.get_device_name() if on_gpu else "CPU"
     peak = measured_peak_tflops(torch.bfloat16 if bf16 else torch.float32, device)
