@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--teacher-alpha-start", type=float, default=0.01)
     g.add_argument("--teacher-alpha-end", type=float, default=1e-5)
     g.add_argument("--no-ema", action="store_true", help="Co-rewarding-II ablation: teacher stays the initial model")
+    g.add_argument("--anchor-cpu-offload", "--teacher-cpu-offload", dest="anchor_cpu_offload", action="store_true",
+                   help="keep the fp32 EMA teacher / KL reference in (pinned) host memory between its uses "
+                        "(forward, EMA update, export, checkpoint): saves a full fp32 model copy of GPU memory")
     g.add_argument("--teacher-on-rephrased", action="store_true",
                    help="Co-rewarding I+II hybrid: the teacher answers the rephrased question")
 

@@ -29,6 +29,7 @@ def _rank0():
 
 
 def _sharded_state(trainer, is_loading: bool = False):
+    """Call inside ``trainer.anchor_resident()``: the anchor's tensors must be on their devices."""
     model_sd = trainer.model.module.sharded_state_dict()
     sd = {"model": model_sd,
           "optimizer": trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPT_META)}
@@ -75,7 +76,8 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(os.path.join(tmp, "model"))
     _barrier()
-    dist_checkpointing.save(_sharded_state(trainer), os.path.join(tmp, "model"))
+    with trainer.anchor_resident():
+        dist_checkpointing.save(_sharded_state(trainer), os.path.join(tmp, "model"))
     _barrier()
     faults.maybe_kill("during_save", step)
     if _rank0():
@@ -107,14 +109,15 @@ def load_checkpoint(load_dir: str, trainer) -> dict | None:
     path = latest_checkpoint(load_dir)
     if path is None:
         return None
-    loaded = dist_checkpointing.load(_sharded_state(trainer, is_loading=True), os.path.join(path, "model"))
-    trainer.model.module.load_state_dict(loaded["model"])
-    with torch.no_grad():
-        trainer.optimizer.load_state_dict(loaded["optimizer"])
-    if trainer.anchor is not None and "anchor" in loaded:
-        prefix = "anchor."
-        trainer.anchor.load_state_dict({k[len(prefix):] if k.startswith(prefix) else k: v
-                                        for k, v in loaded["anchor"].items()})
+    with trainer.anchor_resident(modify=True):
+        loaded = dist_checkpointing.load(_sharded_state(trainer, is_loading=True), os.path.join(path, "model"))
+        trainer.model.module.load_state_dict(loaded["model"])
+        with torch.no_grad():
+            trainer.optimizer.load_state_dict(loaded["optimizer"])
+        if trainer.anchor is not None and "anchor" in loaded:
+            prefix = "anchor."
+            trainer.anchor.load_state_dict({k[len(prefix):] if k.startswith(prefix) else k: v
+                                            for k, v in loaded["anchor"].items()})
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.step_count = state["step"]

@@ -62,7 +62,7 @@ class RLRun:
             sequence_parallel=a.sequence_parallel, fp8=a.fp8_format, fp8_recipe=a.fp8_recipe,
             overlap_grad_reduce=a.overlap_grad_reduce, overlap_param_gather=a.overlap_param_gather,
             attention_backend=a.attention_backend,
-            need_anchor=a.kl_loss_coef > 0 or is_ii))
+            need_anchor=a.kl_loss_coef > 0 or is_ii, anchor_cpu_offload=a.anchor_cpu_offload))
         self.engine = self.teacher_engine = None
         if parallel.is_rank0():
             from megatron_corew.rollout.factory import create_engine
@@ -108,12 +108,13 @@ class RLRun:
     def sync_teacher(self) -> None:
         from megatron_corew.weights import export_hf_weights
 
-        tensors = export_hf_weights(self.trainer.anchor, self.model_args)
-        if self.teacher_engine is not None:
-            self.teacher_engine.update_weights(tensors, self.weight_version)
-        else:
-            for _ in tensors:
-                pass
+        with self.trainer.anchor_resident():
+            tensors = export_hf_weights(self.trainer.anchor, self.model_args)
+            if self.teacher_engine is not None:
+                self.teacher_engine.update_weights(tensors, self.weight_version)
+            else:
+                for _ in tensors:
+                    pass
 
     def _check_labels(self):
         """Ground truth is needed by ``gt`` training and by validation, nowhere else: fail before training starts."""
@@ -282,6 +283,8 @@ class RLRun:
         timers["perf/time_weight_sync"] = self.sync_weights()
         total_tokens = sum(s.length for s in samples)
         timers["perf/time_step"] = time.perf_counter() - t0
+        if self.trainer.anchor is not None:  # 0 with --anchor-cpu-offload: the copy lives in host memory
+            timers["mem/anchor_device_bytes"] = self.trainer.anchor_device_bytes
         timers["perf/tokens_per_s"] = total_tokens / timers["perf/time_step"]
         if self.engine is not None:
             timers["perf/rollout_tokens_per_s"] = self.engine.throughput()
@@ -352,7 +355,13 @@ class RLRun:
         self.logger.close()
         return {"before": first_val.get("val/accuracy"), "after": final_val.get("val/accuracy"),
                 "steps": self.train_iters, "policy_sha256": self.weights_digest(self.trainer.model),
-                "anchor_sha256": self.weights_digest(self.trainer.anchor) if self.trainer.anchor is not None else None}
+                "anchor_sha256": self._anchor_digest()}
+
+    def _anchor_digest(self) -> str | None:
+        if self.trainer.anchor is None:
+            return None
+        with self.trainer.anchor_resident():
+            return self.weights_digest(self.trainer.anchor)
 
     def weights_digest(self, model) -> str | None:
         """sha256 over the exported HF tensors (names and bytes): equal digests = bitwise-equal weights."""

@@ -9,6 +9,7 @@ TP / PP / DP / micro-batch layout.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -118,8 +119,13 @@ class PolicyTrainer:
             lr_warmup_steps=warmup, lr_decay_steps=max(cfg.train_iters, warmup + 1), lr_decay_style="cosine",
             start_wd=cfg.weight_decay, end_wd=cfg.weight_decay, wd_incr_steps=1, wd_incr_style="constant")
         self.anchor = None
+        self._anchor_offload = None
         if cfg.need_anchor:
             self.anchor = self._build_frozen_copy()
+            if cfg.anchor_cpu_offload:
+                from megatron_corew.offload import HostOffload
+
+                self._anchor_offload = HostOffload(self.anchor)
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._fb = get_forward_backward_func()
@@ -218,13 +224,33 @@ class PolicyTrainer:
     def _stats(self, logits):
         return VocabParallelStats(logits, self.args.vocab_size, self.cfg.temperature)
 
+    @contextmanager
+    def anchor_resident(self, modify: bool = False):
+        """The anchor's weights on their devices for this block (always, without --anchor-cpu-offload)."""
+        if self._anchor_offload is None:
+            yield self.anchor
+        else:
+            with self._anchor_offload.resident(modify=modify) as module:
+                yield module
+
+    @property
+    def anchor_device_bytes(self) -> int:
+        if self.anchor is None:
+            return 0
+        return sum(p.data.numel() * p.data.element_size() for p in self.anchor.parameters())
+
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
     def sequence_stats(self, samples: list[TrainSample], which: str = "policy", want=("logp",),
                        microbatches=None) -> dict[int, dict]:
         """Forward-only pass; returns {sample index: {"logp": tensor[resp], "entropy": float (mean),
         "self_certainty": float (mean)}} on every rank (small: one row per response token)."""
-        model = self.model if which == "policy" else self.anchor
+        if which != "policy":
+            with self.anchor_resident():
+                return self._sequence_stats(self.anchor, which, samples, want, microbatches)
+        return self._sequence_stats(self.model, which, samples, want, microbatches)
+
+    def _sequence_stats(self, model, which, samples, want, microbatches):
         mbs = microbatches if microbatches is not None else self._local_microbatches(samples)
         found: dict[int, dict] = {}
 
@@ -348,5 +374,6 @@ class PolicyTrainer:
     def ema_update_anchor(self, alpha: float) -> None:
         """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor, shard by shard, in fp32."""
         policy = dict(self.model.module.named_parameters())
-        for name, p in self.anchor.named_parameters():
-            p.mul_(1.0 - alpha).add_(policy[name].detach().float(), alpha=alpha)
+        with self.anchor_resident(modify=True):
+            for name, p in self.anchor.named_parameters():
+                p.mul_(1.0 - alpha).add_(policy[name].detach().float(), alpha=alpha)
