@@ -57,6 +57,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_command(script: str, args, nproc: int = 1) -> list[str]:
+    """``python script args`` for one process, ``torchrun`` (free port) for several."""
+    if nproc == 1:
+        return [sys.executable, script, *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(free_port()), script, *args]
+
+
+def run_python_worker(worker: str, args, nproc: int = 1, timeout: int = 300) -> None:
+    """Run a test worker script (single process or torchrun); a failure raises with its output."""
+    full = launch_command(worker, args, nproc)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise AssertionError(f"worker failed ({' '.join(full)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+
+
+def run_in_own_session(cmd: list[str], env: dict, timeout: int) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own session with output through files, not pipes, and kill the whole process group
+    at the end: a SIGKILLed trainer can leave megatron's checkpoint-writer helpers behind holding pipes."""
+    import signal
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+
+
 def run_worker(job: str, model: str, tmp_path, nproc: int = 1, samples=None, extra=(), timeout=300) -> dict:
     """Run tests/dist_worker.py under torchrun (or plain python for one process); return rank 0's json."""
     out = os.path.join(str(tmp_path), f"{job}-{nproc}-{'_'.join(extra) or 'base'}.json")
@@ -66,16 +103,7 @@ def run_worker(job: str, model: str, tmp_path, nproc: int = 1, samples=None, ext
         with open(spath, "w") as f:
             json.dump(samples, f)
         cmd += ["--samples", spath]
-    worker = os.path.join(REPO, "tests", "dist_worker.py")
-    if nproc == 1:
-        full = [sys.executable, worker, *cmd]
-    else:
-        full = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(free_port()), worker, *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({' '.join(full)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    run_python_worker(os.path.join(REPO, "tests", "dist_worker.py"), cmd, nproc, timeout)
     with open(out) as f:
         return json.load(f)
 
@@ -136,31 +164,9 @@ def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_va
 
 
 def run_train(args: list[str], env_extra: dict | None = None, nproc: int = 1, timeout: int = 600):
-    """Run train_rl.py as a user would, in its own session; returns a CompletedProcess.
-
-    Output goes through files, not pipes, and the whole process group is killed at the end: a
-    SIGKILLed trainer can leave megatron's checkpoint-writer helpers behind holding inherited pipes."""
-    import signal
-    import tempfile
-
+    """Run train_rl.py as a user would (torchrun when ``nproc`` > 1), in its own session."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env_extra or {}))
-    if nproc == 1:
-        cmd = [sys.executable, "train_rl.py", *args]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-               str(free_port()), "train_rl.py", *args]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=env, start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+    return run_in_own_session(launch_command("train_rl.py", args, nproc), env, timeout)
 
 
 def read_metrics(out_dir: str) -> list[dict]:

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, free_port, make_tiny_hf_model
+from helpers import REPO, make_tiny_hf_model, run_python_worker
 
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
@@ -41,17 +41,8 @@ def _worker(job, spec, tmp, nproc=1, extra=(), out=None, timeout=300):
     spec_path = os.path.join(tmp, f"{job}-{nproc}-{'_'.join(extra) or 'base'}-spec.json")
     with open(spec_path, "w") as f:
         json.dump(spec, f)
-    worker = os.path.join(REPO, "tests", "convert_worker.py")
     cmd = [job, "--spec", spec_path] + (["--out", out] if out else []) + list(extra)
-    if nproc == 1:
-        full = [sys.executable, worker, *cmd]
-    else:
-        full = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-                "--master_port", str(free_port()), worker, *cmd]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
-    if proc.returncode != 0:
-        raise AssertionError(f"worker failed ({' '.join(full)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    run_python_worker(os.path.join(REPO, "tests", "convert_worker.py"), cmd, nproc, timeout)
     return torch.load(out) if out else None
 
 

@@ -8,13 +8,11 @@ import json
 import math
 import os
 import shlex
-import signal
 import subprocess
-import tempfile
 
 import pytest
 
-from helpers import REPO, make_tiny_bundle
+from helpers import REPO, make_tiny_bundle, run_in_own_session
 
 EXAMPLES = os.path.join(REPO, "examples")
 METHODS = ["gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2"]
@@ -240,20 +238,7 @@ def tiny_bundle(tmp_path_factory):
 
 def run_script(script: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
     """Like helpers.run_train: own session, output through files, the whole group killed at the end."""
-    cmd = ["bash", os.path.join(EXAMPLES, script)]
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=script_env(OMP_NUM_THREADS=1, **env),
-                                start_new_session=True)
-        try:
-            rc = proc.wait(timeout=timeout)
-        finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        out.seek(0)
-        err.seek(0)
-        return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
+    return run_in_own_session(["bash", os.path.join(EXAMPLES, script)], script_env(OMP_NUM_THREADS=1, **env), timeout)
 
 
 @pytest.mark.parametrize("method", METHODS)
