@@ -63,6 +63,22 @@ need_model() {
   [ -f "$1/config.json" ] || die "MODEL_PATH=$1 has no config.json (expected a HF checkpoint directory)"
 }
 
+# DATA_ARGS from TRAIN_DATA, TRAIN_DATA_REPHRASED (corewarding_1) and VAL_DATA (none: no validation), each
+# checked; $1 names the directory variable the defaults came from, for the error hints ("" when none).
+set_data_args() {
+  local dir=$1
+  need_file "$TRAIN_DATA" "training data (TRAIN_DATA${dir:+ or $dir/train.parquet})"
+  DATA_ARGS=(--train-data "$TRAIN_DATA")
+  if [ "$METHOD" = "corewarding_1" ]; then
+    need_file "$TRAIN_DATA_REPHRASED" "rephrased training data for corewarding_1 (TRAIN_DATA_REPHRASED${dir:+ or $dir/train_rephrased.parquet})"
+    DATA_ARGS+=(--train-data-rephrased "$TRAIN_DATA_REPHRASED")
+  fi
+  if [ "$VAL_DATA" != "none" ]; then
+    need_file "$VAL_DATA" "validation data (VAL_DATA${dir:+ or $dir/val.parquet; VAL_DATA=none disables validation})"
+    DATA_ARGS+=(--val-data "$VAL_DATA")
+  fi
+}
+
 EXTRA=()
 if [ -n "${EXTRA_ARGS:-}" ]; then
   read -r -a _extra <<< "$EXTRA_ARGS"
@@ -90,15 +106,9 @@ if [ "$CPU_TINY" = "1" ]; then
     fi
   fi
   need_model "$MODEL_PATH"
-  need_file "$TRAIN_DATA" "training data (TRAIN_DATA)"
-  DATA_ARGS=(--train-data "$TRAIN_DATA")
-  if [ "$METHOD" = "corewarding_1" ]; then
-    need_file "$TRAIN_DATA_REPHRASED" "rephrased training data for corewarding_1 (TRAIN_DATA_REPHRASED)"
-    DATA_ARGS+=(--train-data-rephrased "$TRAIN_DATA_REPHRASED")
-  fi
+  set_data_args ""
   if [ "$VAL_DATA" != "none" ]; then
-    need_file "$VAL_DATA" "validation data (VAL_DATA)"
-    DATA_ARGS+=(--val-data "$VAL_DATA" --max-val-samples "${MAX_VAL_SAMPLES:-16}")
+    DATA_ARGS+=(--max-val-samples "${MAX_VAL_SAMPLES:-16}")
   fi
   LAUNCH=(python)
   PAR_ARGS=()
@@ -161,16 +171,7 @@ WORLD=$((NNODES * GPUS_PER_NODE))
 [ $((WORLD % (TP * PP))) -eq 0 ] || die "world size $WORLD (NNODES=$NNODES x GPUS_PER_NODE=$GPUS_PER_NODE) is not divisible by TP*PP=$((TP * PP))"
 
 need_model "$MODEL_PATH"
-need_file "$TRAIN_DATA" "training data (TRAIN_DATA or DATA_DIR/train.parquet)"
-DATA_ARGS=(--train-data "$TRAIN_DATA")
-if [ "$METHOD" = "corewarding_1" ]; then
-  need_file "$TRAIN_DATA_REPHRASED" "rephrased training data for corewarding_1 (TRAIN_DATA_REPHRASED or DATA_DIR/train_rephrased.parquet)"
-  DATA_ARGS+=(--train-data-rephrased "$TRAIN_DATA_REPHRASED")
-fi
-if [ "$VAL_DATA" != "none" ]; then
-  need_file "$VAL_DATA" "validation data (VAL_DATA or DATA_DIR/val.parquet; VAL_DATA=none disables validation)"
-  DATA_ARGS+=(--val-data "$VAL_DATA")
-fi
+set_data_args DATA_DIR
 if [ "$SKIP_CHECKS" != "1" ]; then
   command -v nvidia-smi > /dev/null 2>&1 || die "nvidia-smi not found: this launcher needs NVIDIA GPUs (CPU_TINY=1 runs the tiny CPU variant)"
   NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)

@@ -276,12 +276,12 @@ def load_examples(path: str | os.PathLike, tokenizer, max_prompt_length: int | N
     if not kept:
         raise DataError(f"{path}: no usable rows ({table.num_rows} rows, {n_bad + n_bad_tpl} malformed, "
                         f"{dropped} longer than {max_prompt_length} tokens)")
-    has_rm = "reward_model" in table.column_names
-    unlabelled = [e.index for e in kept if e.ground_truth is None] if has_rm else []
+    ds = PromptDataset(kept, path, table.num_rows, dropped, n_bad + n_bad_tpl, max_prompt_length)
+    unlabelled = ds.unlabelled_rows() if "reward_model" in table.column_names else []
     if unlabelled:
         logger.warning("%s: %d row(s) have a null reward_model.ground_truth (first: row %d); they train the "
                        "self-supervised methods but are never graded", path, len(unlabelled), unlabelled[0])
-    return PromptDataset(kept, path, table.num_rows, dropped, n_bad + n_bad_tpl, max_prompt_length)
+    return ds
 
 
 def load_paired_examples(original_path: str | os.PathLike, rephrased_path: str | os.PathLike, tokenizer,

@@ -54,14 +54,11 @@ def _grade(texts: list[str], gts: list[str | None], grading: str, grader_pool=No
 def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str) -> float:
     """maj@k: share of problems whose majority-voted answer (exact string, ties to the first seen, empty answers
     never vote; the training-time vote of the self-supervised methods) is graded correct."""
-    from megatron_corew.rewards.math_grader import grade
+    from megatron_corew.rewards.math_grader import grade_answer
     from megatron_corew.rewards.voting import majority_vote
 
-    hits = 0.0
-    for i, gt in enumerate(gts):
-        label = majority_vote(answers[i * k:(i + 1) * k])
-        hits += grade(f"\\boxed{{{label}}}", gt, grading) if label else 0.0
-    return hits / len(gts)
+    votes = [majority_vote(answers[i * k:(i + 1) * k]) for i in range(len(gts))]
+    return sum(grade_answer(vote, gt, grading) for vote, gt in zip(votes, gts)) / len(gts)
 
 
 def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy", k: int = 1,

@@ -15,7 +15,12 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["HostOffload"]
+__all__ = ["HostOffload", "device_bytes"]
+
+
+def device_bytes(params) -> int:
+    """Bytes these parameters hold on their devices now (0 for released ones)."""
+    return sum(p.data.numel() * p.data.element_size() for p in params)
 
 
 class HostOffload:
@@ -33,8 +38,7 @@ class HostOffload:
 
     @property
     def device_bytes(self) -> int:
-        """Bytes the parameters hold on their devices now (0 when released)."""
-        return sum(p.data.numel() * p.data.element_size() for p in self.params)
+        return device_bytes(self.params)
 
     @property
     def host_bytes(self) -> int:

@@ -3,8 +3,8 @@
 The real rephraser is a large instruct model (the reference uses Qwen3-32B). Here a model of the tiny task's shape
 is fine-tuned to answer :data:`INSTRUCTION` + an original question with the tool's reply block
 (``### RESULT_START / ORIGINAL: / REWRITE: / ### RESULT_END``), the rewrite being one of the tiny task's story
-templates with the same numbers. It learns to copy the numbers from the prompt, so its rewrites are mostly right and
-sometimes wrong: the tool's parser, retries and answer check have real work to do.
+templates with the same numbers. It learns to copy the numbers from the prompt (on the 200 held-out tiny questions
+all 200 rewrites kept both numbers); its replies still go through the tool's real parser, retries and resume.
 
 ``python -m megatron_corew.tiny_rephraser --out assets/tiny_rephraser`` builds it (atomic, about 30 s on 2 CPU
 cores); :func:`ensure_rephraser` builds it once and reuses it.

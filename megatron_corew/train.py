@@ -93,28 +93,26 @@ class RLRun:
                 _log0(f"resumed from {a.load} at step {self.start_step}")
 
     # ------------------------------------------------------------------ helpers
-    def sync_weights(self) -> float:
+    def _push(self, model, engine) -> None:
+        """Export ``model`` as HF tensors into ``engine`` (the export is collective: ranks without an engine, or
+        runs without one, still walk it)."""
         from megatron_corew.weights import export_hf_weights
 
-        t0 = time.perf_counter()
-        tensors = export_hf_weights(self.trainer.model, self.model_args)
-        if self.engine is not None:
-            self.engine.update_weights(tensors, self.weight_version)
+        tensors = export_hf_weights(model, self.model_args)
+        if engine is not None:
+            engine.update_weights(tensors, self.weight_version)
         else:
             for _ in tensors:
                 pass
+
+    def sync_weights(self) -> float:
+        t0 = time.perf_counter()
+        self._push(self.trainer.model, self.engine)
         return time.perf_counter() - t0
 
     def sync_teacher(self) -> None:
-        from megatron_corew.weights import export_hf_weights
-
         with self.trainer.anchor_resident():
-            tensors = export_hf_weights(self.trainer.anchor, self.model_args)
-            if self.teacher_engine is not None:
-                self.teacher_engine.update_weights(tensors, self.weight_version)
-            else:
-                for _ in tensors:
-                    pass
+            self._push(self.trainer.anchor, self.teacher_engine)
 
     def _check_labels(self):
         """Ground truth is needed by ``gt`` training and by validation, nowhere else: fail before training starts."""

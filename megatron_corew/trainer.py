@@ -235,9 +235,9 @@ class PolicyTrainer:
 
     @property
     def anchor_device_bytes(self) -> int:
-        if self.anchor is None:
-            return 0
-        return sum(p.data.numel() * p.data.element_size() for p in self.anchor.parameters())
+        from megatron_corew.offload import device_bytes
+
+        return device_bytes(self.anchor.parameters()) if self.anchor is not None else 0
 
     # ------------------------------------------------------------------ passes
     @torch.no_grad()

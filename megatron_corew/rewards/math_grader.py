@@ -33,6 +33,7 @@ __all__ = [
     "is_equiv_reference",
     "answers_equivalent",
     "grade",
+    "grade_answer",
     "GraderPool",
     "clear_caches",
 ]
@@ -1062,10 +1063,15 @@ def grade(response_text: str, ground_truth: str, mode: str = "reference") -> flo
     ``mode="reference"`` is the paper's grader (normalised string equality); ``"equiv"`` uses
     ``answers_equivalent``. No boxed answer scores 0.0.
     """
+    return grade_answer(extract_boxed_answer(response_text or ""), ground_truth, mode)
+
+
+def grade_answer(answer: str, ground_truth: str | None, mode: str = "reference") -> float:
+    """:func:`grade` for an answer already extracted from its box: 1.0 if it matches ``ground_truth``, else 0.0.
+    Empty (or blank) answers and missing ground truths score 0.0."""
     if mode not in GRADE_MODES:
         raise ValueError(f"unknown grading mode {mode!r}; expected one of {GRADE_MODES}")
-    answer = extract_boxed_answer(response_text or "")
-    if not answer.strip() or ground_truth is None:
+    if not (answer or "").strip() or ground_truth is None:
         return 0.0
     if mode == "reference":
         return 1.0 if is_equiv_reference(answer, ground_truth) else 0.0

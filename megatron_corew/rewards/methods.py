@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megatron_corew.rewards.math_grader import answers_equivalent, is_equiv_reference
+from megatron_corew.rewards.math_grader import answers_equivalent, grade_answer
 from megatron_corew.rewards.voting import crossed_labels, majority_vote, match_rewards
 
 METHODS = ("gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2")
@@ -39,18 +39,11 @@ def _equiv_fn(equivalence: str):
     return answers_equivalent if equivalence == "equiv" else None
 
 
-def _grade_gt(answer: str, gt: str | None, mode: str) -> float:
-    if not answer or gt is None:
-        return 0.0
-    ok = answers_equivalent(answer, gt) if mode == "equiv" else is_equiv_reference(answer, gt)
-    return 1.0 if ok else 0.0
-
-
 def _grade_groups(groups: list[Group], mode: str, grader=None) -> list[list[float]]:
     """Ground-truth scores per group and rollout; ``grader(pairs, mode)`` grades the (answer, ground truth) pairs
     elsewhere (the Ray reward workers) -- empty answers and unlabelled groups score 0 without being sent."""
     if grader is None:
-        return [[_grade_gt(a, g.ground_truth, mode) for a in g.answers] for g in groups]
+        return [[grade_answer(a, g.ground_truth, mode) for a in g.answers] for g in groups]
     flat = [(a, g.ground_truth) for g in groups for a in g.answers]
     send = [i for i, (a, gt) in enumerate(flat) if a and gt is not None]
     scores = [0.0] * len(flat)
@@ -119,19 +112,12 @@ def _label_metrics(groups: list[Group], gt_grading: str, with_label: bool) -> di
     if not graded:
         return out
     own_votes = [majority_vote(g.answers) for g in graded]
-    out["pseudo/policy_vote_acc"] = sum(_grade_gt(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
+    out["pseudo/policy_vote_acc"] = sum(grade_answer(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
     if with_label:
-        out["pseudo/label_acc"] = sum(_grade_gt(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
-    out["pseudo/rollout_gt_acc"] = (sum(_grade_gt(a, g.ground_truth, gt_grading) for g in graded for a in g.answers)
-                                    / max(sum(len(g.answers) for g in graded), 1))
-    return out
-    own_votes = [majority_vote(g.answers) for g in graded]
-    out["pseudo/policy_vote_acc"] = sum(_grade_gt(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
-    if with_label:
-        out["pseudo/label_acc"] = sum(_grade_gt(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
+        out["pseudo/label_acc"] = sum(grade_answer(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
         out["pseudo/label_nonempty"] = sum(1.0 for g in groups if g.label) / len(groups)
         total = sum(len(g.answers) for g in groups)
         out["pseudo/match_label_rate"] = sum(a == g.label and bool(a) for g in groups for a in g.answers) / max(total, 1)
-    out["pseudo/rollout_gt_acc"] = (sum(_grade_gt(a, g.ground_truth, gt_grading) for g in graded for a in g.answers)
+    out["pseudo/rollout_gt_acc"] = (sum(grade_answer(a, g.ground_truth, gt_grading) for g in graded for a in g.answers)
                                     / max(sum(len(g.answers) for g in graded), 1))
     return out
