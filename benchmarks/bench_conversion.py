@@ -42,7 +42,7 @@ def write_random_model(out_dir: str, dtype_name: str, layers: int | None) -> flo
 
     from checkpoints_conversion.families import expected_hf_shapes
     from checkpoints_conversion.hf_io import write_hf_checkpoint
-    from megatron_corew.model_builder import load_model_args
+    from megatron_corew.policy.model_builder import load_model_args
 
     cfg = dict(QWEN25_15B, dtype=dtype_name)
     if layers:
@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         print(f"random {a.dtype} checkpoint of Qwen2.5-1.5B's shape: {dir_gb(hf):.2f} GB written in {gen_s:.1f}s",
               flush=True)
         wall, rss, _ = run_measured([py, "-c", "import torch, transformers, megatron.core, "
-                                     "megatron.core.dist_checkpointing, megatron_corew.parallel"])
+                                     "megatron.core.dist_checkpointing, megatron_corew.policy.parallel"])
         rows.append(("imports only (floor)", wall, rss, None))
         wall, rss, last = run_measured([py, "tools/convert_hf_to_megatron.py", "--hf-dir", hf, "--save", mc,
                                         "--no-progress-bar"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from megatron_corew.rewards.math_grader import answers_equivalent, clear_caches, is_equiv_reference  # noqa: E402
+from megatron_corew.rewards.grading.core import answers_equivalent, clear_caches, is_equiv_reference  # noqa: E402
 
 
 def _frac(p: int, q: int) -> str:

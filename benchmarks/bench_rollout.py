@@ -24,7 +24,7 @@ def prompts_for(model: str, data: str | None, n: int, seed: int = 0) -> list[lis
     if data and os.path.exists(os.path.join(model, "tokenizer_config.json")):
         from transformers import AutoTokenizer
 
-        from megatron_corew.data import load_examples
+        from megatron_corew.data.dataset import load_examples
 
         ex = load_examples(data, AutoTokenizer.from_pretrained(model), 512)
         return [ex[i % len(ex)].prompt_ids for i in range(n)]
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from megatron_corew.rollout import sglang_engine as se
+    from megatron_corew.rollout.sglang import engine as se
     from megatron_corew.rollout.base import SamplingParams
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.rollout.factory import eos_ids

@@ -90,7 +90,7 @@ def sync(device):
 def synthetic_samples(vocab: int, n_seqs: int, seq_len: int, seed: int = 0):
     import torch
 
-    from megatron_corew.trainer import TrainSample
+    from megatron_corew.policy.trainer import TrainSample
 
     g = torch.Generator().manual_seed(seed)
     prompt_len = seq_len // 4
@@ -104,8 +104,8 @@ def synthetic_samples(vocab: int, n_seqs: int, seq_len: int, seed: int = 0):
 def bench_megatron(model_dir, samples, args, bf16, fp8, device):
     import torch
 
-    from megatron_corew.model_builder import load_model_args
-    from megatron_corew.trainer import PolicyTrainer, TrainerConfig
+    from megatron_corew.policy.model_builder import load_model_args
+    from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 
     margs = load_model_args(model_dir)
     trainer = PolicyTrainer(margs, TrainerConfig(
@@ -197,8 +197,8 @@ def main():
 
     import torch
 
-    from megatron_corew import parallel
-    from megatron_corew.model_builder import transformer_engine_available
+    from megatron_corew.policy import parallel
+    from megatron_corew.policy.model_builder import transformer_engine_available
 
     if args.cpu_smoke:
         args.shapes, args.seq_len, args.micro_batch_size, args.num_micro_batches = "tiny", 64, 2, 2

@@ -95,7 +95,7 @@ def vocab_blocks(rows: int, row_bytes: int, block_bytes: int = VOCAB_BLOCK_BYTES
 # validation (no output is created before these pass)
 
 def check_family(args) -> None:
-    from megatron_corew.model_builder import ModelConfigError
+    from megatron_corew.policy.model_builder import ModelConfigError
 
     problems = get_family(args.model_type).check(args)
     if problems:
@@ -143,7 +143,7 @@ def _check_tied_copy(args, reader: HFCheckpointReader) -> None:
 
 def prepare_hf_source(hf_dir: str, tp: int = 1, pp: int = 1):
     """Config, layout and checkpoint checks for HF -> Megatron; returns (ModelArgs, reader)."""
-    from megatron_corew.model_builder import ModelConfigError, load_model_args, validate_layout
+    from megatron_corew.policy.model_builder import ModelConfigError, load_model_args, validate_layout
 
     for flag, value in (("--target-tensor-parallel-size", tp), ("--target-pipeline-parallel-size", pp)):
         if value < 1:
@@ -378,7 +378,7 @@ def write_megatron_checkpoint(out_dir: str, args, reader: HFCheckpointReader, *,
     to ``out_dir`` atomically, with ``model_args.json`` and the HF config/tokenizer files in
     ``hf_config/``. ``tp``/``pp`` choose the vocab padding and are recorded; the checkpoint
     loads at any layout. Returns the model-args record."""
-    from megatron_corew import cpu_compat
+    from megatron_corew.policy import cpu_compat
 
     cpu_compat.apply()
     import torch.distributed.checkpoint as dcp
@@ -448,7 +448,7 @@ def _compact(t: torch.Tensor, dtype) -> torch.Tensor:
 
 def iter_hf_tensors(ckpt_dir: str, args, meta: dict, *, dtype: torch.dtype | None = None, progress: bool = True):
     """Yield (HF name, tensor) from a validated checkpoint, one layer in memory at a time."""
-    from megatron_corew import cpu_compat
+    from megatron_corew.policy import cpu_compat
 
     cpu_compat.apply()
     from tqdm import tqdm

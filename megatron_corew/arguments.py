@@ -119,7 +119,7 @@ def parse_args(argv=None):
     if args.teacher_on_rephrased and not args.train_data_rephrased:
         raise SystemExit("error: --teacher-on-rephrased needs --train-data-rephrased")
     if args.fp8_format:
-        from megatron_corew.model_builder import transformer_engine_available
+        from megatron_corew.policy.model_builder import transformer_engine_available
 
         if not transformer_engine_available():
             raise SystemExit("error: --fp8-format needs Transformer Engine and a CUDA GPU; neither is "

@@ -43,7 +43,7 @@ def response_text(tokenizer, g) -> str:
 
 
 def _grade(texts: list[str], gts: list[str | None], grading: str, grader_pool=None, timeout_s: float = 5.0):
-    from megatron_corew.rewards.math_grader import grade
+    from megatron_corew.rewards.grading.core import grade
 
     if grader_pool is not None:
         return grader_pool.grade_many(list(zip(texts, ["" if g is None else g for g in gts])), mode=grading,
@@ -54,7 +54,7 @@ def _grade(texts: list[str], gts: list[str | None], grading: str, grader_pool=No
 def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str) -> float:
     """maj@k: share of problems whose majority-voted answer (exact string, ties to the first seen, empty answers
     never vote; the training-time vote of the self-supervised methods) is graded correct."""
-    from megatron_corew.rewards.math_grader import grade_answer
+    from megatron_corew.rewards.grading.core import grade_answer
     from megatron_corew.rewards.voting import majority_vote
 
     votes = [majority_vote(answers[i * k:(i + 1) * k]) for i in range(len(gts))]
@@ -66,7 +66,7 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
                       grading: str = "reference", max_new_tokens: int = 3072, pass_ks: Sequence[int] | None = None,
                       grader_pool=None, return_records: bool = False) -> dict[str, Any]:
     """Metrics of one benchmark. ``examples``: :class:`megatron_corew.data.Example` (prompt_ids, ground_truth)."""
-    from megatron_corew.rewards.math_grader import extract_boxed_answer
+    from megatron_corew.rewards.grading.core import extract_boxed_answer
     from megatron_corew.rollout.base import SamplingParams
 
     if mode not in ("greedy", "sampled"):

@@ -13,7 +13,9 @@ import time
 
 import torch
 
-from megatron_corew import faults, parallel
+from megatron_corew.utils import faults
+
+from megatron_corew.policy import parallel
 from megatron_corew.arguments import parse_args
 
 
@@ -26,9 +28,9 @@ class RLRun:
     def __init__(self, args):
         from transformers import AutoTokenizer
 
-        from megatron_corew import data
-        from megatron_corew.model_builder import load_model_args, validate_layout
-        from megatron_corew.trainer import PolicyTrainer, TrainerConfig
+        from megatron_corew.data import dataset as data
+        from megatron_corew.policy.model_builder import load_model_args, validate_layout
+        from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 
         self.args = a = args
         self.model_args = load_model_args(a.hf_checkpoint)  # fail fast on a bad directory/config
@@ -70,7 +72,7 @@ class RLRun:
             self.engine = create_engine(a, a.hf_checkpoint, self.tokenizer, "policy")
             if is_ii:
                 self.teacher_engine = create_engine(a, a.hf_checkpoint, self.tokenizer, "teacher")
-        from megatron_corew.run_logger import RunLogger
+        from megatron_corew.utils.run_logger import RunLogger
 
         self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0(),
                                 wandb_project=a.wandb_project, run_name=os.path.basename(a.output_dir.rstrip("/")),
@@ -79,7 +81,7 @@ class RLRun:
         self.weight_version = 0
         self.skipped_updates = 0
         if a.load:
-            from megatron_corew.checkpointing import load_checkpoint
+            from megatron_corew.policy.checkpointing import load_checkpoint
 
             state = load_checkpoint(a.load, self.trainer)
             if state is not None:
@@ -96,7 +98,7 @@ class RLRun:
     def _push(self, model, engine) -> None:
         """Export ``model`` as HF tensors into ``engine`` (the export is collective: ranks without an engine, or
         runs without one, still walk it)."""
-        from megatron_corew.weights import export_hf_weights
+        from megatron_corew.policy.weights import export_hf_weights
 
         tensors = export_hf_weights(model, self.model_args)
         if engine is not None:
@@ -116,7 +118,7 @@ class RLRun:
 
     def _check_labels(self):
         """Ground truth is needed by ``gt`` training and by validation, nowhere else: fail before training starts."""
-        from megatron_corew.data import DataError
+        from megatron_corew.data.dataset import DataError
 
         train = self.train_set.original if self.paired else self.train_set
         checks = [(self.val_set, "validation (--val-data)")] + (
@@ -148,7 +150,7 @@ class RLRun:
                               max_new_tokens=a.max_response_length, greedy=greedy, seed=seed)
 
     def _answers(self, gens):
-        from megatron_corew.rewards.math_grader import extract_boxed_answer
+        from megatron_corew.rewards.grading.core import extract_boxed_answer
 
         texts = [self.tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
         return texts, [extract_boxed_answer(t) for t in texts]
@@ -178,10 +180,10 @@ class RLRun:
         return [(p[0], 0, k) for k, p in enumerate(pairs)]
 
     def step(self, step: int) -> dict:
-        from megatron_corew import grpo
+        from megatron_corew.algo import grpo
         from megatron_corew.rewards.methods import Group, compute_rewards
-        from megatron_corew.teacher import ema_alpha
-        from megatron_corew.trainer import TrainSample
+        from megatron_corew.algo.ema import ema_alpha
+        from megatron_corew.policy.trainer import TrainSample
 
         a, G = self.args, self.args.n_samples_per_prompt
         timers: dict[str, float] = {}
@@ -250,7 +252,7 @@ class RLRun:
             })
             labelled = [k for k in range(len(texts)) if groups[k // G].ground_truth is not None]
             if a.reward_method != "gt" and labelled:  # how often would ground truth have agreed (never trained on)
-                from megatron_corew.rewards.math_grader import grade
+                from megatron_corew.rewards.grading.core import grade
 
                 metrics["reward/gt_accuracy"] = sum(
                     grade(texts[k], groups[k // G].ground_truth, a.gt_grading) for k in labelled) / len(labelled)
@@ -319,7 +321,7 @@ class RLRun:
         bar = tqdm(total=self.train_iters, initial=self.start_step, disable=not parallel.is_rank0() or a.no_progress_bar,
                    desc=f"{a.reward_method}", dynamic_ncols=True)
         last_val = first_val
-        from megatron_corew.collapse import CollapseMonitor
+        from megatron_corew.algo.collapse import CollapseMonitor
 
         monitor = CollapseMonitor()
         if first_val:
@@ -365,7 +367,7 @@ class RLRun:
         """sha256 over the exported HF tensors (names and bytes): equal digests = bitwise-equal weights."""
         import hashlib
 
-        from megatron_corew.weights import export_hf_weights
+        from megatron_corew.policy.weights import export_hf_weights
 
         h = hashlib.sha256()
         for name, t in export_hf_weights(model, self.model_args):
@@ -376,7 +378,7 @@ class RLRun:
 
     def save_hf(self, step: int) -> None:
         """HF safetensors export (collective on every rank; rank 0 writes atomically)."""
-        from megatron_corew.hf_export import save_hf_checkpoint
+        from megatron_corew.policy.hf_export import save_hf_checkpoint
 
         a = self.args
         out = a.save_hf or os.path.join(a.output_dir, "hf")
@@ -385,7 +387,7 @@ class RLRun:
         _log0(f"exported HF checkpoint {path}")
 
     def save(self, step: int) -> None:
-        from megatron_corew.checkpointing import save_checkpoint
+        from megatron_corew.policy.checkpointing import save_checkpoint
 
         save_checkpoint(self.args.save, step, self.trainer,
                         {"sampler": self.sampler.state_dict(), "weight_version": self.weight_version,
@@ -394,8 +396,8 @@ class RLRun:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from megatron_corew.data import DataError
-    from megatron_corew.model_builder import ModelConfigError
+    from megatron_corew.data.dataset import DataError
+    from megatron_corew.policy.model_builder import ModelConfigError
 
     from checkpoints_conversion.hf_io import CheckpointError
 

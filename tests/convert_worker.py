@@ -21,7 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
-from megatron_corew import parallel  # noqa: E402  (applies the CPU compatibility layer)
+from megatron_corew.policy import parallel  # noqa: E402  (applies the CPU compatibility layer)
 
 
 def _convert(spec):
@@ -40,7 +40,7 @@ def _build(args, tp, pp):
     import torch
     from megatron.core import parallel_state as ps
 
-    from megatron_corew.model_builder import build_gpt_model, build_transformer_config
+    from megatron_corew.policy.model_builder import build_gpt_model, build_transformer_config
 
     extra = {"variable_seq_lengths": True, "moe_token_dispatcher_type": "alltoall"} if pp > 1 else {}
     cfg = build_transformer_config(args, tp, pp, **extra)
@@ -106,7 +106,7 @@ def main():
     import torch
 
     from checkpoints_conversion.megatron_io import load_megatron_checkpoint
-    from megatron_corew.model_builder import load_model_args
+    from megatron_corew.policy.model_builder import load_model_args
 
     parallel.init_distributed(a.tp, a.pp)
     owner = _owner_rank()
@@ -116,7 +116,7 @@ def main():
         model = _build(args, a.tp, a.pp)
         load_megatron_checkpoint(model, e["ckpt"], strict="raise_all")
         if e.get("export"):  # the trainer's periodic HF export, from this layout
-            from megatron_corew.hf_export import save_hf_checkpoint
+            from megatron_corew.policy.hf_export import save_hf_checkpoint
 
             save_hf_checkpoint(model, args, e["export"], step=3)
         if a.job == "logits":
@@ -146,10 +146,10 @@ def _train_save(spec, tp, pp):
     comparison, the trained weights by HF name (rank 0)."""
     import torch
 
-    from megatron_corew.checkpointing import save_checkpoint
-    from megatron_corew.model_builder import load_model_args
-    from megatron_corew.trainer import PolicyTrainer, TrainerConfig, TrainSample
-    from megatron_corew.weights import hf_state_dict
+    from megatron_corew.policy.checkpointing import save_checkpoint
+    from megatron_corew.policy.model_builder import load_model_args
+    from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig, TrainSample
+    from megatron_corew.policy.weights import hf_state_dict
 
     parallel.init_distributed(tp, pp)
     args = load_model_args(spec["hf"])

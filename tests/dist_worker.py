@@ -9,11 +9,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_corew import parallel  # noqa: E402  (applies the CPU compatibility layer)
+from megatron_corew.policy import parallel  # noqa: E402  (applies the CPU compatibility layer)
 
 
 def _samples(spec_path):
-    from megatron_corew.trainer import TrainSample
+    from megatron_corew.policy.trainer import TrainSample
 
     with open(spec_path) as f:
         rows = json.load(f)
@@ -38,9 +38,9 @@ def main():
 
     import torch
 
-    from megatron_corew.model_builder import load_model_args
-    from megatron_corew.trainer import PolicyTrainer, TrainerConfig
-    from megatron_corew.weights import hf_state_dict
+    from megatron_corew.policy.model_builder import load_model_args
+    from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
+    from megatron_corew.policy.weights import hf_state_dict
 
     parallel.init_distributed(a.tp, a.pp)
     args = load_model_args(a.model)
@@ -60,7 +60,7 @@ def main():
     elif a.job == "rollout_vs_trainer":
         from megatron_corew.rollout.base import SamplingParams
         from megatron_corew.rollout.embedded import EmbeddedEngine
-        from megatron_corew.trainer import TrainSample
+        from megatron_corew.policy.trainer import TrainSample
 
         gens = None
         if parallel.is_rank0():
@@ -78,7 +78,7 @@ def main():
         result["samples"] = [{"prompt": x.prompt_ids, "response": x.response_ids, "adv": x.advantage} for x in samples]
         result["step"] = trainer.train_step(samples)
     elif a.job == "ema":
-        from megatron_corew.teacher import ema_alpha
+        from megatron_corew.algo.ema import ema_alpha
 
         samples = _samples(a.samples)
         ref = hf_state_dict(trainer.anchor, args)

@@ -150,7 +150,7 @@ def hf_reference_grad_norm(model_dir: str, samples: list[dict], temperature: flo
 def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_val: int = 8) -> dict:
     """A random tiny model with the tiny task's tokenizer plus small verl-schema parquet files:
     enough for end-to-end runs of train_rl.py in seconds (no warm start, so rewards are mostly 0)."""
-    from megatron_corew.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
+    from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
 
     model = make_tiny_hf_model(os.path.join(root, "model"), arch, vocab=512)
     build_tokenizer().save_pretrained(model)

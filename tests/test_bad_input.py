@@ -13,7 +13,7 @@ from helpers import REPO, make_tiny_hf_model
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from megatron_corew.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
+    from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
 
     root = tmp_path_factory.mktemp("bad")
     model = make_tiny_hf_model(str(root / "model"), "qwen3", vocab=512)

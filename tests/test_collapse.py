@@ -2,7 +2,7 @@
 fires on its own pattern and stays quiet on a healthy run."""
 import math
 
-from megatron_corew.collapse import CollapseMonitor, collapse_signals
+from megatron_corew.algo.collapse import CollapseMonitor, collapse_signals
 
 
 def kinds(signals):

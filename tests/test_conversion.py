@@ -71,7 +71,7 @@ def converted(tmp_path_factory):
     spec.append(dict(spec[2], name="qwen3_as_bf16", ckpt=str(root / "mc_qwen3_bf16"),
                      back=str(root / "back_qwen3_bf16"), dtype="bfloat16", ref=str(root / "back_qwen3_bf16")))
     # a model with tokenizer files (the tiny task's tokenizer, built here: CI has no assets/), small output shards
-    from megatron_corew.tiny_task import build_tokenizer
+    from megatron_corew.demo.tiny_task import build_tokenizer
 
     asset = make_tiny_hf_model(str(root / "hf_asset"), "qwen3", vocab=512, seed=99)
     build_tokenizer().save_pretrained(asset)

@@ -1,4 +1,4 @@
-"""Tests for megatron_corew.data: parquet loading/validation, paired loading, prompt filtering, the sampler."""
+"""Tests for megatron_corew.data.dataset: parquet loading/validation, paired loading, prompt filtering, the sampler."""
 import logging
 import os
 import sys
@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_corew.data import (DataError, EpochSampler, Example, load_examples,  # noqa: E402
+from megatron_corew.data.dataset import (DataError, EpochSampler, Example, load_examples,  # noqa: E402
                                  load_paired_examples)
-from megatron_corew.tiny_task import (SYSTEM_PROMPT, build_tokenizer, generate_problems, verl_rows,  # noqa: E402
+from megatron_corew.demo.tiny_task import (SYSTEM_PROMPT, build_tokenizer, generate_problems, verl_rows,  # noqa: E402
                                       write_parquet)
 
 
@@ -89,7 +89,7 @@ def test_no_reward_model_column_and_custom_prompt_key(tmp_path, tok):
 
 def test_numpy_prompt_values_are_accepted():
     np = pytest.importorskip("numpy")
-    from megatron_corew.data import _check_messages
+    from megatron_corew.data.dataset import _check_messages
 
     value = np.array([{"role": "user", "content": "hi"}], dtype=object)
     assert _check_messages(value, "prompt") == [{"role": "user", "content": "hi"}]
@@ -233,7 +233,7 @@ def test_prompt_length_filter(tmp_path, tok, caplog):
     n_short = len(load_examples(path, tok)[0].prompt_ids)
     n_long = len(load_examples(path, tok)[1].prompt_ids)
     assert n_short < n_long
-    with caplog.at_level(logging.INFO, logger="megatron_corew.data"):
+    with caplog.at_level(logging.INFO, logger="megatron_corew.data.dataset"):
         ds = load_examples(path, tok, max_prompt_length=n_short)
     assert [e.index for e in ds] == [0, 2] and ds.num_dropped == 2
     assert "dropped 2" in caplog.text

@@ -22,11 +22,11 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megatron_corew.data import load_examples  # noqa: E402
+from megatron_corew.data.dataset import load_examples  # noqa: E402
 from megatron_corew.evaluation import (evaluate, evaluate_examples, pass_at_k, results_markdown,  # noqa: E402
                                        validation_metrics)
 from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams  # noqa: E402
-from megatron_corew.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet  # noqa: E402
+from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet  # noqa: E402
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 
@@ -134,7 +134,7 @@ def tiny(tmp_path_factory):
     a 12-problem held-out benchmark."""
     from transformers import AutoTokenizer
 
-    from megatron_corew.tiny_task import is_complete
+    from megatron_corew.demo.tiny_task import is_complete
 
     root = tmp_path_factory.mktemp("tiny")
     if is_complete(os.path.join(REPO, "assets", "tiny")):
@@ -159,7 +159,7 @@ def engine(tiny):
 
 def old_validate(engine, tokenizer, examples, grading, max_len, k, temp):
     """The body of RLRun.validate before it called validation_metrics (kept here to pin the numbers)."""
-    from megatron_corew.rewards.math_grader import grade
+    from megatron_corew.rewards.grading.core import grade
 
     def answers(gens):
         return [tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
@@ -186,7 +186,7 @@ def test_validation_metrics_match_previous_validate(tiny, engine):
 
 
 def test_openai_compatible_server_and_engine(tiny, engine):
-    from megatron_corew.rollout.openai_compat import OpenAICompatEngine, OpenAICompatError, serve_engine
+    from megatron_corew.rollout.openai_client import OpenAICompatEngine, OpenAICompatError, serve_engine
 
     class FlakyOnce(RolloutEngine):  # wraps the real engine; its first call fails (the server answers 500)
         def __init__(self, inner):
@@ -236,7 +236,7 @@ def test_openai_compatible_server_and_engine(tiny, engine):
 def test_openai_client_against_a_strict_server(tiny, engine):
     """A server that rejects non-OpenAI fields (as the OpenAI service does): the client drops its extensions after
     the first 400 and takes the token ids from re-tokenising the text."""
-    from megatron_corew.rollout.openai_compat import OpenAICompatEngine, serve_engine
+    from megatron_corew.rollout.openai_client import OpenAICompatEngine, serve_engine
 
     tk, exs = tiny["tok"], tiny["examples"][:3]
     server = serve_engine(engine, tk, "127.0.0.1", 0, model_name="tiny", strict=True)
@@ -267,7 +267,7 @@ def gsm_benchmark(tmp_path):
         return None
     import pyarrow as pa
 
-    from megatron_corew.preprocess import preprocess
+    from megatron_corew.data.sources import preprocess
 
     items = list(rg.create_dataset("gsm_symbolic", size=4, seed=1))
     src = tmp_path / "gsm_src.parquet"
@@ -308,7 +308,7 @@ def test_cli_end_to_end(tmp_path, tiny, engine):
 
 
 def test_cli_openai_backend(tmp_path, tiny, engine):
-    from megatron_corew.rollout.openai_compat import serve_engine
+    from megatron_corew.rollout.openai_client import serve_engine
 
     server = serve_engine(engine, tiny["tok"], "127.0.0.1", 0, model_name="tiny")
     try:

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from megatron_corew import grpo
-from megatron_corew.teacher import ema_alpha
+from megatron_corew.algo import grpo
+from megatron_corew.algo.ema import ema_alpha
 
 
 def test_group_advantages_hand_computed():

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from megatron_corew.rewards import math_grader as mg
-from megatron_corew.rewards.math_grader import (
+from megatron_corew.rewards.grading import core as mg
+from megatron_corew.rewards.grading.core import (
     GraderPool,
     answers_equivalent,
     extract_boxed_answer,

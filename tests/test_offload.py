@@ -11,7 +11,7 @@ import torch
 
 from helpers import make_tiny_bundle, read_metrics, run_train
 
-from megatron_corew.offload import HostOffload
+from megatron_corew.policy.offload import HostOffload
 
 
 def test_host_offload_releases_restores_and_writes_back():

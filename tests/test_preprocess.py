@@ -1,4 +1,4 @@
-"""tools/preprocess_data.py and megatron_corew.preprocess: source formats -> verl schema -> our loader.
+"""tools/preprocess_data.py and megatron_corew.data.sources: source formats -> verl schema -> our loader.
 
 Shows: (1) schema round trip: preprocess -> load_examples -> the chat-template prompt equals the rendering of the
 same question in the reference's released layouts (system + user messages); (2) malformed inputs are reported with
@@ -20,9 +20,9 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megatron_corew.data import load_examples  # noqa: E402
-from megatron_corew.preprocess import SOURCES, SYSTEM_PROMPT, PreprocessError, preprocess  # noqa: E402
-from megatron_corew.tiny_task import build_tokenizer  # noqa: E402
+from megatron_corew.data.dataset import load_examples  # noqa: E402
+from megatron_corew.data.sources import SOURCES, SYSTEM_PROMPT, PreprocessError, preprocess  # noqa: E402
+from megatron_corew.demo.tiny_task import build_tokenizer  # noqa: E402
 
 TOOL = os.path.join(REPO, "tools", "preprocess_data.py")
 

@@ -60,7 +60,7 @@ def test_self_certainty_and_entropy_signs():
 
 def test_gt_with_an_outside_grader_sends_only_gradeable_pairs():
     """The Ray reward workers' path: same scores as inline; empty answers and unlabelled groups are never sent."""
-    from megatron_corew.rewards.math_grader import grade
+    from megatron_corew.rewards.grading.core import grade
 
     sent = []
 

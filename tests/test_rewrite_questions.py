@@ -1,11 +1,11 @@
-"""tools/rewrite_questions.py / megatron_corew.rephrase: parsing, retries, the answer check, resume after a kill
+"""tools/rewrite_questions.py / megatron_corew.data.rephrase: parsing, retries, the answer check, resume after a kill
 (same aligned output as an uninterrupted run), the atomic parquet pair.
 
 Two kinds of engine:
 * ``ScriptedEngine`` below is a STAND-IN for a rollout backend (it implements ``RolloutEngine.generate`` by
   replying from a fixed script keyed on the question). It exists to drive the parser / retry / check / resume
   logic through exact, known replies; it is not a model.
-* a real tiny Qwen3 rephrasing model (megatron_corew/tiny_rephraser.py) with the embedded engine, end to end
+* a real tiny Qwen3 rephrasing model (megatron_corew/demo/tiny_rephraser.py) with the embedded engine, end to end
   through the CLI, including a SIGKILL halfway through writing a batch and a resume; its rewrites are checked
   (same numbers, new wording) and the pair loads as Co-rewarding-I data; seeded sampling makes runs reproducible.
 """
@@ -23,12 +23,12 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from megatron_corew import faults  # noqa: E402
-from megatron_corew.data import load_paired_examples  # noqa: E402
-from megatron_corew.rephrase import (END_MARKER, START_MARKER, RewriteConfig, RewriteParseError,  # noqa: E402
+from megatron_corew.utils import faults  # noqa: E402
+from megatron_corew.data.dataset import load_paired_examples  # noqa: E402
+from megatron_corew.data.rephrase import (END_MARKER, START_MARKER, RewriteConfig, RewriteParseError,  # noqa: E402
                                      parse_rewrite, read_log, run_rewrite)
 from megatron_corew.rollout.base import Generation, RolloutEngine  # noqa: E402
-from megatron_corew.tiny_task import SYSTEM_PROMPT, build_tokenizer  # noqa: E402
+from megatron_corew.demo.tiny_task import SYSTEM_PROMPT, build_tokenizer  # noqa: E402
 
 TOOL = os.path.join(REPO, "tools", "rewrite_questions.py")
 
@@ -247,7 +247,7 @@ def test_crash_between_the_two_parquet_files(tmp_path, tok, monkeypatch, crash_i
 def test_over_an_openai_compatible_server(tmp_path, tok):
     """The same run through a real HTTP server on 127.0.0.1 (serving the scripted stand-in) and the OpenAI-compatible
     client engine gives the same records and files as calling the stand-in directly."""
-    from megatron_corew.rollout.openai_compat import OpenAICompatEngine, serve_engine
+    from megatron_corew.rollout.openai_client import OpenAICompatEngine, serve_engine
 
     inp = write_input(tmp_path / "in.parquet", broken_rows=(7,))
     direct = outputs(tmp_path / "direct")
@@ -282,9 +282,9 @@ def test_resume_refuses_other_settings(tmp_path, tok):
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def rephraser():
-    """The tiny rephrasing model (megatron_corew/tiny_rephraser.py: a tiny Qwen3 fine-tuned to answer the tool's
+    """The tiny rephrasing model (megatron_corew/demo/tiny_rephraser.py: a tiny Qwen3 fine-tuned to answer the tool's
     instruction with the reply block), built once into assets/tiny_rephraser (about 30 s)."""
-    from megatron_corew.tiny_rephraser import ensure_rephraser
+    from megatron_corew.demo.tiny_rephraser import ensure_rephraser
 
     return ensure_rephraser(os.path.join(REPO, "assets", "tiny_rephraser"))
 
@@ -295,8 +295,8 @@ def test_tiny_model_end_to_end_kill_and_resume(tmp_path, rephraser):
 
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.rollout.factory import eos_ids
-    from megatron_corew.tiny_rephraser import INSTRUCTION, INSTRUCTION_FILE
-    from megatron_corew.tiny_task import generate_problems, verl_rows, write_parquet
+    from megatron_corew.demo.tiny_rephraser import INSTRUCTION, INSTRUCTION_FILE
+    from megatron_corew.demo.tiny_task import generate_problems, verl_rows, write_parquet
 
     n = 6
     problems = generate_problems(num_train=n, num_val=1, seed=3)[0]

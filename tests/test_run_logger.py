@@ -3,7 +3,7 @@ import json
 import os
 import sys
 
-from megatron_corew.run_logger import RunLogger
+from megatron_corew.utils.run_logger import RunLogger
 
 
 def test_tensorboard_and_jsonl_without_wandb(tmp_path, monkeypatch, capsys):

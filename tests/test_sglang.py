@@ -34,7 +34,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 
 from megatron_corew.rollout import factory  # noqa: E402
-from megatron_corew.rollout import sglang_engine as se  # noqa: E402
+from megatron_corew.rollout.sglang import engine as se  # noqa: E402
 from megatron_corew.rollout.base import SamplingParams  # noqa: E402
 
 
@@ -282,7 +282,7 @@ def _client(server, **kw):
 
 
 def _prompts(bundle, n=6):
-    from megatron_corew.data import load_examples
+    from megatron_corew.data.dataset import load_examples
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(bundle["model"])
@@ -449,8 +449,8 @@ def test_ray_reward_workers_grade_in_parallel():
     pytest.importorskip("ray")
     import ray
 
-    from megatron_corew.rewards.math_grader import grade
-    from megatron_corew.rollout.ray_manager import RayRolloutManager
+    from megatron_corew.rewards.grading.core import grade
+    from megatron_corew.rollout.sglang.ray_fleet import RayRolloutManager
 
     mgr = RayRolloutManager([], num_reward_workers=2).start()
     try:
@@ -475,7 +475,7 @@ def test_ray_manager_restarts_a_dead_engine_and_repushes_weights(server, bundle,
 
     from helpers import make_tiny_hf_model
     from megatron_corew.rollout.embedded import EmbeddedEngine
-    from megatron_corew.rollout.ray_manager import RayRolloutManager
+    from megatron_corew.rollout.sglang.ray_fleet import RayRolloutManager
 
     server.stop()  # one server at a time
     other = make_tiny_hf_model(str(tmp_path / "other"), "qwen3", vocab=512, seed=7)
@@ -510,9 +510,9 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
     """--sglang-use-ray --sglang-reward-workers 2: the gt rewards of every step come from the Ray workers and equal
     the inline grader's scores of the dumped responses."""
     pytest.importorskip("ray")
-    from megatron_corew.rewards.math_grader import grade
+    from megatron_corew.rewards.grading.core import grade
 
-    from megatron_corew.tiny_task import is_complete, make_tiny_task
+    from megatron_corew.demo.tiny_task import is_complete, make_tiny_task
 
     server.stop()
     assets = os.path.join(REPO, "assets", "tiny")  # the warm-started model: its answers are boxed, so graded
@@ -574,11 +574,11 @@ def _rlrun_worker(cfg_path: str) -> None:
     import torch
 
     from checkpoints_conversion.hf_io import write_hf_checkpoint
-    from megatron_corew import parallel
+    from megatron_corew.policy import parallel
     from megatron_corew.arguments import parse_args
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.train import RLRun
-    from megatron_corew.weights import hf_state_dict
+    from megatron_corew.policy.weights import hf_state_dict
 
     cfg = json.load(open(cfg_path))
     args = parse_args(cfg["base_argv"])

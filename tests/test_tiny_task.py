@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_corew import tiny_task as tt  # noqa: E402
+from megatron_corew.demo import tiny_task as tt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

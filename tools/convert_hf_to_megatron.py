@@ -53,7 +53,7 @@ def convert(hf_dir: str, save: str, tp: int = 1, pp: int = 1, dtype: str = "auto
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from checkpoints_conversion.hf_io import CheckpointError
-    from megatron_corew.model_builder import ModelConfigError
+    from megatron_corew.policy.model_builder import ModelConfigError
 
     t0 = time.perf_counter()
     try:

@@ -55,7 +55,7 @@ def convert(load: str, hf_config_dir: str | None, save: str, dtype: str = "auto"
     from checkpoints_conversion.megatron_io import (DTYPES, HF_CONFIG_SUBDIR, check_family, dtype_name,
                                                     iter_hf_tensors, resolve_checkpoint_dir, stored_dtype,
                                                     validate_megatron_checkpoint)
-    from megatron_corew.model_builder import load_model_args
+    from megatron_corew.policy.model_builder import load_model_args
 
     if os.path.exists(save) and not overwrite:
         raise CheckpointError(f"{save} already exists (pass --overwrite to replace it)")
@@ -81,7 +81,7 @@ def convert(load: str, hf_config_dir: str | None, save: str, dtype: str = "auto"
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     from checkpoints_conversion.hf_io import CheckpointError
-    from megatron_corew.model_builder import ModelConfigError
+    from megatron_corew.policy.model_builder import ModelConfigError
 
     t0 = time.perf_counter()
     try:

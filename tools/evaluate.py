@@ -29,7 +29,7 @@ sys.path.insert(0, REPO)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_corew.rollout.openai_compat import add_tool_backend_args
+    from megatron_corew.rollout.openai_client import add_tool_backend_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,7 +87,7 @@ def megatron_to_hf(checkpoint: str, hf_config_dir: str | None, out_dir: str) -> 
 
 
 def main(argv=None) -> int:
-    from megatron_corew.rollout.openai_compat import parse_tool_args
+    from megatron_corew.rollout.openai_client import parse_tool_args
 
     args = parse_tool_args(build_parser(), argv)
     sources = [x for x in (args.model, args.megatron_checkpoint) if x]
@@ -100,9 +100,9 @@ def main(argv=None) -> int:
         return 2
     from transformers import AutoTokenizer
 
-    from megatron_corew.data import DataError, load_examples
+    from megatron_corew.data.dataset import DataError, load_examples
     from megatron_corew.evaluation import evaluate, results_markdown
-    from megatron_corew.preprocess import atomic_write_text
+    from megatron_corew.data.sources import atomic_write_text
 
     tmp = None
     engine = None
@@ -144,12 +144,12 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
             benchmarks[name] = exs
-        from megatron_corew.rollout.openai_compat import create_tool_engine
+        from megatron_corew.rollout.openai_client import create_tool_engine
 
         engine = create_tool_engine(args, model_dir, tokenizer)
         pool = None
         if args.grader_workers:
-            from megatron_corew.rewards.math_grader import GraderPool
+            from megatron_corew.rewards.grading.core import GraderPool
 
             pool = GraderPool(workers=args.grader_workers)
         modes = ["greedy", "sampled"] if args.mode == "both" else [args.mode]

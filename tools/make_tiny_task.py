@@ -6,7 +6,7 @@ HF causal LM with a short supervised warm start (partially competent, so RL has 
     python tools/make_tiny_task.py --arch llama --out assets/tiny-llama --force
 
 Offline and deterministic (fixed seed, fixed step count, deterministic torch algorithms, fixed thread count).
-The library code lives in megatron_corew/tiny_task.py.
+The library code lives in megatron_corew/demo/tiny_task.py.
 """
 import argparse
 import os
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def main(argv=None):
-    from megatron_corew import tiny_task as tt
+    from megatron_corew.demo import tiny_task as tt
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="assets/tiny", help="output directory (default: %(default)s)")

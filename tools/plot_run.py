@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     series, source = load_run(args.run_dir)
     out = args.out or os.path.join(args.run_dir, "run.png")
 
-    from megatron_corew.collapse import collapse_signals
+    from megatron_corew.algo.collapse import collapse_signals
 
     signals = collapse_signals(to_rows(series))
     notes = [f"collapse signature: {s}" for s in signals]

@@ -8,7 +8,7 @@
 Writes OUTPUT (a .parquet path) or OUTPUT/<split>.parquet: system prompt + bare question, reward_model.ground_truth,
 extra_info {index, split, source metadata}. Malformed rows are reported as ``FILE: row N: reason`` and either stop
 the run (--on-bad-row error, the default; exit code 2) or are skipped and counted. The output appears only when
-complete (temp file + rename). Source formats: see megatron_corew/preprocess.py.
+complete (temp file + rename). Source formats: see megatron_corew/data/sources.py.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_corew.preprocess import SOURCES, SYSTEM_PROMPT
+    from megatron_corew.data.sources import SOURCES, SYSTEM_PROMPT
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _sigterm_to_exit)
-    from megatron_corew.preprocess import PreprocessError, preprocess
+    from megatron_corew.data.sources import PreprocessError, preprocess
 
     if not args.hub and not args.input:
         print("error: pass --input FILE... (or --hub)", file=sys.stderr)

@@ -11,7 +11,7 @@ or any OpenAI-compatible server (``--openai-url http://host:8000`` with ``--toke
 Sampling as the reference: temperature 0.7, top_p 0.8, thinking off. Beyond it: ``--max_attempts K`` retries rows
 whose output does not parse; ``--check_answer {ground_truth,original}`` keeps a rewrite only if the same model's
 answer to it matches; the run resumes from the JSONL after a kill (same output as an uninterrupted run); the
-parquet pair is written atomically. See megatron_corew/rephrase.py.
+parquet pair is written atomically. See megatron_corew/data/rephrase.py.
 """
 from __future__ import annotations
 
@@ -24,8 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_corew.rephrase import RewriteConfig
-    from megatron_corew.rollout.openai_compat import add_tool_backend_args
+    from megatron_corew.data.rephrase import RewriteConfig
+    from megatron_corew.rollout.openai_client import add_tool_backend_args
 
     d = RewriteConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from megatron_corew.rollout.openai_compat import parse_tool_args
+    from megatron_corew.rollout.openai_client import parse_tool_args
 
     args = parse_tool_args(build_parser(), argv)
     if args.output_dir is None:
@@ -78,8 +78,8 @@ def main(argv=None) -> int:
         return 2
     from transformers import AutoTokenizer
 
-    from megatron_corew.rephrase import DEFAULT_INSTRUCTION, RewriteConfig, run_rewrite
-    from megatron_corew.rollout.openai_compat import create_tool_engine
+    from megatron_corew.data.rephrase import DEFAULT_INSTRUCTION, RewriteConfig, run_rewrite
+    from megatron_corew.rollout.openai_client import create_tool_engine
 
     instruction = DEFAULT_INSTRUCTION
     if args.instruction_file:

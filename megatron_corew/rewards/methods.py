@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from megatron_corew.rewards.math_grader import answers_equivalent, grade_answer
+from megatron_corew.rewards.grading.core import answers_equivalent, grade_answer
 from megatron_corew.rewards.voting import crossed_labels, majority_vote, match_rewards
 
 METHODS = ("gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2")

@@ -202,7 +202,7 @@ def create_engine(args, model_dir: str, tokenizer=None, role: str = "policy"):
 def _build_sglang(args, model_dir: str, eos: list[int], role: str):
     import torch
 
-    from megatron_corew.rollout import sglang_engine as se
+    from megatron_corew.rollout.sglang import engine as se
 
     http = se.HTTPConfig(control_timeout=_get(args, "sglang_control_timeout", 60.0),
                          request_timeout=_get(args, "sglang_request_timeout", 3600.0),
@@ -239,7 +239,7 @@ def _build_sglang(args, model_dir: str, eos: list[int], role: str):
         router = _get(args, "sglang_router", "auto")
         use_router = n > 1 and (router == "on" or (router == "auto" and se.router_available(python)))
         if _get(args, "sglang_use_ray", False):
-            from megatron_corew.rollout.ray_manager import RayRolloutManager
+            from megatron_corew.rollout.sglang.ray_fleet import RayRolloutManager
 
             fleet = RayRolloutManager(specs, http=http, startup_timeout=_get(args, "sglang_startup_timeout", 600.0),
                                       use_router=use_router, address=_get(args, "sglang_ray_address"),

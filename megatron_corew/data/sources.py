@@ -39,8 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from megatron_corew import faults
-from megatron_corew.tiny_task import SYSTEM_PROMPT
+from megatron_corew.utils import faults
+from megatron_corew.demo.tiny_task import SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ def _answer_text(value, kind: str, numeric_ok: bool, col: str) -> str:
     if kind == "plain":
         ans = value.strip()
     elif kind == "boxed":
-        from megatron_corew.rewards.math_grader import extract_boxed_answer
+        from megatron_corew.rewards.grading.core import extract_boxed_answer
 
         ans = extract_boxed_answer(value).strip()
         if not ans:

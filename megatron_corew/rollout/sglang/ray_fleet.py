@@ -24,7 +24,7 @@ import os
 import tempfile
 import time
 
-from megatron_corew.rollout import sglang_engine as se
+from megatron_corew.rollout.sglang import engine as se
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None):
@@ -87,7 +87,7 @@ class _EngineActor:
 
 class _RewardWorker:
     def grade(self, pairs: list[tuple[str, str]], mode: str = "reference") -> list[float]:
-        from megatron_corew.rewards.math_grader import grade
+        from megatron_corew.rewards.grading.core import grade
 
         out = []
         for response, truth in pairs:

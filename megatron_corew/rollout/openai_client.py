@@ -10,7 +10,7 @@ server: ``update_weights`` raises.
 
 Serve a model for tests or for sharing one engine between processes::
 
-    python -m megatron_corew.rollout.openai_compat --model-dir assets/tiny/model --port 8000
+    python -m megatron_corew.rollout.openai_client --model-dir assets/tiny/model --port 8000
 """
 from __future__ import annotations
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from megatron_corew import faults
+from megatron_corew.utils import faults
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def _write_lines(path: str, records: list[dict], fault_batch: int | None = None)
 
 
 def _rewrite_log(path: str, records: list[dict]) -> None:
-    from megatron_corew.preprocess import _AtomicFile
+    from megatron_corew.data.sources import _AtomicFile
 
     with _AtomicFile(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -250,7 +250,7 @@ def _rows_of(table, question_column: str) -> list[_Row]:
 
 
 def _check_prompt(tokenizer, row: _Row, rewritten: str, enable_thinking: bool = False) -> list[int]:
-    from megatron_corew.tiny_task import SYSTEM_PROMPT
+    from megatron_corew.demo.tiny_task import SYSTEM_PROMPT
 
     msgs = (with_question(row.messages, row.position, rewritten) if row.messages is not None
             else [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": rewritten}])
@@ -261,7 +261,7 @@ def _check_prompt(tokenizer, row: _Row, rewritten: str, enable_thinking: bool = 
 
 def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConfig) -> list[dict]:
     from megatron_corew.evaluation import response_text
-    from megatron_corew.rewards.math_grader import answers_equivalent, extract_boxed_answer, grade
+    from megatron_corew.rewards.grading.core import answers_equivalent, extract_boxed_answer, grade
     from megatron_corew.rollout.base import SamplingParams
 
     done: dict[int, dict] = {}
@@ -342,7 +342,7 @@ def _write_pair(table, ok: list[int], rewritten: dict[int, str], rows: list[_Row
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from megatron_corew.preprocess import commit_temp, make_temp_path
+    from megatron_corew.data.sources import commit_temp, make_temp_path
 
     original = table.take(pa.array(ok, type=pa.int64()))
     cells = original.column(question_column).to_pylist()
@@ -373,7 +373,7 @@ def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_pa
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from megatron_corew.preprocess import atomic_write_text
+    from megatron_corew.data.sources import atomic_write_text
 
     cfg = cfg or RewriteConfig()
     if cfg.max_attempts < 1 or cfg.batch_size < 1:

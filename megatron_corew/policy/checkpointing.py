@@ -14,7 +14,7 @@ import shutil
 import torch
 import torch.distributed as dist
 
-from megatron_corew import faults
+from megatron_corew.utils import faults
 
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 

@@ -7,7 +7,7 @@ import socket
 import torch
 import torch.distributed as dist
 
-from megatron_corew import cpu_compat
+from megatron_corew.policy import cpu_compat
 
 cpu_compat.apply()
 

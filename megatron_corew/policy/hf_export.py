@@ -32,7 +32,7 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
     ``dtype``: dtype of the written weights (default: the parameters' dtype, fp32 for fp32 training;
     pass the HF config's dtype, e.g. torch.bfloat16, for a checkpoint of the original size).
     ``keep_last``: delete older ``step_*`` exports beyond this many."""
-    from megatron_corew.weights import export_hf_weights
+    from megatron_corew.policy.weights import export_hf_weights
 
     target = hf_export_dir(out_dir, step)
     tensors = export_hf_weights(trainer_model, model_args, dtype)
@@ -43,7 +43,7 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
         overrides = {"dtype": name} if declared is not None and str(declared).replace("torch.", "") != name else None
         write_hf_checkpoint(target, tensors, config_dir=model_args.model_dir, max_shard_bytes=max_shard_bytes,
                             config_overrides=overrides)
-        from megatron_corew.checkpointing import publish_latest
+        from megatron_corew.policy.checkpointing import publish_latest
 
         publish_latest(out_dir, os.path.basename(target), "step_", keep_last)
     else:

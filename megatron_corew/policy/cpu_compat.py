@@ -3,7 +3,7 @@
 megatron-core assumes CUDA in a handful of places (RNG tracker, ``device='cuda'`` literals,
 ``tensor.type()`` string checks, streams). On a machine without CUDA we redirect exactly those
 to CPU equivalents; with CUDA present :func:`apply` does nothing. Call it before the first
-``megatron`` import (``megatron_corew.parallel`` does this for you).
+``megatron`` import (``megatron_corew.policy.parallel`` does this for you).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ is fine-tuned to answer :data:`INSTRUCTION` + an original question with the tool
 templates with the same numbers. It learns to copy the numbers from the prompt (on the 200 held-out tiny questions
 all 200 rewrites kept both numbers); its replies still go through the tool's real parser, retries and resume.
 
-``python -m megatron_corew.tiny_rephraser --out assets/tiny_rephraser`` builds it (atomic, about 30 s on 2 CPU
+``python -m megatron_corew.demo.tiny_rephraser --out assets/tiny_rephraser`` builds it (atomic, about 30 s on 2 CPU
 cores); :func:`ensure_rephraser` builds it once and reuses it.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from megatron_corew import tiny_task as tt
+from megatron_corew.demo import tiny_task as tt
 
 INSTRUCTION = "Rewrite the math problem below as a short story with the same numbers and the same answer.\n"
 INSTRUCTION_FILE = "instruction.txt"
@@ -26,7 +26,7 @@ DEFAULT_STEPS = 300
 
 
 def reply(problem: tt.Problem) -> str:
-    from megatron_corew.rephrase import END_MARKER, START_MARKER
+    from megatron_corew.data.rephrase import END_MARKER, START_MARKER
 
     return f"{START_MARKER}\nORIGINAL:\n{problem.original}\nREWRITE:\n{problem.rephrased}\n{END_MARKER}"
 
@@ -36,7 +36,7 @@ def train_rephraser(steps: int = DEFAULT_STEPS, seed: int = 0, num_train: int = 
     """(model, tokenizer) fine-tuned on the tiny task's (original -> rephrased) training pairs."""
     import torch
 
-    from megatron_corew.rephrase import rewrite_prompt
+    from megatron_corew.data.rephrase import rewrite_prompt
 
     torch.manual_seed(seed)
     tok = tt.build_tokenizer()

@@ -16,9 +16,15 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from megatron_corew import faults, grpo, model_builder, parallel
-from megatron_corew.vocab_parallel import VocabParallelStats
-from megatron_corew.weights import copy_weights, load_hf_weights
+from megatron_corew.utils import faults
+
+from megatron_corew.algo import grpo
+
+from megatron_corew.policy import model_builder
+
+from megatron_corew.policy import parallel
+from megatron_corew.policy.vocab_parallel import VocabParallelStats
+from megatron_corew.policy.weights import copy_weights, load_hf_weights
 
 
 @dataclass
@@ -123,7 +129,7 @@ class PolicyTrainer:
         if cfg.need_anchor:
             self.anchor = self._build_frozen_copy()
             if cfg.anchor_cpu_offload:
-                from megatron_corew.offload import HostOffload
+                from megatron_corew.policy.offload import HostOffload
 
                 self._anchor_offload = HostOffload(self.anchor)
         from megatron.core.pipeline_parallel import get_forward_backward_func
@@ -235,7 +241,7 @@ class PolicyTrainer:
 
     @property
     def anchor_device_bytes(self) -> int:
-        from megatron_corew.offload import device_bytes
+        from megatron_corew.policy.offload import device_bytes
 
         return device_bytes(self.anchor.parameters()) if self.anchor is not None else 0
 
