@@ -13,7 +13,18 @@ setup(
     description="Self-supervised RL (Co-rewarding I/II, GRPO baselines) on megatron-core",
     python_requires=">=3.10",
     packages=find_packages(include=["megatron_corew", "megatron_corew.*", "checkpoints_conversion",
-                                    "checkpoints_conversion.*"]),
+                                    "checkpoints_conversion.*", "tools"]),
+    py_modules=["train_rl"],
+    entry_points={"console_scripts": [
+        "corew-train = train_rl:cli",
+        "corew-preprocess = tools.preprocess_data:main",
+        "corew-rewrite-questions = tools.rewrite_questions:main",
+        "corew-make-tiny-task = tools.make_tiny_task:main",
+        "corew-plot-run = tools.plot_run:main",
+        "corew-evaluate = tools.evaluate:main",
+        "corew-convert-hf-to-megatron = tools.convert_hf_to_megatron:main",
+        "corew-convert-megatron-to-hf = tools.convert_megatron_to_hf:main",
+    ]},
     install_requires=[
         "torch>=2.6",
         "megatron-core>=0.16.1",
@@ -31,7 +42,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "math-verify", "champ-dataset", "reasoning-gym"],
+        "test": ["pytest", "pytest-timeout", "math-verify", "champ-dataset", "reasoning-gym", "ruff==0.17.6"],
         "gpu": ["transformer-engine[pytorch]"],
     },
 )

@@ -25,7 +25,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 QWEN25_15B = {
     "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
@@ -40,9 +39,9 @@ QWEN25_15B = {
 def write_random_model(out_dir: str, dtype_name: str, layers: int | None) -> float:
     import torch
 
+    from checkpoints_conversion.config import load_model_args
     from checkpoints_conversion.families import expected_hf_shapes
     from checkpoints_conversion.hf_io import write_hf_checkpoint
-    from megatron_corew.policy.model_builder import load_model_args
 
     cfg = dict(QWEN25_15B, dtype=dtype_name)
     if layers:
@@ -142,8 +141,9 @@ def main(argv=None) -> int:
         gen_s, _, _ = run_measured([py, me, "--_generate", hf, a.dtype, str(a.layers or 0)])
         print(f"random {a.dtype} checkpoint of Qwen2.5-1.5B's shape: {dir_gb(hf):.2f} GB written in {gen_s:.1f}s",
               flush=True)
-        wall, rss, _ = run_measured([py, "-c", "import torch, transformers, megatron.core, "
-                                     "megatron.core.dist_checkpointing, megatron_corew.policy.parallel"])
+        wall, rss, _ = run_measured([py, "-c", "import torch, transformers; "
+                                     "from megatron_corew.policy import cpu_compat; cpu_compat.apply(); "
+                                     "import megatron.core, megatron.core.dist_checkpointing"])
         rows.append(("imports only (floor)", wall, rss, None))
         wall, rss, last = run_measured([py, "tools/convert_hf_to_megatron.py", "--hf-dir", hf, "--save", mc,
                                         "--no-progress-bar"])
@@ -158,8 +158,8 @@ def main(argv=None) -> int:
         if not a.keep:
             shutil.rmtree(a.workdir, ignore_errors=True)
     print()
-    print(f"| direction | wall time (s) | peak RSS (GB) | output (GB) |")
-    print(f"|---|---:|---:|---:|")
+    print("| direction | wall time (s) | peak RSS (GB) | output (GB) |")
+    print("|---|---:|---:|---:|")
     for name, wall, rss, size in rows:
         print(f"| {name} | {wall:.1f} | {rss:.2f} | {'' if size is None else f'{size:.2f}'} |")
     if verified is not None:

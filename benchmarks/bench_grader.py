@@ -16,13 +16,9 @@ import argparse
 import logging
 import math
 import random
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from megatron_corew.rewards.grading.core import answers_equivalent, clear_caches, is_equiv_reference  # noqa: E402
+from megatron_corew.rewards.grading import answers_equivalent, clear_caches, is_equiv_reference
 
 
 def _frac(p: int, q: int) -> str:
@@ -186,7 +182,7 @@ def main(argv=None) -> None:
     theirs_s = time.perf_counter() - start
 
     labels = [label for _, _, label in pairs]
-    accuracy = lambda got: sum(g == l for g, l in zip(got, labels)) / n  # noqa: E731
+    accuracy = lambda got: sum(g == label for g, label in zip(got, labels)) / n  # noqa: E731
     agreement = sum(a == b for a, b in zip(ours, theirs)) / n
     rows = [
         ("grader", "pairs/s", "us/pair", "acc vs construction label"),

@@ -17,7 +17,6 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def prompts_for(model: str, data: str | None, n: int, seed: int = 0) -> list[list[int]]:
@@ -68,10 +67,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from megatron_corew.rollout.sglang import engine as se
     from megatron_corew.rollout.base import SamplingParams
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.rollout.factory import eos_ids
+    from megatron_corew.rollout.sglang.engine import SGLangEngine
+    from megatron_corew.rollout.sglang.fleet import AttachedFleet, LocalFleet
+    from megatron_corew.rollout.sglang.http import HTTPConfig, http_json
+    from megatron_corew.rollout.sglang.server import ServerSpec, default_sglang_python
 
     model = os.path.abspath(a.model)
     eos = eos_ids(model)
@@ -91,8 +93,8 @@ def main(argv=None) -> int:
     fleet = None
     try:
         if a.sglang_url:
-            fleet = se.AttachedFleet([a.sglang_url], se.HTTPConfig())
-            se.http_json("POST", a.sglang_url + "/update_weights_from_disk",
+            fleet = AttachedFleet([a.sglang_url], HTTPConfig())
+            http_json("POST", a.sglang_url + "/update_weights_from_disk",
                          {"model_path": model, "weight_version": "default"}, timeout=300)
         else:
             sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -100,13 +102,13 @@ def main(argv=None) -> int:
 
             device = a.sglang_device or ("cuda" if torch.cuda.is_available() else "cpu")
             stubs = write_stubs(tempfile.mkdtemp(prefix="sglang-stubs-")) if device == "cpu" else None
-            spec = se.ServerSpec(model_path=model, python=a.sglang_python or se.default_sglang_python(), device=device,
-                                 server_args=shlex.split(a.sglang_server_args), extra_pythonpath=[stubs] if stubs else [],
-                                 log_path=os.path.join(tempfile.gettempdir(), "bench_rollout_sglang.log"))
+            spec = ServerSpec(model_path=model, python=a.sglang_python or default_sglang_python(), device=device,
+                              server_args=shlex.split(a.sglang_server_args), extra_pythonpath=[stubs] if stubs else [],
+                              log_path=os.path.join(tempfile.gettempdir(), "bench_rollout_sglang.log"))
             t0 = time.perf_counter()
-            fleet = se.LocalFleet([spec], se.HTTPConfig()).start()
+            fleet = LocalFleet([spec], HTTPConfig()).start()
             print(f"sglang server ready in {time.perf_counter() - t0:.1f} s")
-        eng = se.SGLangEngine(fleet, model_path=model, eos_token_ids=eos)
+        eng = SGLangEngine(fleet, model_path=model, eos_token_ids=eos)
         sgl_tps, tok, sec = timed(eng, prompts, params, a.repeats)
         print(f"sglang   : {sgl_tps:9.1f} tokens/s  ({tok} tokens in {sec:.2f} s)")
     finally:

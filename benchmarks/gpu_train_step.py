@@ -104,7 +104,7 @@ def synthetic_samples(vocab: int, n_seqs: int, seq_len: int, seed: int = 0):
 def bench_megatron(model_dir, samples, args, bf16, fp8, device):
     import torch
 
-    from megatron_corew.policy.model_builder import load_model_args
+    from checkpoints_conversion.config import load_model_args
     from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 
     margs = load_model_args(model_dir)

@@ -49,6 +49,7 @@ LAYER_KEY_PREFIX = "decoder.layers."
 class Family:
     model_type: str
     architecture: str
+    rotary_embedding: str  # transformers' rotary class (module path), whose inverse frequencies the model uses
     extra_layer_params: tuple[ParamSpec, ...] = ()
     # extra config checks: fn(ModelArgs) -> list of problems (empty when fine)
     config_checks: tuple[Callable, ...] = field(default_factory=tuple)
@@ -64,6 +65,7 @@ class Family:
 
 
 _FAMILY_MODULES = {"qwen2": "qwen2", "qwen3": "qwen3", "llama": "llama"}
+SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILY_MODULES))
 
 
 def get_family(model_type: str) -> Family:

@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 
 import torch
+
+from checkpoints_conversion.atomic import atomic_dir
 
 
 class CheckpointError(ValueError):
@@ -167,22 +168,6 @@ def save_safetensors(tensors: dict, path: str, metadata: dict | None = None) -> 
         os.fsync(f.fileno())
 
 
-def commit_dir(tmp: str, out_dir: str) -> None:
-    """Publish a finished temp directory as ``out_dir`` (replacing an old one) with renames only, so a reader
-    or a crash sees the old directory or the new one, never a mix."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the final directory gets the usual mode
-    if os.path.exists(out_dir):
-        old = out_dir.rstrip("/") + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
-
-
 def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None = None,
                         max_shard_bytes: int = 2 * 1024**3, dtype: torch.dtype | None = None,
                         config_overrides: dict | None = None) -> None:
@@ -191,10 +176,7 @@ def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None =
     At most one output shard (``max_shard_bytes``) is held in memory.
     Config, generation config and tokenizer files are copied from ``config_dir``; keys in
     ``config_overrides`` are then set in the copied config.json (e.g. the dtype actually written)."""
-    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-" + os.path.basename(out_dir) + "-", dir=parent)
-    try:
+    with atomic_dir(out_dir) as tmp:
         shards, current, current_bytes, weight_map, total = [], {}, 0, {}, 0
 
         def flush():
@@ -246,7 +228,3 @@ def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None =
             with open(cfg_path, "w") as f:
                 json.dump(cfg, f, indent=2, sort_keys=True)
                 f.write("\n")
-        commit_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

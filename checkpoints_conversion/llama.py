@@ -16,4 +16,6 @@ def _rope_checks(args) -> list[str]:
     return []
 
 
-FAMILY = Family(model_type="llama", architecture="LlamaForCausalLM", config_checks=(_rope_checks,))
+FAMILY = Family(model_type="llama", architecture="LlamaForCausalLM",
+                rotary_embedding="transformers.models.llama.modeling_llama.LlamaRotaryEmbedding",
+                config_checks=(_rope_checks,))

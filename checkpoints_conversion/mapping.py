@@ -12,7 +12,8 @@ Qwen3 q/k RMSNorm, tied embeddings), so one table of *kinds* covers them:
 Both local-spec and Transformer-Engine-spec parameter names are understood. The per-family tables
 (which parameters each family has, their dist-checkpoint keys) are in
 :mod:`checkpoints_conversion.families` and the ``qwen2`` / ``qwen3`` / ``llama`` modules; the
-streaming checkpoint converters are in :mod:`checkpoints_conversion.megatron_io`.
+streaming checkpoint converters are in :mod:`checkpoints_conversion.megatron_write` and
+:mod:`checkpoints_conversion.megatron_read`.
 """
 from __future__ import annotations
 

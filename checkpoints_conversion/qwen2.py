@@ -11,6 +11,7 @@ def _rope_checks(args) -> list[str]:
 FAMILY = Family(
     model_type="qwen2",
     architecture="Qwen2ForCausalLM",
+    rotary_embedding="transformers.models.qwen2.modeling_qwen2.Qwen2RotaryEmbedding",
     extra_layer_params=(
         ParamSpec("self_attention.linear_qkv.bias", "qkv",
                   ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")),

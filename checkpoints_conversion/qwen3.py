@@ -11,6 +11,7 @@ def _rope_checks(args) -> list[str]:
 FAMILY = Family(
     model_type="qwen3",
     architecture="Qwen3ForCausalLM",
+    rotary_embedding="transformers.models.qwen3.modeling_qwen3.Qwen3RotaryEmbedding",
     extra_layer_params=(
         ParamSpec("self_attention.q_layernorm.weight", "replicated", ("self_attn.q_norm.weight",)),
         ParamSpec("self_attention.k_layernorm.weight", "replicated", ("self_attn.k_norm.weight",)),

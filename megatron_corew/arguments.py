@@ -1,9 +1,16 @@
-"""Command-line flags: Megatron's names where Megatron has the concept, ours for the RL parts."""
+"""Command-line flags: Megatron's names where Megatron has the concept, ours for the RL parts.
+
+Defaults of the trainer's settings are read from ``TrainerConfig`` so each is written once; reward methods come
+from the ``MethodSpec`` registry (``--reward-plugin MODULE`` registers more before the flags are parsed).
+"""
 from __future__ import annotations
 
 import argparse
 
-from megatron_corew.rewards.methods import METHOD_DEFAULTS, METHODS
+from megatron_corew import rewards
+from megatron_corew.policy.trainer import TrainerConfig
+
+_T = TrainerConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--overlap-param-gather", action="store_true", help="needs --use-distributed-optimizer")
-    g.add_argument("--attention-backend", choices=["auto", "flash", "fused", "unfused", "local"], default="auto")
+    g.add_argument("--attention-backend", choices=["auto", "flash", "fused", "unfused", "local"],
+                   default=_T.attention_backend)
     g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
     g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise"], default=None)
 
@@ -37,33 +45,35 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimisation (Megatron names)")
     g.add_argument("--global-batch-size", type=int, default=128, help="prompts (pairs for Co-rewarding-I) per step")
-    g.add_argument("--micro-batch-size", type=int, default=8, help="sequences per micro-batch")
+    g.add_argument("--micro-batch-size", type=int, default=_T.micro_batch_size, help="sequences per micro-batch")
     g.add_argument("--max-tokens-per-micro-batch", type=int, default=None,
                    help="token budget per micro-batch (dynamic batching); overrides nothing, caps both")
     g.add_argument("--train-iters", type=int, default=None, help="RL steps; default: --epochs over the data")
     g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--lr", type=float, default=3e-6)
-    g.add_argument("--min-lr", type=float, default=0.0)
-    g.add_argument("--lr-warmup-fraction", type=float, default=0.1)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.999)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
-    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--lr", type=float, default=_T.lr)
+    g.add_argument("--min-lr", type=float, default=_T.min_lr)
+    g.add_argument("--lr-warmup-fraction", type=float, default=_T.lr_warmup_fraction)
+    g.add_argument("--weight-decay", type=float, default=_T.weight_decay)
+    g.add_argument("--adam-beta1", type=float, default=_T.adam_beta1)
+    g.add_argument("--adam-beta2", type=float, default=_T.adam_beta2)
+    g.add_argument("--adam-eps", type=float, default=_T.adam_eps)
+    g.add_argument("--clip-grad", type=float, default=_T.clip_grad)
     g.add_argument("--seed", type=int, default=1234)
 
     g = p.add_argument_group("RL")
-    g.add_argument("--reward-method", choices=METHODS, default="gt")
+    g.add_argument("--reward-method", choices=rewards.method_names(), default="gt",
+                   help="; ".join(f"{n}: {rewards.get_method(n).summary}" for n in rewards.method_names()))
+    g.add_argument("--reward-plugin", action="append", default=[], metavar="MODULE",
+                   help="import this dotted module first (it registers more reward methods); repeatable")
     g.add_argument("--n-samples-per-prompt", type=int, default=8)
     g.add_argument("--rollout-temperature", type=float, default=1.0)
     g.add_argument("--rollout-top-p", type=float, default=1.0)
-    g.add_argument("--rollout-batch-size", type=int, default=64, help="sequences per engine forward")
     g.add_argument("--kl-loss-coef", type=float, default=None, help="default: the method's reference value")
-    g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default="low_var_kl")
-    g.add_argument("--entropy-coef", type=float, default=0.0)
-    g.add_argument("--clip-ratio-low", type=float, default=0.2)
-    g.add_argument("--clip-ratio-high", type=float, default=0.2)
-    g.add_argument("--dual-clip-c", type=float, default=3.0)
+    g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default=_T.kl_estimator)
+    g.add_argument("--entropy-coef", type=float, default=_T.entropy_coef)
+    g.add_argument("--clip-ratio-low", type=float, default=_T.clip_low)
+    g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high)
+    g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip)
     g.add_argument("--no-std-normalization", action="store_true", help="Dr.GRPO advantages")
     g.add_argument("--label-matching", choices=["exact", "equiv"], default="exact",
                    help="pseudo-label voting: raw string equality (reference) or equivalence clusters")
@@ -85,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tensorboard-dir", default=None)
     g.add_argument("--wandb-project", default=None, help="also log to Weights & Biases (when installed)")
     g.add_argument("--eval-interval", type=int, default=10)
-    g.add_argument("--log-interval", type=int, default=1)
     g.add_argument("--rollout-dump", action="store_true", help="write every step's rollouts as jsonl")
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
@@ -98,24 +107,38 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
                    help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint")
     g.add_argument("--no-progress-bar", action="store_true")
-    from megatron_corew.rollout.factory import add_rollout_args
+    from megatron_corew.rollout.config import add_rollout_args
 
     add_rollout_args(p)  # --rollout-backend {embedded,sglang}, --sglang-* flags
     return p
 
 
+def _plugins(argv: list[str]) -> list[str]:
+    """The --reward-plugin modules, read before the parser is built (they add --reward-method choices)."""
+    out = []
+    for i, tok in enumerate(argv):
+        if tok == "--reward-plugin" and i + 1 < len(argv):
+            out.append(argv[i + 1])
+        elif tok.startswith("--reward-plugin="):
+            out.append(tok.split("=", 1)[1])
+    return out
+
+
 def parse_args(argv=None):
     import sys
 
-    from megatron_corew.rollout.factory import split_sglang_passthrough
+    from megatron_corew.rollout.config import split_sglang_passthrough
 
-    argv, passthrough = split_sglang_passthrough(sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    rewards.load_plugins(_plugins(argv))
+    argv, passthrough = split_sglang_passthrough(argv)
     args = build_parser().parse_args(argv)
     args.sglang_passthrough = passthrough
+    method = rewards.get_method(args.reward_method)
     if args.kl_loss_coef is None:
-        args.kl_loss_coef = METHOD_DEFAULTS[args.reward_method]["kl_coef"]
-    if args.reward_method == "corewarding_1" and not args.train_data_rephrased:
-        raise SystemExit("error: --reward-method corewarding_1 needs --train-data-rephrased")
+        args.kl_loss_coef = method.kl_coef
+    if method.paired_views and not args.train_data_rephrased:
+        raise SystemExit(f"error: --reward-method {args.reward_method} needs --train-data-rephrased")
     if args.teacher_on_rephrased and not args.train_data_rephrased:
         raise SystemExit("error: --teacher-on-rephrased needs --train-data-rephrased")
     if args.fp8_format:

@@ -1,4 +1,4 @@
-"""Benchmark evaluation on any rollout engine: greedy pass@1, sampled avg@k / pass@k (ALGORITHMS.md section 5).
+"""Benchmark evaluation on any rollout engine: greedy pass@1, sampled avg@k / pass@k (docs/ALGORITHMS.md section 5).
 
 One code path serves the offline tool (``tools/evaluate.py``) and the in-training validation
 (:func:`validation_metrics`, called by ``RLRun.validate``).
@@ -10,7 +10,8 @@ One code path serves the offline tool (``tools/evaluate.py``) and the in-trainin
   1 - C(n-c, j) / C(n, j) (Chen et al. 2021).
 
 Grading uses the ground truth of each example with the project's grader (``reference``: the paper's MATH
-normalisation; ``equiv``: the faster, more tolerant checker), inline or on a :class:`GraderPool`.
+normalisation; ``equiv``: the faster, more tolerant checker) on the boxed answers extracted from the responses, by
+any :class:`megatron_corew.rewards.grading.Grader` (inline by default, a process pool from ``tools/evaluate.py``).
 Every call is deterministic for a fixed seed on a deterministic engine.
 """
 from __future__ import annotations
@@ -42,19 +43,10 @@ def response_text(tokenizer, g) -> str:
     return tokenizer.decode(g.response_ids, skip_special_tokens=True)
 
 
-def _grade(texts: list[str], gts: list[str | None], grading: str, grader_pool=None, timeout_s: float = 5.0):
-    from megatron_corew.rewards.grading.core import grade
-
-    if grader_pool is not None:
-        return grader_pool.grade_many(list(zip(texts, ["" if g is None else g for g in gts])), mode=grading,
-                                      timeout_s=timeout_s)
-    return [grade(t, g, grading) if g is not None else 0.0 for t, g in zip(texts, gts)]
-
-
 def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str) -> float:
     """maj@k: share of problems whose majority-voted answer (exact string, ties to the first seen, empty answers
     never vote; the training-time vote of the self-supervised methods) is graded correct."""
-    from megatron_corew.rewards.grading.core import grade_answer
+    from megatron_corew.rewards.grading import grade_answer
     from megatron_corew.rewards.voting import majority_vote
 
     votes = [majority_vote(answers[i * k:(i + 1) * k]) for i in range(len(gts))]
@@ -64,9 +56,10 @@ def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str)
 def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy", k: int = 1,
                       temperature: float = EVAL_TEMPERATURE, top_p: float = 1.0, seed: int = 0,
                       grading: str = "reference", max_new_tokens: int = 3072, pass_ks: Sequence[int] | None = None,
-                      grader_pool=None, return_records: bool = False) -> dict[str, Any]:
-    """Metrics of one benchmark. ``examples``: :class:`megatron_corew.data.Example` (prompt_ids, ground_truth)."""
-    from megatron_corew.rewards.grading.core import extract_boxed_answer
+                      grader=None, return_records: bool = False) -> dict[str, Any]:
+    """Metrics of one benchmark. ``examples``: :class:`megatron_corew.data.Example` (prompt_ids, ground_truth);
+    ``grader``: a :class:`megatron_corew.rewards.grading.Grader`, an :class:`InlineGrader` when None."""
+    from megatron_corew.rewards.grading import InlineGrader, extract_boxed_answer
     from megatron_corew.rollout.base import SamplingParams
 
     if mode not in ("greedy", "sampled"):
@@ -92,7 +85,8 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
     texts = [response_text(tokenizer, g) for g in gens]
     gts = [examples[i // k].ground_truth for i in range(n * k)]
     t1 = time.perf_counter()
-    scores = _grade(texts, gts, grading, grader_pool)
+    answers = [extract_boxed_answer(t) for t in texts]
+    scores = (grader or InlineGrader()).grade(answers, gts, grading)
     t_grade = time.perf_counter() - t1
     correct = [sum(scores[i * k:(i + 1) * k] or [0.0]) for i in range(n)]
     lengths = [len(g.response_ids) for g in gens]
@@ -102,7 +96,7 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
         "seed": seed, "max_new_tokens": max_new_tokens,
         "response_length": sum(lengths) / len(lengths),
         "truncated_rate": sum(g.finish_reason == "length" for g in gens) / len(gens),
-        "boxed_rate": sum(bool(extract_boxed_answer(t).strip()) for t in texts) / len(texts),
+        "boxed_rate": sum(bool(a.strip()) for a in answers) / len(answers),
         "generate_seconds": round(t_gen, 3), "grade_seconds": round(t_grade, 3),
     }
     if mode == "greedy":
@@ -110,15 +104,14 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
     else:
         out[f"avg@{k}"] = sum(scores) / len(scores)
         out["pass@1"] = out[f"avg@{k}"]
-        out[f"maj@{k}"] = _majority_accuracy([extract_boxed_answer(t) for t in texts],
-                                             [examples[i].ground_truth for i in range(n)], k, grading)
+        out[f"maj@{k}"] = _majority_accuracy(answers, [examples[i].ground_truth for i in range(n)], k, grading)
         for j in sorted(set(list(pass_ks or []) + [k])):
             if 1 < j <= k:
                 out[f"pass@{j}"] = sum(pass_at_k(k, int(round(c)), j) for c in correct) / n
     if return_records:
         out["records"] = [
             {"row": examples[i // k].index, "sample": i % k, "ground_truth": gts[i],
-             "answer": extract_boxed_answer(texts[i]), "score": scores[i], "response": texts[i],
+             "answer": answers[i], "score": scores[i], "response": texts[i],
              "finish_reason": gens[i].finish_reason, "response_length": lengths[i]}
             for i in range(n * k)]
     return out

@@ -1,7 +1,7 @@
 """Worker processes for the conversion tests (one process per job, as the tools run in production).
 
 Jobs:
-  convert --spec FILE   run the two converter tools (their Python entry points) for every entry:
+  convert --spec FILE   run the two conversions the tools run (checkpoints_conversion.api) for every entry:
                         HF -> Megatron (target TP/PP per entry) and, if ``back`` is set, Megatron -> HF.
   logits  --spec FILE --out FILE [--tp N --pp M]   (under torchrun for N*M > 1)
                         for every entry build a GPTModel at this layout with *zeroed* weights, load the
@@ -14,26 +14,19 @@ Jobs:
 """
 import argparse
 import json
-import os
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "tools"))
-
-from megatron_corew.policy import parallel  # noqa: E402  (applies the CPU compatibility layer)
+from megatron_corew.policy import cpu_compat, parallel
 
 
 def _convert(spec):
-    import convert_hf_to_megatron
-    import convert_megatron_to_hf
+    from checkpoints_conversion import api
 
     for e in spec:
-        convert_hf_to_megatron.convert(e["hf"], e["ckpt"], e.get("tp", 1), e.get("pp", 1), e.get("dtype", "auto"),
-                                       overwrite=True, progress=False)
+        api.hf_to_megatron(e["hf"], e["ckpt"], e.get("tp", 1), e.get("pp", 1), e.get("dtype", "auto"),
+                           overwrite=True, progress=False)
         if e.get("back"):
-            convert_megatron_to_hf.convert(e["ckpt"], e.get("hf_config_dir"), e["back"], overwrite=True,
-                                           progress=False, max_shard_bytes=e.get("max_shard_bytes", 10**9))
+            api.megatron_to_hf(e["ckpt"], e.get("hf_config_dir"), e["back"], overwrite=True, progress=False,
+                               max_shard_bytes=e.get("max_shard_bytes", 10**9))
 
 
 def _build(args, tp, pp):
@@ -94,6 +87,7 @@ def main():
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
     a = ap.parse_args()
+    cpu_compat.apply()  # before megatron's first import; a no-op where CUDA exists
     with open(a.spec) as f:
         spec = json.load(f)
     if a.job == "convert":
@@ -105,8 +99,8 @@ def main():
 
     import torch
 
-    from checkpoints_conversion.megatron_io import load_megatron_checkpoint
-    from megatron_corew.policy.model_builder import load_model_args
+    from checkpoints_conversion.config import load_model_args
+    from checkpoints_conversion.megatron_read import load_megatron_checkpoint
 
     parallel.init_distributed(a.tp, a.pp)
     owner = _owner_rank()
@@ -146,8 +140,8 @@ def _train_save(spec, tp, pp):
     comparison, the trained weights by HF name (rank 0)."""
     import torch
 
+    from checkpoints_conversion.config import load_model_args
     from megatron_corew.policy.checkpointing import save_checkpoint
-    from megatron_corew.policy.model_builder import load_model_args
     from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig, TrainSample
     from megatron_corew.policy.weights import hf_state_dict
 

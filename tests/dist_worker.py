@@ -38,7 +38,7 @@ def main():
 
     import torch
 
-    from megatron_corew.policy.model_builder import load_model_args
+    from checkpoints_conversion.config import load_model_args
     from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
     from megatron_corew.policy.weights import hf_state_dict
 

@@ -107,7 +107,6 @@ endpoints and JSON shapes the SGLang client uses, served by the embedded HF engi
 import argparse, base64, io, json, os, pickle, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-sys.path.insert(0, os.environ["COREW_REPO"])
 import torch
 import torch.multiprocessing.reductions  # noqa: F401
 from megatron_corew.rollout.base import SamplingParams
@@ -158,8 +157,10 @@ class H(BaseHTTPRequestHandler):
                 for prompt, sp in zip(ids, sps):
                     engine.eos = set(sp.get("stop_token_ids") or []) | engine.eos
                     t = sp.get("temperature", 1.0)
-                    g = engine.generate([prompt], SamplingParams(temperature=t or 1.0, top_p=sp.get("top_p", 1.0),
-                                        max_new_tokens=sp["max_new_tokens"], greedy=not t, seed=sp.get("sampling_seed")))[0]
+                    params = SamplingParams(temperature=t or 1.0, top_p=sp.get("top_p", 1.0),
+                                            max_new_tokens=sp["max_new_tokens"], greedy=not t,
+                                            seed=sp.get("sampling_seed"))
+                    g = engine.generate([prompt], params)[0]
                     out.append({"output_ids": g.response_ids, "meta_info": {
                         "finish_reason": {"type": "stop" if g.finish_reason == "stop" else "length"},
                         "output_token_logprobs": [[lp, tok, None] for lp, tok in zip(g.logprobs, g.response_ids)],

@@ -1,18 +1,12 @@
-"""Tests for megatron_corew.data.dataset: parquet loading/validation, paired loading, prompt filtering, the sampler."""
+"""Tests for megatron_corew.data: parquet loading/validation, paired loading, prompt filtering, the sampler."""
 import logging
-import os
-import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_corew.data.dataset import (DataError, EpochSampler, Example, load_examples,  # noqa: E402
-                                 load_paired_examples)
-from megatron_corew.demo.tiny_task import (SYSTEM_PROMPT, build_tokenizer, generate_problems, verl_rows,  # noqa: E402
-                                      write_parquet)
+from megatron_corew.data import SYSTEM_PROMPT, DataError, EpochSampler, Example, load_examples, load_paired_examples
+from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +15,8 @@ def tok():
 
 
 def row(question, gt="7", index=0, system=True, **extra):
-    prompt = ([{"role": "system", "content": SYSTEM_PROMPT}] if system else []) + [{"role": "user", "content": question}]
+    prompt = [{"role": "system", "content": SYSTEM_PROMPT}] if system else []
+    prompt = prompt + [{"role": "user", "content": question}]
     r = {"data_source": "unit", "prompt": prompt, "ability": "math",
          "reward_model": {"ground_truth": gt, "style": "rule"}, "extra_info": {"index": index, "split": "train"}}
     r.update(extra)
@@ -208,7 +203,8 @@ def test_paired_misaligned_index(tmp_path, tok):
 
 
 def test_paired_different_ground_truth(tmp_path, tok):
-    a = write(tmp_path / "orig.parquet", [row("What is 1 + 1?", gt="2", index=0), row("What is 2 + 2?", gt="4", index=1)])
+    a = write(tmp_path / "orig.parquet",
+              [row("What is 1 + 1?", gt="2", index=0), row("What is 2 + 2?", gt="4", index=1)])
     b = write(tmp_path / "reph.parquet", [row("One plus one?", gt="2", index=0), row("Two plus two?", gt="5", index=1)])
     with pytest.raises(DataError, match="row 1"):
         load_paired_examples(a, b, tok)

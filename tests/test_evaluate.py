@@ -20,13 +20,12 @@ import pyarrow.parquet as pq
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
-from megatron_corew.data.dataset import load_examples  # noqa: E402
-from megatron_corew.evaluation import (evaluate, evaluate_examples, pass_at_k, results_markdown,  # noqa: E402
+from megatron_corew.data.dataset import load_examples
+from megatron_corew.evaluation import (evaluate, evaluate_examples, pass_at_k, results_markdown,
                                        validation_metrics)
-from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams  # noqa: E402
-from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet  # noqa: E402
+from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
+from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 
@@ -134,7 +133,7 @@ def tiny(tmp_path_factory):
     a 12-problem held-out benchmark."""
     from transformers import AutoTokenizer
 
-    from megatron_corew.demo.tiny_task import is_complete
+    from megatron_corew.demo.tiny_bundle import is_complete
 
     root = tmp_path_factory.mktemp("tiny")
     if is_complete(os.path.join(REPO, "assets", "tiny")):
@@ -159,7 +158,7 @@ def engine(tiny):
 
 def old_validate(engine, tokenizer, examples, grading, max_len, k, temp):
     """The body of RLRun.validate before it called validation_metrics (kept here to pin the numbers)."""
-    from megatron_corew.rewards.grading.core import grade
+    from megatron_corew.rewards.grading import grade
 
     def answers(gens):
         return [tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
@@ -186,7 +185,8 @@ def test_validation_metrics_match_previous_validate(tiny, engine):
 
 
 def test_openai_compatible_server_and_engine(tiny, engine):
-    from megatron_corew.rollout.openai_client import OpenAICompatEngine, OpenAICompatError, serve_engine
+    from megatron_corew.rollout.openai_client import OpenAICompatEngine, OpenAICompatError
+    from megatron_corew.rollout.serve import serve_engine
 
     class FlakyOnce(RolloutEngine):  # wraps the real engine; its first call fails (the server answers 500)
         def __init__(self, inner):
@@ -236,7 +236,8 @@ def test_openai_compatible_server_and_engine(tiny, engine):
 def test_openai_client_against_a_strict_server(tiny, engine):
     """A server that rejects non-OpenAI fields (as the OpenAI service does): the client drops its extensions after
     the first 400 and takes the token ids from re-tokenising the text."""
-    from megatron_corew.rollout.openai_client import OpenAICompatEngine, serve_engine
+    from megatron_corew.rollout.openai_client import OpenAICompatEngine
+    from megatron_corew.rollout.serve import serve_engine
 
     tk, exs = tiny["tok"], tiny["examples"][:3]
     server = serve_engine(engine, tk, "127.0.0.1", 0, model_name="tiny", strict=True)
@@ -308,7 +309,7 @@ def test_cli_end_to_end(tmp_path, tiny, engine):
 
 
 def test_cli_openai_backend(tmp_path, tiny, engine):
-    from megatron_corew.rollout.openai_client import serve_engine
+    from megatron_corew.rollout.serve import serve_engine
 
     server = serve_engine(engine, tiny["tok"], "127.0.0.1", 0, model_name="tiny")
     try:
@@ -325,14 +326,12 @@ def test_cli_openai_backend(tmp_path, tiny, engine):
     assert res["pass@1"] == local["pass@1"]
 
 
-def test_megatron_checkpoint_needs_the_converter(tmp_path, monkeypatch):
-    import importlib.util
+def test_megatron_checkpoint_input_is_checked(tmp_path):
+    """A directory that is no Megatron checkpoint is one clear CheckpointError, before any work."""
+    from checkpoints_conversion.hf_io import CheckpointError
+    from tools import evaluate as mod
 
-    spec = importlib.util.spec_from_file_location("_eval_tool", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    monkeypatch.setattr(mod, "REPO", str(tmp_path))
-    with pytest.raises(NotImplementedError, match="convert_megatron_to_hf.py"):
+    with pytest.raises(CheckpointError, match="not a Megatron distributed checkpoint"):
         mod.megatron_to_hf(str(tmp_path / "ckpt"), None, str(tmp_path / "out"))
     assert mod.benchmark_name("data/math500/test.parquet") == ("math500", "data/math500/test.parquet")
     assert mod.benchmark_name("amc=x/y.parquet") == ("amc", "x/y.parquet")

@@ -1,20 +1,24 @@
 """Hand-computed cases for answer extraction, reference normalisation, the improved
-equivalence, grading and the process-pool grader."""
+equivalence, grading and the inline and process-pool graders (the shared contract of all graders:
+tests/test_graders.py)."""
 
 import threading
 import time
 
 import pytest
 
-from megatron_corew.rewards.grading import core as mg
-from megatron_corew.rewards.grading.core import (
-    GraderPool,
+from megatron_corew.rewards.grading import (
+    InlineGrader,
+    ProcessPoolGrader,
     answers_equivalent,
+    clear_caches,
     extract_boxed_answer,
     grade,
     is_equiv_reference,
     normalize_answer,
 )
+from megatron_corew.rewards.grading.equivalence import MAX_PARSE_CHARS
+from megatron_corew.rewards.grading.workers import TEST_SLEEP_ENV, TEST_SLEEP_PREFIX
 
 # ----------------------------------------------------------------------------------------------
 # extraction
@@ -244,7 +248,7 @@ def test_non_equivalent_pairs(a, b):
 
 
 def test_equivalence_is_bounded_and_never_raises():
-    huge = "9" * (mg.MAX_PARSE_CHARS + 1)
+    huge = "9" * (MAX_PARSE_CHARS + 1)
     assert answers_equivalent(huge, huge)  # raw equality still counts
     assert not answers_equivalent(huge, huge[:-1] + "8")
     for depth in (150, 300):
@@ -271,7 +275,7 @@ def test_equivalence_is_much_faster_than_math_verify():
     math_verify = pytest.importorskip("math_verify")
     pairs = [(f"\\frac{{{i}}}{{{i + 1}}}", f"{i}/{i + 1}") for i in range(1, 41)]
     pairs += [(f"{i}\\sqrt{{2}}", f"\\sqrt{{{2 * i * i}}}") for i in range(1, 41)]
-    mg.clear_caches()
+    clear_caches()
     start = time.perf_counter()
     assert all(answers_equivalent(a, b) for a, b in pairs)
     ours = time.perf_counter() - start
@@ -338,7 +342,7 @@ def test_grade_modes():
 
 
 # ----------------------------------------------------------------------------------------------
-# GraderPool
+# inline and process-pool graders
 # ----------------------------------------------------------------------------------------------
 
 POOL_PAIRS = [
@@ -348,30 +352,34 @@ POOL_PAIRS = [
     ("no answer", "1"),
     ("\\boxed{(1,2)}", "(1, 2)"),
 ]
+POOL_ANSWERS = [extract_boxed_answer(response) for response, _ in POOL_PAIRS]
+POOL_TRUTHS = [truth for _, truth in POOL_PAIRS]
+# An answer the test hook makes sleep inside the grading process; it would score 1.0 in time.
+SLOW_ANSWER, SLOW_TRUTH = TEST_SLEEP_PREFIX + "1", "1"
 
 
 def test_pool_inline_matches_grade():
-    with GraderPool(workers=0) as pool:
-        assert pool.grade_many(POOL_PAIRS, "reference") == [1.0, 0.0, 0.0, 0.0, 1.0]
-        assert pool.grade_many(POOL_PAIRS, "equiv") == [1.0, 1.0, 0.0, 0.0, 1.0]
-        assert pool.grade_many([], "equiv") == []
-        assert pool.num_timeouts == 0
+    pool = InlineGrader()
+    assert pool.grade(POOL_ANSWERS, POOL_TRUTHS, "reference") == [1.0, 0.0, 0.0, 0.0, 1.0]
+    assert pool.grade(POOL_ANSWERS, POOL_TRUTHS, "equiv") == [1.0, 1.0, 0.0, 0.0, 1.0]
+    assert pool.grade([], [], "equiv") == []
+    assert pool.num_timeouts == 0
     with pytest.raises(ValueError):
-        GraderPool(workers=0).grade_many(POOL_PAIRS, "nope")
+        InlineGrader().grade(POOL_ANSWERS, POOL_TRUTHS, "nope")
 
 
 def test_pool_from_non_main_thread_with_item_timeout(monkeypatch):
     # The worker process inherits this environment: the hook makes the marked item sleep.
-    monkeypatch.setenv(mg.TEST_SLEEP_ENV, "2.0")
-    slow = (mg.TEST_SLEEP_PREFIX + " \\boxed{1}", "1")
-    pairs = POOL_PAIRS[:2] + [slow] + POOL_PAIRS[2:]
+    monkeypatch.setenv(TEST_SLEEP_ENV, "2.0")
+    answers = POOL_ANSWERS[:2] + [SLOW_ANSWER] + POOL_ANSWERS[2:]
+    truths = POOL_TRUTHS[:2] + [SLOW_TRUTH] + POOL_TRUTHS[2:]
     results = {}
 
     def worker():
-        with GraderPool(workers=1, chunk_size=3) as pool:
-            results["equiv"] = pool.grade_many(pairs, "equiv", timeout_s=0.3)
+        with ProcessPoolGrader(workers=1, timeout_s=0.3, chunk_size=3) as pool:
+            results["equiv"] = pool.grade(answers, truths, "equiv")
             results["timeouts"] = pool.last_num_timeouts
-            results["again"] = pool.grade_many(POOL_PAIRS * 20, "reference", timeout_s=0.3)
+            results["again"] = pool.grade(POOL_ANSWERS * 20, POOL_TRUTHS * 20, "reference")
             results["total_timeouts"] = pool.num_timeouts
 
     thread = threading.Thread(target=worker)
@@ -388,13 +396,13 @@ def test_pool_from_non_main_thread_with_item_timeout(monkeypatch):
 
 def test_pool_deadline_kills_a_stuck_worker(monkeypatch):
     # timeout_s=0 disables the in-worker alarm, so only the pool's global deadline can stop it.
-    monkeypatch.setenv(mg.TEST_SLEEP_ENV, "20")
-    slow = (mg.TEST_SLEEP_PREFIX + " \\boxed{1}", "1")
-    with GraderPool(workers=1, chunk_size=1, deadline_slack_s=3.0) as pool:
+    monkeypatch.setenv(TEST_SLEEP_ENV, "20")
+    with ProcessPoolGrader(workers=1, timeout_s=0, chunk_size=1, deadline_slack_s=3.0) as pool:
         start = time.perf_counter()
-        scores = pool.grade_many([POOL_PAIRS[0], slow], "reference", timeout_s=0)
+        scores = pool.grade([POOL_ANSWERS[0], SLOW_ANSWER], [POOL_TRUTHS[0], SLOW_TRUTH], "reference")
         assert time.perf_counter() - start < 10
         assert scores == [1.0, 0.0]
         assert pool.last_num_timeouts == 1
         # a fresh pool replaces the killed one
-        assert pool.grade_many(POOL_PAIRS[:1], "reference", timeout_s=1.0) == [1.0]
+        pool.timeout_s = 1.0
+        assert pool.grade(POOL_ANSWERS[:1], POOL_TRUTHS[:1], "reference") == [1.0]

@@ -2,24 +2,17 @@
 back to metrics.jsonl) and writes one PNG with the collapse-signature panels."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 
 import pytest
-
 from helpers import REPO, make_tiny_bundle, read_metrics, run_train
 
+from tools import plot_run
+
 PLOT = os.path.join(REPO, "tools", "plot_run.py")
-
-
-def load_plot_module():
-    spec = importlib.util.spec_from_file_location("plot_run", PLOT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +38,7 @@ def test_plot_from_tensorboard(run_dir, tmp_path):
     from PIL import Image
 
     assert os.listdir(os.path.join(run_dir, "tensorboard"))
-    series, source = load_plot_module().load_run(run_dir)
+    series, source = plot_run.load_run(run_dir)
     assert source == os.path.join(run_dir, "tensorboard")
     # validation before training (step 0) and after each of the 3 steps; per-step series at steps 1..3
     assert [s for s, _ in series["val/accuracy"]] == [0, 1, 2, 3]

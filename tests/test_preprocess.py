@@ -17,12 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from megatron_corew.data import SYSTEM_PROMPT, load_examples
+from megatron_corew.data.sources import SOURCES, PreprocessError, preprocess
+from megatron_corew.demo.tiny_task import build_tokenizer
 
-from megatron_corew.data.dataset import load_examples  # noqa: E402
-from megatron_corew.data.sources import SOURCES, SYSTEM_PROMPT, PreprocessError, preprocess  # noqa: E402
-from megatron_corew.demo.tiny_task import build_tokenizer  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOOL = os.path.join(REPO, "tools", "preprocess_data.py")
 

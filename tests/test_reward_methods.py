@@ -1,7 +1,7 @@
 """Each reward method on hand-computed groups (the trainer-independent part of every method)."""
 import pytest
 
-from megatron_corew.rewards.methods import Group, compute_rewards
+from megatron_corew.rewards import Group, compute_rewards
 
 
 def test_gt_uses_reference_normalisation_and_empty_scores_zero():
@@ -59,15 +59,23 @@ def test_self_certainty_and_entropy_signs():
 
 
 def test_gt_with_an_outside_grader_sends_only_gradeable_pairs():
-    """The Ray reward workers' path: same scores as inline; empty answers and unlabelled groups are never sent."""
-    from megatron_corew.rewards.grading.core import grade
+    """A Grader elsewhere (process pool, Ray reward workers): same scores as inline; blank answers and unlabelled
+    groups are never sent, and the extracted answers travel as they are (never re-wrapped in a box)."""
+    from megatron_corew.rewards.grading import grade_answer
 
     sent = []
 
-    def grader(pairs, mode):  # grades like a reward worker: on a response holding the answer in a box
-        sent.extend(pairs)
-        return [grade(f"\\boxed{{{a}}}", gt, mode) for a, gt in pairs]
+    class RecordingGrader:
+        def __init__(self, scores=None):
+            self.scores = scores
 
+        def grade(self, answers, ground_truths, mode="reference"):
+            sent.extend(zip(answers, ground_truths))
+            if self.scores is not None:
+                return self.scores
+            return [grade_answer(a, gt, mode) for a, gt in zip(answers, ground_truths)]
+
+    grader = RecordingGrader()
     groups = [Group(answers=["2", "", "\\frac12", "3"], ground_truth="2"),
               Group(answers=["0.5", "1/2"], ground_truth="\\frac{1}{2}"), Group(answers=["7", "7"], ground_truth=None)]
     inline, _ = compute_rewards("gt", groups)
@@ -75,4 +83,4 @@ def test_gt_with_an_outside_grader_sends_only_gradeable_pairs():
     assert remote == inline == [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]  # MATH normalisation: 0.5, 1/2 = \\frac{1}{2}
     assert sent == [("2", "2"), ("\\frac12", "2"), ("3", "2"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}")]
     with pytest.raises(RuntimeError, match="returned 0 scores for 5"):
-        compute_rewards("gt", groups, grader=lambda pairs, mode: [])
+        compute_rewards("gt", groups, grader=RecordingGrader(scores=[]))

@@ -20,15 +20,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from megatron_corew.data import SYSTEM_PROMPT, load_paired_examples
+from megatron_corew.data.rephrase import (
+    END_MARKER,
+    START_MARKER,
+    RewriteConfig,
+    RewriteParseError,
+    parse_rewrite,
+    read_log,
+    run_rewrite,
+)
+from megatron_corew.demo.tiny_task import build_tokenizer
+from megatron_corew.rollout.base import Generation, RolloutEngine
+from megatron_corew.utils import faults
 
-from megatron_corew.utils import faults  # noqa: E402
-from megatron_corew.data.dataset import load_paired_examples  # noqa: E402
-from megatron_corew.data.rephrase import (END_MARKER, START_MARKER, RewriteConfig, RewriteParseError,  # noqa: E402
-                                     parse_rewrite, read_log, run_rewrite)
-from megatron_corew.rollout.base import Generation, RolloutEngine  # noqa: E402
-from megatron_corew.demo.tiny_task import SYSTEM_PROMPT, build_tokenizer  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOOL = os.path.join(REPO, "tools", "rewrite_questions.py")
 
@@ -247,7 +253,8 @@ def test_crash_between_the_two_parquet_files(tmp_path, tok, monkeypatch, crash_i
 def test_over_an_openai_compatible_server(tmp_path, tok):
     """The same run through a real HTTP server on 127.0.0.1 (serving the scripted stand-in) and the OpenAI-compatible
     client engine gives the same records and files as calling the stand-in directly."""
-    from megatron_corew.rollout.openai_client import OpenAICompatEngine, serve_engine
+    from megatron_corew.rollout.openai_client import OpenAICompatEngine
+    from megatron_corew.rollout.serve import serve_engine
 
     inp = write_input(tmp_path / "in.parquet", broken_rows=(7,))
     direct = outputs(tmp_path / "direct")
@@ -293,10 +300,10 @@ def test_tiny_model_end_to_end_kill_and_resume(tmp_path, rephraser):
     import torch
     from transformers import AutoTokenizer
 
-    from megatron_corew.rollout.embedded import EmbeddedEngine
-    from megatron_corew.rollout.factory import eos_ids
     from megatron_corew.demo.tiny_rephraser import INSTRUCTION, INSTRUCTION_FILE
     from megatron_corew.demo.tiny_task import generate_problems, verl_rows, write_parquet
+    from megatron_corew.rollout.embedded import EmbeddedEngine
+    from megatron_corew.rollout.factory import eos_ids
 
     n = 6
     problems = generate_problems(num_train=n, num_val=1, seed=3)[0]

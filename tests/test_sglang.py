@@ -19,6 +19,7 @@ This file is also the subprocess worker for the training runs (``python tests/te
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -28,18 +29,22 @@ import time
 
 import pytest
 
+from megatron_corew.rollout import config, factory
+from megatron_corew.rollout.base import SamplingParams
+from megatron_corew.rollout.sglang import fleet as sf
+from megatron_corew.rollout.sglang import http as sh
+from megatron_corew.rollout.sglang import server as ss
+from megatron_corew.rollout.sglang.engine import SGLangEngine
+from megatron_corew.rollout.sglang.transport import serialize_named_tensors
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-sys.path.insert(0, HERE)
-
-from megatron_corew.rollout import factory  # noqa: E402
-from megatron_corew.rollout.sglang import engine as se  # noqa: E402
-from megatron_corew.rollout.base import SamplingParams  # noqa: E402
 
 
-def _sglang_status() -> tuple[bool, str]:
-    py = se.default_sglang_python()
+@functools.lru_cache(maxsize=1)
+def sglang_status() -> tuple[bool, str]:
+    """Whether the SGLang interpreter imports sglang: probed once, when a test first needs a real server."""
+    py = ss.default_sglang_python()
     try:
         r = subprocess.run([py, "-c", "import sglang, triton"], capture_output=True, text=True, timeout=120)
     except Exception as e:  # noqa: BLE001
@@ -50,8 +55,14 @@ def _sglang_status() -> tuple[bool, str]:
     return True, ""
 
 
-SGLANG_OK, SGLANG_REASON = _sglang_status()
-needs_sglang = pytest.mark.skipif(not SGLANG_OK, reason=SGLANG_REASON)
+@pytest.fixture
+def sglang_available():
+    ok, reason = sglang_status()
+    if not ok:
+        pytest.skip(reason)
+
+
+needs_sglang = pytest.mark.usefixtures("sglang_available")
 
 
 # ============================================================================ no server needed
@@ -59,18 +70,20 @@ def test_flags_and_passthrough():
     import argparse
 
     p = argparse.ArgumentParser()
-    factory.add_rollout_args(p)
-    rest, extra = factory.split_sglang_passthrough(
+    config.add_rollout_args(p)
+    rest, extra = config.split_sglang_passthrough(
         ["--lr", "1", "--sglang-mem-fraction-static", "0.5", "--sglang-enable-mixed-chunk",
          "--sglang-schedule-policy=lpm", "--sglang-cuda-graph-max-bs", "8", "--rollout-backend", "sglang"])
     assert extra == ["--enable-mixed-chunk", "--schedule-policy", "lpm", "--cuda-graph-max-bs", "8"]
     assert rest == ["--lr", "1", "--sglang-mem-fraction-static", "0.5", "--rollout-backend", "sglang"]
     a = p.parse_args(rest[2:] + ["--sglang-tp-size", "2", "--sglang-server-args", "--max-prefill-tokens 64"])
     a.sglang_passthrough = extra
-    flags = factory.server_args_from(a)
+    flags = config.server_args_from(a)
     assert flags[:4] == ["--mem-fraction-static", "0.5", "--tp-size", "2"]
     assert flags[4:] == ["--max-prefill-tokens", "64", *extra]
-    spec = se.ServerSpec(model_path="/m", python="py", port=1234, server_args=flags + ["--dtype", "bfloat16"],
+    cfg = config.RolloutConfig.from_args(a)
+    assert cfg.server_args == flags and cfg.tp_size == 2 and cfg.backend == "sglang" and cfg.bucket_mb == 512
+    spec = ss.ServerSpec(model_path="/m", python="py", port=1234, server_args=flags + ["--dtype", "bfloat16"],
                          extra_pythonpath=["/stubs"])
     cmd = spec.command()
     assert cmd[:3] == ["py", "-m", "sglang.launch_server"] and "--skip-tokenizer-init" in cmd
@@ -79,7 +92,17 @@ def test_flags_and_passthrough():
     env = spec.environment()
     assert env["SGLANG_USE_CPU_ENGINE"] == "1" and env["PYTHONPATH"].split(os.pathsep)[0] == "/stubs"
     with pytest.raises(ValueError, match="pre-temperature"):
-        se.ServerSpec(model_path="/m", env={"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"}).environment()
+        ss.ServerSpec(model_path="/m", env={"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"}).environment()
+
+
+def test_rollout_config_defaults_are_the_flag_defaults():
+    """Parsing no flags gives the dataclass defaults; the training flags the factory reads are picked up."""
+    args = config.build_rollout_parser().parse_args([])
+    assert config.RolloutConfig.from_args(args) == config.RolloutConfig()
+    args = config.build_rollout_parser().parse_args(["--rollout-batch-size", "8", "--sglang-urls", "http://a"])
+    args.output_dir = "/runs/x"
+    cfg = config.RolloutConfig.from_args(args)
+    assert (cfg.batch_size, cfg.urls, cfg.output_dir) == (8, ["http://a"], "/runs/x")
 
 
 def test_embedded_backend_from_factory(tmp_path):
@@ -88,11 +111,12 @@ def test_embedded_backend_from_factory(tmp_path):
     from megatron_corew.rollout.embedded import EmbeddedEngine
 
     model = make_tiny_hf_model(str(tmp_path / "m"), "qwen2")
-    args = factory.build_rollout_parser().parse_args([])
-    args.rollout_batch_size = 4
-    eng = factory.create_engine(args, model, None, "policy")
-    assert isinstance(eng, EmbeddedEngine)
+    eng = factory.create_engine(config.RolloutConfig(batch_size=4), model, None, "policy")
+    assert isinstance(eng, EmbeddedEngine) and eng.max_batch_size == 4
     assert factory.eos_ids(model) == [2]
+    args = config.build_rollout_parser().parse_args([])  # the parsed flags are accepted too
+    args.rollout_batch_size = 4
+    assert factory.create_engine(args, model, None, "policy").max_batch_size == 4
 
 
 def test_tensor_serializer_roundtrip_in_another_process(tmp_path):
@@ -101,7 +125,7 @@ def test_tensor_serializer_roundtrip_in_another_process(tmp_path):
     import torch
 
     src = torch.arange(12, dtype=torch.float32).reshape(3, 4)
-    data, keep = se.serialize_named_tensors([("a.weight", src), ("b.bias", torch.ones(5, dtype=torch.bfloat16))])
+    data, keep = serialize_named_tensors([("a.weight", src), ("b.bias", torch.ones(5, dtype=torch.bfloat16))])
     assert not src.is_shared()
     code = ("import base64,io,pickle,sys,torch;"
             "x=pickle.loads(base64.b64decode(sys.stdin.read()));"
@@ -113,20 +137,20 @@ def test_tensor_serializer_roundtrip_in_another_process(tmp_path):
 
 
 def test_http_timeouts_and_retries_are_bounded():
-    port = se.free_port()
+    port = sh.free_port()
     t0 = time.monotonic()
-    with pytest.raises(se.SGLangHTTPError, match="after 3 attempts") as e:
-        se.http_json("GET", f"http://127.0.0.1:{port}/health", timeout=2, retries=2, backoff=0.1)
+    with pytest.raises(sh.SGLangHTTPError, match="after 3 attempts") as e:
+        sh.http_json("GET", f"http://127.0.0.1:{port}/health", timeout=2, retries=2, backoff=0.1)
     assert e.value.connection and time.monotonic() - t0 < 5
-    fleet = se.AttachedFleet([f"http://127.0.0.1:{port}"], se.HTTPConfig(retries=0, backoff=0.01))
-    eng = se.SGLangEngine(fleet, model_path="/nonexistent", eos_token_ids=[2], max_restarts=0)
-    with pytest.raises(se.EngineDownError, match="cannot be restarted"):
+    fleet = sf.AttachedFleet([f"http://127.0.0.1:{port}"], sh.HTTPConfig(retries=0, backoff=0.01))
+    eng = SGLangEngine(fleet, model_path="/nonexistent", eos_token_ids=[2], max_restarts=0)
+    with pytest.raises(sh.EngineDownError, match="cannot be restarted"):
         eng.generate([[1, 2, 3]], SamplingParams(max_new_tokens=2, greedy=True))
 
 
 def test_request_plan_covers_every_prompt_once():
-    fleet = se.AttachedFleet(["http://a", "http://b", "http://c"], se.HTTPConfig())
-    eng = se.SGLangEngine(fleet, model_path="/m", eos_token_ids=[2], request_batch_size=3)
+    fleet = sf.AttachedFleet(["http://a", "http://b", "http://c"], sh.HTTPConfig())
+    eng = SGLangEngine(fleet, model_path="/m", eos_token_ids=[2], request_batch_size=3)
     plan = eng._plan(20)
     assert sorted(k for _, idx in plan for k in idx) == list(range(20))
     assert {e for e, _ in plan} == {0, 1, 2} and max(len(idx) for _, idx in plan) <= 3
@@ -141,10 +165,10 @@ def fake_root(tmp_path_factory):
 
 
 def _fake_fleet(model, fake_root, tmp_path, n=2):
-    specs = [se.ServerSpec(model_path=model, python=sys.executable, extra_pythonpath=[fake_root],
-                           env={"COREW_REPO": REPO}, log_path=str(tmp_path / f"fake{i}.log"), name=f"fake{i}")
+    specs = [ss.ServerSpec(model_path=model, python=sys.executable, extra_pythonpath=[fake_root],
+                           log_path=str(tmp_path / f"fake{i}.log"), name=f"fake{i}")
              for i in range(n)]
-    return se.LocalFleet(specs, se.HTTPConfig(retries=1, backoff=0.1), startup_timeout=120).start()
+    return sf.LocalFleet(specs, sh.HTTPConfig(retries=1, backoff=0.1), startup_timeout=120).start()
 
 
 def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_path):
@@ -159,7 +183,7 @@ def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_
     other = make_tiny_hf_model(str(tmp_path / "b"), "qwen2", seed=3)
     fleet = _fake_fleet(model, fake_root, tmp_path)
     try:
-        pol = se.SGLangEngine(fleet, model_path=model, eos_token_ids=[2], weight_sync="tensor",
+        pol = SGLangEngine(fleet, model_path=model, eos_token_ids=[2], weight_sync="tensor",
                               sync_dir=str(tmp_path / "sync"))
         teacher = pol.role_view("teacher")
         prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14], [3, 4], [20, 21, 22], [30]]
@@ -185,14 +209,14 @@ def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_
         assert [g.response_ids for g in pol.generate(prompts, p)] == ref_b
         assert fleet.pid(1) != old and pol.engine_stats()[1]["restarts"] == 1
         # a server that reports another weight version is refused, not silently used
-        se.http_json("POST", fleet.url(0) + "/set_fake_version", {"version": "policy-0"}, timeout=10)
-        with pytest.raises(se.SGLangError, match="refusing stale rollouts"):
+        sh.http_json("POST", fleet.url(0) + "/set_fake_version", {"version": "policy-0"}, timeout=10)
+        with pytest.raises(sh.SGLangError, match="refusing stale rollouts"):
             pol.generate(prompts, p)
         # with no restart allowed, a dead engine fails the call with a clear error
         pol.max_restarts = 0
         os.killpg(fleet.pid(0), signal.SIGKILL)
         fleet.procs[0].proc.wait()
-        with pytest.raises(se.EngineDownError, match="before any training update"):
+        with pytest.raises(sh.EngineDownError, match="before any training update"):
             pol.generate(prompts, p)
     finally:
         fleet.shutdown()
@@ -200,20 +224,20 @@ def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_
 
 
 def test_router_in_front_of_two_fake_engines(fake_root, tmp_path):
-    if not se.router_available(se.default_sglang_python()):
+    if not ss.router_available(ss.default_sglang_python()):
         pytest.skip("sglang_router is not installed (tools/install_sglang.sh installs it)")
     from helpers import make_tiny_hf_model
 
     from megatron_corew.rollout.embedded import EmbeddedEngine
 
     model = make_tiny_hf_model(str(tmp_path / "a"), "qwen2")
-    specs = [se.ServerSpec(model_path=model, python=sys.executable, extra_pythonpath=[fake_root],
-                           env={"COREW_REPO": REPO}, log_path=str(tmp_path / f"fake{i}.log"), name=f"fake{i}")
+    specs = [ss.ServerSpec(model_path=model, python=sys.executable, extra_pythonpath=[fake_root],
+                           log_path=str(tmp_path / f"fake{i}.log"), name=f"fake{i}")
              for i in range(2)]
-    fleet = se.LocalFleet(specs, se.HTTPConfig(), use_router=True, router_python=se.default_sglang_python(),
+    fleet = sf.LocalFleet(specs, sh.HTTPConfig(), use_router=True, router_python=ss.default_sglang_python(),
                           log_dir=str(tmp_path)).start()
     try:
-        eng = se.SGLangEngine(fleet, model_path=model, eos_token_ids=[2])
+        eng = SGLangEngine(fleet, model_path=model, eos_token_ids=[2])
         prompts = [[5, 6, 7], [9, 10], [11, 12, 13], [3, 4], [20, 21], [30]]
         p = SamplingParams(max_new_tokens=6, greedy=True)
         ref = [g.response_ids for g in EmbeddedEngine(model, [2]).generate(prompts, p)]
@@ -247,8 +271,9 @@ class _Server:
         self.fleet = None
 
     def start(self):
-        spec = se.ServerSpec(model_path=self.model, extra_pythonpath=[self.stubs], log_path=self.log, name="test-engine")
-        self.fleet = se.LocalFleet([spec], se.HTTPConfig(), startup_timeout=300).start()
+        spec = ss.ServerSpec(model_path=self.model, extra_pythonpath=[self.stubs], log_path=self.log,
+                             name="test-engine")
+        self.fleet = sf.LocalFleet([spec], sh.HTTPConfig(), startup_timeout=300).start()
         return self
 
     @property
@@ -257,7 +282,7 @@ class _Server:
 
     def reset_weights(self):
         """Back to the initial checkpoint, reported as version 'default' (what a fresh client expects)."""
-        se.http_json("POST", self.url + "/update_weights_from_disk",
+        sh.http_json("POST", self.url + "/update_weights_from_disk",
                      {"model_path": self.model, "weight_version": "default"}, timeout=120)
 
     def stop(self):
@@ -268,8 +293,9 @@ class _Server:
 
 @pytest.fixture(scope="module")
 def server(bundle, stubs, tmp_path_factory):
-    if not SGLANG_OK:
-        pytest.skip(SGLANG_REASON)
+    ok, reason = sglang_status()
+    if not ok:
+        pytest.skip(reason)
     srv = _Server(bundle["model"], stubs, str(tmp_path_factory.mktemp("sglang_logs") / "server.log")).start()
     yield srv
     srv.stop()
@@ -277,7 +303,7 @@ def server(bundle, stubs, tmp_path_factory):
 
 def _client(server, **kw):
     server.reset_weights()
-    return se.SGLangEngine(se.AttachedFleet([server.url], se.HTTPConfig()), model_path=server.model,
+    return SGLangEngine(sf.AttachedFleet([server.url], sh.HTTPConfig()), model_path=server.model,
                            eos_token_ids=kw.pop("eos", [2]), **kw)
 
 
@@ -422,7 +448,7 @@ def test_corewarding2_two_steps_with_swapped_teacher(server, bundle, tmp_path):
 def test_two_real_servers_behind_the_real_router(server, bundle, stubs, tmp_path):
     """The run launches two SGLang servers and sglang_router itself; a 2-step Co-rewarding-II run syncs both
     servers (checked against transformers on prompts the router spreads over both), and logs throughput."""
-    if not se.router_available(se.default_sglang_python()):
+    if not ss.router_available(ss.default_sglang_python()):
         pytest.skip("sglang_router is not installed (tools/install_sglang.sh installs it)")
     server.stop()  # the tests after this one launch their own engines
     out = str(tmp_path / "run")
@@ -449,16 +475,22 @@ def test_ray_reward_workers_grade_in_parallel():
     pytest.importorskip("ray")
     import ray
 
-    from megatron_corew.rewards.grading.core import grade
+    from megatron_corew.rewards.grading import extract_boxed_answer, grade
+    from megatron_corew.rewards.grading.workers import grade_answers
     from megatron_corew.rollout.sglang.ray_fleet import RayRolloutManager
 
     mgr = RayRolloutManager([], num_reward_workers=2).start()
     try:
         responses = [f"so \\boxed{{{k % 7}}}" for k in range(40)] + ["no answer", "\\boxed{\\frac{1}{2}}"]
         truths = [str(k % 5) for k in range(40)] + ["1", "0.5"]
-        scores = mgr.grade(responses, truths, "equiv")
+        scores = mgr.grade_answers([extract_boxed_answer(r) for r in responses], truths, "equiv")
         assert scores == [grade(r, t, "equiv") for r, t in zip(responses, truths)]
         assert sum(scores) > 0
+        # extracted answers are graded as they are, never re-boxed: a malformed box scores as it does inline
+        odd = [extract_boxed_answer("$\\boxed 5}$"), "5", " "]
+        assert mgr.grade_answers(odd, ["5", None, "1"]) == grade_answers(odd, ["5", None, "1"])
+        assert mgr.grade_answers(odd[:1], ["5"]) == [grade("$\\boxed 5}$", "5")]
+        assert mgr.grader.grade(odd, ["5", None, "1"]) == grade_answers(odd, ["5", None, "1"])
         pids = ray.get([w.pid.remote() for w in mgr.reward_workers])
         assert len(set(pids)) == 2 and os.getpid() not in pids
     finally:
@@ -479,10 +511,11 @@ def test_ray_manager_restarts_a_dead_engine_and_repushes_weights(server, bundle,
 
     server.stop()  # one server at a time
     other = make_tiny_hf_model(str(tmp_path / "other"), "qwen3", vocab=512, seed=7)
-    spec = se.ServerSpec(model_path=bundle["model"], extra_pythonpath=[stubs], log_path=str(tmp_path / "ray_engine.log"))
+    spec = ss.ServerSpec(model_path=bundle["model"], extra_pythonpath=[stubs],
+                         log_path=str(tmp_path / "ray_engine.log"))
     mgr = RayRolloutManager([spec], startup_timeout=300, num_reward_workers=1).start()
     try:
-        eng = se.SGLangEngine(mgr, model_path=bundle["model"], eos_token_ids=[2], weight_sync="tensor")
+        eng = SGLangEngine(mgr, model_path=bundle["model"], eos_token_ids=[2], weight_sync="tensor")
         prompts = _prompts(bundle, 4)
         p = SamplingParams(max_new_tokens=12, greedy=True)
         eng.generate(prompts, p)
@@ -510,9 +543,9 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
     """--sglang-use-ray --sglang-reward-workers 2: the gt rewards of every step come from the Ray workers and equal
     the inline grader's scores of the dumped responses."""
     pytest.importorskip("ray")
-    from megatron_corew.rewards.grading.core import grade
+    from megatron_corew.rewards.grading import grade
 
-    from megatron_corew.demo.tiny_task import is_complete, make_tiny_task
+    from megatron_corew.demo.tiny_bundle import is_complete, make_tiny_task
 
     server.stop()
     assets = os.path.join(REPO, "assets", "tiny")  # the warm-started model: its answers are boxed, so graded
@@ -582,8 +615,8 @@ def _rlrun_worker(cfg_path: str) -> None:
 
     cfg = json.load(open(cfg_path))
     args = parse_args(cfg["base_argv"])
-    argv, passthrough = factory.split_sglang_passthrough(cfg["rollout_argv"])
-    factory.build_rollout_parser().parse_args(argv, namespace=args)
+    argv, passthrough = config.split_sglang_passthrough(cfg["rollout_argv"])
+    config.build_rollout_parser().parse_args(argv, namespace=args)
     args.sglang_passthrough = passthrough
     run = RLRun(args)  # its engines come from the factory, as in train_rl.py
     eng = run.engine
@@ -594,7 +627,7 @@ def _rlrun_worker(cfg_path: str) -> None:
         for p in getattr(eng.fleet, "procs", []):
             os.killpg(p.pid, signal.SIGKILL)
             p.proc.wait()
-        se.log_event(f"TEST: killed the rollout server(s) {[p.pid for p in getattr(eng.fleet, 'procs', [])]}")
+        sh.log_event(f"TEST: killed the rollout server(s) {[p.pid for p in getattr(eng.fleet, 'procs', [])]}")
 
     def step(k):
         if cfg.get("kill_before_step") == k:

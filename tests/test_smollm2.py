@@ -18,8 +18,6 @@ import zipfile
 
 import pytest
 import torch
-
-from helpers import REPO
 from test_conversion import _assert_bitwise, _hf_logits, _worker
 
 pytestmark = pytest.mark.slow
@@ -134,8 +132,7 @@ def test_greedy_continuations_match_transformers(converted, tmp_path):
 
 
 def test_tp2_is_rejected_before_output(smollm2_hf, tmp_path, capsys):
-    sys.path.insert(0, os.path.join(REPO, "tools"))
-    import convert_hf_to_megatron
+    from tools import convert_hf_to_megatron
 
     out = str(tmp_path / "out")
     capsys.readouterr()

@@ -1,13 +1,12 @@
 """Quick checks of the bundled tiny task (tokenizer, problems, parquet rows, model, a 2-step end-to-end build)."""
 import os
-import sys
 
 import pyarrow.parquet as pq
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_corew.demo import tiny_task as tt  # noqa: E402
+from megatron_corew.data.prompts import chat_messages, prompt_ids
+from megatron_corew.demo import tiny_bundle, tiny_model
+from megatron_corew.demo import tiny_task as tt
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +25,7 @@ def test_special_tokens_and_template(tok):
     assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>"
     ids = tok("<|im_start|><|im_end|><|endoftext|>", add_special_tokens=False)["input_ids"]
     assert ids == [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")]
-    msgs = tt.messages_for("What is 3 + 4?")
+    msgs = chat_messages("What is 3 + 4?")
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     assert text == ("<|im_start|>system\nLet's think step by step and output the final answer within \\boxed{}."
                     "<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n")
@@ -43,8 +42,8 @@ def test_tokenizer_is_deterministic_and_reloads(tok, tmp_path):
     assert again(text)["input_ids"] == tok(text)["input_ids"]
     tok.save_pretrained(str(tmp_path))
     loaded = AutoTokenizer.from_pretrained(str(tmp_path))
-    msgs = tt.messages_for(text)
-    assert tt.render_prompt_ids(loaded, msgs) == tt.render_prompt_ids(tok, msgs)
+    msgs = chat_messages(text)
+    assert prompt_ids(loaded, msgs) == prompt_ids(tok, msgs)
     assert loaded.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
 
 
@@ -66,7 +65,7 @@ def test_terse_targets_only_for_terse_openings():
     in both phrasings, and it states the right result."""
     tok = tt.build_tokenizer()
     train, _ = tt.generate_problems(num_train=60, num_val=1, seed=3)
-    items = tt._sft_items(tok, train)
+    items = tiny_model._sft_items(tok, train)
     questions = [p.question(ph) for p in train for ph in ("original", "rephrased")]
     assert [terse is not None for _, _, terse in items] == [q.startswith(tt.TERSE_OPENINGS) for q in questions]
     assert 0 < sum(terse is not None for _, _, terse in items) < len(items)
@@ -98,11 +97,11 @@ def test_rows_schema(tmp_path):
         assert r["extra_info"] == {"index": 3, "split": "train"}
 
 
-@pytest.mark.parametrize("arch", sorted(tt.ARCHS))
+@pytest.mark.parametrize("arch", sorted(tiny_model.ARCHS))
 def test_build_model(tok, arch):
     import torch
 
-    m = tt.build_model(tok, arch)
+    m = tiny_model.build_model(tok, arch)
     assert m.config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
     assert m.config.pad_token_id == tok.pad_token_id and not m.config.tie_word_embeddings
     with torch.no_grad():
@@ -115,20 +114,20 @@ def test_make_tiny_task_end_to_end(tmp_path):
 
     out = str(tmp_path / "tiny")
     kw = dict(sft_steps=2, num_train=16, num_val=4, batch_size=8, num_samples=2, log=lambda *a: None)
-    m = tt.make_tiny_task(out, **kw)
+    m = tiny_bundle.make_tiny_task(out, **kw)
     assert m is not None and 0.0 <= m["greedy_acc_original"] <= 1.0 and "mixed_frac_rephrased" in m
-    assert tt.is_complete(out)
+    assert tiny_bundle.is_complete(out)
     for name in ("train", "train_rephrased", "val", "val_rephrased"):
         assert pq.read_table(os.path.join(out, "data", f"{name}.parquet")).num_rows == (16 if "train" in name else 4)
     AutoTokenizer.from_pretrained(os.path.join(out, "model"))
     model = AutoModelForCausalLM.from_pretrained(os.path.join(out, "model"))
     assert model.generation_config.eos_token_id == model.config.eos_token_id
-    assert tt.make_tiny_task(out, **kw) is None  # already there: skipped
-    assert tt.make_tiny_task(out, force=True, **kw) is not None
+    assert tiny_bundle.make_tiny_task(out, **kw) is None  # already there: skipped
+    assert tiny_bundle.make_tiny_task(out, force=True, **kw) is not None
     assert sorted(os.listdir(tmp_path)) == ["tiny"]
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError):
-        tt.make_tiny_task(str(other), force=True, **kw)
+        tiny_bundle.make_tiny_task(str(other), force=True, **kw)
     assert (other / "notes.txt").read_text() == "keep me"

@@ -2,7 +2,7 @@
 
 import pytest
 
-from megatron_corew.rewards.grading.core import answers_equivalent
+from megatron_corew.rewards.grading import answers_equivalent
 from megatron_corew.rewards.voting import crossed_labels, majority_vote, match_rewards
 
 

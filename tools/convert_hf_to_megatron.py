@@ -14,11 +14,8 @@ never materialised.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,29 +34,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert(hf_dir: str, save: str, tp: int = 1, pp: int = 1, dtype: str = "auto", overwrite: bool = False,
-            progress: bool = True) -> dict:
-    """Validate, then write. Raises ModelConfigError / CheckpointError before creating any output."""
-    from checkpoints_conversion.hf_io import CheckpointError
-    from checkpoints_conversion.megatron_io import DTYPES, prepare_hf_source, write_megatron_checkpoint
-
-    if os.path.exists(save) and not overwrite:
-        raise CheckpointError(f"{save} already exists (pass --overwrite to replace it)")
-    args, reader = prepare_hf_source(hf_dir, tp, pp)
-    return write_megatron_checkpoint(save, args, reader, tp=tp, pp=pp, dtype=DTYPES.get(dtype),
-                                     progress=progress, overwrite=overwrite)
-
-
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from checkpoints_conversion.hf_io import CheckpointError
-    from megatron_corew.policy.model_builder import ModelConfigError
+    from megatron_corew.policy import cpu_compat
+
+    cpu_compat.apply()  # before megatron's first import; a no-op where CUDA exists
+    from checkpoints_conversion import api
 
     t0 = time.perf_counter()
     try:
-        rec = convert(a.hf_dir, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size, a.dtype,
-                      a.overwrite, not a.no_progress_bar)
-    except (ModelConfigError, CheckpointError) as e:
+        rec = api.hf_to_megatron(a.hf_dir, a.save, a.target_tensor_parallel_size, a.target_pipeline_parallel_size,
+                                 a.dtype, a.overwrite, not a.no_progress_bar)
+    except api.CONVERSION_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     print(f"wrote {a.save}: {rec['architecture']} {rec['num_layers']} layers, hidden {rec['hidden_size']}, "

@@ -13,12 +13,9 @@ one layer plus one output shard.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_size(text: str) -> int:
@@ -48,46 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def convert(load: str, hf_config_dir: str | None, save: str, dtype: str = "auto", max_shard_bytes: int = 10**9,
-            overwrite: bool = False, progress: bool = True) -> dict:
-    """Validate, then write. Raises ModelConfigError / CheckpointError before creating any output."""
-    from checkpoints_conversion.hf_io import CheckpointError, write_hf_checkpoint
-    from checkpoints_conversion.megatron_io import (DTYPES, HF_CONFIG_SUBDIR, check_family, dtype_name,
-                                                    iter_hf_tensors, resolve_checkpoint_dir, stored_dtype,
-                                                    validate_megatron_checkpoint)
-    from megatron_corew.policy.model_builder import load_model_args
-
-    if os.path.exists(save) and not overwrite:
-        raise CheckpointError(f"{save} already exists (pass --overwrite to replace it)")
-    ckpt = resolve_checkpoint_dir(load)
-    if hf_config_dir is None:
-        hf_config_dir = os.path.join(ckpt, HF_CONFIG_SUBDIR)
-        if not os.path.isfile(os.path.join(hf_config_dir, "config.json")):
-            raise CheckpointError(f"{load} has no {HF_CONFIG_SUBDIR}/config.json: pass --hf-config-dir")
-    args = load_model_args(hf_config_dir)
-    check_family(args)
-    meta = validate_megatron_checkpoint(ckpt, args)
-    out_dtype = DTYPES.get(dtype) or stored_dtype(meta)
-    overrides = {}
-    cfg_dtype = getattr(args.hf_config, "dtype", None) or getattr(args.hf_config, "torch_dtype", None)
-    if cfg_dtype is not None and str(cfg_dtype).replace("torch.", "") != dtype_name(out_dtype):
-        overrides["dtype"] = dtype_name(out_dtype)
-    write_hf_checkpoint(save, iter_hf_tensors(ckpt, args, meta, dtype=out_dtype, progress=progress),
-                        config_dir=hf_config_dir, max_shard_bytes=max_shard_bytes, config_overrides=overrides)
-    return {"checkpoint": ckpt, "architecture": args.architecture, "num_layers": args.num_layers,
-            "dtype": dtype_name(out_dtype)}
-
-
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    from checkpoints_conversion.hf_io import CheckpointError
-    from megatron_corew.policy.model_builder import ModelConfigError
+    from megatron_corew.policy import cpu_compat
+
+    cpu_compat.apply()  # before megatron's first import; a no-op where CUDA exists
+    from checkpoints_conversion import api
 
     t0 = time.perf_counter()
     try:
-        info = convert(a.load, a.hf_config_dir, a.save, a.dtype, a.max_shard_size, a.overwrite,
-                       not a.no_progress_bar)
-    except (ModelConfigError, CheckpointError) as e:
+        info = api.megatron_to_hf(a.load, a.hf_config_dir, a.save, a.dtype, a.max_shard_size, a.overwrite,
+                                  not a.no_progress_bar)
+    except api.CONVERSION_ERRORS as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     print(f"wrote {a.save}: {info['architecture']} {info['num_layers']} layers, {info['dtype']}, from "

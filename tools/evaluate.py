@@ -16,7 +16,6 @@ The same code (megatron_corew/evaluation.py) runs the in-training validation.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -24,12 +23,10 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_corew.rollout.openai_client import add_tool_backend_args
+    from megatron_corew.rollout.tool_backend import add_tool_backend_args
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -73,21 +70,18 @@ def benchmark_name(spec: str) -> tuple[str, str]:
 
 
 def megatron_to_hf(checkpoint: str, hf_config_dir: str | None, out_dir: str) -> str:
-    """Convert with tools/convert_megatron_to_hf.py's ``convert`` into ``out_dir``/model; returns that dir."""
-    path = os.path.join(REPO, "tools", "convert_megatron_to_hf.py")
-    if not os.path.exists(path):
-        raise NotImplementedError("--megatron-checkpoint needs tools/convert_megatron_to_hf.py, which is missing; "
-                                  "convert the checkpoint to HF first and pass --model")
-    spec = importlib.util.spec_from_file_location("_corew_convert_megatron_to_hf", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    """Convert the checkpoint to HF into ``out_dir``/model (as tools/convert_megatron_to_hf.py does); returns it."""
+    from checkpoints_conversion import api
+    from megatron_corew.policy import cpu_compat
+
+    cpu_compat.apply()  # before megatron's first import; a no-op where CUDA exists
     save = os.path.join(out_dir, "model")
-    mod.convert(checkpoint, hf_config_dir, save, dtype="auto", progress=False)
+    api.megatron_to_hf(checkpoint, hf_config_dir, save, dtype="auto", progress=False)
     return save
 
 
 def main(argv=None) -> int:
-    from megatron_corew.rollout.openai_client import parse_tool_args
+    from megatron_corew.rollout.tool_backend import parse_tool_args
 
     args = parse_tool_args(build_parser(), argv)
     sources = [x for x in (args.model, args.megatron_checkpoint) if x]
@@ -100,9 +94,9 @@ def main(argv=None) -> int:
         return 2
     from transformers import AutoTokenizer
 
-    from megatron_corew.data.dataset import DataError, load_examples
+    from checkpoints_conversion.atomic import write_text
+    from megatron_corew.data import DataError, load_examples
     from megatron_corew.evaluation import evaluate, results_markdown
-    from megatron_corew.data.sources import atomic_write_text
 
     tmp = None
     engine = None
@@ -113,9 +107,6 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 model_dir = megatron_to_hf(args.megatron_checkpoint, args.hf_config_dir, tmp)
-            except NotImplementedError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
             except Exception as e:  # noqa: BLE001 - ModelConfigError / CheckpointError with a clear message
                 print(f"error: cannot convert {args.megatron_checkpoint}: {type(e).__name__}: {e}", file=sys.stderr)
                 return 2
@@ -144,14 +135,14 @@ def main(argv=None) -> int:
                       file=sys.stderr)
                 return 2
             benchmarks[name] = exs
-        from megatron_corew.rollout.openai_client import create_tool_engine
+        from megatron_corew.rollout.tool_backend import create_tool_engine
 
         engine = create_tool_engine(args, model_dir, tokenizer)
         pool = None
         if args.grader_workers:
-            from megatron_corew.rewards.grading.core import GraderPool
+            from megatron_corew.rewards.grading import ProcessPoolGrader
 
-            pool = GraderPool(workers=args.grader_workers)
+            pool = ProcessPoolGrader(workers=args.grader_workers)
         modes = ["greedy", "sampled"] if args.mode == "both" else [args.mode]
         results: dict[str, dict] = {}
         records: dict[str, list] = {}
@@ -160,7 +151,7 @@ def main(argv=None) -> int:
             for mode in modes:
                 r = evaluate(engine, tokenizer, {name: exs}, mode=mode, k=args.k, temperature=args.temperature,
                              seed=args.seed, grading=args.grading, top_p=args.top_p,
-                             max_new_tokens=args.max_new_tokens, pass_ks=args.pass_k, grader_pool=pool,
+                             max_new_tokens=args.max_new_tokens, pass_ks=args.pass_k, grader=pool,
                              return_records=args.save_responses)[name]
                 recs = r.pop("records", None)
                 if recs is not None:
@@ -177,19 +168,19 @@ def main(argv=None) -> int:
         for name in results:
             md = "".join(results_markdown({name: results[name][mode]}, title=f"{name} ({mode})") + "\n"
                          for mode in modes)
-            atomic_write_text(f"model: `{model_desc}`\n\n" + md, os.path.join(args.output_dir, f"{name}.md"))
-            atomic_write_text(json.dumps({"model": model_desc, "benchmark": name, **results[name]}, indent=1),
-                              os.path.join(args.output_dir, f"{name}.json"))
+            write_text(os.path.join(args.output_dir, f"{name}.md"), f"model: `{model_desc}`\n\n" + md)
+            write_text(os.path.join(args.output_dir, f"{name}.json"),
+                       json.dumps({"model": model_desc, "benchmark": name, **results[name]}, indent=1))
             if name in records:
-                atomic_write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records[name]),
-                                  os.path.join(args.output_dir, f"{name}.responses.jsonl"))
+                write_text(os.path.join(args.output_dir, f"{name}.responses.jsonl"),
+                           "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records[name]))
         md = f"model: `{model_desc}`\n\n" + "".join(results_markdown(t, title=mode) + "\n"
                                                      for mode, t in tables.items())
-        atomic_write_text(md, os.path.join(args.output_dir, "results.md"))
-        atomic_write_text(json.dumps({"model": model_desc, "results": results, "settings": {
-            "mode": args.mode, "k": args.k, "temperature": args.temperature, "top_p": args.top_p, "seed": args.seed,
-            "max_new_tokens": args.max_new_tokens, "grading": args.grading}}, indent=1),
-            os.path.join(args.output_dir, "results.json"))
+        write_text(os.path.join(args.output_dir, "results.md"), md)
+        write_text(os.path.join(args.output_dir, "results.json"), json.dumps({
+            "model": model_desc, "results": results, "settings": {
+                "mode": args.mode, "k": args.k, "temperature": args.temperature, "top_p": args.top_p,
+                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "grading": args.grading}}, indent=1))
         print(md, flush=True)
         return 0
     finally:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Plot a run's collapse signatures (ALGORITHMS.md section 5) on one PNG.
+"""Plot a run's collapse signatures (docs/ALGORITHMS.md section 5) on one PNG.
 
     python tools/plot_run.py runs/qwen3-8b-base-corewarding_2 [--out run.png]
 
@@ -7,18 +7,15 @@ Reads RUN_DIR/tensorboard (tensorboard event files; RUN_DIR itself if it holds t
 RUN_DIR/metrics.jsonl. Panels: validation accuracy; training reward (with the GT accuracy of the
 rollouts when logged); pseudo-label accuracy and the policy's own vote accuracy; mean response length
 and clip ratio; token entropy; KL. A missing series is skipped and noted in its panel. The collapse
-signatures found by ``megatron_corew.collapse.collapse_signals`` are printed and written under the plot.
+signatures found by ``megatron_corew.algo.collapse.collapse_signals`` are printed and written under the plot.
 """
 from __future__ import annotations
 
 import argparse
-import glob
-import json
-import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from megatron_corew.utils.run_logger import load_run, to_rows
 
 # (title, [(tag, label, axis)]); axis "right" draws on a twin y axis
 PANELS = [
@@ -32,65 +29,6 @@ PANELS = [
     ("KL to the anchor", [("train/kl", "train/kl", "left")]),
 ]
 TAGS = sorted({tag for _, series in PANELS for tag, _, _ in series})
-
-
-def load_tensorboard(logdir: str) -> dict[str, list[tuple[float, float]]]:
-    """{tag: [(step, value)]} from every event file under logdir (later files win on equal steps)."""
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
-
-    files = sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True))
-    merged: dict[str, dict[float, float]] = {}
-    for path in files:
-        acc = EventAccumulator(path, size_guidance={SCALARS: 0})  # 0: keep every point
-        acc.Reload()
-        for tag in acc.Tags().get("scalars", []):
-            for ev in acc.Scalars(tag):
-                merged.setdefault(tag, {})[float(ev.step)] = float(ev.value)
-    return {tag: sorted(points.items()) for tag, points in merged.items()}
-
-
-def load_jsonl(path: str) -> dict[str, list[tuple[float, float]]]:
-    out: dict[str, dict[float, float]] = {}
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
-                continue
-            step = float(row.get("step", 0))
-            for k, v in row.items():
-                if k in ("step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
-                    continue
-                if math.isfinite(v):
-                    out.setdefault(k, {})[step] = float(v)
-    return {tag: sorted(points.items()) for tag, points in out.items()}
-
-
-def load_run(run_dir: str) -> tuple[dict[str, list[tuple[float, float]]], str]:
-    """The run's scalar series and where they came from."""
-    for logdir in (os.path.join(run_dir, "tensorboard"), run_dir):
-        if glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
-            try:
-                series = load_tensorboard(logdir)
-            except ImportError:
-                break
-            if series:
-                return series, logdir
-    jsonl = os.path.join(run_dir, "metrics.jsonl")
-    if os.path.exists(jsonl):
-        return load_jsonl(jsonl), jsonl
-    raise SystemExit(f"error: no tensorboard event files under {run_dir}/tensorboard and no {jsonl}")
-
-
-def to_rows(series: dict[str, list[tuple[float, float]]]) -> list[dict]:
-    rows: dict[float, dict] = {}
-    for tag, points in series.items():
-        for step, v in points:
-            rows.setdefault(step, {"step": step})[tag] = v
-    return [rows[s] for s in sorted(rows)]
 
 
 def plot(series: dict[str, list[tuple[float, float]]], out: str, title: str, notes: list[str]) -> list[str]:
@@ -158,10 +96,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/run.png)")
     args = p.parse_args(argv)
     if not os.path.isdir(args.run_dir):
-        raise SystemExit(f"error: run directory not found: {args.run_dir}")
-    series, source = load_run(args.run_dir)
+        print(f"error: run directory not found: {args.run_dir}", file=sys.stderr)
+        return 2
+    try:
+        series, source = load_run(args.run_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = args.out or os.path.join(args.run_dir, "run.png")
-
     from megatron_corew.algo.collapse import collapse_signals
 
     signals = collapse_signals(to_rows(series))

@@ -15,15 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_corew.data.sources import SOURCES, SYSTEM_PROMPT
+    from megatron_corew.data.prompts import SYSTEM_PROMPT
+    from megatron_corew.data.sources import SOURCES
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)

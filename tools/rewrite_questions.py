@@ -20,12 +20,10 @@ import json
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.data.rephrase import RewriteConfig
-    from megatron_corew.rollout.openai_client import add_tool_backend_args
+    from megatron_corew.rollout.tool_backend import add_tool_backend_args
 
     d = RewriteConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -64,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from megatron_corew.rollout.openai_client import parse_tool_args
+    from megatron_corew.rollout.tool_backend import parse_tool_args
 
     args = parse_tool_args(build_parser(), argv)
     if args.output_dir is None:
@@ -79,7 +77,7 @@ def main(argv=None) -> int:
     from transformers import AutoTokenizer
 
     from megatron_corew.data.rephrase import DEFAULT_INSTRUCTION, RewriteConfig, run_rewrite
-    from megatron_corew.rollout.openai_client import create_tool_engine
+    from megatron_corew.rollout.tool_backend import create_tool_engine
 
     instruction = DEFAULT_INSTRUCTION
     if args.instruction_file:

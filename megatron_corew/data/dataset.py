@@ -1,4 +1,4 @@
-"""Prompt datasets for RL post-training (verl / Co-rewarding parquet schema, ALGORITHMS.md section 4).
+"""Prompt datasets for RL post-training (verl / Co-rewarding parquet schema, docs/ALGORITHMS.md section 4).
 
 Each parquet row holds::
 
@@ -9,10 +9,7 @@ Each parquet row holds::
     extra_info   : {"index": int, "split": str, ...}         (optional)
 
 Extra columns (``level``, ``type``, ...) are ignored. The Co-rewarding reference releases load as they are.
-
-Public API:
-    DataError, Example, PromptDataset, PairedDataset, EpochSampler,
-    load_examples(path, tokenizer, ...), load_paired_examples(original_path, rephrased_path, tokenizer, ...)
+Rows are validated here, once, so a bad file fails at start-up with its row number instead of mid-run.
 """
 from __future__ import annotations
 
@@ -22,10 +19,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from megatron_corew.data.prompts import prompt_text
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "Example", "PromptDataset", "PairedDataset", "EpochSampler", "load_examples",
-           "load_paired_examples", "render_prompt"]
+__all__ = ["DataError", "Example", "PromptDataset", "PairedDataset", "load_examples", "load_paired_examples",
+           "render_prompt"]
 
 
 class DataError(ValueError):
@@ -100,13 +99,10 @@ def _check_ground_truth(value: Any) -> str | None:
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> tuple[str, list[int]]:
-    """Chat-template ``messages`` with the assistant header and encode without adding special tokens.
-
-    (``apply_chat_template(tokenize=True)`` returns a BatchEncoding in transformers 5, so we render text and encode.)
-    """
+    """(text, ids) of ``messages`` as the policy sees them; a tokenizer without a chat template is a data error."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError("the tokenizer has no chat_template; prompts cannot be rendered")
-    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    text = prompt_text(tokenizer, messages)
     return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -165,7 +161,7 @@ def _tokenize(path: str, parsed: list[tuple[int, dict]], tokenizer, on_bad_row: 
     examples, texts, skipped = [], [], 0
     for i, p in parsed:
         try:
-            text = tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
+            text = prompt_text(tokenizer, p["messages"])
         except Exception as e:  # e.g. a template that rejects the role order
             msg = f"{path}: row {i}: 'prompt' cannot be rendered with the chat template ({type(e).__name__}: {e})"
             if on_bad_row == "error":
@@ -327,82 +323,3 @@ def load_paired_examples(original_path: str | os.PathLike, rephrased_path: str |
     original = PromptDataset([oex[k] for k in keep], opath, otab.num_rows, n_o_long, 0, max_prompt_length)
     rephrased = PromptDataset([rex[k] for k in keep], rpath, rtab.num_rows, n_r_long, 0, max_prompt_length)
     return PairedDataset(original, rephrased, dropped)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Sampling
-# ----------------------------------------------------------------------------------------------------------------
-class EpochSampler:
-    """Deterministic batches of item indices, epoch after epoch.
-
-    Epoch e uses ``torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + e))`` (or 0..n-1 when
-    ``shuffle=False``). ``drop_last=True``: every batch is full and the tail of each epoch is left out;
-    ``drop_last=False``: the last batch of an epoch may be short. ``epoch`` counts completed epochs (it advances as
-    soon as an epoch's last batch has been handed out) and ``cursor`` is the position within the current epoch;
-    ``state_dict()``/``load_state_dict()`` carry both, so a resumed sampler continues with the identical sequence.
-    """
-
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True):
-        if num_items <= 0:
-            raise ValueError(f"num_items must be positive, got {num_items}")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        if drop_last and batch_size > num_items:
-            raise ValueError(f"batch_size {batch_size} > num_items {num_items} with drop_last=True: no full batch")
-        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
-        self.shuffle, self.drop_last = shuffle, drop_last
-        self.epoch = 0
-        self.cursor = 0
-        self._perm_epoch, self._perm = None, None
-
-    def __len__(self) -> int:
-        """Batches per epoch."""
-        n, b = self.num_items, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
-
-    @property
-    def batches_per_epoch(self) -> int:
-        return len(self)
-
-    def permutation(self, epoch: int) -> list[int]:
-        if self._perm_epoch != epoch:
-            if self.shuffle:
-                import torch
-
-                g = torch.Generator().manual_seed(self.seed + epoch)
-                self._perm = torch.randperm(self.num_items, generator=g).tolist()
-            else:
-                self._perm = list(range(self.num_items))
-            self._perm_epoch = epoch
-        return self._perm
-
-    def _epoch_end(self) -> int:
-        return len(self) * self.batch_size if self.drop_last else self.num_items
-
-    def next_batch(self) -> list[int]:
-        perm = self.permutation(self.epoch)
-        batch = perm[self.cursor: min(self.cursor + self.batch_size, self._epoch_end())]
-        self.cursor += len(batch)
-        if self.cursor >= self._epoch_end():
-            self.epoch += 1
-            self.cursor = 0
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "num_items": self.num_items,
-                "batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key in ("num_items", "seed", "shuffle"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has "
-                                 f"{key}={getattr(self, key)!r}; the batch sequence would not continue")
-        epoch, cursor = int(state["epoch"]), int(state["cursor"])
-        if epoch < 0 or not 0 <= cursor < self._epoch_end():
-            raise ValueError(f"invalid sampler state epoch={epoch} cursor={cursor} for {self.num_items} items")
-        if state.get("batch_size", self.batch_size) != self.batch_size or \
-                state.get("drop_last", self.drop_last) != self.drop_last:
-            logger.warning("sampler resumed with batch_size/drop_last %s/%s (saved %s/%s): same item order, "
-                           "different batch boundaries", self.batch_size, self.drop_last,
-                           state.get("batch_size"), state.get("drop_last"))
-        self.epoch, self.cursor = epoch, cursor

@@ -1,4 +1,4 @@
-"""Question rephrasing for Co-rewarding-I (ALGORITHMS.md section 4), on any rollout engine.
+"""Question rephrasing for Co-rewarding-I (docs/ALGORITHMS.md section 4), on any rollout engine.
 
 An instruct model is asked to rewrite each question with different wording and a different real-world scenario,
 same mathematics and same answer, and to reply only between ``### RESULT_START`` / ``### RESULT_END`` in the form
@@ -35,9 +35,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from checkpoints_conversion import atomic
+from megatron_corew.data.prompts import chat_messages, prompt_ids
 from megatron_corew.utils import faults
 
 logger = logging.getLogger(__name__)
+_BEFORE_COMMIT = faults.kill_hook("before_commit", 0)
 
 __all__ = ["START_MARKER", "END_MARKER", "DEFAULT_INSTRUCTION", "RewriteParseError", "RewriteConfig", "parse_rewrite",
            "question_of", "with_question", "rewrite_prompt", "run_rewrite", "read_log"]
@@ -132,9 +135,7 @@ def with_question(value: Any, position: int | None, question: str):
 def rewrite_prompt(tokenizer, question: str, instruction: str = DEFAULT_INSTRUCTION,
                    enable_thinking: bool = False) -> list[int]:
     messages = [{"role": "user", "content": instruction + "\n" + question.strip()}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=enable_thinking)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return prompt_ids(tokenizer, messages, enable_thinking=enable_thinking)
 
 
 @dataclass
@@ -207,9 +208,7 @@ def _write_lines(path: str, records: list[dict], fault_batch: int | None = None)
 
 
 def _rewrite_log(path: str, records: list[dict]) -> None:
-    from megatron_corew.data.sources import _AtomicFile
-
-    with _AtomicFile(path) as tmp:
+    with atomic.atomic_file(path, before_replace=_BEFORE_COMMIT) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
@@ -250,18 +249,15 @@ def _rows_of(table, question_column: str) -> list[_Row]:
 
 
 def _check_prompt(tokenizer, row: _Row, rewritten: str, enable_thinking: bool = False) -> list[int]:
-    from megatron_corew.demo.tiny_task import SYSTEM_PROMPT
-
+    """The rewritten question in the row's own prompt messages (system prompt + question for a plain string)."""
     msgs = (with_question(row.messages, row.position, rewritten) if row.messages is not None
-            else [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": rewritten}])
-    text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True,
-                                         enable_thinking=enable_thinking)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            else chat_messages(rewritten))
+    return prompt_ids(tokenizer, msgs, enable_thinking=enable_thinking)
 
 
 def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConfig) -> list[dict]:
     from megatron_corew.evaluation import response_text
-    from megatron_corew.rewards.grading.core import answers_equivalent, extract_boxed_answer, grade
+    from megatron_corew.rewards.grading import answers_equivalent, extract_boxed_answer, grade
     from megatron_corew.rollout.base import SamplingParams
 
     done: dict[int, dict] = {}
@@ -342,24 +338,22 @@ def _write_pair(table, ok: list[int], rewritten: dict[int, str], rows: list[_Row
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from megatron_corew.data.sources import commit_temp, make_temp_path
-
     original = table.take(pa.array(ok, type=pa.int64()))
     cells = original.column(question_column).to_pylist()
     new_cells = [with_question(c, rows[i].position, rewritten[i]) for c, i in zip(cells, ok)]
     col_idx = table.column_names.index(question_column)
     field_ = table.schema.field(question_column)
     rephrased = original.set_column(col_idx, field_, pa.array(new_cells, type=field_.type))
-    tmp_o = make_temp_path(output_original_parquet)
-    tmp_r = make_temp_path(output_parquet)
+    tmp_o = atomic.temp_path(output_original_parquet)
+    tmp_r = atomic.temp_path(output_parquet)
     try:
         pq.write_table(original, tmp_o)
         pq.write_table(rephrased, tmp_r)
         if os.path.exists(output_parquet):  # from here until the last rename the pair is visibly incomplete
             os.remove(output_parquet)
-        commit_temp(tmp_o, output_original_parquet)
+        atomic.commit_file(tmp_o, output_original_parquet, before_replace=_BEFORE_COMMIT)
         faults.maybe_kill("rewrite_between_outputs", 0)
-        commit_temp(tmp_r, output_parquet)
+        atomic.commit_file(tmp_r, output_parquet, before_replace=_BEFORE_COMMIT)
     finally:
         for t in (tmp_o, tmp_r):
             if os.path.exists(t):
@@ -372,8 +366,6 @@ def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_pa
     """Rephrase every row of ``input_path`` (resuming from ``output_jsonl``) and write the aligned pair."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from megatron_corew.data.sources import atomic_write_text
 
     cfg = cfg or RewriteConfig()
     if cfg.max_attempts < 1 or cfg.batch_size < 1:
@@ -409,7 +401,7 @@ def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_pa
             raise ValueError(f"{output_jsonl} holds results of a different run (differs in {diff}); pass "
                              f"--overwrite to start again, or the same input and settings to resume")
     else:
-        atomic_write_text(json.dumps(meta, indent=1, sort_keys=True), meta_path)
+        atomic.write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True), before_replace=_BEFORE_COMMIT)
     B = cfg.batch_size
     batches = [rows[s:s + B] for s in range(0, len(rows), B)]
     complete = [all(r.index in records for r in batch) for batch in batches]

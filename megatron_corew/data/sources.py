@@ -1,4 +1,4 @@
-"""Turn math datasets, in the formats their publishers use, into the verl parquet schema (ALGORITHMS.md section 4).
+"""Turn math datasets, in the formats their publishers use, into the verl parquet schema (docs/ALGORITHMS.md section 4).
 
 Output rows (what :func:`megatron_corew.data.load_examples` reads, and what the Co-rewarding reference releases)::
 
@@ -19,40 +19,33 @@ Sources and their columns (column names are matched case-insensitively; the firs
     amc      AI-MO/aimo-validation-amc             problem / question / prompt | answer (numbers accepted)
 
 Inputs are local files (parquet, jsonl, json array / {"data": [...]}) or a directory of them (a hub snapshot:
-files whose name starts with the split), or the hub itself through ``datasets`` when it is installed and online.
+files whose name starts with the split), or the hub itself through ``datasets`` when it is installed and online
+(reading: :mod:`megatron_corew.data.readers`).
 
 Malformed rows (not an object, empty or non-string question, missing or non-string answer, a solution without a
 boxed answer, a bad jsonl line) are reported as ``FILE: row N: reason`` and raise (``on_bad_row="error"``) or
 are skipped (``"skip"``). A file that cannot be read at all, or lacks a required column entirely, is always an
-error. Outputs are written atomically: a temp file next to the target, fsync, ``os.replace``.
+error. Outputs are written atomically (``checkpoints_conversion.atomic``: a temp file beside the target, fsync,
+rename).
 """
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
 import os
-import re
-import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
+from checkpoints_conversion import atomic
+from megatron_corew.data.prompts import SYSTEM_PROMPT, chat_messages
+from megatron_corew.data.readers import BadRow, PreprocessError, RecordSet, expand_inputs, read_hub, read_records
 from megatron_corew.utils import faults
-from megatron_corew.demo.tiny_task import SYSTEM_PROMPT
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreprocessError", "SourceSpec", "SOURCES", "SYSTEM_PROMPT", "read_records", "convert_records",
-           "preprocess", "verl_row", "verl_table", "atomic_write_parquet", "atomic_write_text",
-           "clean_stale_temps", "make_temp_path", "commit_temp"]
-
-INPUT_EXTS = (".parquet", ".jsonl", ".json")
-
-
-class PreprocessError(ValueError):
-    """An input that cannot be converted: unreadable file, missing column, or a malformed row under 'error'."""
+__all__ = ["PreprocessError", "SourceSpec", "SOURCES", "convert_records", "preprocess", "verl_row", "verl_table",
+           "atomic_write_parquet"]
 
 
 @dataclass(frozen=True)
@@ -87,241 +80,6 @@ SOURCES: dict[str, SourceSpec] = {
                       (("answer", "plain"),), numeric_answers=True, meta_cols=("id", "url", "source"),
                       default_split="train", splits=("train",)),
 }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Atomic writes
-# ----------------------------------------------------------------------------------------------------------------
-def _tmp_prefix(path: str) -> str:
-    return f".{os.path.basename(path)}.tmp-"
-
-
-def clean_stale_temps(path: str) -> list[str]:
-    """Remove temp files left next to ``path`` by a killed writer (``.NAME.tmp-PID-*`` whose PID is gone)."""
-    d = os.path.dirname(os.path.abspath(path))
-    removed = []
-    for t in glob.glob(os.path.join(glob.escape(d), glob.escape(_tmp_prefix(path)) + "*")):
-        m = re.match(r"(\d+)-", os.path.basename(t)[len(_tmp_prefix(path)):])
-        pid = int(m.group(1)) if m else None
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
-            continue
-        try:
-            os.remove(t)
-            removed.append(t)
-        except OSError:
-            pass
-    return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _fsync_dir(d: str) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def make_temp_path(path: str) -> str:
-    """An empty temp file next to ``path`` (same directory, so a rename onto ``path`` is atomic), after removing
-    temp files that killed writers left there."""
-    path = os.path.abspath(os.fspath(path))
-    d = os.path.dirname(path)
-    os.makedirs(d, exist_ok=True)
-    clean_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=f"{_tmp_prefix(path)}{os.getpid()}-", dir=d)
-    os.close(fd)
-    return tmp
-
-
-def commit_temp(tmp: str, path: str) -> None:
-    """fsync ``tmp`` and rename it onto ``path``."""
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files
-    faults.maybe_kill("before_commit", 0)  # crash-safety tests: COREW_FAULT=before_commit:0
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-class _AtomicFile:
-    """Context manager yielding a temp path next to ``path``; on success it is fsynced and renamed onto ``path``,
-    on an exception it is removed."""
-
-    def __init__(self, path: str):
-        self.path = os.path.abspath(os.fspath(path))
-        self.tmp = None
-
-    def __enter__(self) -> str:
-        self.tmp = make_temp_path(self.path)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            try:
-                os.remove(self.tmp)
-            except OSError:
-                pass
-            return False
-        commit_temp(self.tmp, self.path)
-        return False
-
-
-def atomic_write_parquet(table, path: str) -> None:
-    """Write a pyarrow table so that ``path`` is either absent/previous or complete, never partial."""
-    import pyarrow.parquet as pq
-
-    with _AtomicFile(path) as tmp:
-        pq.write_table(table, tmp)
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    with _AtomicFile(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading the sources' own formats
-# ----------------------------------------------------------------------------------------------------------------
-@dataclass
-class _Bad:
-    where: str  # "FILE: row N" (+ line for jsonl)
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
-
-
-@dataclass
-class RecordSet:
-    """Rows of one input file: [(where, row_number, record)] (an unparseable row's record is a ``_Bad``),
-    plus the file's column names."""
-    path: str
-    rows: list[tuple[str, int, Any]] = field(default_factory=list)
-    columns: list[str] = field(default_factory=list)
-
-
-def _expand_inputs(paths: Iterable[str], split: str | None) -> list[str]:
-    out = []
-    for p in paths:
-        p = os.fspath(p)
-        if os.path.isdir(p):
-            files = sorted(f for f in glob.glob(os.path.join(glob.escape(p), "**", "*"), recursive=True)
-                           if f.endswith(INPUT_EXTS) and os.path.isfile(f))
-            chosen = [f for f in files if split and os.path.basename(f).startswith(split)]
-            if not chosen:
-                raise PreprocessError(f"{p}: no {'/'.join(INPUT_EXTS)} file whose name starts with the split "
-                                      f"{split!r} (files: {[os.path.relpath(f, p) for f in files][:10]})")
-            out.extend(chosen)
-        elif os.path.isfile(p):
-            out.append(p)
-        else:
-            raise PreprocessError(f"{p}: file not found")
-    return out
-
-
-def read_records(path: str) -> RecordSet:
-    """Read one parquet / jsonl / json file. Unparseable jsonl lines become bad rows; an unreadable file raises."""
-    path = os.fspath(path)
-    rs = RecordSet(path)
-    if path.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(path)
-            records = table.to_pylist()
-        except (pa.ArrowException, OSError, ValueError) as e:
-            raise PreprocessError(f"{path}: cannot read as a parquet file ({type(e).__name__}: {e})") from e
-        rs.columns = list(table.column_names)
-        rs.rows = [(f"{path}: row {i}", i, r) for i, r in enumerate(records)]
-        return rs
-    if path.endswith(".jsonl"):
-        try:
-            f = open(path, encoding="utf-8")
-        except OSError as e:
-            raise PreprocessError(f"{path}: cannot open ({e})") from e
-        cols: dict[str, None] = {}
-        with f:
-            i = 0
-            try:
-                for lineno, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    where = f"{path}: row {i} (line {lineno})"
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        rs.rows.append((where, i, _Bad(where, f"not valid JSON ({e.msg})")))
-                        i += 1
-                        continue
-                    if isinstance(rec, dict):
-                        cols.update(dict.fromkeys(rec))
-                    rs.rows.append((where, i, rec))
-                    i += 1
-            except UnicodeDecodeError as e:
-                raise PreprocessError(f"{path}: not UTF-8 text ({e})") from e
-        rs.columns = list(cols)
-        return rs
-    if path.endswith(".json"):
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise PreprocessError(f"{path}: cannot read as JSON ({type(e).__name__}: {e})") from e
-        if isinstance(data, dict):
-            lists = [v for k, v in data.items() if k in ("data", "rows", "train", "test", "examples")
-                     and isinstance(v, list)]
-            if len(lists) == 1:
-                data = lists[0]
-            elif data and all(isinstance(v, list) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
-                keys = list(data)  # a dict of columns
-                data = [dict(zip(keys, vals)) for vals in zip(*data.values())]
-        if not isinstance(data, list):
-            raise PreprocessError(f"{path}: expected a JSON array of objects (or {{'data': [...]}}), "
-                                  f"got {type(data).__name__}")
-        cols = {}
-        for i, rec in enumerate(data):
-            if isinstance(rec, dict):
-                cols.update(dict.fromkeys(rec))
-            rs.rows.append((f"{path}: row {i}", i, rec))
-        rs.columns = list(cols)
-        return rs
-    raise PreprocessError(f"{path}: unsupported file type (expected one of {INPUT_EXTS})")
-
-
-def read_hub(spec: SourceSpec, split: str) -> RecordSet:
-    """Records from the hub through ``datasets`` (only when it is installed and the hub is reachable)."""
-    try:
-        import datasets
-    except ImportError as e:
-        raise PreprocessError("--hub needs the 'datasets' package; pass local files with --input instead") from e
-    try:
-        ds = datasets.load_dataset(spec.hub_id, spec.hub_config, split=split)
-    except Exception as e:  # noqa: BLE001 - offline, missing split, auth, ...
-        raise PreprocessError(f"cannot load {spec.hub_id} ({spec.hub_config}) split {split!r} from the hub: "
-                              f"{type(e).__name__}: {e}") from e
-    where = f"hub:{spec.hub_id}"
-    rs = RecordSet(where, columns=list(ds.column_names))
-    rs.rows = [(f"{where}: row {i}", i, r) for i, r in enumerate(ds)]
-    return rs
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,7 +123,7 @@ def _answer_text(value, kind: str, numeric_ok: bool, col: str) -> str:
     if kind == "plain":
         ans = value.strip()
     elif kind == "boxed":
-        from megatron_corew.rewards.grading.core import extract_boxed_answer
+        from megatron_corew.rewards.grading import extract_boxed_answer
 
         ans = extract_boxed_answer(value).strip()
         if not ans:
@@ -386,8 +144,7 @@ def verl_row(question: str, ground_truth: str, index: int, split: str, data_sour
     """One row of the verl schema. ``prompt_style="system"``: system prompt + bare question (the reference's
     released files); ``"user"``: no system message, the instruction appended to the question after a space."""
     if prompt_style == "system":
-        prompt = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + \
-                 [{"role": "user", "content": question}]
+        prompt = chat_messages(question, system_prompt)
     elif prompt_style == "user":
         prompt = [{"role": "user", "content": question + (" " + system_prompt if system_prompt else "")}]
     else:
@@ -414,6 +171,14 @@ def verl_table(rows: list[dict], meta_keys: Iterable[str] = ()):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+def atomic_write_parquet(table, path: str) -> None:
+    """Write ``table`` so that ``path`` holds the previous file or the complete new one, never a part of it."""
+    import pyarrow.parquet as pq
+
+    with atomic.atomic_file(path, before_replace=faults.kill_hook("before_commit", 0)) as tmp:
+        pq.write_table(table, tmp)
+
+
 @dataclass
 class ConvertResult:
     rows: list[dict]
@@ -431,7 +196,7 @@ def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, 
     rows, bad, num_in, index = [], [], 0, 0
     meta_keys: list[str] = []
 
-    def fail(b: _Bad):
+    def fail(b: BadRow):
         if on_bad_row == "error":
             raise PreprocessError(str(b))
         bad.append(str(b))
@@ -452,7 +217,7 @@ def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, 
             num_in += 1
             row_index = index  # running row number over all inputs (the source row for a single file)
             index += 1
-            if isinstance(rec, _Bad):  # unparseable while reading (e.g. a broken jsonl line)
+            if isinstance(rec, BadRow):  # unparseable while reading (e.g. a broken jsonl line)
                 fail(rec)
                 continue
             try:
@@ -476,7 +241,7 @@ def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, 
                 meta = {m: _meta_str(rec.get(c)) for m, c in mcols if c is not None and rec.get(c) is not None}
                 rows.append(verl_row(q, gt, row_index, split, data_source, system_prompt, prompt_style, meta))
             except ValueError as e:
-                fail(_Bad(where, str(e)))
+                fail(BadRow(where, str(e)))
     return ConvertResult(rows, meta_keys, num_in, bad)
 
 
@@ -492,11 +257,11 @@ def preprocess(dataset: str, inputs: list[str] | None, output: str, split: str |
     spec = SOURCES[dataset]
     split = split or spec.default_split
     if hub:
-        record_sets = [read_hub(spec, split)]
+        record_sets = [read_hub(spec.hub_id, spec.hub_config, split)]
     else:
         if not inputs:
             raise PreprocessError("no --input given (pass local files, or --hub to download)")
-        record_sets = [read_records(p) for p in _expand_inputs(inputs, split)]
+        record_sets = [read_records(p) for p in expand_inputs(inputs, split)]
     res = convert_records(record_sets, spec, split, on_bad_row, data_source, system_prompt, prompt_style)
     if res.bad:
         logger.warning("skipped %d malformed row(s) of %d; first: %s", len(res.bad), res.num_in,

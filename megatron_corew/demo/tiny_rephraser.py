@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
+from checkpoints_conversion import atomic
+from megatron_corew.data.rephrase import END_MARKER, START_MARKER, rewrite_prompt
 from megatron_corew.demo import tiny_task as tt
+from megatron_corew.demo.tiny_model import build_model, supervised_finetune
 
 INSTRUCTION = "Rewrite the math problem below as a short story with the same numbers and the same answer.\n"
 INSTRUCTION_FILE = "instruction.txt"
@@ -26,8 +27,7 @@ DEFAULT_STEPS = 300
 
 
 def reply(problem: tt.Problem) -> str:
-    from megatron_corew.data.rephrase import END_MARKER, START_MARKER
-
+    """The reply block the tool parses, with the tiny task's own rephrasing as the rewrite."""
     return f"{START_MARKER}\nORIGINAL:\n{problem.original}\nREWRITE:\n{problem.rephrased}\n{END_MARKER}"
 
 
@@ -36,17 +36,15 @@ def train_rephraser(steps: int = DEFAULT_STEPS, seed: int = 0, num_train: int = 
     """(model, tokenizer) fine-tuned on the tiny task's (original -> rephrased) training pairs."""
     import torch
 
-    from megatron_corew.data.rephrase import rewrite_prompt
-
     torch.manual_seed(seed)
     tok = tt.build_tokenizer()
     eos = tok.convert_tokens_to_ids(tt.IM_END)
     train, _ = tt.generate_problems(num_train=num_train, num_val=1, seed=seed)
     items = [(rewrite_prompt(tok, p.original, INSTRUCTION),
               list(tok(reply(p), add_special_tokens=False)["input_ids"]) + [eos]) for p in train]
-    model = tt.build_model(tok, "qwen3", seed + 17)
-    tt.supervised_finetune(model, tok, items, steps, batch_size=batch_size, lr=lr, seed=seed,
-                           log_every=max(1, steps // 4), log=log)
+    model = build_model(tok, "qwen3", seed + 17)
+    supervised_finetune(model, tok, items, steps, batch_size=batch_size, lr=lr, seed=seed,
+                        log_every=max(1, steps // 4), log=log)
     return model, tok
 
 
@@ -64,25 +62,17 @@ def build_rephraser(out: str, steps: int = DEFAULT_STEPS, seed: int = 0, log=pri
         torch.set_num_threads(threads)
     model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(tt.IM_END),
                                                pad_token_id=tok.pad_token_id)
-    parent = os.path.dirname(os.path.abspath(out)) or "."
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".rephraser-", dir=parent)
-    try:
+    with atomic.atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         with open(os.path.join(tmp, INSTRUCTION_FILE), "w") as f:
             f.write(INSTRUCTION)
-        from checkpoints_conversion.hf_io import commit_dir
-
-        commit_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"tiny rephraser: {steps} steps in {time.time() - t0:.0f} s -> {out}")
     return out
 
 
 def ensure_rephraser(out: str, **kw) -> str:
+    """Build the rephraser into ``out`` unless it is already there; returns ``out``."""
     if not os.path.isfile(os.path.join(out, INSTRUCTION_FILE)):
         build_rephraser(out, **kw)
     return out

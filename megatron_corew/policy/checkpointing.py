@@ -1,9 +1,10 @@
 """Atomic RL checkpoints: megatron dist-checkpoint (model, optimizer, anchor) plus the loop state.
 
 Layout: ``SAVE/iter_0000010/`` holds ``model/`` (torch_dist, reloadable at any TP/PP) and
-``state.pt`` (step, scheduler, data cursor, RNG, weight version). It is written under
-``SAVE/.tmp-iter_.../`` and renamed into place only when complete; ``SAVE/latest`` is then
-replaced atomically, so a crash mid-write leaves the previous checkpoint and pointer intact.
+``state.pt`` (step, scheduler, data cursor, RNG, weight version). It is written in a hidden temp
+directory beside it and renamed into place only when complete; ``SAVE/latest`` is then replaced
+atomically (:mod:`checkpoints_conversion.atomic`), so a crash mid-write leaves the previous checkpoint
+and pointer intact, and the next save removes the killed writer's temp directory.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import shutil
 import torch
 import torch.distributed as dist
 
+from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
+from megatron_corew.policy.parallel import broadcast_object
 from megatron_corew.utils import faults
 
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -53,12 +56,7 @@ def set_rng_state(state: dict) -> None:
 def publish_latest(root: str, name: str, prefix: str, keep_last: int | None) -> None:
     """Point ``root/latest`` at the finished ``name`` (fsynced temp file + rename: the pointer is never torn), then
     drop all but the newest ``keep_last`` entries starting with ``prefix`` (names sort by step)."""
-    pointer_tmp = os.path.join(root, ".latest.tmp")
-    with open(pointer_tmp, "w") as f:
-        f.write(name + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(pointer_tmp, os.path.join(root, "latest"))
+    publish_pointer(root, name)
     if keep_last:
         done = sorted(d for d in os.listdir(root) if d.startswith(prefix))
         for old in done[:-keep_last]:
@@ -70,11 +68,12 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
 
     name = f"iter_{step:07d}"
     final = os.path.join(save_dir, name)
-    tmp = os.path.join(save_dir, f".tmp-{name}")
+    tmp = None
     if _rank0():
         os.makedirs(save_dir, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = temp_dir(final)  # also removes the temp directory of a writer killed mid-save
         os.makedirs(os.path.join(tmp, "model"))
+    tmp = broadcast_object(tmp)  # every rank writes its shards into rank 0's temp directory
     _barrier()
     with trainer.anchor_resident():
         dist_checkpointing.save(_sharded_state(trainer), os.path.join(tmp, "model"))
@@ -83,8 +82,7 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
     if _rank0():
         state = {"step": step, "scheduler": trainer.scheduler.state_dict(), "rng": rng_state(), **loop_state}
         torch.save(state, os.path.join(tmp, "state.pt"))
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
+        commit_dir(tmp, final)
         publish_latest(save_dir, name, "iter_", keep_last)
     _barrier()
     return final

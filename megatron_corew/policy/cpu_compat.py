@@ -2,14 +2,15 @@
 
 megatron-core assumes CUDA in a handful of places (RNG tracker, ``device='cuda'`` literals,
 ``tensor.type()`` string checks, streams). On a machine without CUDA we redirect exactly those
-to CPU equivalents; with CUDA present :func:`apply` does nothing. Call it before the first
-``megatron`` import (``megatron_corew.policy.parallel`` does this for you).
+to CPU equivalents; with CUDA present :func:`apply` does nothing. Entry points call it explicitly
+before the first ``megatron`` import (``parallel.init_distributed`` and the converter CLIs do).
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.abc
 import logging
+import os
 import sys
 import types
 import warnings
@@ -172,6 +173,9 @@ def apply() -> None:
     if _APPLIED or cuda_available():
         return
     _APPLIED = True
+    if os.environ.get("RANK", "0") == "0":
+        print("[cpu_compat] no CUDA device: megatron-core runs on the CPU (gloo); its CUDA calls are redirected",
+              file=sys.stderr, flush=True)
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*GPTModel IS DEPRECATED.*")
     _stub_paged_stash()

@@ -2,9 +2,10 @@
 
 :func:`save_hf_checkpoint` is collective: every rank calls it. The TP shards are gathered and the
 pipeline stages send their layers to global rank 0 (``weights.export_hf_weights``), which streams
-them into sharded safetensors in a temp directory renamed into place when complete, next to the
-config, generation config and tokenizer files of the HF model the run started from. The result
-loads with ``AutoModelForCausalLM.from_pretrained`` (and serves with SGLang) as it is.
+them into sharded safetensors in a temp directory renamed into place when complete
+(``checkpoints_conversion.hf_io.write_hf_checkpoint``), next to the config, generation config and
+tokenizer files of the HF model the run started from. The result loads with
+``AutoModelForCausalLM.from_pretrained`` (and serves with SGLang) as it is.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import torch
 import torch.distributed as dist
 
 from checkpoints_conversion.hf_io import write_hf_checkpoint
+from megatron_corew.policy.checkpointing import publish_latest
+from megatron_corew.policy.weights import export_hf_weights
 
 
 def _rank() -> int:
@@ -32,8 +35,6 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
     ``dtype``: dtype of the written weights (default: the parameters' dtype, fp32 for fp32 training;
     pass the HF config's dtype, e.g. torch.bfloat16, for a checkpoint of the original size).
     ``keep_last``: delete older ``step_*`` exports beyond this many."""
-    from megatron_corew.policy.weights import export_hf_weights
-
     target = hf_export_dir(out_dir, step)
     tensors = export_hf_weights(trainer_model, model_args, dtype)
     if _rank() == 0:
@@ -43,8 +44,6 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
         overrides = {"dtype": name} if declared is not None and str(declared).replace("torch.", "") != name else None
         write_hf_checkpoint(target, tensors, config_dir=model_args.model_dir, max_shard_bytes=max_shard_bytes,
                             config_overrides=overrides)
-        from megatron_corew.policy.checkpointing import publish_latest
-
         publish_latest(out_dir, os.path.basename(target), "step_", keep_last)
     else:
         for _ in tensors:  # collectives: every rank walks the export

@@ -9,8 +9,6 @@ import torch.distributed as dist
 
 from megatron_corew.policy import cpu_compat
 
-cpu_compat.apply()
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -23,6 +21,7 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
 
     Works under torchrun (env:// rendezvous), under SLURM srun (SLURM_PROCID/NTASKS) and as a
     plain ``python`` process (world size 1 on a free local port)."""
+    cpu_compat.apply()  # before megatron's first import; a no-op where CUDA exists
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 

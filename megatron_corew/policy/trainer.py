@@ -9,8 +9,8 @@ TP / PP / DP / micro-batch layout.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -24,7 +24,7 @@ from megatron_corew.policy import model_builder
 
 from megatron_corew.policy import parallel
 from megatron_corew.policy.vocab_parallel import VocabParallelStats
-from megatron_corew.policy.weights import copy_weights, load_hf_weights
+from megatron_corew.policy.weights import load_hf_weights
 
 
 @dataclass
@@ -41,6 +41,28 @@ class TrainSample:
     @property
     def length(self) -> int:
         return len(self.prompt_ids) + len(self.response_ids)
+
+
+class _StepSums:
+    """The step's float64 sums of loss terms and token counts, by name, reduced over ranks in one all-reduce."""
+
+    NAMES = ("pg_loss", "kl", "entropy", "clipped_tokens", "tokens", "loss", "rollout_logp_abs_diff",
+             "rollout_tokens")
+
+    def __init__(self):
+        self.values = torch.zeros(len(self.NAMES), dtype=torch.float64)
+
+    def add(self, name: str, value) -> None:
+        self.values[self.NAMES.index(name)] += float(value)
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[self.NAMES.index(name)].item()
+
+    def all_reduce(self, contributes: bool) -> None:
+        if not contributes:
+            self.values.zero_()
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(self.values)
 
 
 @dataclass
@@ -76,7 +98,23 @@ class TrainerConfig:
     attention_backend: str = "auto"  # megatron AttnBackend name: auto, flash, fused, unfused, local
     need_anchor: bool = True  # build the frozen reference / teacher copy
     anchor_cpu_offload: bool = False
-    extra_config: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_args(cls, args, train_iters: int, need_anchor: bool) -> "TrainerConfig":
+        """The trainer's settings from the parsed flags (their defaults are this class's, see arguments.py)."""
+        return cls(
+            tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
+            micro_batch_size=args.micro_batch_size, max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
+            lr=args.lr, min_lr=args.min_lr, lr_warmup_fraction=args.lr_warmup_fraction, train_iters=train_iters,
+            weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps, clip_grad=args.clip_grad, clip_low=args.clip_ratio_low,
+            clip_high=args.clip_ratio_high, dual_clip=args.dual_clip_c, kl_coef=args.kl_loss_coef,
+            kl_estimator=args.kl_loss_type, entropy_coef=args.entropy_coef, temperature=args.rollout_temperature,
+            bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
+            recompute=args.recompute_granularity, sequence_parallel=args.sequence_parallel, fp8=args.fp8_format,
+            fp8_recipe=args.fp8_recipe, overlap_grad_reduce=args.overlap_grad_reduce,
+            overlap_param_gather=args.overlap_param_gather, attention_backend=args.attention_backend,
+            need_anchor=need_anchor, anchor_cpu_offload=args.anchor_cpu_offload)
 
 
 class PolicyTrainer:
@@ -87,7 +125,7 @@ class PolicyTrainer:
         from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         self.args, self.cfg, self.ps = model_args, cfg, ps
-        extra = dict(cfg.extra_config)
+        extra = {}
         if cfg.attention_backend != "auto":
             from megatron.core.transformer.enums import AttnBackend
 
@@ -124,40 +162,22 @@ class PolicyTrainer:
             self.optimizer, init_lr=0.0 if warmup else cfg.lr, max_lr=cfg.lr, min_lr=cfg.min_lr,
             lr_warmup_steps=warmup, lr_decay_steps=max(cfg.train_iters, warmup + 1), lr_decay_style="cosine",
             start_wd=cfg.weight_decay, end_wd=cfg.weight_decay, wd_incr_steps=1, wd_incr_style="constant")
-        self.anchor = None
-        self._anchor_offload = None
+        self.anchor_copy = None
         if cfg.need_anchor:
-            self.anchor = self._build_frozen_copy()
-            if cfg.anchor_cpu_offload:
-                from megatron_corew.policy.offload import HostOffload
+            from megatron_corew.policy.anchor import Anchor
 
-                self._anchor_offload = HostOffload(self.anchor)
+            self.anchor_copy = Anchor(self.model.module, self.config, model_args, cfg.tp, self.pre, self.post,
+                                      cpu_offload=cfg.anchor_cpu_offload)
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._fb = get_forward_backward_func()
         self.step_count = 0
 
     # ------------------------------------------------------------------ models
-    def _build_frozen_copy(self):
-        """An fp32 copy with the policy's sharding: the KL anchor (reference or EMA teacher)."""
-        import copy
-
-        import torch
-
-        cfg = copy.copy(self.config)
-        cfg.finalize_model_grads_func = None
-        cfg.no_sync_func = None
-        # fp32 all through (EMA steps of 1e-5 vanish in bf16): with the policy's bf16 flags the attention would
-        # cast its fp32 probabilities to bf16 and meet fp32 values, and PP would send bf16 buffers
-        cfg.bf16 = cfg.fp16 = False
-        cfg.fp8 = None
-        cfg.params_dtype = cfg.pipeline_dtype = torch.float32
-        frozen = model_builder.build_gpt_model(self.args, cfg, self.cfg.tp, self.pre, self.post)
-        frozen.float()
-        copy_weights(self.model.module, frozen)
-        for p in frozen.parameters():
-            p.requires_grad_(False)
-        return frozen
+    @property
+    def anchor(self):
+        """The frozen reference / EMA teacher module (None when no method or KL term needs one)."""
+        return self.anchor_copy.module if self.anchor_copy is not None else None
 
     @property
     def module(self):
@@ -233,17 +253,15 @@ class PolicyTrainer:
     @contextmanager
     def anchor_resident(self, modify: bool = False):
         """The anchor's weights on their devices for this block (always, without --anchor-cpu-offload)."""
-        if self._anchor_offload is None:
-            yield self.anchor
+        if self.anchor_copy is None:
+            yield None
         else:
-            with self._anchor_offload.resident(modify=modify) as module:
+            with self.anchor_copy.resident(modify=modify) as module:
                 yield module
 
     @property
     def anchor_device_bytes(self) -> int:
-        from megatron_corew.policy.offload import device_bytes
-
-        return device_bytes(self.anchor.parameters()) if self.anchor is not None else 0
+        return self.anchor_copy.device_bytes if self.anchor_copy is not None else 0
 
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
@@ -293,9 +311,9 @@ class PolicyTrainer:
             merged.update(part)
         return merged
 
-    def train_step(self, samples: list[TrainSample], recompute_old_logp: bool = False,
-                   loss_scale: float = 1.0) -> dict:
-        """One GRPO optimizer step over all samples. Returns metrics (identical on every rank).
+    def train_step(self, samples, loss_scale: float = 1.0) -> dict:
+        """One GRPO optimizer step over all samples (``TrainSample`` or any record with the same fields, such as
+        ``records.Rollout``). Returns metrics, identical on every rank.
 
         ``loss_scale`` multiplies every token weight (0.5 averages Co-rewarding-I's two views)."""
         cfg = self.cfg
@@ -303,17 +321,14 @@ class PolicyTrainer:
         use_kl = cfg.kl_coef > 0 and self.anchor is not None
         if use_kl:
             self.sequence_stats(samples, "anchor", want=("logp", "store"), microbatches=mbs)
-        if recompute_old_logp:
-            self.sequence_stats(samples, "policy", want=("logp", "store"), microbatches=mbs)
-        # pg, kl, entropy, clipfrac, tokens, loss, |logp - old|, |logp - rollout logp|, tokens with rollout logp
-        sums = torch.zeros(9, dtype=torch.float64)
+        sums = _StepSums()
 
         def loss_fn(mb, logits):
             stats = self._stats(logits)
             logp = stats.token_logprobs(mb["labels"])
             # One update per rollout batch: the old policy IS the current one, so ratio == 1 and
             # the clipped objective's gradient is the policy gradient (no extra forward pass).
-            old = mb["policy_logp"] if recompute_old_logp else logp.detach()
+            old = logp.detach()
             pg, clipped = grpo.ppo_clip_losses(logp, old, mb["adv"], cfg.clip_low, cfg.clip_high, cfg.dual_clip)
             per_token = pg
             w = mb["weight"] * mb["mask"]
@@ -329,22 +344,21 @@ class PolicyTrainer:
                 loss = loss * float("nan")
             with torch.no_grad():
                 m = mb["mask"]
-                sums[0] += float((pg * w).sum())
-                sums[1] += float((kl * w).sum()) if kl is not None else 0.0
-                sums[2] += float((ent * m).sum())
-                sums[3] += float((clipped.float() * m).sum())
-                sums[4] += float(m.sum())
-                sums[5] += float(loss)
-                sums[6] += float(((logp - old).abs() * m).sum())
+                sums.add("pg_loss", (pg * w).sum())
+                sums.add("kl", (kl * w).sum() if kl is not None else 0.0)
+                sums.add("entropy", (ent * m).sum())
+                sums.add("clipped_tokens", (clipped.float() * m).sum())
+                sums.add("tokens", m.sum())
+                sums.add("loss", loss)
                 if mb["rollout_logp"] is not None:
-                    sums[7] += float(((logp - mb["rollout_logp"]).abs() * m).sum())
-                    sums[8] += float(m.sum())
+                    sums.add("rollout_logp_abs_diff", ((logp - mb["rollout_logp"]).abs() * m).sum())
+                    sums.add("rollout_tokens", m.sum())
             return loss, m.sum().to(torch.int), {}
 
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         self._run(self.model, mbs, loss_fn, forward_only=False)
-        if self._grads_finite(sums[5]):
+        if self._grads_finite(sums["loss"]):
             ok, grad_norm, _ = self.optimizer.step()
         else:  # never let a NaN/Inf reach the weights or the Adam moments
             ok, grad_norm = False, float("nan")
@@ -353,16 +367,15 @@ class PolicyTrainer:
         if ok:
             self.scheduler.step(1)
         self.step_count += 1
-        if not (self.post and self.ps.get_tensor_model_parallel_rank() == 0):
-            sums.zero_()
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(sums)
-        tokens = max(sums[4].item(), 1.0)
-        return {"loss": sums[5].item(), "pg_loss": sums[0].item(), "kl": sums[1].item(),
-                "entropy": sums[2].item() / tokens, "pg_clipfrac": sums[3].item() / tokens,
+        # the last pipeline stage's TP-rank-0 ranks saw the logits; sum their parts over data parallelism
+        sums.all_reduce(contributes=self.post and self.ps.get_tensor_model_parallel_rank() == 0)
+        tokens = max(sums["tokens"], 1.0)
+        return {"loss": sums["loss"], "pg_loss": sums["pg_loss"], "kl": sums["kl"],
+                "entropy": sums["entropy"] / tokens, "pg_clipfrac": sums["clipped_tokens"] / tokens,
                 "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                 "update_ok": bool(ok), "lr": self.optimizer.param_groups[0]["lr"], "response_tokens": tokens,
-                "rollout_logprob_abs_diff": sums[7].item() / sums[8].item() if sums[8] > 0 else math.nan}
+                "rollout_logprob_abs_diff": (sums["rollout_logp_abs_diff"] / sums["rollout_tokens"]
+                                             if sums["rollout_tokens"] > 0 else math.nan)}
 
     def _grads_finite(self, local_loss) -> bool:
         """True when the loss and every gradient are finite on every rank (fp32 has no grad scaler
@@ -376,10 +389,65 @@ class PolicyTrainer:
         return bad.item() == 0.0
 
     # ------------------------------------------------------------------ anchor
-    @torch.no_grad()
     def ema_update_anchor(self, alpha: float) -> None:
-        """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor, shard by shard, in fp32."""
-        policy = dict(self.model.module.named_parameters())
-        with self.anchor_resident(modify=True):
-            for name, p in self.anchor.named_parameters():
-                p.mul_(1.0 - alpha).add_(policy[name].detach().float(), alpha=alpha)
+        """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor (Co-rewarding-II's teacher)."""
+        self.anchor_copy.ema_update(self.model.module, alpha)
+
+    # ------------------------------------------------------------------ weights and checkpoints
+    @staticmethod
+    def check_model(model_dir: str, tp: int, pp: int):
+        """Read and check the HF model's config against the layout before any process group exists."""
+        from checkpoints_conversion.config import load_model_args, validate_layout
+
+        model_args = load_model_args(model_dir)
+        validate_layout(model_args, tp, pp)
+        return model_args
+
+    def _model(self, which: str):
+        return self.model if which == "policy" else self.anchor
+
+    def push_weights(self, engine, version: int, which: str = "policy") -> None:
+        """Export the policy (or the anchor) as HF tensors into ``engine``. The export is collective: ranks
+        without an engine, or runs without one, still walk it."""
+        from megatron_corew.policy.weights import export_hf_weights
+
+        with self.anchor_resident() if which == "anchor" else nullcontext():
+            tensors = export_hf_weights(self._model(which), self.args)
+            if engine is not None:
+                engine.update_weights(tensors, version)
+            else:
+                for _ in tensors:
+                    pass
+
+    def weights_digest(self, which: str = "policy") -> str | None:
+        """sha256 over the exported HF tensors (names, dtypes, bytes) on rank 0: equal digests = equal weights."""
+        if self._model(which) is None:
+            return None
+        import hashlib
+
+        from megatron_corew.policy.weights import export_hf_weights
+
+        h = hashlib.sha256()
+        with self.anchor_resident() if which == "anchor" else nullcontext():
+            for name, t in export_hf_weights(self._model(which), self.args):
+                h.update(name.encode())
+                h.update(str(t.dtype).encode())
+                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # bf16 too
+        return h.hexdigest() if parallel.is_rank0() else None
+
+    def save(self, save_dir: str, step: int, loop_state: dict, keep_last: int | None = None) -> str:
+        from megatron_corew.policy.checkpointing import save_checkpoint
+
+        return save_checkpoint(save_dir, step, self, loop_state, keep_last=keep_last)
+
+    def load(self, load_dir: str) -> dict | None:
+        from megatron_corew.policy.checkpointing import load_checkpoint
+
+        return load_checkpoint(load_dir, self)
+
+    def save_hf(self, out_dir: str, step: int, dtype_name: str | None = None) -> str:
+        """HF safetensors export of the policy (collective; rank 0 writes atomically)."""
+        from megatron_corew.policy.hf_export import save_hf_checkpoint
+
+        dtype = getattr(torch, dtype_name) if dtype_name else None
+        return save_hf_checkpoint(self.model, self.args, out_dir, step, dtype=dtype)

@@ -1,10 +1,13 @@
 """Fault injection for crash-safety tests: ``COREW_FAULT=<point>:<step>`` SIGKILLs this process at
 that point (``after_step`` once step N is logged and saved, ``during_save`` between writing
-checkpoint N and publishing it, ``nan_loss`` makes step N's loss NaN). Unset in normal runs, where this costs one dict lookup."""
+checkpoint N and publishing it, ``nan_loss`` makes step N's loss NaN, ``before_commit:0`` just before an
+atomic rename, ``rewrite_mid_batch`` / ``rewrite_between_outputs`` inside the rephrasing tool). Unset in
+normal runs, where this costs one dict lookup."""
 from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 
 def active(point: str, step: int) -> bool:
@@ -15,3 +18,8 @@ def active(point: str, step: int) -> bool:
 def maybe_kill(point: str, step: int) -> None:
     if active(point, step):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_hook(point: str, step: int) -> Callable[[], None]:
+    """``maybe_kill(point, step)`` as a callback, for ``before_replace`` of the atomic writers."""
+    return lambda: maybe_kill(point, step)

@@ -1,11 +1,14 @@
-"""Metrics to tensorboard (stable tag names: train/, rollout/, reward/, pseudo/, perf/, val/) and to a
-jsonl file, written by global rank 0 only."""
+"""A run's metrics on disk: written to tensorboard (stable tag names: train/, rollout/, reward/, pseudo/, perf/,
+val/) and to metrics.jsonl by global rank 0 only, and read back as series for plots and checks."""
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import time
+
+__all__ = ["RunLogger", "load_run", "load_tensorboard", "load_jsonl", "to_rows"]
 
 
 class RunLogger:
@@ -54,3 +57,64 @@ class RunLogger:
             self.jsonl.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def load_tensorboard(logdir: str) -> dict[str, list[tuple[float, float]]]:
+    """{tag: [(step, value)]} from every event file under logdir (later files win on equal steps)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    files = sorted(glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True))
+    merged: dict[str, dict[float, float]] = {}
+    for path in files:
+        acc = EventAccumulator(path, size_guidance={SCALARS: 0})  # 0: keep every point
+        acc.Reload()
+        for tag in acc.Tags().get("scalars", []):
+            for ev in acc.Scalars(tag):
+                merged.setdefault(tag, {})[float(ev.step)] = float(ev.value)
+    return {tag: sorted(points.items()) for tag, points in merged.items()}
+
+
+def load_jsonl(path: str) -> dict[str, list[tuple[float, float]]]:
+    """{tag: [(step, value)]} of the finite numbers in a metrics.jsonl (a torn last line is skipped)."""
+    out: dict[str, dict[float, float]] = {}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a run killed mid-write leaves a partial last line
+                continue
+            step = float(row.get("step", 0))
+            for k, v in row.items():
+                if k in ("step", "time") or isinstance(v, bool) or not isinstance(v, (int, float)):
+                    continue
+                if math.isfinite(v):
+                    out.setdefault(k, {})[step] = float(v)
+    return {tag: sorted(points.items()) for tag, points in out.items()}
+
+
+def load_run(run_dir: str) -> tuple[dict[str, list[tuple[float, float]]], str]:
+    """The run's scalar series and where they came from: its tensorboard files, else its metrics.jsonl."""
+    for logdir in (os.path.join(run_dir, "tensorboard"), run_dir):
+        if glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
+            try:
+                series = load_tensorboard(logdir)
+            except ImportError:
+                break
+            if series:
+                return series, logdir
+    jsonl = os.path.join(run_dir, "metrics.jsonl")
+    if os.path.exists(jsonl):
+        return load_jsonl(jsonl), jsonl
+    raise FileNotFoundError(f"no tensorboard event files under {run_dir}/tensorboard and no {jsonl}")
+
+
+def to_rows(series: dict[str, list[tuple[float, float]]]) -> list[dict]:
+    """The series as one ``{"step": s, tag: value, ...}`` row per step, in step order (as metrics.jsonl)."""
+    rows: dict[float, dict] = {}
+    for tag, points in series.items():
+        for step, v in points:
+            rows.setdefault(step, {"step": step})[tag] = v
+    return [rows[s] for s in sorted(rows)]

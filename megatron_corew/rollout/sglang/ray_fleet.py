@@ -1,6 +1,6 @@
 """Ray-managed rollout fleet: engine actors in placement groups, a router, reward workers.
 
-``RayRolloutManager`` is a ``sglang_engine.Fleet``: ``SGLangEngine`` uses it exactly like the
+``RayRolloutManager`` is a ``fleet.Fleet``: ``SGLangEngine`` uses it exactly like the
 plain ``LocalFleet`` (HTTP to each engine's URL, weight sync by the same three modes), while Ray
 decides where each engine runs:
 
@@ -11,8 +11,8 @@ decides where each engine runs:
   ``address=None`` a local Ray is started, so one machine needs no Ray setup at all;
 * ``restart(i)`` restarts engine i's server through its actor (or a fresh actor if the actor
   itself died); ``SGLangEngine`` then re-pushes the weights it kept;
-* a pool of ``RewardWorker`` actors grades (response, ground truth) pairs in parallel with
-  ``megatron_corew.rewards.math_grader.grade``;
+* a pool of ``RewardWorker`` actors grades already-extracted answers in parallel with
+  ``megatron_corew.rewards.grading.workers.grade_answers`` (the inline grader's function and timeout rule);
 * ``throughput_report(engine)``: per-engine tokens/s, requests, restarts, node and pid.
 
 Ray 2.60 turns on token auth by default: ``RAY_AUTH_MODE=disabled`` is set, and Ray's session
@@ -23,8 +23,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from typing import Sequence
 
-from megatron_corew.rollout.sglang import engine as se
+from megatron_corew.rollout.sglang.engine import SGLangEngine
+from megatron_corew.rollout.sglang.fleet import Fleet
+from megatron_corew.rollout.sglang.http import EngineDownError, HTTPConfig, log_event
+from megatron_corew.rollout.sglang.server import RouterProcess, ServerProcess, ServerSpec
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None):
@@ -48,10 +52,10 @@ class _EngineActor:
     def __init__(self, spec_kwargs: dict):
         import ray
 
-        spec = se.ServerSpec(**spec_kwargs)
+        spec = ServerSpec(**spec_kwargs)
         if spec.host == "auto":
             spec.host = ray.util.get_node_ip_address()
-        self.proc = se.ServerProcess(spec)
+        self.proc = ServerProcess(spec)
 
     def info(self) -> dict:
         import ray
@@ -69,7 +73,7 @@ class _EngineActor:
         return self.start(timeout)
 
     def alive(self, control_timeout: float) -> bool:
-        return self.proc.healthy(se.HTTPConfig(control_timeout=control_timeout))
+        return self.proc.healthy(HTTPConfig(control_timeout=control_timeout))
 
     def kill_server(self, sig: int = 9) -> int:
         """Fault injection for tests: kill the server's process group, keep the actor."""
@@ -86,31 +90,26 @@ class _EngineActor:
 
 
 class _RewardWorker:
-    def grade(self, pairs: list[tuple[str, str]], mode: str = "reference") -> list[float]:
-        from megatron_corew.rewards.grading.core import grade
+    def grade_answers(self, answers: list[str], ground_truths: list[str | None], mode: str,
+                      timeout_s: float) -> list[float]:
+        from megatron_corew.rewards.grading.workers import grade_answers
 
-        out = []
-        for response, truth in pairs:
-            try:
-                out.append(float(grade(response, truth, mode)))
-            except Exception:  # noqa: BLE001  (a grader crash scores 0, as in the inline path)
-                out.append(0.0)
-        return out
+        return grade_answers(answers, ground_truths, mode, timeout_s)
 
     def pid(self) -> int:
         return os.getpid()
 
 
-class RayRolloutManager(se.Fleet):
+class RayRolloutManager(Fleet):
     can_restart = True
 
-    def __init__(self, specs: list[se.ServerSpec], http: se.HTTPConfig | None = None, startup_timeout: float = 600.0,
+    def __init__(self, specs: list[ServerSpec], http: HTTPConfig | None = None, startup_timeout: float = 600.0,
                  use_router: bool = False, address: str | None = None, num_reward_workers: int = 0,
                  cpus_per_engine: float | None = None, gpus_per_engine: float | None = None,
                  cpus_per_reward_worker: float = 0.25, strategy: str = "PACK", log_dir: str | None = None,
                  temp_dir: str | None = None):
         self.specs = specs
-        self.http = http or se.HTTPConfig()
+        self.http = http or HTTPConfig()
         self.startup_timeout = startup_timeout
         self.use_router = use_router
         self.address, self.temp_dir = address, temp_dir
@@ -125,7 +124,8 @@ class RayRolloutManager(se.Fleet):
         self.actors: list = []
         self.infos: list[dict] = []
         self.reward_workers: list = []
-        self.router: se.RouterProcess | None = None
+        self.grader = None  # a RayGrader over the reward workers, once they run
+        self.router: RouterProcess | None = None
         self.pg = None
         self._ray = None
 
@@ -138,9 +138,9 @@ class RayRolloutManager(se.Fleet):
         kwargs = {k: getattr(spec, k) for k in ("model_path", "python", "host", "port", "device", "tp_size",
                                                  "server_args", "extra_pythonpath", "env", "log_path", "name")}
         cls = ray.remote(_EngineActor)
+        placement = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
         return cls.options(num_cpus=self.cpus_per_engine, num_gpus=self.gpus_per_engine, max_restarts=0,
-                           scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i),
-                           name=None).remote(kwargs)
+                           scheduling_strategy=placement, name=None).remote(kwargs)
 
     def start(self) -> "RayRolloutManager":
         from ray.util.placement_group import placement_group
@@ -156,30 +156,34 @@ class RayRolloutManager(se.Fleet):
         try:
             ray.get(self.pg.ready(), timeout=self.startup_timeout)
         except Exception as e:  # noqa: BLE001
-            raise se.EngineDownError(f"Ray could not place {len(self.specs)} engine bundle(s) {bundle} and "
+            raise EngineDownError(f"Ray could not place {len(self.specs)} engine bundle(s) {bundle} and "
                                      f"{self.num_reward_workers} reward worker(s) ({self.strategy}): {e}") from e
         try:
             self.actors = [self._engine_actor(i) for i in range(len(self.specs))]
             self.infos = ray.get([a.start.remote(self.startup_timeout) for a in self.actors],
                                  timeout=self.startup_timeout + 60)
             for i, info in enumerate(self.infos):
-                se.log_event(f"ray engine {i}: {info['url']} pid {info['pid']} on node {info['node']}")
+                log_event(f"ray engine {i}: {info['url']} pid {info['pid']} on node {info['node']}")
             worker_cls = ray.remote(_RewardWorker)
             base = len(self.specs)
             self.reward_workers = [worker_cls.options(
                 num_cpus=self.cpus_per_reward_worker,
                 scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=base + k)
             ).remote() for k in range(self.num_reward_workers)]
+            if self.reward_workers:
+                from megatron_corew.rewards.grading.workers import RayGrader
+
+                self.grader = RayGrader(self)
             if self.use_router:
-                self.router = se.RouterProcess(self.specs[0].python, [x["url"] for x in self.infos],
-                                               log_path=os.path.join(self.log_dir, "router.log") if self.log_dir else None,
-                                               request_timeout=self.http.request_timeout)
+                self.router = RouterProcess(self.specs[0].python, [x["url"] for x in self.infos],
+                                            log_path=os.path.join(self.log_dir, "router.log") if self.log_dir else None,
+                                            request_timeout=self.http.request_timeout)
                 self.router.start()
                 self.router_url = self.router.url
         except BaseException:
             self.shutdown()
             raise
-        se.log_event(f"ray rollout manager: {len(self.specs)} engine(s), {self.num_reward_workers} reward worker(s) "
+        log_event(f"ray rollout manager: {len(self.specs)} engine(s), {self.num_reward_workers} reward worker(s) "
                      f"ready in {time.monotonic() - t0:.1f} s")
         return self
 
@@ -204,7 +208,7 @@ class RayRolloutManager(se.Fleet):
                 ray.kill(w)
             except Exception:  # noqa: BLE001
                 pass
-        self.actors, self.reward_workers = [], []
+        self.actors, self.reward_workers, self.grader = [], [], None
         if self.pg is not None:
             from ray.util.placement_group import remove_placement_group
 
@@ -242,8 +246,8 @@ class RayRolloutManager(se.Fleet):
             info = ray.get(self.actors[i].restart.remote(self.startup_timeout), timeout=self.startup_timeout + 60)
         except Exception as e:  # noqa: BLE001
             if isinstance(e, ray.exceptions.RayTaskError):
-                raise se.EngineDownError(f"ray engine {i} could not restart its server: {e}") from e
-            se.log_event(f"ray engine {i}: actor lost ({type(e).__name__}); starting a new actor in the same bundle")
+                raise EngineDownError(f"ray engine {i} could not restart its server: {e}") from e
+            log_event(f"ray engine {i}: actor lost ({type(e).__name__}); starting a new actor in the same bundle")
             try:
                 ray.kill(self.actors[i])
             except Exception:  # noqa: BLE001
@@ -252,7 +256,7 @@ class RayRolloutManager(se.Fleet):
             info = ray.get(self.actors[i].start.remote(self.startup_timeout), timeout=self.startup_timeout + 60)
         self.infos[i] = info
         dt = time.monotonic() - t0
-        se.log_event(f"ray engine {i}: back up at {info['url']} (pid {info['pid']}, node {info['node']}) "
+        log_event(f"ray engine {i}: back up at {info['url']} (pid {info['pid']}, node {info['node']}) "
                      f"after {dt:.1f} s")
         return dt
 
@@ -260,18 +264,26 @@ class RayRolloutManager(se.Fleet):
     def kill_server(self, i: int, sig: int = 9) -> int:
         return self._ray.get(self.actors[i].kill_server.remote(sig), timeout=60)
 
-    def grade(self, responses: list[str], ground_truths: list[str], mode: str = "reference") -> list[float]:
-        """Grade in parallel on the reward workers (inline when there are none)."""
-        pairs = list(zip(responses, ground_truths))
-        if not self.reward_workers:
-            return _RewardWorker().grade(pairs, mode)
-        n = len(self.reward_workers)
-        per = -(-len(pairs) // n) if pairs else 0
-        chunks = [pairs[k * per:(k + 1) * per] for k in range(n)]
-        futures = [w.grade.remote(c, mode) for w, c in zip(self.reward_workers, chunks) if c]
-        return [s for part in self._ray.get(futures, timeout=max(60.0, len(pairs) * 1.0)) for s in part]
+    def grade_answers(self, answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference",
+                      timeout_s: float | None = None) -> list[float]:
+        """Grade extracted answers in contiguous chunks, one per reward worker (in this process when there are
+        none), under the grading module's per-item timeout rule (default ``DEFAULT_ITEM_TIMEOUT_S``)."""
+        from megatron_corew.rewards.grading.workers import DEFAULT_ITEM_TIMEOUT_S, grade_answers
 
-    def throughput_report(self, engine: se.SGLangEngine | None = None) -> list[dict]:
+        answers, ground_truths = list(answers), list(ground_truths)
+        if len(answers) != len(ground_truths):
+            raise ValueError(f"{len(answers)} answers but {len(ground_truths)} ground truths")
+        timeout_s = DEFAULT_ITEM_TIMEOUT_S if timeout_s is None else timeout_s
+        if not self.reward_workers:
+            return grade_answers(answers, ground_truths, mode, timeout_s)
+        n = len(self.reward_workers)
+        per = -(-len(answers) // n) if answers else 0
+        chunks = [(answers[k * per:(k + 1) * per], ground_truths[k * per:(k + 1) * per]) for k in range(n)]
+        futures = [w.grade_answers.remote(a, g, mode, timeout_s) for w, (a, g) in zip(self.reward_workers, chunks) if a]
+        wait = max(60.0, per * timeout_s + 30.0)  # every item of a chunk is bounded by timeout_s
+        return [score for part in self._ray.get(futures, timeout=wait) for score in part]
+
+    def throughput_report(self, engine: SGLangEngine | None = None) -> list[dict]:
         rows = engine.engine_stats() if engine is not None else [{"engine": i} for i in range(len(self))]
         for row in rows:
             i = row.get("engine")

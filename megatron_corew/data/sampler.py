@@ -1,0 +1,88 @@
+"""Deterministic batches of dataset indices with an exact resume point (epoch, cursor).
+
+A resumed run must draw the same prompts as an uninterrupted one, so the permutation of each epoch depends only on
+(seed, epoch) and the position within it is part of the checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["EpochSampler"]
+
+
+class EpochSampler:
+    """Deterministic batches of item indices, epoch after epoch.
+
+    Epoch e uses ``torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + e))`` (or 0..n-1 when
+    ``shuffle=False``). ``drop_last=True``: every batch is full and the tail of each epoch is left out;
+    ``drop_last=False``: the last batch of an epoch may be short. ``epoch`` counts completed epochs (it advances as
+    soon as an epoch's last batch has been handed out) and ``cursor`` is the position within the current epoch;
+    ``state_dict()``/``load_state_dict()`` carry both, so a resumed sampler continues with the identical sequence.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+        if num_items <= 0:
+            raise ValueError(f"num_items must be positive, got {num_items}")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if drop_last and batch_size > num_items:
+            raise ValueError(f"batch_size {batch_size} > num_items {num_items} with drop_last=True: no full batch")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch = 0
+        self.cursor = 0
+        self._perm_epoch, self._perm = None, None
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        n, b = self.num_items, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self)
+
+    def permutation(self, epoch: int) -> list[int]:
+        if self._perm_epoch != epoch:
+            if self.shuffle:
+                import torch
+
+                g = torch.Generator().manual_seed(self.seed + epoch)
+                self._perm = torch.randperm(self.num_items, generator=g).tolist()
+            else:
+                self._perm = list(range(self.num_items))
+            self._perm_epoch = epoch
+        return self._perm
+
+    def _epoch_end(self) -> int:
+        return len(self) * self.batch_size if self.drop_last else self.num_items
+
+    def next_batch(self) -> list[int]:
+        perm = self.permutation(self.epoch)
+        batch = perm[self.cursor: min(self.cursor + self.batch_size, self._epoch_end())]
+        self.cursor += len(batch)
+        if self.cursor >= self._epoch_end():
+            self.epoch += 1
+            self.cursor = 0
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "num_items": self.num_items,
+                "batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("num_items", "seed", "shuffle"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has "
+                                 f"{key}={getattr(self, key)!r}; the batch sequence would not continue")
+        epoch, cursor = int(state["epoch"]), int(state["cursor"])
+        if epoch < 0 or not 0 <= cursor < self._epoch_end():
+            raise ValueError(f"invalid sampler state epoch={epoch} cursor={cursor} for {self.num_items} items")
+        if state.get("batch_size", self.batch_size) != self.batch_size or \
+                state.get("drop_last", self.drop_last) != self.drop_last:
+            logger.warning("sampler resumed with batch_size/drop_last %s/%s (saved %s/%s): same item order, "
+                           "different batch boundaries", self.batch_size, self.drop_last,
+                           state.get("batch_size"), state.get("drop_last"))
+        self.epoch, self.cursor = epoch, cursor

@@ -1,0 +1,93 @@
+"""What a reward method is: a ``MethodSpec`` that declares its needs, and the registry the loop looks it up in.
+
+The training loop never compares method names; it asks a spec for traits (does it need ground truth, paired
+views, a teacher, sequence statistics; which KL anchor and coefficient). A new method is one module that calls
+``register(MethodSpec(...))``; ``--reward-plugin MODULE`` imports such a module before the flags are parsed.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Group:
+    """The G rollouts sampled for one question view, as the reward methods see them."""
+
+    answers: list[str]                      # extracted answers of the policy rollouts ("" = none)
+    ground_truth: str | None = None
+    view: int = 0                           # 0 original question, 1 rephrased (Co-rewarding-I)
+    pair_id: int = 0                        # ties the two views of one Co-rewarding-I pair
+    teacher_answers: list[str] | None = None  # answers of the teacher's rollouts (Co-rewarding-II)
+    seq_stats: list[dict] = field(default_factory=list)  # per rollout: statistics named by the spec
+    label: str = ""                         # the pseudo-label the method chose (voting methods)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How answers are compared: ``label_matching`` for votes (exact strings as in the reference, or
+    equivalence clusters), ``gt_grading`` for ground truth, and the ``grader`` that grades extracted answers
+    (inline when None; a process pool or the Ray reward workers otherwise)."""
+
+    label_matching: str = "exact"
+    gt_grading: str = "reference"
+    grader: object | None = None
+
+
+RewardFn = Callable[[list[Group], ScoreOptions], list[list[float]]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One reward method and everything the loop needs to know about it (defaults: docs/ALGORITHMS.md)."""
+
+    name: str
+    rewards: RewardFn                       # groups -> one reward per rollout (may set Group.label)
+    kl_coef: float = 0.005                  # the reference's KL coefficient for this method
+    anchor: str = "initial"                 # KL anchor: the frozen initial policy, or "teacher" (EMA copy)
+    needs_ground_truth: bool = False        # trains on labels: unlabelled rows are refused at start-up
+    paired_views: bool = False              # trains on both views of each pair (--train-data-rephrased)
+    teacher: bool = False                   # an EMA teacher generates label rollouts every step
+    sequence_stats: tuple[str, ...] = ()    # per-rollout policy statistics it reads (entropy, self_certainty)
+    pseudo_labels: bool = False             # chooses a label per group: pseudo-label metrics are logged
+    summary: str = ""                       # one line for --help
+
+    @property
+    def needs_anchor_model(self) -> bool:
+        return self.anchor == "teacher" or self.teacher
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+_BUILTINS = "megatron_corew.rewards.methods"
+
+
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add ``spec`` to the registry (a second registration of the same name replaces the first)."""
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_builtins() -> None:
+    importlib.import_module(_BUILTINS)
+
+
+def method_names() -> tuple[str, ...]:
+    _load_builtins()
+    return tuple(_REGISTRY)
+
+
+def get_method(name: str) -> MethodSpec:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ValueError(f"--reward-method {name!r} is not one of {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def load_plugins(modules) -> None:
+    """Import each dotted module path (each registers its methods); a bad path is one clear error."""
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise SystemExit(f"error: --reward-plugin {module}: cannot import it ({e})") from None

@@ -1,0 +1,1 @@
+"""Command-line tools over the library and checkpoints_conversion (console entry points in setup.py)."""
