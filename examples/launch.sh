@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One parametrised launcher for every method x model: the paper's hyper-parameters (Co-rewarding,
-# arXiv 2508.00410; ALGORITHMS.md section 1), single-node torchrun by default, multi-node when
+# arXiv 2508.00410; docs/ALGORITHMS.md section 1), single-node torchrun by default, multi-node when
 # NNODES > 1 (one launch.sh per node, c10d rendezvous: see examples/slurm/).
 #
 #   METHOD=corewarding_2 MODEL=qwen3-8b-base MODEL_PATH=/models/Qwen3-8B-Base DATA_DIR=data/math \
@@ -43,7 +43,7 @@ CPU_TINY=${CPU_TINY:-0}
 SKIP_CHECKS=0
 if [ "$DRY_RUN" = "1" ] && [ "$ALLOW_MISSING" = "1" ]; then SKIP_CHECKS=1; fi
 
-# Per-method reference values (ALGORITHMS.md section 3): KL coefficient, Co-rewarding-II's EMA schedule.
+# Per-method reference values (docs/ALGORITHMS.md section 3): KL coefficient, Co-rewarding-II's EMA schedule.
 METHOD_ARGS=()
 case "$METHOD" in
   corewarding_2)

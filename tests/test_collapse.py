@@ -1,4 +1,4 @@
-"""collapse_signals on hand-made metric series: each collapse signature of ALGORITHMS.md section 5
+"""collapse_signals on hand-made metric series: each collapse signature of docs/ALGORITHMS.md section 5
 fires on its own pattern and stays quiet on a healthy run."""
 import math
 

@@ -1,12 +1,10 @@
 """A new reward method is one module plus one registration: this file is that module.
 
-Imported by ``train_rl.py --reward-plugin test_method_plugin`` it registers ``toy_length``, a method nothing
+Imported by ``train_rl.py --reward-plugin tests.test_method_plugin`` it registers ``toy_length``, a method nothing
 in the package knows about (no edit to train.py or the flags), and the test trains two steps with it.
 """
 import json
 import os
-
-from helpers import make_tiny_bundle, read_metrics, run_train
 
 from megatron_corew.rewards import MethodSpec, register
 
@@ -20,15 +18,15 @@ TOY = register(MethodSpec("toy_length", shorter_is_better, kl_coef=0.0, summary=
 
 
 def test_registered_method_trains_two_steps_without_touching_the_loop(tmp_path):
+    from helpers import make_tiny_bundle, read_metrics, run_train  # here: the trainer imports this file as a plugin
+
     bundle = make_tiny_bundle(str(tmp_path / "bundle"))
     out = str(tmp_path / "run")
     proc = run_train(["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"],
-                      "--reward-plugin", "test_method_plugin", "--reward-method", "toy_length",
+                      "--reward-plugin", "tests.test_method_plugin", "--reward-method", "toy_length",
                       "--global-batch-size", "4", "--n-samples-per-prompt", "2", "--max-prompt-length", "128",
                       "--max-response-length", "8", "--train-iters", "2", "--lr", "1e-3", "--output-dir", out,
-                      "--rollout-dump", "--no-progress-bar"],
-                     env_extra={"PYTHONPATH": os.pathsep.join([os.path.dirname(__file__),
-                                                               os.path.dirname(os.path.dirname(__file__))])})
+                      "--rollout-dump", "--no-progress-bar"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
@@ -44,6 +42,8 @@ def test_registered_method_trains_two_steps_without_touching_the_loop(tmp_path):
 
 
 def test_unknown_plugin_is_one_clear_error(tmp_path):
+    from helpers import make_tiny_bundle, run_train
+
     bundle = make_tiny_bundle(str(tmp_path / "bundle"), num_train=4, num_val=1)
     proc = run_train(["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"],
                       "--reward-plugin", "no_such_module_here", "--reward-method", "toy_length"])

@@ -1,4 +1,4 @@
-"""Collapse signatures of self-rewarding RL (ALGORITHMS.md section 5), detected from logged metrics.
+"""Collapse signatures of self-rewarding RL (docs/ALGORITHMS.md section 5), detected from logged metrics.
 
 ``collapse_signals(rows)`` takes metric dicts as the run logger writes them (``metrics.jsonl`` rows:
 ``step`` plus tags such as ``val/accuracy``, ``reward/mean``; a tag may be missing from a row) and

@@ -17,18 +17,10 @@ import torch.distributed as dist
 
 from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
 from megatron_corew.policy.parallel import broadcast_object
+from megatron_corew.policy import parallel
 from megatron_corew.utils import faults
 
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
-
-
-def _barrier():
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _rank0():
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def _sharded_state(trainer, is_loading: bool = False):
@@ -69,22 +61,22 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
     name = f"iter_{step:07d}"
     final = os.path.join(save_dir, name)
     tmp = None
-    if _rank0():
+    if parallel.is_rank0():
         os.makedirs(save_dir, exist_ok=True)
         tmp = temp_dir(final)  # also removes the temp directory of a writer killed mid-save
         os.makedirs(os.path.join(tmp, "model"))
     tmp = broadcast_object(tmp)  # every rank writes its shards into rank 0's temp directory
-    _barrier()
+    parallel.barrier()
     with trainer.anchor_resident():
         dist_checkpointing.save(_sharded_state(trainer), os.path.join(tmp, "model"))
-    _barrier()
+    parallel.barrier()
     faults.maybe_kill("during_save", step)
-    if _rank0():
+    if parallel.is_rank0():
         state = {"step": step, "scheduler": trainer.scheduler.state_dict(), "rng": rng_state(), **loop_state}
         torch.save(state, os.path.join(tmp, "state.pt"))
         commit_dir(tmp, final)
         publish_latest(save_dir, name, "iter_", keep_last)
-    _barrier()
+    parallel.barrier()
     return final
 
 

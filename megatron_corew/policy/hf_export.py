@@ -15,12 +15,9 @@ import torch
 import torch.distributed as dist
 
 from checkpoints_conversion.hf_io import write_hf_checkpoint
+from megatron_corew.policy import parallel
 from megatron_corew.policy.checkpointing import publish_latest
 from megatron_corew.policy.weights import export_hf_weights
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def hf_export_dir(out_dir: str, step: int) -> str:
@@ -37,7 +34,7 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
     ``keep_last``: delete older ``step_*`` exports beyond this many."""
     target = hf_export_dir(out_dir, step)
     tensors = export_hf_weights(trainer_model, model_args, dtype)
-    if _rank() == 0:
+    if parallel.is_rank0():
         written = dtype or next(p for p in _unwrap(trainer_model).parameters()).dtype
         declared = getattr(model_args.hf_config, "dtype", None) or getattr(model_args.hf_config, "torch_dtype", None)
         name = str(written).replace("torch.", "")

@@ -9,6 +9,7 @@ import torch.distributed as dist
 
 from checkpoints_conversion.hf_io import CheckpointError, HFCheckpointReader
 from checkpoints_conversion.mapping import hf_from_shards, hf_names, layer_offset, shard_from_hf
+from megatron_corew.policy import parallel
 
 
 def _parallel():
@@ -77,7 +78,7 @@ def export_hf_weights(model, args, dtype: torch.dtype | None = None):
     stage = ps.get_pipeline_model_parallel_rank()
     is_sender = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
     pp_ranks = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 else None
-    me = dist.get_rank() if dist.is_initialized() else 0
+    me = parallel.rank()
 
     def local_tensors():
         offset = layer_offset(model)
