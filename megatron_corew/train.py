@@ -44,7 +44,7 @@ class RLRun:
             self.engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "policy")
             if self.method.teacher:
                 self.teacher_engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer,
-                                                            "teacher")
+                                                            "teacher", policy_engine=self.engine)
         self.grader = rewards.remote_grader(self.engine)
         self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0(),
                                 wandb_project=a.wandb_project, run_name=os.path.basename(a.output_dir.rstrip("/")),

@@ -114,9 +114,8 @@ def test_embedded_backend_from_factory(tmp_path):
     eng = factory.create_engine(config.RolloutConfig(batch_size=4), model, None, "policy")
     assert isinstance(eng, EmbeddedEngine) and eng.max_batch_size == 4
     assert factory.eos_ids(model) == [2]
-    args = config.build_rollout_parser().parse_args([])  # the parsed flags are accepted too
-    args.rollout_batch_size = 4
-    assert factory.create_engine(args, model, None, "policy").max_batch_size == 4
+    args = config.build_rollout_parser().parse_args(["--rollout-batch-size", "4"])  # the flags, typed once
+    assert factory.create_engine(config.RolloutConfig.from_args(args), model, None, "policy").max_batch_size == 4
 
 
 def test_tensor_serializer_roundtrip_in_another_process(tmp_path):

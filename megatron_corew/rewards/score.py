@@ -105,11 +105,7 @@ class _CountingGrader:
 
 
 def remote_grader(engine):
-    """The Ray rollout fleet's reward workers as a ``Grader`` when the engine has any (math grading is
-    CPU-bound: off the training process), else None (inline grading)."""
-    fleet = getattr(engine, "fleet", None)
-    if fleet is None or not getattr(fleet, "reward_workers", None):
-        return None
-    from megatron_corew.rewards.grading import RayGrader
-
-    return _CountingGrader(RayGrader(fleet))
+    """The rollout fleet's reward grader (Ray reward workers: math grading is CPU-bound, so off the training
+    process) as a counting ``Grader``, or None when the engine has none (rewards are graded inline)."""
+    grader = getattr(engine, "grader", None)
+    return _CountingGrader(grader) if grader is not None else None

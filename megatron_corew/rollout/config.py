@@ -141,10 +141,7 @@ def add_rollout_args(parser):
         g.add_argument(_flag(name), **_option(name), **kw)
 
     add("backend", choices=["embedded", "sglang"])
-    try:
-        add("batch_size", type=int)
-    except argparse.ArgumentError:  # the caller's parser already declares --rollout-batch-size
-        pass
+    add("batch_size", type=int)
     add("urls", nargs="+")
     add("router_url")
     add("num_engines", type=int)

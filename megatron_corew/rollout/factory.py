@@ -58,9 +58,7 @@ def create_engine(cfg: RolloutConfig, model_dir: str, tokenizer=None, role: str 
 
     For the sglang backend the policy call launches (or attaches to) the engines; the teacher call either returns
     a view of ``policy_engine`` that swaps teacher weights into the same engines (``--sglang-teacher-engines
-    shared``) or launches its own group. ``cfg`` may also be the parsed flags (built into a config here)."""
-    if not isinstance(cfg, RolloutConfig):
-        return _create_from_flags(cfg, model_dir, tokenizer, role)
+    shared``) or launches its own group."""
     eos = eos_ids(model_dir, tokenizer)
     if cfg.backend == "embedded":
         from megatron_corew.rollout.embedded import EmbeddedEngine
@@ -75,16 +73,6 @@ def create_engine(cfg: RolloutConfig, model_dir: str, tokenizer=None, role: str 
         return policy_engine.role_view("teacher")
     engine = _build_sglang(cfg, model_dir, eos, role)
     _ENGINES.append(engine)
-    return engine
-
-
-def _create_from_flags(args, model_dir: str, tokenizer, role: str) -> RolloutEngine:
-    """``create_engine`` for callers that pass the parsed flags: the policy engine is remembered per namespace,
-    for the teacher call that follows."""
-    engine = create_engine(RolloutConfig.from_args(args), model_dir, tokenizer, role,
-                           policy_engine=getattr(args, "_sglang_policy_engine", None))
-    if role == "policy":
-        args._sglang_policy_engine = engine
     return engine
 
 
