@@ -5,6 +5,7 @@ Install on a CPU machine (Python 3.11): ``pip install torch==2.13.0 && pip insta
 megatron-core: 0.17+ declares Python >= 3.12, so on 3.11 pip resolves 0.16.1, which we support and
 test; on 3.12 the newest release installs and the same code runs (see README).
 """
+
 from setuptools import find_packages, setup
 
 setup(
@@ -12,19 +13,22 @@ setup(
     version="0.1.0",
     description="Self-supervised RL (Co-rewarding I/II, GRPO baselines) on megatron-core",
     python_requires=">=3.10",
-    packages=find_packages(include=["megatron_corew", "megatron_corew.*", "checkpoints_conversion",
-                                    "checkpoints_conversion.*", "tools"]),
+    packages=find_packages(
+        include=["megatron_corew", "megatron_corew.*", "checkpoints_conversion", "checkpoints_conversion.*", "tools"]
+    ),
     py_modules=["train_rl"],
-    entry_points={"console_scripts": [
-        "corew-train = train_rl:cli",
-        "corew-preprocess = tools.preprocess_data:main",
-        "corew-rewrite-questions = tools.rewrite_questions:main",
-        "corew-make-tiny-task = tools.make_tiny_task:main",
-        "corew-plot-run = tools.plot_run:main",
-        "corew-evaluate = tools.evaluate:main",
-        "corew-convert-hf-to-megatron = tools.convert_hf_to_megatron:main",
-        "corew-convert-megatron-to-hf = tools.convert_megatron_to_hf:main",
-    ]},
+    entry_points={
+        "console_scripts": [
+            "corew-train = train_rl:cli",
+            "corew-preprocess = tools.preprocess_data:main",
+            "corew-rewrite-questions = tools.rewrite_questions:main",
+            "corew-make-tiny-task = tools.make_tiny_task:main",
+            "corew-plot-run = tools.plot_run:main",
+            "corew-evaluate = tools.evaluate:main",
+            "corew-convert-hf-to-megatron = tools.convert_hf_to_megatron:main",
+            "corew-convert-megatron-to-hf = tools.convert_megatron_to_hf:main",
+        ]
+    },
     install_requires=[
         "torch>=2.6",
         "megatron-core>=0.16.1",

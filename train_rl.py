@@ -2,6 +2,7 @@
 
 Exit codes: 0 done, 2 bad input (one line naming the file, row or flag), 3 stopped on a non-finite update.
 """
+
 import json
 import os
 import sys

@@ -14,6 +14,7 @@
 
 Exits non-zero when a converter's peak RSS reaches --rss-limit-gb (default 2.5).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,11 +28,26 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 QWEN25_15B = {
-    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": 1536, "intermediate_size": 8960,
-    "num_hidden_layers": 28, "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
-    "max_position_embeddings": 32768, "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": True,
-    "hidden_act": "silu", "use_sliding_window": False, "sliding_window": 32768, "max_window_layers": 21,
-    "attention_dropout": 0.0, "initializer_range": 0.02, "bos_token_id": 151643, "eos_token_id": 151643,
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "hidden_size": 1536,
+    "intermediate_size": 8960,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 12,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "tie_word_embeddings": True,
+    "hidden_act": "silu",
+    "use_sliding_window": False,
+    "sliding_window": 32768,
+    "max_window_layers": 21,
+    "attention_dropout": 0.0,
+    "initializer_range": 0.02,
+    "bos_token_id": 151643,
+    "eos_token_id": 151643,
     "use_cache": True,
 }
 
@@ -113,8 +129,12 @@ def verify(a_dir: str, b_dir: str) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workdir", default="/tmp/bench_conversion")
-    ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
-                    help="dtype of the random HF checkpoint (the real Qwen2.5-1.5B is bfloat16)")
+    ap.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float32"],
+        default="bfloat16",
+        help="dtype of the random HF checkpoint (the real Qwen2.5-1.5B is bfloat16)",
+    )
     ap.add_argument("--layers", type=int, default=None, help="override num_hidden_layers (smoke runs)")
     ap.add_argument("--max-shard-size", default="1GB", help="HF output shard size of the back conversion")
     ap.add_argument("--rss-limit-gb", type=float, default=2.5)
@@ -139,18 +159,40 @@ def main(argv=None) -> int:
     try:
         me = os.path.abspath(__file__)
         gen_s, _, _ = run_measured([py, me, "--_generate", hf, a.dtype, str(a.layers or 0)])
-        print(f"random {a.dtype} checkpoint of Qwen2.5-1.5B's shape: {dir_gb(hf):.2f} GB written in {gen_s:.1f}s",
-              flush=True)
-        wall, rss, _ = run_measured([py, "-c", "import torch, transformers; "
-                                     "from megatron_corew.policy import cpu_compat; cpu_compat.apply(); "
-                                     "import megatron.core, megatron.core.dist_checkpointing"])
+        print(
+            f"random {a.dtype} checkpoint of Qwen2.5-1.5B's shape: {dir_gb(hf):.2f} GB written in {gen_s:.1f}s",
+            flush=True,
+        )
+        wall, rss, _ = run_measured(
+            [
+                py,
+                "-c",
+                "import torch, transformers; "
+                "from megatron_corew.policy import cpu_compat; cpu_compat.apply(); "
+                "import megatron.core, megatron.core.dist_checkpointing",
+            ]
+        )
         rows.append(("imports only (floor)", wall, rss, None))
-        wall, rss, last = run_measured([py, "tools/convert_hf_to_megatron.py", "--hf-dir", hf, "--save", mc,
-                                        "--no-progress-bar"])
+        wall, rss, last = run_measured(
+            [py, "tools/convert_hf_to_megatron.py", "--hf-dir", hf, "--save", mc, "--no-progress-bar"]
+        )
         print(last, flush=True)
         rows.append(("HF -> Megatron", wall, rss, dir_gb(mc)))
-        wall, rss, last = run_measured([py, "tools/convert_megatron_to_hf.py", "--load", mc, "--hf-config-dir", hf,
-                                        "--save", back, "--max-shard-size", a.max_shard_size, "--no-progress-bar"])
+        wall, rss, last = run_measured(
+            [
+                py,
+                "tools/convert_megatron_to_hf.py",
+                "--load",
+                mc,
+                "--hf-config-dir",
+                hf,
+                "--save",
+                back,
+                "--max-shard-size",
+                a.max_shard_size,
+                "--no-progress-bar",
+            ]
+        )
         print(last, flush=True)
         rows.append(("Megatron -> HF", wall, rss, dir_gb(back)))
         verified = None if a.no_verify else run_measured([py, me, "--_verify", hf, back])[2]

@@ -132,7 +132,19 @@ def _edge(rng: random.Random):
     yield f"\\log_{{2}} {2**e}", str(e), True
 
 
-GENERATORS = (_integer, _big_integer, _fraction, _decimal, _sqrt, _pi, _interval, _set_tuple, _expression, _percent_degree, _edge)
+GENERATORS = (
+    _integer,
+    _big_integer,
+    _fraction,
+    _decimal,
+    _sqrt,
+    _pi,
+    _interval,
+    _set_tuple,
+    _expression,
+    _percent_degree,
+    _edge,
+)
 
 
 def build_pairs(n: int, seed: int = 0) -> list[tuple[str, str, bool]]:
@@ -188,7 +200,12 @@ def main(argv=None) -> None:
         ("grader", "pairs/s", "us/pair", "acc vs construction label"),
         ("answers_equivalent (ours)", f"{n / ours_s:,.0f}", f"{ours_s / n * 1e6:,.1f}", f"{accuracy(ours):.4f}"),
         ("math-verify", f"{n / theirs_s:,.0f}", f"{theirs_s / n * 1e6:,.1f}", f"{accuracy(theirs):.4f}"),
-        ("is_equiv_reference (verl)", f"{n / reference_s:,.0f}", f"{reference_s / n * 1e6:,.1f}", f"{accuracy(reference):.4f}"),
+        (
+            "is_equiv_reference (verl)",
+            f"{n / reference_s:,.0f}",
+            f"{reference_s / n * 1e6:,.1f}",
+            f"{accuracy(reference):.4f}",
+        ),
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     print(f"pairs: {n} (seed {args.seed}; {sum(labels)} equivalent by construction)")

@@ -8,6 +8,7 @@ Each (method, seed) runs ``examples/run_tiny.sh`` (the README main job's model, 
 pseudo-label accuracy against ground truth (logged only: no method but ``gt`` sees a label in training), the
 final training reward and the mean KL. Written to ``benchmarks/results/methods_tiny.md`` too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ METHODS = ["gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", 
 
 
 def run_method(method: str, steps: int, seed: int, out: str, lr: str, val_samples: int) -> float:
-    env = dict(os.environ, METHOD=method, STEPS=str(steps), OUT=out, LR=lr, SEED=str(seed),
-               VAL_SAMPLES=str(val_samples))
+    env = dict(
+        os.environ, METHOD=method, STEPS=str(steps), OUT=out, LR=lr, SEED=str(seed), VAL_SAMPLES=str(val_samples)
+    )
     t0 = time.time()
     proc = subprocess.run(["bash", "examples/run_tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -42,11 +44,15 @@ def summarise(out: str, val_samples: int) -> dict:
         return sum(xs) / len(xs) if xs else None
 
     last = val[-1] if val else {}
-    return {"curve": [(r["step"], r["val/accuracy"]) for r in val],
-            "delta": val[-1]["val/accuracy"] - val[0]["val/accuracy"] if val else None,
-            "avg": last.get(f"val/accuracy_avg@{val_samples}"), "maj": last.get(f"val/maj@{val_samples}"),
-            "pseudo": mean("pseudo/label_acc"), "reward": train[-1].get("reward/mean") if train else None,
-            "kl": mean("train/kl")}
+    return {
+        "curve": [(r["step"], r["val/accuracy"]) for r in val],
+        "delta": val[-1]["val/accuracy"] - val[0]["val/accuracy"] if val else None,
+        "avg": last.get(f"val/accuracy_avg@{val_samples}"),
+        "maj": last.get(f"val/maj@{val_samples}"),
+        "pseudo": mean("pseudo/label_acc"),
+        "reward": train[-1].get("reward/mean") if train else None,
+        "kl": mean("train/kl"),
+    }
 
 
 def fmt(x, signed=False):
@@ -77,15 +83,20 @@ def main():
                 print(f"{method} seed {seed}: {secs:.0f} s", flush=True)
             results[(method, seed)] = summarise(out, args.val_samples)
     k = args.val_samples
-    lines = [f"Tiny task, {args.steps} steps, lr {args.lr}, seeds {args.seeds} (examples/run_tiny.sh settings); "
-             f"held-out = 200 questions, greedy, ground-truth graded", "",
-             f"| method | seed | held-out greedy accuracy (step: acc) | change | avg@{k} | maj@{k} | "
-             "mean pseudo-label acc | final reward | mean KL |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Tiny task, {args.steps} steps, lr {args.lr}, seeds {args.seeds} (examples/run_tiny.sh settings); "
+        f"held-out = 200 questions, greedy, ground-truth graded",
+        "",
+        f"| method | seed | held-out greedy accuracy (step: acc) | change | avg@{k} | maj@{k} | "
+        "mean pseudo-label acc | final reward | mean KL |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for (m, seed), r in results.items():
         curve = " ".join(f"{s}:{a:.3f}" for s, a in r["curve"])
-        lines.append(f"| {m} | {seed} | {curve} | {fmt(r['delta'], True)} | {fmt(r['avg'])} | {fmt(r['maj'])} | "
-                     f"{fmt(r['pseudo'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |")
+        lines.append(
+            f"| {m} | {seed} | {curve} | {fmt(r['delta'], True)} | {fmt(r['avg'])} | {fmt(r['maj'])} | "
+            f"{fmt(r['pseudo'])} | {fmt(r['reward'])} | {fmt(r['kl'])} |"
+        )
     lines += ["", "| method | mean change over seeds |", "|---|---|"]
     for m in dict.fromkeys(m for m, _ in results):
         ds = [results[(m, s)]["delta"] for s in seeds if results[(m, s)]["delta"] is not None]

@@ -8,6 +8,7 @@ Prints generated tokens/s of each (after one warm-up call each) and the ratio SG
 On CPU the server needs the import stubs (written to a temp dir from tests/sglang_stubs.py) and
 the venv from tools/install_sglang.sh.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def prompts_for(model: str, data: str | None, n: int, seed: int = 0) -> list[lis
 
     g = torch.Generator().manual_seed(seed)
     vocab = 100
-    return [torch.randint(3, vocab, (int(torch.randint(8, 40, (1,), generator=g)),), generator=g).tolist()
-            for _ in range(n)]
+    return [
+        torch.randint(3, vocab, (int(torch.randint(8, 40, (1,), generator=g)),), generator=g).tolist() for _ in range(n)
+    ]
 
 
 def timed(engine, prompts, params, repeats: int) -> tuple[float, int, float]:
@@ -79,9 +81,11 @@ def main(argv=None) -> int:
     eos = eos_ids(model)
     prompts = prompts_for(model, a.data, a.num_prompts)
     params = SamplingParams(temperature=a.temperature, max_new_tokens=a.max_new_tokens)
-    print(f"model {model}: {len(prompts)} prompts (mean {sum(map(len, prompts)) / len(prompts):.1f} tokens), "
-          f"up to {a.max_new_tokens} new tokens, T={a.temperature}, {a.repeats} timed repeats, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"model {model}: {len(prompts)} prompts (mean {sum(map(len, prompts)) / len(prompts):.1f} tokens), "
+        f"up to {a.max_new_tokens} new tokens, T={a.temperature}, {a.repeats} timed repeats, "
+        f"torch threads {torch.get_num_threads()}"
+    )
 
     emb_tps = None
     if not a.skip_embedded:
@@ -94,17 +98,26 @@ def main(argv=None) -> int:
     try:
         if a.sglang_url:
             fleet = AttachedFleet([a.sglang_url], HTTPConfig())
-            http_json("POST", a.sglang_url + "/update_weights_from_disk",
-                         {"model_path": model, "weight_version": "default"}, timeout=300)
+            http_json(
+                "POST",
+                a.sglang_url + "/update_weights_from_disk",
+                {"model_path": model, "weight_version": "default"},
+                timeout=300,
+            )
         else:
             sys.path.insert(0, os.path.join(REPO, "tests"))
             from sglang_stubs import write_stubs
 
             device = a.sglang_device or ("cuda" if torch.cuda.is_available() else "cpu")
             stubs = write_stubs(tempfile.mkdtemp(prefix="sglang-stubs-")) if device == "cpu" else None
-            spec = ServerSpec(model_path=model, python=a.sglang_python or default_sglang_python(), device=device,
-                              server_args=shlex.split(a.sglang_server_args), extra_pythonpath=[stubs] if stubs else [],
-                              log_path=os.path.join(tempfile.gettempdir(), "bench_rollout_sglang.log"))
+            spec = ServerSpec(
+                model_path=model,
+                python=a.sglang_python or default_sglang_python(),
+                device=device,
+                server_args=shlex.split(a.sglang_server_args),
+                extra_pythonpath=[stubs] if stubs else [],
+                log_path=os.path.join(tempfile.gettempdir(), "bench_rollout_sglang.log"),
+            )
             t0 = time.perf_counter()
             fleet = LocalFleet([spec], HTTPConfig()).start()
             print(f"sglang server ready in {time.perf_counter() - t0:.1f} s")

@@ -10,6 +10,7 @@ prompt+response tokens, random advantages) and one log-prob pass. MFU = analytic
 step time / the card's *measured* dense matmul peak in the same dtype (a large GEMM timed here),
 and against the datasheet number where the card is known.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,18 +24,56 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SHAPES = {
-    "qwen2.5-0.5b": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=896, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864, vocab_size=151936,
-                         tie_word_embeddings=True, rope_theta=1000000.0),
-    "qwen2.5-1.5b": dict(model_type="qwen2", architectures=["Qwen2ForCausalLM"], hidden_size=1536, num_hidden_layers=28,
-                         num_attention_heads=12, num_key_value_heads=2, intermediate_size=8960, vocab_size=151936,
-                         tie_word_embeddings=True, rope_theta=1000000.0),
-    "qwen3-1.7b": dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_size=2048, num_hidden_layers=28,
-                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, intermediate_size=6144,
-                       vocab_size=151936, tie_word_embeddings=True, rope_theta=1000000.0),
-    "tiny": dict(model_type="qwen3", architectures=["Qwen3ForCausalLM"], hidden_size=64, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, intermediate_size=128, vocab_size=512,
-                 tie_word_embeddings=False, rope_theta=10000.0),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=896,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        intermediate_size=4864,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+    ),
+    "qwen2.5-1.5b": dict(
+        model_type="qwen2",
+        architectures=["Qwen2ForCausalLM"],
+        hidden_size=1536,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        intermediate_size=8960,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+    ),
+    "qwen3-1.7b": dict(
+        model_type="qwen3",
+        architectures=["Qwen3ForCausalLM"],
+        hidden_size=2048,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=6144,
+        vocab_size=151936,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+    ),
+    "tiny": dict(
+        model_type="qwen3",
+        architectures=["Qwen3ForCausalLM"],
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        vocab_size=512,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+    ),
 }
 DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
@@ -42,8 +81,15 @@ DATASHEET_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 def write_config(shape: str, root: str) -> str:
     cfg = dict(SHAPES[shape])
     cfg.setdefault("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
-    cfg.update(hidden_act="silu", rms_norm_eps=1e-6, max_position_embeddings=32768, eos_token_id=2,
-               bos_token_id=1, torch_dtype="bfloat16", use_sliding_window=False)
+    cfg.update(
+        hidden_act="silu",
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        eos_token_id=2,
+        bos_token_id=1,
+        torch_dtype="bfloat16",
+        use_sliding_window=False,
+    )
     d = os.path.join(root, shape)
     os.makedirs(d, exist_ok=True)
     with open(os.path.join(d, "config.json"), "w") as f:
@@ -77,7 +123,7 @@ def measured_peak_tflops(dtype, device) -> float:
     for _ in range(reps):
         a @ b
     sync(device)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e12
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
 
 
 def sync(device):
@@ -95,7 +141,7 @@ def synthetic_samples(vocab: int, n_seqs: int, seq_len: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     prompt_len = seq_len // 4
     out = []
-    for i in range(n_seqs):
+    for _ in range(n_seqs):
         ids = torch.randint(3, vocab, (seq_len,), generator=g).tolist()
         out.append(TrainSample(ids[:prompt_len], ids[prompt_len:], advantage=float(torch.randn((), generator=g))))
     return out
@@ -108,10 +154,22 @@ def bench_megatron(model_dir, samples, args, bf16, fp8, device):
     from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 
     margs = load_model_args(model_dir)
-    trainer = PolicyTrainer(margs, TrainerConfig(
-        micro_batch_size=args.micro_batch_size, lr=1e-6, train_iters=1000, lr_warmup_fraction=0.0, bf16=bf16,
-        fp8=fp8, fp8_recipe=args.fp8_recipe if fp8 else None, need_anchor=False,
-        recompute=args.recompute, use_distributed_optimizer=False), hf_source=False)
+    trainer = PolicyTrainer(
+        margs,
+        TrainerConfig(
+            micro_batch_size=args.micro_batch_size,
+            lr=1e-6,
+            train_iters=1000,
+            lr_warmup_fraction=0.0,
+            bf16=bf16,
+            fp8=fp8,
+            fp8_recipe=args.fp8_recipe if fp8 else None,
+            need_anchor=False,
+            recompute=args.recompute,
+            use_distributed_optimizer=False,
+        ),
+        hf_source=False,
+    )
     for _ in range(args.warmup):
         trainer.train_step(samples)
     if device.type == "cuda":
@@ -142,10 +200,11 @@ def bench_transformers(model_dir, samples, args, bf16, device):
     dtype = torch.bfloat16 if bf16 else torch.float32
     cfg = AutoConfig.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation="sdpa").to(device)
-    model.gradient_checkpointing_enable() if args.recompute else None
+    if args.recompute:
+        model.gradient_checkpointing_enable()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device.type == "cuda")
     n_tokens = sum(len(s.response_ids) for s in samples)
-    mbs = [samples[i:i + args.micro_batch_size] for i in range(0, len(samples), args.micro_batch_size)]
+    mbs = [samples[i : i + args.micro_batch_size] for i in range(0, len(samples), args.micro_batch_size)]
 
     def step():
         opt.zero_grad(set_to_none=True)
@@ -171,7 +230,7 @@ def bench_transformers(model_dir, samples, args, bf16, device):
     sync(device)
     elapsed = (time.perf_counter() - t0) / args.steps
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
-    del model, opt
+    model = opt = None  # frees them: step() closes over these cells
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -210,8 +269,11 @@ def main():
     card = torch.cuda.get_device_name() if on_gpu else "CPU"
     peak = measured_peak_tflops(torch.bfloat16 if bf16 else torch.float32, device)
     sheet = next((v for k, v in DATASHEET_BF16_TFLOPS.items() if k in card), None) if on_gpu else None
-    print(f"device: {card}; measured dense {'bf16' if bf16 else 'fp32'} matmul peak {peak:.1f} TFLOP/s"
-          + (f"; datasheet {sheet:.0f}" if sheet else ""), flush=True)
+    print(
+        f"device: {card}; measured dense {'bf16' if bf16 else 'fp32'} matmul peak {peak:.1f} TFLOP/s"
+        + (f"; datasheet {sheet:.0f}" if sheet else ""),
+        flush=True,
+    )
     rows = []
     with tempfile.TemporaryDirectory() as root:
         for shape in args.shapes.split(","):
@@ -220,12 +282,32 @@ def main():
             samples = synthetic_samples(SHAPES[shape]["vocab_size"], n, args.seq_len)
             tokens = n * args.seq_len
             flops = train_flops_per_step(shape, tokens, args.seq_len)
-            runs = [("megatron " + ("bf16" if bf16 else "fp32"), lambda: bench_megatron(model_dir, samples, args, bf16, None, device))]
+            runs = [
+                (
+                    "megatron " + ("bf16" if bf16 else "fp32"),
+                    lambda model_dir=model_dir, samples=samples: bench_megatron(
+                        model_dir, samples, args, bf16, None, device
+                    ),
+                )
+            ]
             if on_gpu and not args.no_fp8 and transformer_engine_available():
-                runs.append(("megatron fp8", lambda: bench_megatron(model_dir, samples, args, True, "hybrid", device)))
+                runs.append(
+                    (
+                        "megatron fp8",
+                        lambda model_dir=model_dir, samples=samples: bench_megatron(
+                            model_dir, samples, args, True, "hybrid", device
+                        ),
+                    )
+                )
             if not args.no_reference:
-                runs.append(("transformers " + ("bf16" if bf16 else "fp32"),
-                             lambda: bench_transformers(model_dir, samples, args, bf16, device) + (None,)))
+                runs.append(
+                    (
+                        "transformers " + ("bf16" if bf16 else "fp32"),
+                        lambda model_dir=model_dir, samples=samples: (
+                            bench_transformers(model_dir, samples, args, bf16, device) + (None,)
+                        ),
+                    )
+                )
             for name, fn in runs:
                 out = fn()
                 step = out[0]
@@ -234,25 +316,41 @@ def main():
                 else:
                     logprob, mem = None, out[1]
                 tflops = flops / step / 1e12
-                rows.append({"shape": shape, "impl": name, "tokens_per_step": tokens, "step_s": step,
-                             "tokens_per_s": tokens / step, "logprob_pass_s": logprob, "peak_mem_gib": mem,
-                             "tflops": tflops, "mfu_measured_peak": tflops / peak,
-                             "mfu_datasheet": tflops / sheet if sheet else None})
+                rows.append(
+                    {
+                        "shape": shape,
+                        "impl": name,
+                        "tokens_per_step": tokens,
+                        "step_s": step,
+                        "tokens_per_s": tokens / step,
+                        "logprob_pass_s": logprob,
+                        "peak_mem_gib": mem,
+                        "tflops": tflops,
+                        "mfu_measured_peak": tflops / peak,
+                        "mfu_datasheet": tflops / sheet if sheet else None,
+                    }
+                )
                 print(f"  {shape:14s} {name:18s} {step:8.3f} s/step  {tokens / step:10.0f} tok/s", flush=True)
     print()
-    print(f"| shape | impl | tokens/step | step (s) | tokens/s | log-prob pass (s) | peak mem (GiB) | TFLOP/s | MFU (measured peak) | MFU (datasheet) |")
+    print(
+        "| shape | impl | tokens/step | step (s) | tokens/s | log-prob pass (s) | peak mem (GiB) | TFLOP/s | MFU (measured peak) | MFU (datasheet) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         lp = f"{r['logprob_pass_s']:.3f}" if r["logprob_pass_s"] is not None else "-"
         ds = f"{r['mfu_datasheet']:.1%}" if r["mfu_datasheet"] else "-"
-        print(f"| {r['shape']} | {r['impl']} | {r['tokens_per_step']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {lp} | "
-              f"{r['peak_mem_gib']:.1f} | {r['tflops']:.2f} | {r['mfu_measured_peak']:.1%} | {ds} |")
+        print(
+            f"| {r['shape']} | {r['impl']} | {r['tokens_per_step']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | {lp} | "
+            f"{r['peak_mem_gib']:.1f} | {r['tflops']:.2f} | {r['mfu_measured_peak']:.1%} | {ds} |"
+        )
     by_shape = {}
     for r in rows:
         by_shape.setdefault(r["shape"], {})[r["impl"].split()[0]] = r
     for shape, d in by_shape.items():
         if "megatron" in d and "transformers" in d:
-            print(f"{shape}: megatron / transformers MFU ratio = {d['megatron']['tflops'] / d['transformers']['tflops']:.2f}x")
+            print(
+                f"{shape}: megatron / transformers MFU ratio = {d['megatron']['tflops'] / d['transformers']['tflops']:.2f}x"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": card, "peak_tflops": peak, "rows": rows}, f, indent=1)

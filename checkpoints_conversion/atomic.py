@@ -8,6 +8,7 @@ Temps whose writer PID is gone are removed by the next writer of the same path.
 It lives in ``checkpoints_conversion`` because that package imports nothing from ``megatron_corew``
 while the library uses it; callers that inject faults pass ``before_replace``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,17 @@ import shutil
 import tempfile
 from typing import Callable, Iterator
 
-__all__ = ["temp_path", "clean_stale_temps", "commit_file", "atomic_file", "write_text", "temp_dir", "commit_dir",
-           "atomic_dir", "publish_pointer"]
+__all__ = [
+    "temp_path",
+    "clean_stale_temps",
+    "commit_file",
+    "atomic_file",
+    "write_text",
+    "temp_dir",
+    "commit_dir",
+    "atomic_dir",
+    "publish_pointer",
+]
 
 
 def _tmp_prefix(path: str) -> str:
@@ -83,7 +93,7 @@ def clean_stale_temps(path: str) -> list[str]:
     removed = []
     for prefix in prefixes:
         for t in glob.glob(os.path.join(glob.escape(d), glob.escape(prefix) + "*")):
-            m = re.match(r"(\d+)-", os.path.basename(t)[len(prefix):])
+            m = re.match(r"(\d+)-", os.path.basename(t)[len(prefix) :])
             pid = int(m.group(1)) if m else None
             if pid is not None and pid != os.getpid() and _pid_alive(pid):
                 continue

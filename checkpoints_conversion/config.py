@@ -5,6 +5,7 @@ and the converters need is read from the HF config here, checked against the req
 and rejected with a one-line reason when it cannot be represented exactly: a silent config mismatch is the
 most common source of "the converted model is subtly wrong".
 """
+
 from __future__ import annotations
 
 import importlib
@@ -68,20 +69,24 @@ def load_model_args(model_dir: str) -> ModelArgs:
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelConfigError(
             f"{cfg_path}: unsupported architecture model_type={model_type!r} "
-            f"(architectures={raw.get('architectures')}); supported: {list(SUPPORTED_MODEL_TYPES)}")
+            f"(architectures={raw.get('architectures')}); supported: {list(SUPPORTED_MODEL_TYPES)}"
+        )
     from transformers import AutoConfig
 
     hf = AutoConfig.from_pretrained(model_dir)
     architecture = get_family(model_type).architecture
     archs = raw.get("architectures") or [architecture]
     if archs[0] != architecture:
-        raise ModelConfigError(f"{cfg_path}: architecture {archs[0]} is not supported for model_type "
-                               f"{model_type} (expected {architecture})")
+        raise ModelConfigError(
+            f"{cfg_path}: architecture {archs[0]} is not supported for model_type "
+            f"{model_type} (expected {architecture})"
+        )
     rope = dict(getattr(hf, "rope_parameters", None) or {})
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
-        raise ModelConfigError(f"{cfg_path}: rope type {rope_type!r} is not supported "
-                               f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
+        raise ModelConfigError(
+            f"{cfg_path}: rope type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+        )
     if model_type == "llama" and (getattr(hf, "attention_bias", False) or getattr(hf, "mlp_bias", False)):
         raise ModelConfigError(f"{cfg_path}: Llama with attention_bias/mlp_bias is not supported")
     if model_type == "qwen3" and getattr(hf, "attention_bias", False):
@@ -96,31 +101,51 @@ def load_model_args(model_dir: str) -> ModelArgs:
     eos = hf.eos_token_id
     eos = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
     return ModelArgs(
-        model_dir=model_dir, model_type=model_type, architecture=architecture,
-        vocab_size=hf.vocab_size, hidden_size=hf.hidden_size, num_layers=hf.num_hidden_layers,
-        num_attention_heads=heads, num_query_groups=groups, head_dim=head_dim,
-        ffn_hidden_size=hf.intermediate_size, norm_eps=hf.rms_norm_eps,
-        rope_theta=float(rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))), rope_type=rope_type,
+        model_dir=model_dir,
+        model_type=model_type,
+        architecture=architecture,
+        vocab_size=hf.vocab_size,
+        hidden_size=hf.hidden_size,
+        num_layers=hf.num_hidden_layers,
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        head_dim=head_dim,
+        ffn_hidden_size=hf.intermediate_size,
+        norm_eps=hf.rms_norm_eps,
+        rope_theta=float(rope.get("rope_theta", getattr(hf, "rope_theta", 10000.0))),
+        rope_type=rope_type,
         max_position_embeddings=hf.max_position_embeddings,
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        qkv_bias=(model_type == "qwen2"), qk_norm=(model_type == "qwen3"),
-        eos_token_id=eos, pad_token_id=getattr(hf, "pad_token_id", None), hf_config=hf)
+        qkv_bias=(model_type == "qwen2"),
+        qk_norm=(model_type == "qwen3"),
+        eos_token_id=eos,
+        pad_token_id=getattr(hf, "pad_token_id", None),
+        hf_config=hf,
+    )
 
 
 def validate_layout(args: ModelArgs, tp: int, pp: int) -> None:
     """Reject TP/PP sizes that do not divide the model (flag names as the user typed them)."""
     if args.num_attention_heads % tp:
-        raise ModelConfigError(f"--tensor-model-parallel-size {tp} does not divide num_attention_heads "
-                               f"{args.num_attention_heads} of {args.model_dir}")
+        raise ModelConfigError(
+            f"--tensor-model-parallel-size {tp} does not divide num_attention_heads "
+            f"{args.num_attention_heads} of {args.model_dir}"
+        )
     if args.num_query_groups % tp:
-        raise ModelConfigError(f"--tensor-model-parallel-size {tp} does not divide num_key_value_heads "
-                               f"{args.num_query_groups} of {args.model_dir}")
+        raise ModelConfigError(
+            f"--tensor-model-parallel-size {tp} does not divide num_key_value_heads "
+            f"{args.num_query_groups} of {args.model_dir}"
+        )
     if args.ffn_hidden_size % tp:
-        raise ModelConfigError(f"--tensor-model-parallel-size {tp} does not divide intermediate_size "
-                               f"{args.ffn_hidden_size} of {args.model_dir}")
+        raise ModelConfigError(
+            f"--tensor-model-parallel-size {tp} does not divide intermediate_size "
+            f"{args.ffn_hidden_size} of {args.model_dir}"
+        )
     if args.num_layers % pp:
-        raise ModelConfigError(f"--pipeline-model-parallel-size {pp} does not divide num_hidden_layers "
-                               f"{args.num_layers} of {args.model_dir}")
+        raise ModelConfigError(
+            f"--pipeline-model-parallel-size {pp} does not divide num_hidden_layers "
+            f"{args.num_layers} of {args.model_dir}"
+        )
 
 
 def check_family(args: ModelArgs) -> None:

@@ -10,6 +10,7 @@ places we meet it:
   these are the keys ``GPTModel.sharded_state_dict()`` uses for both the local and the TE spec;
 - ``kind``: how the fused tensor is laid out and split over TP (see :mod:`checkpoints_conversion.mapping`).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,8 +28,11 @@ class ParamSpec:
 # The decoder layer every family has.
 DENSE_LAYER_PARAMS = (
     ParamSpec("self_attention.linear_qkv.layer_norm_weight", "replicated", ("input_layernorm.weight",)),
-    ParamSpec("self_attention.linear_qkv.weight", "qkv",
-              ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")),
+    ParamSpec(
+        "self_attention.linear_qkv.weight",
+        "qkv",
+        ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
+    ),
     ParamSpec("self_attention.linear_proj.weight", "row", ("self_attn.o_proj.weight",)),
     ParamSpec("mlp.linear_fc1.layer_norm_weight", "replicated", ("post_attention_layernorm.weight",)),
     ParamSpec("mlp.linear_fc1.weight", "gate_up", ("mlp.gate_proj.weight", "mlp.up_proj.weight")),
@@ -36,8 +40,7 @@ DENSE_LAYER_PARAMS = (
 )
 # Megatron linear modules that carry an ``_extra_state`` object in the dist checkpoint (None for the
 # local spec; Transformer Engine keeps its FP8 metadata there).
-EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1",
-                       "mlp.linear_fc2")
+EXTRA_STATE_MODULES = ("self_attention.linear_proj", "self_attention.linear_qkv", "mlp.linear_fc1", "mlp.linear_fc2")
 
 EMBEDDING_KEY = "embedding.word_embeddings.weight"
 OUTPUT_KEY = "output_layer.weight"
@@ -79,12 +82,20 @@ def hf_layer_shapes(args) -> dict[str, tuple]:
     h, d = args.hidden_size, args.head_dim
     q, kv, ffn = args.num_attention_heads * d, args.num_query_groups * d, args.ffn_hidden_size
     return {
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-        "self_attn.q_proj.weight": (q, h), "self_attn.k_proj.weight": (kv, h), "self_attn.v_proj.weight": (kv, h),
-        "self_attn.q_proj.bias": (q,), "self_attn.k_proj.bias": (kv,), "self_attn.v_proj.bias": (kv,),
+        "input_layernorm.weight": (h,),
+        "post_attention_layernorm.weight": (h,),
+        "self_attn.q_proj.weight": (q, h),
+        "self_attn.k_proj.weight": (kv, h),
+        "self_attn.v_proj.weight": (kv, h),
+        "self_attn.q_proj.bias": (q,),
+        "self_attn.k_proj.bias": (kv,),
+        "self_attn.v_proj.bias": (kv,),
         "self_attn.o_proj.weight": (h, q),
-        "self_attn.q_norm.weight": (d,), "self_attn.k_norm.weight": (d,),
-        "mlp.gate_proj.weight": (ffn, h), "mlp.up_proj.weight": (ffn, h), "mlp.down_proj.weight": (h, ffn),
+        "self_attn.q_norm.weight": (d,),
+        "self_attn.k_norm.weight": (d,),
+        "mlp.gate_proj.weight": (ffn, h),
+        "mlp.up_proj.weight": (ffn, h),
+        "mlp.down_proj.weight": (h, ffn),
     }
 
 

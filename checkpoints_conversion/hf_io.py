@@ -1,4 +1,5 @@
 """Lazy reading and atomic writing of HF safetensors checkpoints (one tensor in memory at a time)."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,18 @@ class CheckpointError(ValueError):
     """A checkpoint on disk is missing, incomplete or does not match its config."""
 
 
-_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
+_ST_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
 
 
 def _read_safetensors_header(path: str) -> tuple[dict, int]:
@@ -168,9 +178,15 @@ def save_safetensors(tensors: dict, path: str, metadata: dict | None = None) -> 
         os.fsync(f.fileno())
 
 
-def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None = None,
-                        max_shard_bytes: int = 2 * 1024**3, dtype: torch.dtype | None = None,
-                        config_overrides: dict | None = None) -> None:
+def write_hf_checkpoint(
+    out_dir: str,
+    named_tensors,
+    *,
+    config_dir: str | None = None,
+    max_shard_bytes: int = 2 * 1024**3,
+    dtype: torch.dtype | None = None,
+    config_overrides: dict | None = None,
+) -> None:
     """Stream (name, tensor) pairs into sharded safetensors plus an index, in a temp directory that
     is renamed into place only when complete (a crash never leaves a half-written checkpoint).
     At most one output shard (``max_shard_bytes``) is held in memory.
@@ -208,15 +224,15 @@ def write_hf_checkpoint(out_dir: str, named_tensors, *, config_dir: str | None =
             for k in keys:
                 weight_map[k] = final
         with open(os.path.join(tmp, "model.safetensors.index.json"), "w") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))},
-                      f, indent=2)
+            json.dump({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, f, indent=2)
         if config_dir:
             for fname in os.listdir(config_dir):
                 if fname.endswith(".safetensors") or fname == "model.safetensors.index.json":
                     continue
                 src = os.path.join(config_dir, fname)
-                if os.path.isfile(src) and (fname.endswith((".json", ".txt", ".model", ".jinja"))
-                                            or fname.startswith("tokenizer")):
+                if os.path.isfile(src) and (
+                    fname.endswith((".json", ".txt", ".model", ".jinja")) or fname.startswith("tokenizer")
+                ):
                     shutil.copy2(src, os.path.join(tmp, fname))
         if config_overrides:
             cfg_path = os.path.join(tmp, "config.json")

@@ -1,5 +1,6 @@
 """Llama-3.x (and SmolLM2, which is a Llama): the plain dense decoder; Llama-3 rope scaling is taken
 from transformers' own inverse frequencies, so only its parameters need to be present."""
+
 from checkpoints_conversion.families import Family
 
 _LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
@@ -16,6 +17,9 @@ def _rope_checks(args) -> list[str]:
     return []
 
 
-FAMILY = Family(model_type="llama", architecture="LlamaForCausalLM",
-                rotary_embedding="transformers.models.llama.modeling_llama.LlamaRotaryEmbedding",
-                config_checks=(_rope_checks,))
+FAMILY = Family(
+    model_type="llama",
+    architecture="LlamaForCausalLM",
+    rotary_embedding="transformers.models.llama.modeling_llama.LlamaRotaryEmbedding",
+    config_checks=(_rope_checks,),
+)

@@ -15,6 +15,7 @@ Both local-spec and Transformer-Engine-spec parameter names are understood. The 
 streaming checkpoint converters are in :mod:`checkpoints_conversion.megatron_write` and
 :mod:`checkpoints_conversion.megatron_read`.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,10 +26,14 @@ import torch
 _LAYER_RULES = {
     "input_layernorm.weight": ("replicated", ["input_layernorm.weight"]),
     "self_attention.linear_qkv.layer_norm_weight": ("replicated", ["input_layernorm.weight"]),
-    "self_attention.linear_qkv.weight": ("qkv", ["self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                                                 "self_attn.v_proj.weight"]),
-    "self_attention.linear_qkv.bias": ("qkv", ["self_attn.q_proj.bias", "self_attn.k_proj.bias",
-                                               "self_attn.v_proj.bias"]),
+    "self_attention.linear_qkv.weight": (
+        "qkv",
+        ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"],
+    ),
+    "self_attention.linear_qkv.bias": (
+        "qkv",
+        ["self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"],
+    ),
     "self_attention.q_layernorm.weight": ("replicated", ["self_attn.q_norm.weight"]),
     "self_attention.k_layernorm.weight": ("replicated", ["self_attn.k_norm.weight"]),
     "self_attention.linear_proj.weight": ("row", ["self_attn.o_proj.weight"]),
@@ -61,8 +66,9 @@ def _qkv_sizes(args):
     return heads_per_group * args.head_dim, args.head_dim
 
 
-def shard_from_hf(kind: str, tensors: list[torch.Tensor], args, tp_rank: int, tp: int,
-                  padded_vocab: int) -> torch.Tensor:
+def shard_from_hf(
+    kind: str, tensors: list[torch.Tensor], args, tp_rank: int, tp: int, padded_vocab: int
+) -> torch.Tensor:
     """The TP shard that rank ``tp_rank`` holds, built from the full HF tensors."""
     if kind == "replicated":
         return tensors[0]
@@ -83,8 +89,9 @@ def shard_from_hf(kind: str, tensors: list[torch.Tensor], args, tp_rank: int, tp
         q_rows, kv_rows = _qkv_sizes(args)
         g = args.num_query_groups
         tail = tuple(q.shape[1:])
-        fused = torch.cat([q.reshape((g, q_rows) + tail), k.reshape((g, kv_rows) + tail),
-                           v.reshape((g, kv_rows) + tail)], dim=1)
+        fused = torch.cat(
+            [q.reshape((g, q_rows) + tail), k.reshape((g, kv_rows) + tail), v.reshape((g, kv_rows) + tail)], dim=1
+        )
         return fused.chunk(tp, dim=0)[tp_rank].reshape((-1,) + tail)
     raise ValueError(kind)
 

@@ -8,6 +8,7 @@ loads it (the padded vocab rows are loaded with megatron's ``allow_shape_mismatc
 ``dist_checkpointing.load`` into a model at any TP/PP reads it. Beside the tensors it holds
 ``model_args.json`` (the architecture it implies) and ``hf_config/`` (config and tokenizer files).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,8 +38,14 @@ VOCAB_BLOCK_BYTES = 64 * 1024**2
 warnings.filterwarnings("ignore", message=".*torch.distributed is disabled, unavailable or uninitialized.*")
 warnings.filterwarnings("ignore", message=".*`load_state_dict` is deprecated.*")
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -51,9 +58,9 @@ class Entry:
 
     key: str
     kind: str
-    shape: tuple                    # global shape (stacked layers first for layer params)
-    spec: ParamSpec | None = None   # layer parameter, or None for embedding / norm / output
-    hf: tuple = ()                  # HF names of a non-layer entry
+    shape: tuple  # global shape (stacked layers first for layer params)
+    spec: ParamSpec | None = None  # layer parameter, or None for embedding / norm / output
+    hf: tuple = ()  # HF names of a non-layer entry
 
 
 def checkpoint_entries(args, padded_vocab: int) -> list[Entry]:
@@ -71,8 +78,11 @@ def checkpoint_entries(args, padded_vocab: int) -> list[Entry]:
 
 def extra_state_keys(args) -> list[str]:
     """Unique keys of the per-layer ``_extra_state`` objects (``key/shard_{layer}_{num_layers}``)."""
-    return [f"{LAYER_KEY_PREFIX}{m}._extra_state/shard_{i}_{args.num_layers}"
-            for i in range(args.num_layers) for m in EXTRA_STATE_MODULES]
+    return [
+        f"{LAYER_KEY_PREFIX}{m}._extra_state/shard_{i}_{args.num_layers}"
+        for i in range(args.num_layers)
+        for m in EXTRA_STATE_MODULES
+    ]
 
 
 def vocab_blocks(rows: int, row_bytes: int, block_bytes: int = VOCAB_BLOCK_BYTES) -> list[tuple[int, int]]:
@@ -81,15 +91,38 @@ def vocab_blocks(rows: int, row_bytes: int, block_bytes: int = VOCAB_BLOCK_BYTES
 
 
 # the architecture fields a converted checkpoint records and the back conversion checks against the config
-CHECKED_ARG_FIELDS = ("model_type", "vocab_size", "hidden_size", "num_layers", "num_attention_heads",
-                      "num_query_groups", "head_dim", "ffn_hidden_size", "tie_word_embeddings", "qkv_bias", "qk_norm")
+CHECKED_ARG_FIELDS = (
+    "model_type",
+    "vocab_size",
+    "hidden_size",
+    "num_layers",
+    "num_attention_heads",
+    "num_query_groups",
+    "head_dim",
+    "ffn_hidden_size",
+    "tie_word_embeddings",
+    "qkv_bias",
+    "qk_norm",
+)
 
 
 def model_args_record(args, tp: int, pp: int, dtype: torch.dtype) -> dict:
     rec = {"format": FORMAT_NAME, "version": 1}
-    for f in CHECKED_ARG_FIELDS + ("architecture", "norm_eps", "rope_theta", "rope_type",
-                                   "max_position_embeddings", "eos_token_id", "pad_token_id"):
+    for f in CHECKED_ARG_FIELDS + (
+        "architecture",
+        "norm_eps",
+        "rope_theta",
+        "rope_type",
+        "max_position_embeddings",
+        "eos_token_id",
+        "pad_token_id",
+    ):
         rec[f] = getattr(args, f)
-    rec.update(padded_vocab_size=args.padded_vocab_size(tp), target_tensor_parallel_size=tp,
-               target_pipeline_parallel_size=pp, dtype=dtype_name(dtype), source=os.path.abspath(args.model_dir))
+    rec.update(
+        padded_vocab_size=args.padded_vocab_size(tp),
+        target_tensor_parallel_size=tp,
+        target_pipeline_parallel_size=pp,
+        dtype=dtype_name(dtype),
+        source=os.path.abspath(args.model_dir),
+    )
     return rec

@@ -4,6 +4,7 @@ Megatron -> HF reads a layer at a time with ``dist_checkpointing.load`` of a par
 the tensors feed :func:`checkpoints_conversion.hf_io.write_hf_checkpoint`. The checkpoint's tensor names and
 shapes are checked against the HF config (:func:`validate_megatron_checkpoint`) before anything is written.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,7 @@ def read_checkpoint_metadata(ckpt_dir: str) -> dict:
         if isinstance(m, BytesStorageMetadata):
             objects.add(key)
         else:
-            out[key] = (tuple(m.size), m.properties.dtype,
-                        [(tuple(c.offsets), tuple(c.sizes)) for c in m.chunks])
+            out[key] = (tuple(m.size), m.properties.dtype, [(tuple(c.offsets), tuple(c.sizes)) for c in m.chunks])
     files = {info.relative_path for info in md.storage_data.values()}
     missing = sorted(f for f in files if not os.path.isfile(os.path.join(ckpt_dir, f)))
     if missing:
@@ -81,8 +81,9 @@ def validate_megatron_checkpoint(ckpt_dir: str, args) -> dict:
         problems.append(f"{EMBEDDING_KEY}: {padded} rows, fewer than config vocab_size {args.vocab_size}")
     for e in checkpoint_entries(args, padded):
         if e.key not in meta:
-            problems.append(f"{e.key} is missing (config: {args.model_type}, "
-                            f"tie_word_embeddings={args.tie_word_embeddings})")
+            problems.append(
+                f"{e.key} is missing (config: {args.model_type}, tie_word_embeddings={args.tie_word_embeddings})"
+            )
         elif meta[e.key][0] != e.shape:
             problems.append(f"{e.key}: checkpoint shape {meta[e.key][0]}, config implies {e.shape}")
     if args.tie_word_embeddings and OUTPUT_KEY in meta:
@@ -109,8 +110,15 @@ def _load_chunks(ckpt_dir: str, requests: dict) -> dict:
 
     sharded = {}
     for name, (key, dt, off, size, gshape) in requests.items():
-        sharded[name] = ShardedTensor(key=key, data=torch.empty(size, dtype=dt), dtype=dt, local_shape=tuple(size),
-                                      global_shape=tuple(gshape), global_offset=tuple(off), axis_fragmentations=None)
+        sharded[name] = ShardedTensor(
+            key=key,
+            data=torch.empty(size, dtype=dt),
+            dtype=dt,
+            local_shape=tuple(size),
+            global_shape=tuple(gshape),
+            global_offset=tuple(off),
+            axis_fragmentations=None,
+        )
     return dist_checkpointing.load(sharded, ckpt_dir, validate_access_integrity=False)
 
 
@@ -132,8 +140,13 @@ def iter_hf_tensors(ckpt_dir: str, args, meta: dict, *, dtype: torch.dtype | Non
         entries = checkpoint_entries(args, meta[EMBEDDING_KEY][0][0])
         by_key = {e.key: e for e in entries}
         layer_entries = [e for e in entries if e.spec is not None]
-        bar = tqdm(total=args.num_layers + len(entries) - len(layer_entries), desc="Megatron -> HF", unit="step",
-                   disable=not progress, dynamic_ncols=True)
+        bar = tqdm(
+            total=args.num_layers + len(entries) - len(layer_entries),
+            desc="Megatron -> HF",
+            unit="step",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
 
         def vocab_tensor(key: str) -> torch.Tensor:
             gshape, dt, chunks = meta[key]
@@ -143,8 +156,9 @@ def iter_hf_tensors(ckpt_dir: str, args, meta: dict, *, dtype: torch.dtype | Non
             for a, b in row_ranges:
                 if a >= args.vocab_size:
                     continue
-                got = _load_chunks(ckpt_dir, {"t": (key, dt, (a,) + (0,) * (len(gshape) - 1),
-                                                    (b - a,) + gshape[1:], gshape)})["t"]
+                got = _load_chunks(
+                    ckpt_dir, {"t": (key, dt, (a,) + (0,) * (len(gshape) - 1), (b - a,) + gshape[1:], gshape)}
+                )["t"]
                 stop = min(b, args.vocab_size)
                 out[a:stop] = got[: stop - a]
                 del got

@@ -6,6 +6,7 @@ the embedding in row blocks), so memory stays at a few tensors. Config, layout a
 shape are checked (:func:`prepare_hf_source`) before any output is created, and the output appears only by
 renaming a complete temp directory.
 """
+
 from __future__ import annotations
 
 import io
@@ -39,23 +40,37 @@ def validate_hf_checkpoint(args, reader: HFCheckpointReader) -> None:
     missing = [n for n in expected if n not in reader]
     if missing:
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise CheckpointError(f"{args.model_dir}: the checkpoint lacks {', '.join(missing[:5])}{more} "
-                              f"which the config ({args.model_type}, {args.num_layers} layers) requires")
-    wrong = [f"{n}: config implies {shape}, checkpoint has {reader.shape(n)}"
-             for n, shape in expected.items() if reader.shape(n) != tuple(shape)]
+        raise CheckpointError(
+            f"{args.model_dir}: the checkpoint lacks {', '.join(missing[:5])}{more} "
+            f"which the config ({args.model_type}, {args.num_layers} layers) requires"
+        )
+    wrong = [
+        f"{n}: config implies {shape}, checkpoint has {reader.shape(n)}"
+        for n, shape in expected.items()
+        if reader.shape(n) != tuple(shape)
+    ]
     if wrong:
         raise CheckpointError(f"{args.model_dir}: config and checkpoint shapes disagree: " + "; ".join(wrong[:5]))
-    extra = [n for n in reader.keys() if n not in expected and not n.endswith(_IGNORABLE_SUFFIXES)
-             and not (n == "lm_head.weight" and args.tie_word_embeddings)]
+    extra = [
+        n
+        for n in reader.keys()
+        if n not in expected
+        and not n.endswith(_IGNORABLE_SUFFIXES)
+        and not (n == "lm_head.weight" and args.tie_word_embeddings)
+    ]
     if extra:
-        raise CheckpointError(f"{args.model_dir}: tensors {', '.join(sorted(extra)[:5])} have no place in a "
-                              f"{args.architecture} with this config (they would be dropped)")
+        raise CheckpointError(
+            f"{args.model_dir}: tensors {', '.join(sorted(extra)[:5])} have no place in a "
+            f"{args.architecture} with this config (they would be dropped)"
+        )
     if args.tie_word_embeddings and "lm_head.weight" in reader:
         _check_tied_copy(args, reader)
     bad_dtype = sorted({str(reader.dtype(n)) for n in expected if not reader.dtype(n).is_floating_point})
     if bad_dtype:
-        raise CheckpointError(f"{args.model_dir}: non-floating-point weights ({', '.join(bad_dtype)}); "
-                              "quantized checkpoints are not supported")
+        raise CheckpointError(
+            f"{args.model_dir}: non-floating-point weights ({', '.join(bad_dtype)}); "
+            "quantized checkpoints are not supported"
+        )
 
 
 def _check_tied_copy(args, reader: HFCheckpointReader) -> None:
@@ -63,13 +78,17 @@ def _check_tied_copy(args, reader: HFCheckpointReader) -> None:
     blocks), or the config's tie_word_embeddings is wrong and converting would drop weights."""
     name, emb = "lm_head.weight", "model.embed_tokens.weight"
     if reader.shape(name) != reader.shape(emb):
-        raise CheckpointError(f"{args.model_dir}: {name} {reader.shape(name)} and {emb} {reader.shape(emb)} "
-                              "differ in shape but the config ties the embeddings")
+        raise CheckpointError(
+            f"{args.model_dir}: {name} {reader.shape(name)} and {emb} {reader.shape(emb)} "
+            "differ in shape but the config ties the embeddings"
+        )
     h = args.hidden_size
     for a, b in vocab_blocks(args.vocab_size, h * reader.dtype(emb).itemsize):
         if not torch.equal(reader.get_rows(name, a, b), reader.get_rows(emb, a, b)):
-            raise CheckpointError(f"{args.model_dir}: config ties the embeddings (tie_word_embeddings=true) but "
-                                  f"{name} differs from {emb}; converting would drop the output layer")
+            raise CheckpointError(
+                f"{args.model_dir}: config ties the embeddings (tie_word_embeddings=true) but "
+                f"{name} differs from {emb}; converting would drop the output layer"
+            )
 
 
 def prepare_hf_source(hf_dir: str, tp: int = 1, pp: int = 1):
@@ -106,11 +125,18 @@ class _LazyGlobalTensor(torch.Tensor):
         from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
         from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 
-        return [WriteItem(index=MetadataIndex(fqn, torch.Size(off)), type=WriteItemType.SHARD,
-                          tensor_data=TensorWriteData(chunk=ChunkStorageMetadata(offsets=torch.Size(off), sizes=size),
-                                                      properties=TensorProperties(dtype=self._dtype),
-                                                      size=self._gshape))
-                for off, (size, _) in self._chunks.items()]
+        return [
+            WriteItem(
+                index=MetadataIndex(fqn, torch.Size(off)),
+                type=WriteItemType.SHARD,
+                tensor_data=TensorWriteData(
+                    chunk=ChunkStorageMetadata(offsets=torch.Size(off), sizes=size),
+                    properties=TensorProperties(dtype=self._dtype),
+                    size=self._gshape,
+                ),
+            )
+            for off, (size, _) in self._chunks.items()
+        ]
 
     def __create_chunk_list__(self):
         from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
@@ -121,8 +147,9 @@ class _LazyGlobalTensor(torch.Tensor):
         size, fn = self._chunks[tuple(index.offset)]
         t = fn()
         if tuple(t.shape) != tuple(size):
-            raise CheckpointError(f"{index.fqn} chunk at {tuple(index.offset)}: produced {tuple(t.shape)}, "
-                                  f"expected {tuple(size)}")
+            raise CheckpointError(
+                f"{index.fqn} chunk at {tuple(index.offset)}: produced {tuple(t.shape)}, expected {tuple(size)}"
+            )
         if self._on_chunk is not None:
             self._on_chunk()
         return t.to(self._dtype).contiguous()
@@ -171,9 +198,15 @@ def _lazy_state_dict(args, reader: HFCheckpointReader, padded: int, dtype, on_ch
                     # megatron stores fc1 as [gate; up] chunks; write them as two chunks like it does
                     rows = per_layer[0] // 2
                     for part, n in enumerate(names):
-                        chunks.append(((i, part * rows) + zeros[1:], (1, rows) + per_layer[1:],
-                                       lambda n=n: reader.get(n).unsqueeze(0)))
+                        chunks.append(
+                            (
+                                (i, part * rows) + zeros[1:],
+                                (1, rows) + per_layer[1:],
+                                lambda n=n: reader.get(n).unsqueeze(0),
+                            )
+                        )
                 else:
+
                     def fused(names=names, kind=spec.kind):
                         return shard_from_hf(kind, [reader.get(n) for n in names], args, 0, 1, padded).unsqueeze(0)
 
@@ -193,16 +226,27 @@ def copy_hf_config_files(src_dir: str, dst_dir: str) -> None:
     os.makedirs(dst_dir, exist_ok=True)
     for fname in sorted(os.listdir(src_dir)):
         src = os.path.join(src_dir, fname)
-        if not os.path.isfile(src) or fname.endswith((".safetensors", ".bin", ".pt", ".gguf")) \
-                or fname == "model.safetensors.index.json":
+        if (
+            not os.path.isfile(src)
+            or fname.endswith((".safetensors", ".bin", ".pt", ".gguf"))
+            or fname == "model.safetensors.index.json"
+        ):
             continue
         if fname.endswith((".json", ".txt", ".model", ".jinja", ".tiktoken")) or fname.startswith("tokenizer"):
             shutil.copy2(src, os.path.join(dst_dir, fname))
 
 
-def write_megatron_checkpoint(out_dir: str, args, reader: HFCheckpointReader, *, tp: int = 1, pp: int = 1,
-                              dtype: torch.dtype | None = None, progress: bool = True,
-                              overwrite: bool = False) -> dict:
+def write_megatron_checkpoint(
+    out_dir: str,
+    args,
+    reader: HFCheckpointReader,
+    *,
+    tp: int = 1,
+    pp: int = 1,
+    dtype: torch.dtype | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict:
     """Write the torch_dist checkpoint of the HF weights (validated by :func:`prepare_hf_source`)
     to ``out_dir`` atomically, with ``model_args.json`` and the HF config/tokenizer files in
     ``hf_config/``. ``tp``/``pp`` choose the vocab padding and are recorded; the checkpoint
@@ -223,8 +267,12 @@ def write_megatron_checkpoint(out_dir: str, args, reader: HFCheckpointReader, *,
         bar.total = count
         bar.refresh()
         writer = dcp.FileSystemWriter(tmp, single_file_per_rank=True, thread_count=1, sync_files=True)
-        dcp.save(state, storage_writer=writer,
-                 planner=MCoreSavePlanner(dedup_replicated_tensors=False, flatten_state_dict=False), no_dist=True)
+        dcp.save(
+            state,
+            storage_writer=writer,
+            planner=MCoreSavePlanner(dedup_replicated_tensors=False, flatten_state_dict=False),
+            no_dist=True,
+        )
         bar.close()
         torch.save({}, os.path.join(tmp, "common.pt"))  # megatron's common (non-sharded) state: none
         save_config(CheckpointingConfig("torch_dist", 1), tmp)

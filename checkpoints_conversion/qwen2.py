@@ -1,4 +1,5 @@
 """Qwen2 / Qwen2.5: the dense decoder plus a bias on the fused QKV projection (no other biases)."""
+
 from checkpoints_conversion.families import Family, ParamSpec
 
 
@@ -13,8 +14,11 @@ FAMILY = Family(
     architecture="Qwen2ForCausalLM",
     rotary_embedding="transformers.models.qwen2.modeling_qwen2.Qwen2RotaryEmbedding",
     extra_layer_params=(
-        ParamSpec("self_attention.linear_qkv.bias", "qkv",
-                  ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias")),
+        ParamSpec(
+            "self_attention.linear_qkv.bias",
+            "qkv",
+            ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+        ),
     ),
     config_checks=(_rope_checks,),
 )

@@ -1,4 +1,5 @@
 """Qwen3 (dense): the dense decoder plus per-head RMSNorm on queries and keys (qk-norm), no QKV bias."""
+
 from checkpoints_conversion.families import Family, ParamSpec
 
 

@@ -3,19 +3,22 @@
 Defaults of the trainer's settings are read from ``TrainerConfig`` so each is written once; reward methods come
 from the ``MethodSpec`` registry (``--reward-plugin MODULE`` registers more before the flags are parsed).
 """
+
 from __future__ import annotations
 
 import argparse
 
 from megatron_corew import rewards
-from megatron_corew.policy.trainer import TrainerConfig
+from megatron_corew.policy.config import TrainerConfig
 
 _T = TrainerConfig()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="GRPO / Co-rewarding training on megatron-core",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="GRPO / Co-rewarding training on megatron-core",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     g = p.add_argument_group("model and parallelism")
     g.add_argument("--hf-checkpoint", required=True, help="HF model directory the policy starts from")
     g.add_argument("--tensor-model-parallel-size", type=int, default=1)
@@ -26,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sequence-parallel", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--overlap-param-gather", action="store_true", help="needs --use-distributed-optimizer")
-    g.add_argument("--attention-backend", choices=["auto", "flash", "fused", "unfused", "local"],
-                   default=_T.attention_backend)
+    g.add_argument(
+        "--attention-backend", choices=["auto", "flash", "fused", "unfused", "local"], default=_T.attention_backend
+    )
     g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
     g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise"], default=None)
 
@@ -36,8 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--train-data-rephrased", default=None, help="aligned rephrased parquet (Co-rewarding-I)")
     g.add_argument("--val-data", default=None, help="held-out parquet with ground truth for validation")
     g.add_argument("--max-val-samples", type=int, default=None)
-    g.add_argument("--val-n-samples", type=int, default=0,
-                   help="also report sampled avg@k accuracy on the held-out set (k samples per question; 0: off)")
+    g.add_argument(
+        "--val-n-samples",
+        type=int,
+        default=0,
+        help="also report sampled avg@k accuracy on the held-out set (k samples per question; 0: off)",
+    )
     g.add_argument("--val-temperature", type=float, default=1.0, help="temperature of the avg@k validation samples")
     g.add_argument("--prompt-key", default="prompt")
     g.add_argument("--max-prompt-length", type=int, default=512)
@@ -46,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation (Megatron names)")
     g.add_argument("--global-batch-size", type=int, default=128, help="prompts (pairs for Co-rewarding-I) per step")
     g.add_argument("--micro-batch-size", type=int, default=_T.micro_batch_size, help="sequences per micro-batch")
-    g.add_argument("--max-tokens-per-micro-batch", type=int, default=None,
-                   help="token budget per micro-batch (dynamic batching); overrides nothing, caps both")
+    g.add_argument(
+        "--max-tokens-per-micro-batch",
+        type=int,
+        default=None,
+        help="token budget per micro-batch (dynamic batching); overrides nothing, caps both",
+    )
     g.add_argument("--train-iters", type=int, default=None, help="RL steps; default: --epochs over the data")
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--lr", type=float, default=_T.lr)
@@ -61,10 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=1234)
 
     g = p.add_argument_group("RL")
-    g.add_argument("--reward-method", choices=rewards.method_names(), default="gt",
-                   help="; ".join(f"{n}: {rewards.get_method(n).summary}" for n in rewards.method_names()))
-    g.add_argument("--reward-plugin", action="append", default=[], metavar="MODULE",
-                   help="import this dotted module first (it registers more reward methods); repeatable")
+    g.add_argument(
+        "--reward-method",
+        choices=rewards.method_names(),
+        default="gt",
+        help="; ".join(f"{n}: {rewards.get_method(n).summary}" for n in rewards.method_names()),
+    )
+    g.add_argument(
+        "--reward-plugin",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import this dotted module first (it registers more reward methods); repeatable",
+    )
     g.add_argument("--n-samples-per-prompt", type=int, default=8)
     g.add_argument("--rollout-temperature", type=float, default=1.0)
     g.add_argument("--rollout-top-p", type=float, default=1.0)
@@ -75,20 +96,36 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high)
     g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip)
     g.add_argument("--no-std-normalization", action="store_true", help="Dr.GRPO advantages")
-    g.add_argument("--label-matching", choices=["exact", "equiv"], default="exact",
-                   help="pseudo-label voting: raw string equality (reference) or equivalence clusters")
+    g.add_argument(
+        "--label-matching",
+        choices=["exact", "equiv"],
+        default="exact",
+        help="pseudo-label voting: raw string equality (reference) or equivalence clusters",
+    )
     g.add_argument("--gt-grading", choices=["reference", "equiv"], default="reference")
-    g.add_argument("--view-loss-agg", choices=["sum", "mean"], default="sum",
-                   help="Co-rewarding-I: sum (reference) or average the two views' losses")
+    g.add_argument(
+        "--view-loss-agg",
+        choices=["sum", "mean"],
+        default="sum",
+        help="Co-rewarding-I: sum (reference) or average the two views' losses",
+    )
     g.add_argument("--teacher-update-interval", type=int, default=1)
     g.add_argument("--teacher-alpha-start", type=float, default=0.01)
     g.add_argument("--teacher-alpha-end", type=float, default=1e-5)
     g.add_argument("--no-ema", action="store_true", help="Co-rewarding-II ablation: teacher stays the initial model")
-    g.add_argument("--anchor-cpu-offload", "--teacher-cpu-offload", dest="anchor_cpu_offload", action="store_true",
-                   help="keep the fp32 EMA teacher / KL reference in (pinned) host memory between its uses "
-                        "(forward, EMA update, export, checkpoint): saves a full fp32 model copy of GPU memory")
-    g.add_argument("--teacher-on-rephrased", action="store_true",
-                   help="Co-rewarding I+II hybrid: the teacher answers the rephrased question")
+    g.add_argument(
+        "--anchor-cpu-offload",
+        "--teacher-cpu-offload",
+        dest="anchor_cpu_offload",
+        action="store_true",
+        help="keep the fp32 EMA teacher / KL reference in (pinned) host memory between its uses "
+        "(forward, EMA update, export, checkpoint): saves a full fp32 model copy of GPU memory",
+    )
+    g.add_argument(
+        "--teacher-on-rephrased",
+        action="store_true",
+        help="Co-rewarding I+II hybrid: the teacher answers the rephrased question",
+    )
 
     g = p.add_argument_group("logging, evaluation, checkpoints")
     g.add_argument("--output-dir", default="runs/default")
@@ -99,13 +136,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--save", default=None)
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--load", default=None)
-    g.add_argument("--save-hf-interval", type=int, default=None,
-                   help="export an HF checkpoint (safetensors) every N steps and at the end")
+    g.add_argument(
+        "--save-hf-interval",
+        type=int,
+        default=None,
+        help="export an HF checkpoint (safetensors) every N steps and at the end",
+    )
     g.add_argument("--save-hf", default=None, help="directory of HF exports (default: OUTPUT_DIR/hf)")
     g.add_argument("--save-hf-dtype", choices=["float32", "bfloat16", "float16"], default=None)
     g.add_argument("--keep-last-checkpoints", type=int, default=None, help="delete older iter_* directories")
-    g.add_argument("--on-nonfinite", choices=["skip", "stop"], default="skip",
-                   help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint")
+    g.add_argument(
+        "--on-nonfinite",
+        choices=["skip", "stop"],
+        default="skip",
+        help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint",
+    )
     g.add_argument("--no-progress-bar", action="store_true")
     from megatron_corew.rollout.config import add_rollout_args
 
@@ -145,6 +190,8 @@ def parse_args(argv=None):
         from megatron_corew.policy.model_builder import transformer_engine_available
 
         if not transformer_engine_available():
-            raise SystemExit("error: --fp8-format needs Transformer Engine and a CUDA GPU; neither is "
-                             "available here (no silent fallback to bf16)")
+            raise SystemExit(
+                "error: --fp8-format needs Transformer Engine and a CUDA GPU; neither is "
+                "available here (no silent fallback to bf16)"
+            )
     return args

@@ -14,6 +14,7 @@ normalisation; ``equiv``: the faster, more tolerant checker) on the boxed answer
 any :class:`megatron_corew.rewards.grading.Grader` (inline by default, a process pool from ``tools/evaluate.py``).
 Every call is deterministic for a fixed seed on a deterministic engine.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,15 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["evaluate", "evaluate_examples", "pass_at_k", "validation_metrics", "results_markdown", "response_text",
-           "EVAL_TEMPERATURE"]
+__all__ = [
+    "evaluate",
+    "evaluate_examples",
+    "pass_at_k",
+    "validation_metrics",
+    "results_markdown",
+    "response_text",
+    "EVAL_TEMPERATURE",
+]
 
 EVAL_TEMPERATURE = 0.8
 
@@ -49,14 +57,25 @@ def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str)
     from megatron_corew.rewards.grading import grade_answer
     from megatron_corew.rewards.voting import majority_vote
 
-    votes = [majority_vote(answers[i * k:(i + 1) * k]) for i in range(len(gts))]
+    votes = [majority_vote(answers[i * k : (i + 1) * k]) for i in range(len(gts))]
     return sum(grade_answer(vote, gt, grading) for vote, gt in zip(votes, gts)) / len(gts)
 
 
-def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy", k: int = 1,
-                      temperature: float = EVAL_TEMPERATURE, top_p: float = 1.0, seed: int = 0,
-                      grading: str = "reference", max_new_tokens: int = 3072, pass_ks: Sequence[int] | None = None,
-                      grader=None, return_records: bool = False) -> dict[str, Any]:
+def evaluate_examples(
+    engine,
+    tokenizer,
+    examples: Sequence,
+    mode: str = "greedy",
+    k: int = 1,
+    temperature: float = EVAL_TEMPERATURE,
+    top_p: float = 1.0,
+    seed: int = 0,
+    grading: str = "reference",
+    max_new_tokens: int = 3072,
+    pass_ks: Sequence[int] | None = None,
+    grader=None,
+    return_records: bool = False,
+) -> dict[str, Any]:
     """Metrics of one benchmark. ``examples``: :class:`megatron_corew.data.Example` (prompt_ids, ground_truth);
     ``grader``: a :class:`megatron_corew.rewards.grading.Grader`, an :class:`InlineGrader` when None."""
     from megatron_corew.rewards.grading import InlineGrader, extract_boxed_answer
@@ -75,8 +94,13 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
     missing = [i for i, e in enumerate(examples) if e.ground_truth is None]
     if missing:
         raise ValueError(f"{len(missing)} example(s) have no ground truth (first: row {examples[missing[0]].index})")
-    params = SamplingParams(temperature=temperature if mode == "sampled" else 1.0, top_p=top_p if mode == "sampled"
-                            else 1.0, max_new_tokens=max_new_tokens, greedy=mode == "greedy", seed=seed)
+    params = SamplingParams(
+        temperature=temperature if mode == "sampled" else 1.0,
+        top_p=top_p if mode == "sampled" else 1.0,
+        max_new_tokens=max_new_tokens,
+        greedy=mode == "greedy",
+        seed=seed,
+    )
     t0 = time.perf_counter()
     gens = engine.generate([e.prompt_ids for e in examples for _ in range(k)], params)
     t_gen = time.perf_counter() - t0
@@ -88,16 +112,22 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
     answers = [extract_boxed_answer(t) for t in texts]
     scores = (grader or InlineGrader()).grade(answers, gts, grading)
     t_grade = time.perf_counter() - t1
-    correct = [sum(scores[i * k:(i + 1) * k] or [0.0]) for i in range(n)]
+    correct = [sum(scores[i * k : (i + 1) * k] or [0.0]) for i in range(n)]
     lengths = [len(g.response_ids) for g in gens]
     out: dict[str, Any] = {
-        "mode": mode, "n": n, "k": k, "grading": grading,
-        "temperature": None if mode == "greedy" else temperature, "top_p": None if mode == "greedy" else top_p,
-        "seed": seed, "max_new_tokens": max_new_tokens,
+        "mode": mode,
+        "n": n,
+        "k": k,
+        "grading": grading,
+        "temperature": None if mode == "greedy" else temperature,
+        "top_p": None if mode == "greedy" else top_p,
+        "seed": seed,
+        "max_new_tokens": max_new_tokens,
         "response_length": sum(lengths) / len(lengths),
         "truncated_rate": sum(g.finish_reason == "length" for g in gens) / len(gens),
         "boxed_rate": sum(bool(a.strip()) for a in answers) / len(answers),
-        "generate_seconds": round(t_gen, 3), "grade_seconds": round(t_grade, 3),
+        "generate_seconds": round(t_gen, 3),
+        "grade_seconds": round(t_grade, 3),
     }
     if mode == "greedy":
         out["pass@1"] = sum(correct) / n
@@ -110,16 +140,32 @@ def evaluate_examples(engine, tokenizer, examples: Sequence, mode: str = "greedy
                 out[f"pass@{j}"] = sum(pass_at_k(k, int(round(c)), j) for c in correct) / n
     if return_records:
         out["records"] = [
-            {"row": examples[i // k].index, "sample": i % k, "ground_truth": gts[i],
-             "answer": answers[i], "score": scores[i], "response": texts[i],
-             "finish_reason": gens[i].finish_reason, "response_length": lengths[i]}
-            for i in range(n * k)]
+            {
+                "row": examples[i // k].index,
+                "sample": i % k,
+                "ground_truth": gts[i],
+                "answer": answers[i],
+                "score": scores[i],
+                "response": texts[i],
+                "finish_reason": gens[i].finish_reason,
+                "response_length": lengths[i],
+            }
+            for i in range(n * k)
+        ]
     return out
 
 
-def evaluate(engine, tokenizer, benchmarks: Mapping[str, Sequence] | Sequence, mode: str = "greedy", k: int = 1,
-             temperature: float = EVAL_TEMPERATURE, seed: int = 0, grading: str = "reference",
-             **kw) -> dict[str, dict[str, Any]]:
+def evaluate(
+    engine,
+    tokenizer,
+    benchmarks: Mapping[str, Sequence] | Sequence,
+    mode: str = "greedy",
+    k: int = 1,
+    temperature: float = EVAL_TEMPERATURE,
+    seed: int = 0,
+    grading: str = "reference",
+    **kw,
+) -> dict[str, dict[str, Any]]:
     """Evaluate one or more benchmarks: ``{name: examples}`` (a plain sequence is named "default").
 
     Returns ``{name: metrics}`` with ``pass@1`` (greedy) or ``avg@k``, ``pass@k`` (and ``pass@1`` = avg@k) for
@@ -127,22 +173,44 @@ def evaluate(engine, tokenizer, benchmarks: Mapping[str, Sequence] | Sequence, m
     """
     if not isinstance(benchmarks, Mapping):
         benchmarks = {"default": benchmarks}
-    return {name: evaluate_examples(engine, tokenizer, exs, mode=mode, k=k, temperature=temperature, seed=seed,
-                                    grading=grading, **kw)
-            for name, exs in benchmarks.items()}
+    return {
+        name: evaluate_examples(
+            engine, tokenizer, exs, mode=mode, k=k, temperature=temperature, seed=seed, grading=grading, **kw
+        )
+        for name, exs in benchmarks.items()
+    }
 
 
-def validation_metrics(engine, tokenizer, examples: Sequence, grading: str = "reference", max_new_tokens: int = 3072,
-                       n_samples: int = 0, temperature: float = 1.0, prefix: str = "val/") -> dict[str, float]:
+def validation_metrics(
+    engine,
+    tokenizer,
+    examples: Sequence,
+    grading: str = "reference",
+    max_new_tokens: int = 3072,
+    n_samples: int = 0,
+    temperature: float = 1.0,
+    prefix: str = "val/",
+) -> dict[str, float]:
     """The in-training validation: greedy accuracy (seed 0) and, when ``n_samples`` > 0, sampled avg@k / pass@k
     (top_p 1, seed 1: the same draws at every evaluation). Keys: ``val/accuracy``, ``val/response_length``,
     ``val/accuracy_avg@k``, ``val/pass@k``, ``val/maj@k``."""
-    g = evaluate_examples(engine, tokenizer, examples, mode="greedy", seed=0, grading=grading,
-                          max_new_tokens=max_new_tokens)
+    g = evaluate_examples(
+        engine, tokenizer, examples, mode="greedy", seed=0, grading=grading, max_new_tokens=max_new_tokens
+    )
     out = {f"{prefix}accuracy": g["pass@1"], f"{prefix}response_length": g["response_length"]}
     if n_samples:
-        s = evaluate_examples(engine, tokenizer, examples, mode="sampled", k=n_samples, temperature=temperature,
-                              top_p=1.0, seed=1, grading=grading, max_new_tokens=max_new_tokens)
+        s = evaluate_examples(
+            engine,
+            tokenizer,
+            examples,
+            mode="sampled",
+            k=n_samples,
+            temperature=temperature,
+            top_p=1.0,
+            seed=1,
+            grading=grading,
+            max_new_tokens=max_new_tokens,
+        )
         out[f"{prefix}accuracy_avg@{n_samples}"] = s[f"avg@{n_samples}"]
         if n_samples > 1:
             out[f"{prefix}pass@{n_samples}"] = s[f"pass@{n_samples}"]
@@ -164,8 +232,10 @@ def results_markdown(results: Mapping[str, Mapping[str, Any]], title: str | None
 
     metric_cols.sort(key=order)
     head = ["benchmark", "n", "mode", *metric_cols, "resp. len", "boxed", "truncated"]
-    lines = ([f"### {title}", ""] if title else []) + ["| " + " | ".join(head) + " |",
-                                                       "|" + "|".join("---" for _ in head) + "|"]
+    lines = ([f"### {title}", ""] if title else []) + [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     for name, r in results.items():
         mode = r["mode"] if r["mode"] == "greedy" else f"sampled k={r['k']} T={r['temperature']}"
         cells = [name, str(r["n"]), mode]

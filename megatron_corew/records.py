@@ -4,6 +4,7 @@ generate fills ``generation``; score fills ``text``, ``answer``, ``reward`` and 
 advantages are written back onto each rollout; train reads the rollouts directly (they carry the token ids, the
 behaviour log-probs and the advantage under the names the trainer expects).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ class Prompt:
 @dataclass
 class Rollout:
     prompt: Prompt
-    group: int                          # index of its prompt in StepBatch.prompts
-    generation: object                  # rollout.base.Generation: ids, behaviour log-probs, weight version
+    group: int  # index of its prompt in StepBatch.prompts
+    generation: object  # rollout.base.Generation: ids, behaviour log-probs, weight version
     text: str = ""
-    answer: str = ""                    # the last boxed answer of ``text`` ("" = none)
+    answer: str = ""  # the last boxed answer of ``text`` ("" = none)
     reward: float = 0.0
     advantage: float = 0.0
     seq_stats: dict = field(default_factory=dict)  # per-response policy statistics (entropy, self_certainty)
@@ -68,8 +69,8 @@ class StepBatch:
     samples_per_prompt: int
     rollouts: list[Rollout] = field(default_factory=list)
     teacher_rollouts: list[Rollout] = field(default_factory=list)  # label-only (never trained on)
-    labels: list[str] = field(default_factory=list)                # pseudo-label per group (voting methods)
-    indices: list[int] = field(default_factory=list)               # dataset rows of the prompts (pairs)
+    labels: list[str] = field(default_factory=list)  # pseudo-label per group (voting methods)
+    indices: list[int] = field(default_factory=list)  # dataset rows of the prompts (pairs)
 
     def prompt_ids(self, prompts: list[Prompt] | None = None) -> list[list[int]]:
         """Token ids to generate from: each prompt repeated ``samples_per_prompt`` times, group by group."""
@@ -87,8 +88,8 @@ class StepBatch:
 
     def groups(self) -> list[list[Rollout]]:
         G = self.samples_per_prompt
-        return [self.rollouts[k * G:(k + 1) * G] for k in range(len(self.prompts))]
+        return [self.rollouts[k * G : (k + 1) * G] for k in range(len(self.prompts))]
 
     def teacher_group(self, k: int) -> list[Rollout]:
         G = self.samples_per_prompt
-        return self.teacher_rollouts[k * G:(k + 1) * G]
+        return self.teacher_rollouts[k * G : (k + 1) * G]

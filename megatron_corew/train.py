@@ -4,6 +4,7 @@ Launch like Megatron's pretrain scripts: ``torchrun --nproc_per_node N train_rl.
 ``python train_rl.py`` for one process). Global rank 0 owns the rollout engine(s) and the scoring; every rank
 runs the Megatron step. What a reward method needs is read from its ``MethodSpec``, never from its name.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,9 @@ class RLRun:
 
         self.args = a = args
         self.method = rewards.get_method(a.reward_method)
-        self.model_args = PolicyTrainer.check_model(a.hf_checkpoint, a.tensor_model_parallel_size,
-                                                    a.pipeline_model_parallel_size)  # fail fast, before any work
+        self.model_args = PolicyTrainer.check_model(
+            a.hf_checkpoint, a.tensor_model_parallel_size, a.pipeline_model_parallel_size
+        )  # fail fast, before any work
         parallel.init_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size, a.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(a.hf_checkpoint)
         self._load_data()
@@ -43,12 +45,18 @@ class RLRun:
         if parallel.is_rank0():
             self.engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "policy")
             if self.method.teacher:
-                self.teacher_engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer,
-                                                            "teacher", policy_engine=self.engine)
+                self.teacher_engine = factory.create_engine(
+                    self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "teacher", policy_engine=self.engine
+                )
         self.grader = rewards.remote_grader(self.engine)
-        self.logger = RunLogger(a.output_dir, a.tensorboard_dir, enabled=parallel.is_rank0(),
-                                wandb_project=a.wandb_project, run_name=os.path.basename(a.output_dir.rstrip("/")),
-                                config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
+        self.logger = RunLogger(
+            a.output_dir,
+            a.tensorboard_dir,
+            enabled=parallel.is_rank0(),
+            wandb_project=a.wandb_project,
+            run_name=os.path.basename(a.output_dir.rstrip("/")),
+            config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))},
+        )
         self.start_step = self.weight_version = self.skipped_updates = 0
         if a.load:
             self._resume(a.load)
@@ -58,23 +66,30 @@ class RLRun:
         a = self.args
         self.paired = a.train_data_rephrased is not None and (self.method.paired_views or a.teacher_on_rephrased)
         if self.paired:
-            self.train_set = data.load_paired_examples(a.train_data, a.train_data_rephrased, self.tokenizer,
-                                                       a.max_prompt_length)
+            self.train_set = data.load_paired_examples(
+                a.train_data, a.train_data_rephrased, self.tokenizer, a.max_prompt_length
+            )
         else:
-            self.train_set = data.load_examples(a.train_data, self.tokenizer, a.max_prompt_length,
-                                                prompt_key=a.prompt_key)
+            self.train_set = data.load_examples(
+                a.train_data, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key
+            )
         if len(self.train_set) < a.global_batch_size:
-            raise SystemExit(f"error: {a.train_data} has {len(self.train_set)} usable prompts, fewer than "
-                             f"--global-batch-size {a.global_batch_size}")
+            raise SystemExit(
+                f"error: {a.train_data} has {len(self.train_set)} usable prompts, fewer than "
+                f"--global-batch-size {a.global_batch_size}"
+            )
         self.val_set = data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length) if a.val_data else None
         train = self.train_set.original if self.paired else self.train_set
         checks = [(self.val_set, "validation (--val-data)")] + (
-            [(train, f"--reward-method {a.reward_method}")] if self.method.needs_ground_truth else [])
+            [(train, f"--reward-method {a.reward_method}")] if self.method.needs_ground_truth else []
+        )
         for ds, who in checks:  # ground truth is needed here and nowhere else: fail before training starts
             rows = ds.unlabelled_rows() if ds is not None else []
             if rows:
-                raise data.DataError(f"{ds.path}: {len(rows)} row(s) have no reward_model.ground_truth (first: row "
-                                     f"{rows[0]}), which {who} needs; drop them or use a self-supervised method")
+                raise data.DataError(
+                    f"{ds.path}: {len(rows)} row(s) have no reward_model.ground_truth (first: row "
+                    f"{rows[0]}), which {who} needs; drop them or use a self-supervised method"
+                )
 
     def _resume(self, load_dir: str) -> None:
         state = self.trainer.load(load_dir)
@@ -122,8 +137,13 @@ class RLRun:
 
     def _sampling(self, seed=None, greedy=False):
         a = self.args
-        return factory.SamplingParams(temperature=a.rollout_temperature, top_p=a.rollout_top_p,
-                                      max_new_tokens=a.max_response_length, greedy=greedy, seed=seed)
+        return factory.SamplingParams(
+            temperature=a.rollout_temperature,
+            top_p=a.rollout_top_p,
+            max_new_tokens=a.max_response_length,
+            greedy=greedy,
+            seed=seed,
+        )
 
     def generate(self, batch: StepBatch) -> None:
         gens = None
@@ -144,7 +164,9 @@ class RLRun:
             prompts = batch.prompts
             if a.teacher_on_rephrased:
                 prompts = [Prompt(self.train_set[i][1], 1, k) for k, i in enumerate(batch.indices)]
-            gens = self.teacher_engine.generate(batch.prompt_ids(prompts), self._sampling(seed=a.seed * 7919 + batch.step))
+            gens = self.teacher_engine.generate(
+                batch.prompt_ids(prompts), self._sampling(seed=a.seed * 7919 + batch.step)
+            )
             batch.add_teacher_rollouts(gens)
             rewards.decode(batch.teacher_rollouts, self.tokenizer)
         return out
@@ -165,8 +187,9 @@ class RLRun:
             if self.grader is not None and self.grader.take_count():
                 metrics["reward/graded_by_workers"] = self.grader.last_count
             group_ids = [r.group for r in batch.rollouts]
-            advantages = algo.group_advantages([r.reward for r in batch.rollouts], group_ids,
-                                               norm_by_std=not self.args.no_std_normalization).tolist()
+            advantages = algo.group_advantages(
+                [r.reward for r in batch.rollouts], group_ids, norm_by_std=not self.args.no_std_normalization
+            ).tolist()
             if self.args.rollout_dump:
                 self._dump(batch)
         for r, adv in zip(batch.rollouts, parallel.broadcast_object(advantages)):
@@ -180,8 +203,10 @@ class RLRun:
         m = self.trainer.train_step(batch.rollouts, loss_scale=view_scale)
         if not m.pop("update_ok"):
             self.skipped_updates += 1
-            message = (f"step {batch.step + 1}: non-finite loss or gradient (loss {m['loss']}, grad norm "
-                       f"{m['grad_norm']}); the update was not applied")
+            message = (
+                f"step {batch.step + 1}: non-finite loss or gradient (loss {m['loss']}, grad norm "
+                f"{m['grad_norm']}); the update was not applied"
+            )
             if a.on_nonfinite == "stop":
                 raise FloatingPointError(message + "; stopping (--on-nonfinite stop), last checkpoint is intact")
             log0("warning: " + message + " (skipped; --on-nonfinite skip)")
@@ -210,11 +235,23 @@ class RLRun:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_file(path) as tmp, open(tmp, "w") as f:
             for r in batch.rollouts:
-                f.write(json.dumps({"step": batch.step, "index": r.example.index, "view": r.view,
-                                    "pair_id": r.prompt.pair_id, "label": batch.labels[r.group],
-                                    "ground_truth": r.example.ground_truth, "response": r.text, "reward": r.reward,
-                                    "finish_reason": r.generation.finish_reason,
-                                    "weight_version": r.weight_version}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "step": batch.step,
+                            "index": r.example.index,
+                            "view": r.view,
+                            "pair_id": r.prompt.pair_id,
+                            "label": batch.labels[r.group],
+                            "ground_truth": r.example.ground_truth,
+                            "response": r.text,
+                            "reward": r.reward,
+                            "finish_reason": r.generation.finish_reason,
+                            "weight_version": r.weight_version,
+                        }
+                    )
+                    + "\n"
+                )
 
     # ------------------------------------------------------------------ sync, validate, save
     def sync_weights(self) -> None:
@@ -230,9 +267,15 @@ class RLRun:
             return {}
         a = self.args
         n = len(self.val_set) if a.max_val_samples is None else min(len(self.val_set), a.max_val_samples)
-        return evaluation.validation_metrics(self.engine, self.tokenizer, [self.val_set[i] for i in range(n)],
-                                             grading=a.gt_grading, max_new_tokens=a.max_response_length,
-                                             n_samples=a.val_n_samples, temperature=a.val_temperature)
+        return evaluation.validation_metrics(
+            self.engine,
+            self.tokenizer,
+            [self.val_set[i] for i in range(n)],
+            grading=a.gt_grading,
+            max_new_tokens=a.max_response_length,
+            n_samples=a.val_n_samples,
+            temperature=a.val_temperature,
+        )
 
     def run(self) -> dict:
         from tqdm import tqdm
@@ -244,8 +287,13 @@ class RLRun:
             log0(f"validation accuracy before training: {first_val['val/accuracy']:.4f}")
             self.logger.log(0, first_val)
             monitor.update(0, first_val)
-        bar = tqdm(total=self.train_iters, initial=self.start_step, desc=a.reward_method, dynamic_ncols=True,
-                   disable=not parallel.is_rank0() or a.no_progress_bar)
+        bar = tqdm(
+            total=self.train_iters,
+            initial=self.start_step,
+            desc=a.reward_method,
+            dynamic_ncols=True,
+            disable=not parallel.is_rank0() or a.no_progress_bar,
+        )
         for step in range(self.start_step, self.train_iters):
             metrics = self.step(step)
             done = step + 1
@@ -272,9 +320,13 @@ class RLRun:
         if a.save_hf_interval:
             self.save_hf(self.train_iters)
         self.logger.close()
-        return {"before": first_val.get("val/accuracy"), "after": final_val.get("val/accuracy"),
-                "steps": self.train_iters, "policy_sha256": self.trainer.weights_digest("policy"),
-                "anchor_sha256": self.trainer.weights_digest("anchor")}
+        return {
+            "before": first_val.get("val/accuracy"),
+            "after": final_val.get("val/accuracy"),
+            "steps": self.train_iters,
+            "policy_sha256": self.trainer.weights_digest("policy"),
+            "anchor_sha256": self.trainer.weights_digest("anchor"),
+        }
 
     def save_hf(self, step: int) -> None:
         a = self.args
@@ -282,7 +334,13 @@ class RLRun:
         log0(f"exported HF checkpoint {path}")
 
     def save(self, step: int) -> None:
-        self.trainer.save(self.args.save, step, {"sampler": self.sampler.state_dict(),
-                                                 "weight_version": self.weight_version,
-                                                 "skipped_updates": self.skipped_updates},
-                          keep_last=self.args.keep_last_checkpoints)
+        self.trainer.save(
+            self.args.save,
+            step,
+            {
+                "sampler": self.sampler.state_dict(),
+                "weight_version": self.weight_version,
+                "skipped_updates": self.skipped_updates,
+            },
+            keep_last=self.args.keep_last_checkpoints,
+        )

@@ -13,6 +13,7 @@ Sampled mode uses temperature 0.8 by default (the paper's evaluation setting). W
 combined ``OUT/results.md`` + ``OUT/results.json``. Backends: embedded (default), SGLang, OpenAI-compatible URL.
 The same code (megatron_corew/evaluation.py) runs the in-training validation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,18 +25,24 @@ import tempfile
 import time
 
 
-
 def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.rollout.tool_backend import add_tool_backend_args
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     m = p.add_argument_group("model (one of)")
     m.add_argument("--model", default=None, help="HF model directory")
-    m.add_argument("--megatron-checkpoint", default=None,
-                   help="Megatron checkpoint (converted to HF in a temp dir with tools/convert_megatron_to_hf.py)")
-    m.add_argument("--hf-config-dir", default=None,
-                   help="with --megatron-checkpoint: config + tokenizer files (default: CKPT/hf_config)")
+    m.add_argument(
+        "--megatron-checkpoint",
+        default=None,
+        help="Megatron checkpoint (converted to HF in a temp dir with tools/convert_megatron_to_hf.py)",
+    )
+    m.add_argument(
+        "--hf-config-dir",
+        default=None,
+        help="with --megatron-checkpoint: config + tokenizer files (default: CKPT/hf_config)",
+    )
     m.add_argument("--tokenizer", default=None, help="tokenizer directory (default: the model's)")
     d = p.add_argument_group("benchmarks")
     d.add_argument("--data", nargs="+", required=True, help="benchmark parquet files, optionally NAME=PATH")
@@ -86,8 +93,10 @@ def main(argv=None) -> int:
     args = parse_tool_args(build_parser(), argv)
     sources = [x for x in (args.model, args.megatron_checkpoint) if x]
     if len(sources) > 1 or (not sources and not args.openai_url):
-        print("error: pass exactly one of --model or --megatron-checkpoint (or --openai-url with --tokenizer)",
-              file=sys.stderr)
+        print(
+            "error: pass exactly one of --model or --megatron-checkpoint (or --openai-url with --tokenizer)",
+            file=sys.stderr,
+        )
         return 2
     if args.openai_url and not (args.tokenizer or args.model):
         print("error: --openai-url needs --tokenizer (prompts are rendered and tokenised here)", file=sys.stderr)
@@ -123,16 +132,19 @@ def main(argv=None) -> int:
                 print(f"error: two benchmarks named {name!r}; use NAME=PATH", file=sys.stderr)
                 return 2
             try:
-                ds = load_examples(path, tokenizer, max_prompt_length=args.max_prompt_length,
-                                   on_bad_row=args.on_bad_row)
+                ds = load_examples(
+                    path, tokenizer, max_prompt_length=args.max_prompt_length, on_bad_row=args.on_bad_row
+                )
             except DataError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             exs = list(ds)[: args.max_samples] if args.max_samples else list(ds)
             no_gt = [e.index for e in exs if e.ground_truth is None]
             if no_gt:
-                print(f"error: {path}: {len(no_gt)} row(s) without reward_model.ground_truth (first: row {no_gt[0]})",
-                      file=sys.stderr)
+                print(
+                    f"error: {path}: {len(no_gt)} row(s) without reward_model.ground_truth (first: row {no_gt[0]})",
+                    file=sys.stderr,
+                )
                 return 2
             benchmarks[name] = exs
         from megatron_corew.rollout.tool_backend import create_tool_engine
@@ -149,16 +161,30 @@ def main(argv=None) -> int:
         for name, exs in benchmarks.items():
             merged: dict = {"file": benchmark_name_path(args.data, name), "n": len(exs)}
             for mode in modes:
-                r = evaluate(engine, tokenizer, {name: exs}, mode=mode, k=args.k, temperature=args.temperature,
-                             seed=args.seed, grading=args.grading, top_p=args.top_p,
-                             max_new_tokens=args.max_new_tokens, pass_ks=args.pass_k, grader=pool,
-                             return_records=args.save_responses)[name]
+                r = evaluate(
+                    engine,
+                    tokenizer,
+                    {name: exs},
+                    mode=mode,
+                    k=args.k,
+                    temperature=args.temperature,
+                    seed=args.seed,
+                    grading=args.grading,
+                    top_p=args.top_p,
+                    max_new_tokens=args.max_new_tokens,
+                    pass_ks=args.pass_k,
+                    grader=pool,
+                    return_records=args.save_responses,
+                )[name]
                 recs = r.pop("records", None)
                 if recs is not None:
                     records.setdefault(name, []).extend(dict(x, mode=mode) for x in recs)
                 merged[mode] = r
-                print(f"{name} [{mode}]: " + ", ".join(f"{k}={100 * v:.2f}" for k, v in r.items()
-                                                       if k.startswith(("pass@", "avg@"))), file=sys.stderr)
+                print(
+                    f"{name} [{mode}]: "
+                    + ", ".join(f"{k}={100 * v:.2f}" for k, v in r.items() if k.startswith(("pass@", "avg@"))),
+                    file=sys.stderr,
+                )
             results[name] = merged
         if pool is not None:
             pool.close()
@@ -166,21 +192,42 @@ def main(argv=None) -> int:
         os.makedirs(args.output_dir, exist_ok=True)
         tables = {mode: {n: r[mode] for n, r in results.items()} for mode in modes}
         for name in results:
-            md = "".join(results_markdown({name: results[name][mode]}, title=f"{name} ({mode})") + "\n"
-                         for mode in modes)
+            md = "".join(
+                results_markdown({name: results[name][mode]}, title=f"{name} ({mode})") + "\n" for mode in modes
+            )
             write_text(os.path.join(args.output_dir, f"{name}.md"), f"model: `{model_desc}`\n\n" + md)
-            write_text(os.path.join(args.output_dir, f"{name}.json"),
-                       json.dumps({"model": model_desc, "benchmark": name, **results[name]}, indent=1))
+            write_text(
+                os.path.join(args.output_dir, f"{name}.json"),
+                json.dumps({"model": model_desc, "benchmark": name, **results[name]}, indent=1),
+            )
             if name in records:
-                write_text(os.path.join(args.output_dir, f"{name}.responses.jsonl"),
-                           "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records[name]))
-        md = f"model: `{model_desc}`\n\n" + "".join(results_markdown(t, title=mode) + "\n"
-                                                     for mode, t in tables.items())
+                write_text(
+                    os.path.join(args.output_dir, f"{name}.responses.jsonl"),
+                    "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in records[name]),
+                )
+        md = f"model: `{model_desc}`\n\n" + "".join(
+            results_markdown(t, title=mode) + "\n" for mode, t in tables.items()
+        )
         write_text(os.path.join(args.output_dir, "results.md"), md)
-        write_text(os.path.join(args.output_dir, "results.json"), json.dumps({
-            "model": model_desc, "results": results, "settings": {
-                "mode": args.mode, "k": args.k, "temperature": args.temperature, "top_p": args.top_p,
-                "seed": args.seed, "max_new_tokens": args.max_new_tokens, "grading": args.grading}}, indent=1))
+        write_text(
+            os.path.join(args.output_dir, "results.json"),
+            json.dumps(
+                {
+                    "model": model_desc,
+                    "results": results,
+                    "settings": {
+                        "mode": args.mode,
+                        "k": args.k,
+                        "temperature": args.temperature,
+                        "top_p": args.top_p,
+                        "seed": args.seed,
+                        "max_new_tokens": args.max_new_tokens,
+                        "grading": args.grading,
+                    },
+                },
+                indent=1,
+            ),
+        )
         print(md, flush=True)
         return 0
     finally:

@@ -9,6 +9,7 @@ rollouts when logged); pseudo-label accuracy and the policy's own vote accuracy;
 and clip ratio; token entropy; KL. A missing series is skipped and noted in its panel. The collapse
 signatures found by ``megatron_corew.algo.collapse.collapse_signals`` are printed and written under the plot.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,20 @@ from megatron_corew.utils.run_logger import load_run, to_rows
 PANELS = [
     ("validation accuracy (greedy)", [("val/accuracy", "val/accuracy", "left")]),
     ("training reward", [("reward/mean", "reward/mean", "left"), ("reward/gt_accuracy", "reward/gt_accuracy", "left")]),
-    ("pseudo-label accuracy vs ground truth", [("pseudo/label_acc", "pseudo/label_acc", "left"),
-                                               ("pseudo/policy_vote_acc", "pseudo/policy_vote_acc", "left")]),
-    ("response length / clip ratio", [("rollout/response_length_mean", "response_length_mean", "left"),
-                                      ("rollout/clip_ratio", "clip_ratio (right)", "right")]),
+    (
+        "pseudo-label accuracy vs ground truth",
+        [
+            ("pseudo/label_acc", "pseudo/label_acc", "left"),
+            ("pseudo/policy_vote_acc", "pseudo/policy_vote_acc", "left"),
+        ],
+    ),
+    (
+        "response length / clip ratio",
+        [
+            ("rollout/response_length_mean", "response_length_mean", "left"),
+            ("rollout/clip_ratio", "clip_ratio (right)", "right"),
+        ],
+    ),
     ("token entropy", [("train/entropy", "train/entropy", "left")]),
     ("KL to the anchor", [("train/kl", "train/kl", "left")]),
 ]
@@ -57,8 +68,15 @@ def plot(series: dict[str, list[tuple[float, float]]], out: str, title: str, not
                 if tag == "rollout/clip_ratio":
                     twin.set_ylim(-0.03, 1.03)
             xs, ys = zip(*pts)
-            lines += target.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, color=f"C{k}",
-                                 linestyle="-" if k == 0 else "--", label=label)  # dashed: visible on overlap
+            lines += target.plot(
+                xs,
+                ys,
+                marker="o" if len(xs) <= 30 else None,
+                markersize=3,
+                color=f"C{k}",
+                linestyle="-" if k == 0 else "--",
+                label=label,
+            )  # dashed: visible on overlap
         missing += absent
         ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel("step", fontsize=8)
@@ -75,9 +93,17 @@ def plot(series: dict[str, list[tuple[float, float]]], out: str, title: str, not
             ax.set_xticks([])
             ax.set_yticks([])
         if absent:
-            ax.text(0.5, 0.5 if not lines else 0.04, "not logged: " + ", ".join(absent), transform=ax.transAxes,
-                    ha="center", va="center" if not lines else "bottom", fontsize=8, color="gray")
-    for ax in list(axes.flat)[len(PANELS):]:
+            ax.text(
+                0.5,
+                0.5 if not lines else 0.04,
+                "not logged: " + ", ".join(absent),
+                transform=ax.transAxes,
+                ha="center",
+                va="center" if not lines else "bottom",
+                fontsize=8,
+                color="gray",
+            )
+    for ax in list(axes.flat)[len(PANELS) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=11)
     if notes:

@@ -10,6 +10,7 @@ extra_info {index, split, source metadata}. Malformed rows are reported as ``FIL
 the run (--on-bad-row error, the default; exit code 2) or are skipped and counted. The output appears only when
 complete (temp file + rename). Source formats: see megatron_corew/data/sources.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,24 +24,43 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.data.prompts import SYSTEM_PROMPT
     from megatron_corew.data.sources import SOURCES
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--dataset", required=True, choices=sorted(SOURCES), help="source format")
-    p.add_argument("--input", nargs="+", default=None,
-                   help="parquet / jsonl / json files, or directories (files whose name starts with --split)")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        default=None,
+        help="parquet / jsonl / json files, or directories (files whose name starts with --split)",
+    )
     p.add_argument("--hub", action="store_true", help="load from the hub with `datasets` instead of --input")
     p.add_argument("--output", required=True, help="output directory (writes <split>.parquet) or a .parquet path")
-    p.add_argument("--split", default=None, help="split name for extra_info and directory inputs "
-                                                 "(default: the source's usual split)")
-    p.add_argument("--on-bad-row", choices=["error", "skip"], default="error",
-                   help="malformed row: stop with FILE: row N: reason, or skip it and report")
-    p.add_argument("--data-source", default=None,
-                   help="data_source value (default: the source's hub id; the reference writes "
-                        "'DigitalLearningGmbH/MATH-lighteval' for every source)")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="split name for extra_info and directory inputs (default: the source's usual split)",
+    )
+    p.add_argument(
+        "--on-bad-row",
+        choices=["error", "skip"],
+        default="error",
+        help="malformed row: stop with FILE: row N: reason, or skip it and report",
+    )
+    p.add_argument(
+        "--data-source",
+        default=None,
+        help="data_source value (default: the source's hub id; the reference writes "
+        "'DigitalLearningGmbH/MATH-lighteval' for every source)",
+    )
     p.add_argument("--system-prompt", default=SYSTEM_PROMPT)
-    p.add_argument("--prompt-style", choices=["system", "user"], default="system",
-                   help="system: system prompt + bare question (reference releases); user: instruction appended "
-                        "to the question, no system message")
+    p.add_argument(
+        "--prompt-style",
+        choices=["system", "user"],
+        default="system",
+        help="system: system prompt + bare question (reference releases); user: instruction appended "
+        "to the question, no system message",
+    )
     return p
 
 
@@ -58,9 +78,17 @@ def main(argv=None) -> int:
         print("error: pass --input FILE... (or --hub)", file=sys.stderr)
         return 2
     try:
-        summary = preprocess(args.dataset, args.input, args.output, split=args.split, on_bad_row=args.on_bad_row,
-                             data_source=args.data_source, system_prompt=args.system_prompt or None,
-                             prompt_style=args.prompt_style, hub=args.hub)
+        summary = preprocess(
+            args.dataset,
+            args.input,
+            args.output,
+            split=args.split,
+            on_bad_row=args.on_bad_row,
+            data_source=args.data_source,
+            system_prompt=args.system_prompt or None,
+            prompt_style=args.prompt_style,
+            hub=args.hub,
+        )
     except PreprocessError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -13,6 +13,7 @@ whose output does not parse; ``--check_answer {ground_truth,original}`` keeps a 
 answer to it matches; the run resumes from the JSONL after a kill (same output as an uninterrupted run); the
 parquet pair is written atomically. See megatron_corew/data/rephrase.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.rollout.tool_backend import add_tool_backend_args
 
     d = RewriteConfig()
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("reference flags")
     g.add_argument("--input_path", default="data/math/train.parquet")
     g.add_argument("--output_jsonl", default="data/math/train_rewrite_Qwen3-32B.jsonl")
@@ -43,18 +45,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top_p", "--top-p", type=float, default=d.top_p)
     g.add_argument("--max_tokens", "--max-new-tokens", dest="max_tokens", type=int, default=d.max_new_tokens)
     g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--max_attempts", "--max-attempts", type=int, default=d.max_attempts,
-                   help="generations per row in all; a row still unparsed after them is logged as failed")
-    g.add_argument("--check_answer", "--check-answer", choices=["off", "ground_truth", "original"],
-                   default=d.check_answer,
-                   help="keep a rewrite only if the model's greedy answer to it matches the ground truth, or its "
-                        "greedy answer to the original question")
+    g.add_argument(
+        "--max_attempts",
+        "--max-attempts",
+        type=int,
+        default=d.max_attempts,
+        help="generations per row in all; a row still unparsed after them is logged as failed",
+    )
+    g.add_argument(
+        "--check_answer",
+        "--check-answer",
+        choices=["off", "ground_truth", "original"],
+        default=d.check_answer,
+        help="keep a rewrite only if the model's greedy answer to it matches the ground truth, or its "
+        "greedy answer to the original question",
+    )
     g.add_argument("--check_grading", "--check-grading", choices=["reference", "equiv"], default=d.check_grading)
     g.add_argument("--check_max_tokens", "--check-max-tokens", type=int, default=d.check_max_new_tokens)
-    g.add_argument("--allow_identical", "--allow-identical", action="store_true",
-                   help="accept a rewrite identical to the question")
-    g.add_argument("--instruction_file", "--instruction-file", default=None,
-                   help="text file with the rewrite instruction (default: ours, same format as the reference)")
+    g.add_argument(
+        "--allow_identical", "--allow-identical", action="store_true", help="accept a rewrite identical to the question"
+    )
+    g.add_argument(
+        "--instruction_file",
+        "--instruction-file",
+        default=None,
+        help="text file with the rewrite instruction (default: ours, same format as the reference)",
+    )
     g.add_argument("--overwrite", action="store_true", help="discard an existing JSONL instead of resuming")
     p.add_argument("--output-dir", default=None, help="SGLang logs/sync dir (default: next to --output_jsonl)")
     add_tool_backend_args(p)
@@ -83,17 +99,35 @@ def main(argv=None) -> int:
     if args.instruction_file:
         with open(args.instruction_file, encoding="utf-8") as f:
             instruction = f.read()
-    cfg = RewriteConfig(batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
-                        max_new_tokens=args.max_tokens, max_attempts=args.max_attempts, seed=args.seed,
-                        enable_thinking=args.enable_thinking, instruction=instruction,
-                        allow_identical=args.allow_identical, check_answer=args.check_answer,
-                        check_grading=args.check_grading, check_max_new_tokens=args.check_max_tokens)
+    cfg = RewriteConfig(
+        batch_size=args.batch_size,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_new_tokens=args.max_tokens,
+        max_attempts=args.max_attempts,
+        seed=args.seed,
+        enable_thinking=args.enable_thinking,
+        instruction=instruction,
+        allow_identical=args.allow_identical,
+        check_answer=args.check_answer,
+        check_grading=args.check_grading,
+        check_max_new_tokens=args.check_max_tokens,
+    )
     tokenizer = AutoTokenizer.from_pretrained(tok_path)
     engine = create_tool_engine(args, args.model_path, tokenizer)
     try:
-        summary = run_rewrite(engine, tokenizer, args.input_path, args.output_jsonl, args.output_parquet,
-                              args.output_original_parquet, args.question_column, cfg, overwrite=args.overwrite,
-                              log=lambda m: print(m, file=sys.stderr, flush=True))
+        summary = run_rewrite(
+            engine,
+            tokenizer,
+            args.input_path,
+            args.output_jsonl,
+            args.output_parquet,
+            args.output_original_parquet,
+            args.question_column,
+            cfg,
+            overwrite=args.overwrite,
+            log=lambda m: print(m, file=sys.stderr, flush=True),
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

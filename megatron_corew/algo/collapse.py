@@ -18,6 +18,7 @@ Per-step series (reward, length, clip ratio, entropy) are compared as means over
 ``CollapseMonitor`` wraps this for a training loop: feed it each step's metrics, it returns only the
 signatures that newly appeared.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,9 +64,16 @@ def _fall_from_peak(series: list[tuple[float, float]], drop: float) -> str | Non
     return f"peak {peak:.3f} (step {peak_step:g}) -> {last:.3f} (step {last_step:g})"
 
 
-def collapse_signals(rows: list[dict], *, acc_drop: float = 0.05, reward_max: float = 0.95,
-                     length_frac: float = 0.3, clip_max: float = 0.5, entropy_frac: float = 0.1,
-                     window: int = 3) -> list[str]:
+def collapse_signals(
+    rows: list[dict],
+    *,
+    acc_drop: float = 0.05,
+    reward_max: float = 0.95,
+    length_frac: float = 0.3,
+    clip_max: float = 0.5,
+    entropy_frac: float = 0.1,
+    window: int = 3,
+) -> list[str]:
     """Collapse signatures present in ``rows`` (metric dicts); [] when none. See the module doc."""
     signals = []
     val = _series(rows, VAL)
@@ -86,26 +94,33 @@ def collapse_signals(rows: list[dict], *, acc_drop: float = 0.05, reward_max: fl
             if val_fall:
                 falling.append(f"{VAL} {val_fall}")
             if falling:
-                signals.append(f"reward_hacking: training reward at {recent:.3f} (>= {reward_max:g}, started at "
-                               f"{reward[0]:.3f}) while " + "; ".join(falling))
+                signals.append(
+                    f"reward_hacking: training reward at {recent:.3f} (>= {reward_max:g}, started at "
+                    f"{reward[0]:.3f}) while " + "; ".join(falling)
+                )
 
     ends = _ends([v for _, v in _series(rows, LENGTH)], window)
     if ends and ends[0] > 0 and ends[1] < length_frac * ends[0]:
-        signals.append(f"length_collapse: mean response length {ends[1]:.1f} is below {length_frac:.0%} of its "
-                       f"initial {ends[0]:.1f}")
+        signals.append(
+            f"length_collapse: mean response length {ends[1]:.1f} is below {length_frac:.0%} of its "
+            f"initial {ends[0]:.1f}"
+        )
 
     clip = [v for _, v in _series(rows, CLIP)]
     if clip:
         w = max(1, min(window, len(clip)))
         recent = sum(clip[-w:]) / w
         if recent > clip_max:
-            signals.append(f"length_limit: {recent:.0%} of responses hit the length limit (clip ratio > {clip_max:g}; "
-                           f"repetition collapse)")
+            signals.append(
+                f"length_limit: {recent:.0%} of responses hit the length limit (clip ratio > {clip_max:g}; "
+                f"repetition collapse)"
+            )
 
     ends = _ends([v for _, v in _series(rows, ENTROPY)], window)
     if ends and ends[0] > 0 and ends[1] < entropy_frac * ends[0]:
-        signals.append(f"entropy_collapse: token entropy {ends[1]:.4g} is below {entropy_frac:.0%} of its "
-                       f"initial {ends[0]:.4g}")
+        signals.append(
+            f"entropy_collapse: token entropy {ends[1]:.4g} is below {entropy_frac:.0%} of its initial {ends[0]:.4g}"
+        )
     return signals
 
 

@@ -1,4 +1,5 @@
 """Co-rewarding-II's EMA teacher schedule."""
+
 from __future__ import annotations
 
 import math

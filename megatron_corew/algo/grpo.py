@@ -2,6 +2,7 @@
 
 Pure tensor functions (no distributed state) so they can be checked against float64 references.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -41,8 +42,9 @@ def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor, estimator: str = "low
     raise ValueError(f"unknown KL estimator {estimator!r}; choose one of {KL_ESTIMATORS}")
 
 
-def ppo_clip_losses(logp, old_logp, advantages, clip_low: float = 0.2, clip_high: float = 0.2,
-                    dual_clip: float | None = 3.0):
+def ppo_clip_losses(
+    logp, old_logp, advantages, clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float | None = 3.0
+):
     """Per-token PPO-clip loss with separate low/high clip and dual-clip for negative advantages.
 
     Returns (loss, clipped) where ``clipped`` marks tokens whose clipped branch was active."""

@@ -11,6 +11,7 @@ Each parquet row holds::
 Extra columns (``level``, ``type``, ...) are ignored. The Co-rewarding reference releases load as they are.
 Rows are validated here, once, so a bad file fails at start-up with its row number instead of mid-run.
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,15 @@ from megatron_corew.data.prompts import prompt_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataError", "Example", "PromptDataset", "PairedDataset", "load_examples", "load_paired_examples",
-           "render_prompt"]
+__all__ = [
+    "DataError",
+    "Example",
+    "PromptDataset",
+    "PairedDataset",
+    "load_examples",
+    "load_paired_examples",
+    "render_prompt",
+]
 
 
 class DataError(ValueError):
@@ -72,8 +80,9 @@ def _check_messages(value: Any, prompt_key: str) -> list[dict]:
     msgs = []
     for j, m in enumerate(value):
         if not isinstance(m, dict):
-            raise ValueError(f"{prompt_key!r} message {j} must be a dict with 'role' and 'content' "
-                             f"(got {type(m).__name__})")
+            raise ValueError(
+                f"{prompt_key!r} message {j} must be a dict with 'role' and 'content' (got {type(m).__name__})"
+            )
         role, content = m.get("role"), m.get("content")
         if not isinstance(role, str) or not role:
             raise ValueError(f"{prompt_key!r} message {j} has no string 'role' (got {role!r})")
@@ -144,16 +153,26 @@ def _parse_rows(path: str, table, prompt_key: str, on_bad_row: str) -> tuple[lis
             if not isinstance(extra, dict):
                 raise ValueError(f"'extra_info' must be a struct/dict (got {type(extra).__name__})")
             ds = rec.get("data_source")
-            parsed.append((i, dict(messages=messages, ground_truth=gt, extra_info=extra,
-                                   data_source="unknown" if ds is None else str(ds))))
+            parsed.append(
+                (
+                    i,
+                    dict(
+                        messages=messages,
+                        ground_truth=gt,
+                        extra_info=extra,
+                        data_source="unknown" if ds is None else str(ds),
+                    ),
+                )
+            )
         except ValueError as e:
             msg = f"{path}: row {i}: {e}"
             if on_bad_row == "error":
                 raise DataError(msg) from None
             bad.append(msg)
     if bad:
-        logger.warning("%s: skipped %d malformed row(s) of %d; first: %s", path, len(bad), len(records),
-                       "; ".join(bad[:3]))
+        logger.warning(
+            "%s: skipped %d malformed row(s) of %d; first: %s", path, len(bad), len(records), "; ".join(bad[:3])
+        )
     return parsed, len(bad)
 
 
@@ -190,8 +209,15 @@ def _check_options(on_bad_row: str, max_prompt_length: int | None) -> None:
 class PromptDataset(Sequence):
     """Validated, tokenized prompts of one parquet file (after length filtering)."""
 
-    def __init__(self, examples: list[Example], path: str, num_rows: int, num_dropped: int = 0,
-                 num_skipped: int = 0, max_prompt_length: int | None = None):
+    def __init__(
+        self,
+        examples: list[Example],
+        path: str,
+        num_rows: int,
+        num_dropped: int = 0,
+        num_skipped: int = 0,
+        max_prompt_length: int | None = None,
+    ):
         self.examples = examples
         self.path = path
         self.num_rows = num_rows  # rows in the file
@@ -213,8 +239,10 @@ class PromptDataset(Sequence):
         return [e.index for e in self.examples if e.ground_truth is None]
 
     def __repr__(self) -> str:
-        return (f"PromptDataset({self.path!r}, {len(self)} examples of {self.num_rows} rows, "
-                f"dropped={self.num_dropped}, skipped={self.num_skipped})")
+        return (
+            f"PromptDataset({self.path!r}, {len(self)} examples of {self.num_rows} rows, "
+            f"dropped={self.num_dropped}, skipped={self.num_skipped})"
+        )
 
 
 class PairedDataset(Sequence):
@@ -250,8 +278,13 @@ class PairedDataset(Sequence):
         return f"PairedDataset({self.paths}, {len(self)} pairs of {self.num_rows}, dropped={self.num_dropped})"
 
 
-def load_examples(path: str | os.PathLike, tokenizer, max_prompt_length: int | None = None,
-                  prompt_key: str = "prompt", on_bad_row: str = "error") -> PromptDataset:
+def load_examples(
+    path: str | os.PathLike,
+    tokenizer,
+    max_prompt_length: int | None = None,
+    prompt_key: str = "prompt",
+    on_bad_row: str = "error",
+) -> PromptDataset:
     """Read a verl-schema parquet file, validate it, and tokenize each prompt with the chat template.
 
     Rows whose prompt has more than ``max_prompt_length`` tokens are dropped (counted in ``num_dropped``).
@@ -267,21 +300,34 @@ def load_examples(path: str | os.PathLike, tokenizer, max_prompt_length: int | N
         kept = [e for e in examples if len(e.prompt_ids) <= max_prompt_length]
         dropped = len(examples) - len(kept)
         if dropped:
-            logger.info("%s: dropped %d of %d prompts longer than %d tokens", path, dropped, len(examples),
-                        max_prompt_length)
+            logger.info(
+                "%s: dropped %d of %d prompts longer than %d tokens", path, dropped, len(examples), max_prompt_length
+            )
     if not kept:
-        raise DataError(f"{path}: no usable rows ({table.num_rows} rows, {n_bad + n_bad_tpl} malformed, "
-                        f"{dropped} longer than {max_prompt_length} tokens)")
+        raise DataError(
+            f"{path}: no usable rows ({table.num_rows} rows, {n_bad + n_bad_tpl} malformed, "
+            f"{dropped} longer than {max_prompt_length} tokens)"
+        )
     ds = PromptDataset(kept, path, table.num_rows, dropped, n_bad + n_bad_tpl, max_prompt_length)
     unlabelled = ds.unlabelled_rows() if "reward_model" in table.column_names else []
     if unlabelled:
-        logger.warning("%s: %d row(s) have a null reward_model.ground_truth (first: row %d); they train the "
-                       "self-supervised methods but are never graded", path, len(unlabelled), unlabelled[0])
+        logger.warning(
+            "%s: %d row(s) have a null reward_model.ground_truth (first: row %d); they train the "
+            "self-supervised methods but are never graded",
+            path,
+            len(unlabelled),
+            unlabelled[0],
+        )
     return ds
 
 
-def load_paired_examples(original_path: str | os.PathLike, rephrased_path: str | os.PathLike, tokenizer,
-                         max_prompt_length: int | None = None, prompt_key: str = "prompt") -> PairedDataset:
+def load_paired_examples(
+    original_path: str | os.PathLike,
+    rephrased_path: str | os.PathLike,
+    tokenizer,
+    max_prompt_length: int | None = None,
+    prompt_key: str = "prompt",
+) -> PairedDataset:
     """Load two row-aligned files (row i of ``rephrased_path`` rephrases row i of ``original_path``).
 
     Checks: equal row counts; where both rows carry ``extra_info.index`` the indices match; where both carry a
@@ -292,32 +338,44 @@ def load_paired_examples(original_path: str | os.PathLike, rephrased_path: str |
     opath, rpath = os.fspath(original_path), os.fspath(rephrased_path)
     otab, rtab = _read_table(opath), _read_table(rpath)
     if otab.num_rows != rtab.num_rows:
-        raise DataError(f"paired files differ in length: {opath} has {otab.num_rows} rows, "
-                        f"{rpath} has {rtab.num_rows} rows")
+        raise DataError(
+            f"paired files differ in length: {opath} has {otab.num_rows} rows, {rpath} has {rtab.num_rows} rows"
+        )
     oparsed, _ = _parse_rows(opath, otab, prompt_key, "error")
     rparsed, _ = _parse_rows(rpath, rtab, prompt_key, "error")
     for (i, o), (_, r) in zip(oparsed, rparsed):
         oi, ri = o["extra_info"].get("index"), r["extra_info"].get("index")
         if oi is not None and ri is not None and oi != ri:
-            raise DataError(f"paired files are misaligned at row {i}: extra_info.index is {oi!r} in {opath} "
-                            f"but {ri!r} in {rpath}")
+            raise DataError(
+                f"paired files are misaligned at row {i}: extra_info.index is {oi!r} in {opath} but {ri!r} in {rpath}"
+            )
         og, rg = o["ground_truth"], r["ground_truth"]
         if og is not None and rg is not None and og.strip() != rg.strip():
-            raise DataError(f"paired files disagree at row {i}: ground truth {og!r} in {opath} "
-                            f"but {rg!r} in {rpath}")
+            raise DataError(f"paired files disagree at row {i}: ground truth {og!r} in {opath} but {rg!r} in {rpath}")
     oex, _ = _tokenize(opath, oparsed, tokenizer, "error")
     rex, _ = _tokenize(rpath, rparsed, tokenizer, "error")
     keep = list(range(len(oex)))
     if max_prompt_length is not None:
-        keep = [k for k in keep if len(oex[k].prompt_ids) <= max_prompt_length
-                and len(rex[k].prompt_ids) <= max_prompt_length]
+        keep = [
+            k
+            for k in keep
+            if len(oex[k].prompt_ids) <= max_prompt_length and len(rex[k].prompt_ids) <= max_prompt_length
+        ]
     dropped = len(oex) - len(keep)
     if dropped:
-        logger.info("%s + %s: dropped %d of %d pairs with a prompt longer than %d tokens", opath, rpath, dropped,
-                    len(oex), max_prompt_length)
+        logger.info(
+            "%s + %s: dropped %d of %d pairs with a prompt longer than %d tokens",
+            opath,
+            rpath,
+            dropped,
+            len(oex),
+            max_prompt_length,
+        )
     if not keep:
-        raise DataError(f"{opath} + {rpath}: no usable pairs ({otab.num_rows} rows, {dropped} with a prompt "
-                        f"longer than {max_prompt_length} tokens)")
+        raise DataError(
+            f"{opath} + {rpath}: no usable pairs ({otab.num_rows} rows, {dropped} with a prompt "
+            f"longer than {max_prompt_length} tokens)"
+        )
     n_o_long = sum(len(e.prompt_ids) > max_prompt_length for e in oex) if max_prompt_length else 0
     n_r_long = sum(len(e.prompt_ids) > max_prompt_length for e in rex) if max_prompt_length else 0
     original = PromptDataset([oex[k] for k in keep], opath, otab.num_rows, n_o_long, 0, max_prompt_length)

@@ -3,6 +3,7 @@
 One place for the instruction every prompt carries, so the converters, the rephraser's answer check and the
 demo all render the same text.
 """
+
 from __future__ import annotations
 
 __all__ = ["SYSTEM_PROMPT", "chat_messages", "prompt_text", "prompt_ids"]

@@ -5,6 +5,7 @@ snapshot: files whose name starts with the split), or the hub itself through ``d
 parsed (a broken jsonl line) is kept as a bad row, so the converter reports it as ``FILE: row N: reason`` under
 the caller's ``on_bad_row`` policy; a file that cannot be read at all is always an error.
 """
+
 from __future__ import annotations
 
 import glob
@@ -26,6 +27,7 @@ class PreprocessError(ValueError):
 @dataclass
 class BadRow:
     """A row that could not be parsed while reading; the converter reports it like any malformed row."""
+
     where: str  # "FILE: row N" (+ line for jsonl)
     reason: str
 
@@ -37,6 +39,7 @@ class BadRow:
 class RecordSet:
     """Rows of one input file: [(where, row_number, record)] (an unparseable row's record is a ``BadRow``),
     plus the file's column names."""
+
     path: str
     rows: list[tuple[str, int, Any]] = field(default_factory=list)
     columns: list[str] = field(default_factory=list)
@@ -48,12 +51,17 @@ def expand_inputs(paths: Iterable[str], split: str | None) -> list[str]:
     for p in paths:
         p = os.fspath(p)
         if os.path.isdir(p):
-            files = sorted(f for f in glob.glob(os.path.join(glob.escape(p), "**", "*"), recursive=True)
-                           if f.endswith(INPUT_EXTS) and os.path.isfile(f))
+            files = sorted(
+                f
+                for f in glob.glob(os.path.join(glob.escape(p), "**", "*"), recursive=True)
+                if f.endswith(INPUT_EXTS) and os.path.isfile(f)
+            )
             chosen = [f for f in files if split and os.path.basename(f).startswith(split)]
             if not chosen:
-                raise PreprocessError(f"{p}: no {'/'.join(INPUT_EXTS)} file whose name starts with the split "
-                                      f"{split!r} (files: {[os.path.relpath(f, p) for f in files][:10]})")
+                raise PreprocessError(
+                    f"{p}: no {'/'.join(INPUT_EXTS)} file whose name starts with the split "
+                    f"{split!r} (files: {[os.path.relpath(f, p) for f in files][:10]})"
+                )
             out.extend(chosen)
         elif os.path.isfile(p):
             out.append(p)
@@ -112,16 +120,18 @@ def read_records(path: str) -> RecordSet:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise PreprocessError(f"{path}: cannot read as JSON ({type(e).__name__}: {e})") from e
         if isinstance(data, dict):
-            lists = [v for k, v in data.items() if k in ("data", "rows", "train", "test", "examples")
-                     and isinstance(v, list)]
+            lists = [
+                v for k, v in data.items() if k in ("data", "rows", "train", "test", "examples") and isinstance(v, list)
+            ]
             if len(lists) == 1:
                 data = lists[0]
             elif data and all(isinstance(v, list) for v in data.values()) and len({len(v) for v in data.values()}) == 1:
                 keys = list(data)  # a dict of columns
                 data = [dict(zip(keys, vals)) for vals in zip(*data.values())]
         if not isinstance(data, list):
-            raise PreprocessError(f"{path}: expected a JSON array of objects (or {{'data': [...]}}), "
-                                  f"got {type(data).__name__}")
+            raise PreprocessError(
+                f"{path}: expected a JSON array of objects (or {{'data': [...]}}), got {type(data).__name__}"
+            )
         cols = {}
         for i, rec in enumerate(data):
             if isinstance(rec, dict):
@@ -141,10 +151,10 @@ def read_hub(hub_id: str, hub_config: str | None, split: str) -> RecordSet:
     try:
         ds = datasets.load_dataset(hub_id, hub_config, split=split)
     except Exception as e:  # noqa: BLE001 - offline, missing split, auth, ...
-        raise PreprocessError(f"cannot load {hub_id} ({hub_config}) split {split!r} from the hub: "
-                              f"{type(e).__name__}: {e}") from e
+        raise PreprocessError(
+            f"cannot load {hub_id} ({hub_config}) split {split!r} from the hub: {type(e).__name__}: {e}"
+        ) from e
     where = f"hub:{hub_id}"
     rs = RecordSet(where, columns=list(ds.column_names))
     rs.rows = [(f"{where}: row {i}", i, r) for i, r in enumerate(ds)]
     return rs
-

@@ -24,118 +24,46 @@ Beyond the reference:
 JSONL record: ``{"index": row, "status": "ok"|"failed", "original": ..., "rewritten": ..., "attempts": n,
 "errors": [...]}`` (``original``/``rewritten`` as in the reference's log).
 """
+
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from checkpoints_conversion import atomic
 from megatron_corew.data.prompts import chat_messages, prompt_ids
+from megatron_corew.data.rewrite_format import (  # noqa: F401  (public names of the rephrasing API)
+    DEFAULT_INSTRUCTION,
+    END_MARKER,
+    START_MARKER,
+    RewriteParseError,
+    parse_rewrite,
+    question_of,
+    rewrite_prompt,
+    with_question,
+)
 from megatron_corew.utils import faults
 
 logger = logging.getLogger(__name__)
 _BEFORE_COMMIT = faults.kill_hook("before_commit", 0)
 
-__all__ = ["START_MARKER", "END_MARKER", "DEFAULT_INSTRUCTION", "RewriteParseError", "RewriteConfig", "parse_rewrite",
-           "question_of", "with_question", "rewrite_prompt", "run_rewrite", "read_log"]
-
-START_MARKER = "### RESULT_START"
-END_MARKER = "### RESULT_END"
-
-# Our wording of the reference task (same rules, same reply format). --instruction_file swaps in any other text.
-DEFAULT_INSTRUCTION = f"""Rewrite the math problem below so that it reads like a different problem: use new \
-wording and place it in a different real-world setting, but keep the mathematics, every given quantity and the \
-final answer exactly as they are.
-
-Rules:
-1. The math and the answer must not change.
-2. Change the words and the scenario; do not reuse the original's phrases or sentence structure.
-3. The rewritten problem must be natural, clear and solvable on its own.
-4. Reply only with the block below, in exactly this format, with nothing before or after it:
-
-{START_MARKER}
-ORIGINAL:
-<the original problem>
-REWRITE:
-<the rewritten problem>
-{END_MARKER}
-"""
-
-
-class RewriteParseError(ValueError):
-    pass
-
-
-def parse_rewrite(text: str) -> tuple[str, str]:
-    """(original, rewritten) from a model reply. A ``<think>...</think>`` block is ignored; the first
-    RESULT_START and the first RESULT_END after it delimit the block; it splits at the first ``REWRITE:``."""
-    if "</think>" in text:
-        text = text.rsplit("</think>", 1)[1]
-    elif "<think>" in text:
-        raise RewriteParseError("the reply is an unfinished <think> block")
-    start = text.find(START_MARKER)
-    if start < 0:
-        raise RewriteParseError(f"no {START_MARKER} marker")
-    end = text.find(END_MARKER, start + len(START_MARKER))
-    if end < 0:
-        raise RewriteParseError(f"no {END_MARKER} marker after {START_MARKER}")
-    block = text[start + len(START_MARKER):end].strip()
-    if "REWRITE:" not in block:
-        raise RewriteParseError("no REWRITE: section between the markers")
-    head, rewritten = block.split("REWRITE:", 1)
-    original = head.strip()
-    if original.startswith("ORIGINAL:"):
-        original = original[len("ORIGINAL:"):].strip()
-    rewritten = rewritten.strip()
-    if not rewritten:
-        raise RewriteParseError("the REWRITE: section is empty")
-    return original, rewritten
-
-
-def question_of(value: Any) -> tuple[str, int | None]:
-    """The question in a prompt cell: the last user message of a chat list (its position), or a plain string."""
-    try:
-        import numpy as np
-
-        if isinstance(value, np.ndarray):
-            value = value.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(value, str):
-        if not value.strip():
-            raise ValueError("the question is empty")
-        return value, None
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"expected a list of chat messages or a string (got {type(value).__name__})")
-    for j in range(len(value) - 1, -1, -1):
-        m = value[j]
-        if isinstance(m, dict) and m.get("role") == "user":
-            c = m.get("content")
-            if not isinstance(c, str) or not c.strip():
-                raise ValueError(f"user message {j} has no text")
-            return c, j
-    raise ValueError("no user message in the prompt")
-
-
-def with_question(value: Any, position: int | None, question: str):
-    """The prompt cell with its question replaced (every other message and field kept)."""
-    if position is None:
-        return question
-    new = copy.deepcopy(list(value))
-    new[position] = dict(new[position], content=question)
-    return new
-
-
-def rewrite_prompt(tokenizer, question: str, instruction: str = DEFAULT_INSTRUCTION,
-                   enable_thinking: bool = False) -> list[int]:
-    messages = [{"role": "user", "content": instruction + "\n" + question.strip()}]
-    return prompt_ids(tokenizer, messages, enable_thinking=enable_thinking)
+__all__ = [
+    "START_MARKER",
+    "END_MARKER",
+    "DEFAULT_INSTRUCTION",
+    "RewriteParseError",
+    "RewriteConfig",
+    "parse_rewrite",
+    "question_of",
+    "with_question",
+    "rewrite_prompt",
+    "run_rewrite",
+    "read_log",
+]
 
 
 @dataclass
@@ -161,7 +89,7 @@ class RewriteConfig:
 
 
 def _seed(base: int, batch: int, attempt: int, purpose: int) -> int:
-    return (base * 1_000_003 + batch * 10_007 + attempt * 101 + purpose) % (2 ** 31 - 1)
+    return (base * 1_000_003 + batch * 10_007 + attempt * 101 + purpose) % (2**31 - 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -183,8 +111,11 @@ def read_log(path: str) -> tuple[dict[int, dict], int]:
             except json.JSONDecodeError:
                 bad += 1
                 continue
-            if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or rec.get("status") not in (
-                    "ok", "failed"):
+            if (
+                not isinstance(rec, dict)
+                or not isinstance(rec.get("index"), int)
+                or rec.get("status") not in ("ok", "failed")
+            ):
                 bad += 1
                 continue
             if rec["index"] in records:
@@ -250,8 +181,9 @@ def _rows_of(table, question_column: str) -> list[_Row]:
 
 def _check_prompt(tokenizer, row: _Row, rewritten: str, enable_thinking: bool = False) -> list[int]:
     """The rewritten question in the row's own prompt messages (system prompt + question for a plain string)."""
-    msgs = (with_question(row.messages, row.position, rewritten) if row.messages is not None
-            else chat_messages(rewritten))
+    msgs = (
+        with_question(row.messages, row.position, rewritten) if row.messages is not None else chat_messages(rewritten)
+    )
     return prompt_ids(tokenizer, msgs, enable_thinking=enable_thinking)
 
 
@@ -268,23 +200,31 @@ def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConf
     if cfg.check_answer == "ground_truth":
         for r in list(pending):
             if r.ground_truth is None:
-                done[r.index] = {"index": r.index, "status": "failed", "attempts": 0,
-                                 "errors": ["no reward_model.ground_truth for the answer check"]}
+                done[r.index] = {
+                    "index": r.index,
+                    "status": "failed",
+                    "attempts": 0,
+                    "errors": ["no reward_model.ground_truth for the answer check"],
+                }
                 pending.remove(r)
     original_answers: dict[int, str] = {}
     if cfg.check_answer == "original" and pending:
         params = SamplingParams(max_new_tokens=cfg.check_max_new_tokens, greedy=True, seed=_seed(cfg.seed, b, 0, 2))
-        gens = engine.generate([_check_prompt(tokenizer, r, r.question, cfg.enable_thinking)
-                                for r in pending], params)
+        gens = engine.generate([_check_prompt(tokenizer, r, r.question, cfg.enable_thinking) for r in pending], params)
         original_answers = {r.index: extract_boxed_answer(response_text(tokenizer, g)) for r, g in zip(pending, gens)}
     last_output: dict[int, str] = {}
     for attempt in range(cfg.max_attempts):
         if not pending:
             break
-        params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
-                                seed=_seed(cfg.seed, b, attempt, 0))
-        gens = engine.generate([rewrite_prompt(tokenizer, r.question, cfg.instruction, cfg.enable_thinking)
-                                for r in pending], params)
+        params = SamplingParams(
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_new_tokens=cfg.max_new_tokens,
+            seed=_seed(cfg.seed, b, attempt, 0),
+        )
+        gens = engine.generate(
+            [rewrite_prompt(tokenizer, r.question, cfg.instruction, cfg.enable_thinking) for r in pending], params
+        )
         candidates = []
         for r, g in zip(pending, gens):
             text = response_text(tokenizer, g)
@@ -295,14 +235,17 @@ def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConf
                     raise RewriteParseError("the rewrite repeats the question verbatim")
                 candidates.append((r, original, rewritten))
             except RewriteParseError as e:
-                r.errors.append(f"attempt {attempt + 1}: {e}" + ("" if g.finish_reason != "length" else
-                                                                  " (output hit max tokens)"))
+                r.errors.append(
+                    f"attempt {attempt + 1}: {e}" + ("" if g.finish_reason != "length" else " (output hit max tokens)")
+                )
         checks: dict[int, dict] = {}
         if cfg.check_answer != "off" and candidates:
-            params = SamplingParams(max_new_tokens=cfg.check_max_new_tokens, greedy=True,
-                                    seed=_seed(cfg.seed, b, attempt, 1))
-            gens = engine.generate([_check_prompt(tokenizer, r, rw, cfg.enable_thinking)
-                                    for r, _, rw in candidates], params)
+            params = SamplingParams(
+                max_new_tokens=cfg.check_max_new_tokens, greedy=True, seed=_seed(cfg.seed, b, attempt, 1)
+            )
+            gens = engine.generate(
+                [_check_prompt(tokenizer, r, rw, cfg.enable_thinking) for r, _, rw in candidates], params
+            )
             for (r, _, _), g in zip(candidates, gens):
                 text = response_text(tokenizer, g)
                 ans = extract_boxed_answer(text)
@@ -317,24 +260,44 @@ def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConf
         for r, original, rewritten in candidates:
             chk = checks.get(r.index)
             if chk is not None and not chk["passed"]:
-                r.errors.append(f"attempt {attempt + 1}: answer check failed (rephrased answer "
-                                f"{chk['answer']!r}, expected {chk['expected']!r})")
+                r.errors.append(
+                    f"attempt {attempt + 1}: answer check failed (rephrased answer "
+                    f"{chk['answer']!r}, expected {chk['expected']!r})"
+                )
                 continue
-            rec = {"index": r.index, "status": "ok", "original": original, "rewritten": rewritten,
-                   "attempts": attempt + 1, "errors": list(r.errors)}
+            rec = {
+                "index": r.index,
+                "status": "ok",
+                "original": original,
+                "rewritten": rewritten,
+                "attempts": attempt + 1,
+                "errors": list(r.errors),
+            }
             if chk is not None:
                 rec["check"] = chk
             done[r.index] = rec
             still.discard(r.index)
         pending = [r for r in pending if r.index in still]
     for r in pending:
-        done[r.index] = {"index": r.index, "status": "failed", "attempts": cfg.max_attempts, "errors": list(r.errors),
-                         "last_output": last_output.get(r.index, "")[-2000:]}
+        done[r.index] = {
+            "index": r.index,
+            "status": "failed",
+            "attempts": cfg.max_attempts,
+            "errors": list(r.errors),
+            "last_output": last_output.get(r.index, "")[-2000:],
+        }
     return [done[r.index] for r in rows]
 
 
-def _write_pair(table, ok: list[int], rewritten: dict[int, str], rows: list[_Row], question_column: str,
-                output_parquet: str, output_original_parquet: str) -> None:
+def _write_pair(
+    table,
+    ok: list[int],
+    rewritten: dict[int, str],
+    rows: list[_Row],
+    question_column: str,
+    output_parquet: str,
+    output_original_parquet: str,
+) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -360,9 +323,18 @@ def _write_pair(table, ok: list[int], rewritten: dict[int, str], rows: list[_Row
                 os.remove(t)
 
 
-def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_parquet: str,
-                output_original_parquet: str, question_column: str = "prompt", cfg: RewriteConfig | None = None,
-                overwrite: bool = False, log: Callable[[str], None] = print) -> dict:
+def run_rewrite(
+    engine,
+    tokenizer,
+    input_path: str,
+    output_jsonl: str,
+    output_parquet: str,
+    output_original_parquet: str,
+    question_column: str = "prompt",
+    cfg: RewriteConfig | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Rephrase every row of ``input_path`` (resuming from ``output_jsonl``) and write the aligned pair."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -381,8 +353,12 @@ def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_pa
         if r.error:
             log(f"{input_path}: row {r.index}: {r.error} (logged as failed)")
     qhash = hashlib.sha256("\x00".join(r.question or "" for r in rows).encode()).hexdigest()[:16]
-    meta = {"input_rows": len(rows), "input_questions_sha256": qhash, "question_column": question_column,
-            "config": cfg.identity()}
+    meta = {
+        "input_rows": len(rows),
+        "input_questions_sha256": qhash,
+        "question_column": question_column,
+        "config": cfg.identity(),
+    }
     meta_path = output_jsonl + ".meta.json"
     for p in (output_jsonl, output_parquet, output_original_parquet):
         os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
@@ -398,12 +374,14 @@ def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_pa
                 old = json.load(f)
         if old != meta:
             diff = sorted(k for k in set(meta) | set(old or {}) if (old or {}).get(k) != meta.get(k))
-            raise ValueError(f"{output_jsonl} holds results of a different run (differs in {diff}); pass "
-                             f"--overwrite to start again, or the same input and settings to resume")
+            raise ValueError(
+                f"{output_jsonl} holds results of a different run (differs in {diff}); pass "
+                f"--overwrite to start again, or the same input and settings to resume"
+            )
     else:
         atomic.write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True), before_replace=_BEFORE_COMMIT)
     B = cfg.batch_size
-    batches = [rows[s:s + B] for s in range(0, len(rows), B)]
+    batches = [rows[s : s + B] for s in range(0, len(rows), B)]
     complete = [all(r.index in records for r in batch) for batch in batches]
     keep = [records[r.index] for batch, c in zip(batches, complete) if c for r in batch]
     dropped = len(records) - len(keep)
@@ -425,14 +403,28 @@ def run_rewrite(engine, tokenizer, input_path: str, output_jsonl: str, output_pa
         n_ok = sum(r["status"] == "ok" for r in recs)
         log(f"batch {b + 1}/{len(batches)}: {n_ok}/{len(recs)} rewritten")
     ok = sorted(i for i, r in results.items() if r["status"] == "ok")
-    _write_pair(table, ok, {i: results[i]["rewritten"] for i in ok}, rows, question_column, output_parquet,
-                output_original_parquet)
+    _write_pair(
+        table,
+        ok,
+        {i: results[i]["rewritten"] for i in ok},
+        rows,
+        question_column,
+        output_parquet,
+        output_original_parquet,
+    )
     n_fail = len(rows) - len(ok)
     if not ok:
         log("warning: no question was rewritten successfully; both parquet files are empty")
     attempts = [r.get("attempts", 0) for r in results.values()]
-    return {"input": input_path, "rows": len(rows), "rewritten": len(ok), "failed": n_fail,
-            "retried_ok": sum(1 for i in ok if results[i]["attempts"] > 1),
-            "mean_attempts": sum(attempts) / max(len(attempts), 1), "resumed_batches": n_done,
-            "output_jsonl": output_jsonl, "output_parquet": output_parquet,
-            "output_original_parquet": output_original_parquet}
+    return {
+        "input": input_path,
+        "rows": len(rows),
+        "rewritten": len(ok),
+        "failed": n_fail,
+        "retried_ok": sum(1 for i in ok if results[i]["attempts"] > 1),
+        "mean_attempts": sum(attempts) / max(len(attempts), 1),
+        "resumed_batches": n_done,
+        "output_jsonl": output_jsonl,
+        "output_parquet": output_parquet,
+        "output_original_parquet": output_original_parquet,
+    }

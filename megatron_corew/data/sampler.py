@@ -3,6 +3,7 @@
 A resumed run must draw the same prompts as an uninterrupted one, so the permutation of each epoch depends only on
 (seed, epoch) and the position within it is part of the checkpoint.
 """
+
 from __future__ import annotations
 
 import logging
@@ -61,7 +62,7 @@ class EpochSampler:
 
     def next_batch(self) -> list[int]:
         perm = self.permutation(self.epoch)
-        batch = perm[self.cursor: min(self.cursor + self.batch_size, self._epoch_end())]
+        batch = perm[self.cursor : min(self.cursor + self.batch_size, self._epoch_end())]
         self.cursor += len(batch)
         if self.cursor >= self._epoch_end():
             self.epoch += 1
@@ -69,20 +70,36 @@ class EpochSampler:
         return batch
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed, "num_items": self.num_items,
-                "batch_size": self.batch_size, "shuffle": self.shuffle, "drop_last": self.drop_last}
+        return {
+            "epoch": self.epoch,
+            "cursor": self.cursor,
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "batch_size": self.batch_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("num_items", "seed", "shuffle"):
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"sampler state has {key}={state[key]!r} but this sampler has "
-                                 f"{key}={getattr(self, key)!r}; the batch sequence would not continue")
+                raise ValueError(
+                    f"sampler state has {key}={state[key]!r} but this sampler has "
+                    f"{key}={getattr(self, key)!r}; the batch sequence would not continue"
+                )
         epoch, cursor = int(state["epoch"]), int(state["cursor"])
         if epoch < 0 or not 0 <= cursor < self._epoch_end():
             raise ValueError(f"invalid sampler state epoch={epoch} cursor={cursor} for {self.num_items} items")
-        if state.get("batch_size", self.batch_size) != self.batch_size or \
-                state.get("drop_last", self.drop_last) != self.drop_last:
-            logger.warning("sampler resumed with batch_size/drop_last %s/%s (saved %s/%s): same item order, "
-                           "different batch boundaries", self.batch_size, self.drop_last,
-                           state.get("batch_size"), state.get("drop_last"))
+        if (
+            state.get("batch_size", self.batch_size) != self.batch_size
+            or state.get("drop_last", self.drop_last) != self.drop_last
+        ):
+            logger.warning(
+                "sampler resumed with batch_size/drop_last %s/%s (saved %s/%s): same item order, "
+                "different batch boundaries",
+                self.batch_size,
+                self.drop_last,
+                state.get("batch_size"),
+                state.get("drop_last"),
+            )
         self.epoch, self.cursor = epoch, cursor

@@ -28,6 +28,7 @@ are skipped (``"skip"``). A file that cannot be read at all, or lacks a required
 error. Outputs are written atomically (``checkpoints_conversion.atomic``: a temp file beside the target, fsync,
 rename).
 """
+
 from __future__ import annotations
 
 import json
@@ -44,8 +45,16 @@ from megatron_corew.utils import faults
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreprocessError", "SourceSpec", "SOURCES", "convert_records", "preprocess", "verl_row", "verl_table",
-           "atomic_write_parquet"]
+__all__ = [
+    "PreprocessError",
+    "SourceSpec",
+    "SOURCES",
+    "convert_records",
+    "preprocess",
+    "verl_row",
+    "verl_table",
+    "atomic_write_parquet",
+]
 
 
 @dataclass(frozen=True)
@@ -62,23 +71,69 @@ class SourceSpec:
 
 
 SOURCES: dict[str, SourceSpec] = {
-    "math": SourceSpec("math", "DigitalLearningGmbH/MATH-lighteval", None, ("problem",), (("solution", "boxed"),),
-                       meta_cols=("level", "type"), default_split="train", splits=("train", "test")),
-    "dapo": SourceSpec("dapo", "open-r1/DAPO-Math-17k-Processed", "en", ("prompt",), (("solution", "plain"),),
-                       default_split="train"),
-    "openrs": SourceSpec("openrs", "knoveleng/open-rs", None, ("problem",),
-                         (("answer", "plain"), ("solution", "boxed")), meta_cols=("level",), default_split="train"),
-    "gsm8k": SourceSpec("gsm8k", "openai/gsm8k", "main", ("question",), (("answer", "gsm8k"),),
-                        default_split="test", splits=("train", "test")),
-    "math500": SourceSpec("math500", "HuggingFaceH4/MATH-500", None, ("problem",),
-                          (("answer", "plain"), ("solution", "boxed")), meta_cols=("subject", "level", "unique_id"),
-                          default_split="test", splits=("test",)),
-    "aime": SourceSpec("aime", "AI-MO/aimo-validation-aime", None, ("problem", "question", "prompt"),
-                       (("answer", "plain"),), numeric_answers=True, meta_cols=("id", "url", "year"),
-                       default_split="train", splits=("train",)),
-    "amc": SourceSpec("amc", "AI-MO/aimo-validation-amc", None, ("problem", "question", "prompt"),
-                      (("answer", "plain"),), numeric_answers=True, meta_cols=("id", "url", "source"),
-                      default_split="train", splits=("train",)),
+    "math": SourceSpec(
+        "math",
+        "DigitalLearningGmbH/MATH-lighteval",
+        None,
+        ("problem",),
+        (("solution", "boxed"),),
+        meta_cols=("level", "type"),
+        default_split="train",
+        splits=("train", "test"),
+    ),
+    "dapo": SourceSpec(
+        "dapo", "open-r1/DAPO-Math-17k-Processed", "en", ("prompt",), (("solution", "plain"),), default_split="train"
+    ),
+    "openrs": SourceSpec(
+        "openrs",
+        "knoveleng/open-rs",
+        None,
+        ("problem",),
+        (("answer", "plain"), ("solution", "boxed")),
+        meta_cols=("level",),
+        default_split="train",
+    ),
+    "gsm8k": SourceSpec(
+        "gsm8k",
+        "openai/gsm8k",
+        "main",
+        ("question",),
+        (("answer", "gsm8k"),),
+        default_split="test",
+        splits=("train", "test"),
+    ),
+    "math500": SourceSpec(
+        "math500",
+        "HuggingFaceH4/MATH-500",
+        None,
+        ("problem",),
+        (("answer", "plain"), ("solution", "boxed")),
+        meta_cols=("subject", "level", "unique_id"),
+        default_split="test",
+        splits=("test",),
+    ),
+    "aime": SourceSpec(
+        "aime",
+        "AI-MO/aimo-validation-aime",
+        None,
+        ("problem", "question", "prompt"),
+        (("answer", "plain"),),
+        numeric_answers=True,
+        meta_cols=("id", "url", "year"),
+        default_split="train",
+        splits=("train",),
+    ),
+    "amc": SourceSpec(
+        "amc",
+        "AI-MO/aimo-validation-amc",
+        None,
+        ("problem", "question", "prompt"),
+        (("answer", "plain"),),
+        numeric_answers=True,
+        meta_cols=("id", "url", "source"),
+        default_split="train",
+        splits=("train",),
+    ),
 }
 
 
@@ -139,8 +194,16 @@ def _answer_text(value, kind: str, numeric_ok: bool, col: str) -> str:
     return ans
 
 
-def verl_row(question: str, ground_truth: str, index: int, split: str, data_source: str,
-             system_prompt: str | None = SYSTEM_PROMPT, prompt_style: str = "system", meta: dict | None = None) -> dict:
+def verl_row(
+    question: str,
+    ground_truth: str,
+    index: int,
+    split: str,
+    data_source: str,
+    system_prompt: str | None = SYSTEM_PROMPT,
+    prompt_style: str = "system",
+    meta: dict | None = None,
+) -> dict:
     """One row of the verl schema. ``prompt_style="system"``: system prompt + bare question (the reference's
     released files); ``"user"``: no system message, the instruction appended to the question after a space."""
     if prompt_style == "system":
@@ -151,8 +214,13 @@ def verl_row(question: str, ground_truth: str, index: int, split: str, data_sour
         raise ValueError(f"prompt_style must be 'system' or 'user', got {prompt_style!r}")
     extra = {"index": int(index), "split": split}
     extra.update(meta or {})
-    return {"data_source": data_source, "prompt": prompt, "ability": "math",
-            "reward_model": {"ground_truth": ground_truth, "style": "rule"}, "extra_info": extra}
+    return {
+        "data_source": data_source,
+        "prompt": prompt,
+        "ability": "math",
+        "reward_model": {"ground_truth": ground_truth, "style": "rule"},
+        "extra_info": extra,
+    }
 
 
 def verl_table(rows: list[dict], meta_keys: Iterable[str] = ()):
@@ -161,13 +229,15 @@ def verl_table(rows: list[dict], meta_keys: Iterable[str] = ()):
 
     msg = pa.struct([("content", pa.string()), ("role", pa.string())])
     extra = [("index", pa.int64()), ("split", pa.string())] + [(k, pa.string()) for k in meta_keys]
-    schema = pa.schema([
-        ("data_source", pa.string()),
-        ("prompt", pa.list_(msg)),
-        ("ability", pa.string()),
-        ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
-        ("extra_info", pa.struct(extra)),
-    ])
+    schema = pa.schema(
+        [
+            ("data_source", pa.string()),
+            ("prompt", pa.list_(msg)),
+            ("ability", pa.string()),
+            ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+            ("extra_info", pa.struct(extra)),
+        ]
+    )
     return pa.Table.from_pylist(rows, schema=schema)
 
 
@@ -187,9 +257,15 @@ class ConvertResult:
     bad: list[str]
 
 
-def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, on_bad_row: str = "error",
-                    data_source: str | None = None, system_prompt: str | None = SYSTEM_PROMPT,
-                    prompt_style: str = "system") -> ConvertResult:
+def convert_records(
+    record_sets: list[RecordSet],
+    spec: SourceSpec,
+    split: str,
+    on_bad_row: str = "error",
+    data_source: str | None = None,
+    system_prompt: str | None = SYSTEM_PROMPT,
+    prompt_style: str = "system",
+) -> ConvertResult:
     if on_bad_row not in ("error", "skip"):
         raise ValueError(f"on_bad_row must be 'error' or 'skip', got {on_bad_row!r}")
     data_source = data_source or spec.hub_id
@@ -207,8 +283,10 @@ def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, 
         if rs.rows and (qcol is None or not acols):
             missing = [] if qcol else [" or ".join(map(repr, spec.question_cols))]
             missing += [] if acols else [" or ".join(repr(a) for a, _ in spec.answer_cols)]
-            raise PreprocessError(f"{rs.path}: missing required column {', '.join(missing)} for --dataset "
-                                  f"{spec.name} (columns: {rs.columns})")
+            raise PreprocessError(
+                f"{rs.path}: missing required column {', '.join(missing)} for --dataset "
+                f"{spec.name} (columns: {rs.columns})"
+            )
         mcols = [(m, _find_col(rs.columns, m)) for m in spec.meta_cols]
         for m, c in mcols:
             if c and m not in meta_keys:
@@ -245,9 +323,18 @@ def convert_records(record_sets: list[RecordSet], spec: SourceSpec, split: str, 
     return ConvertResult(rows, meta_keys, num_in, bad)
 
 
-def preprocess(dataset: str, inputs: list[str] | None, output: str, split: str | None = None,
-               on_bad_row: str = "error", data_source: str | None = None, system_prompt: str | None = SYSTEM_PROMPT,
-               prompt_style: str = "system", hub: bool = False, max_bad_reported: int = 20) -> dict:
+def preprocess(
+    dataset: str,
+    inputs: list[str] | None,
+    output: str,
+    split: str | None = None,
+    on_bad_row: str = "error",
+    data_source: str | None = None,
+    system_prompt: str | None = SYSTEM_PROMPT,
+    prompt_style: str = "system",
+    hub: bool = False,
+    max_bad_reported: int = 20,
+) -> dict:
     """Convert ``inputs`` (files or directories) of source ``dataset`` and write ``output`` atomically.
 
     ``output`` is a ``.parquet`` path or a directory (then ``DIR/<split>.parquet``). Returns a summary dict.
@@ -264,13 +351,20 @@ def preprocess(dataset: str, inputs: list[str] | None, output: str, split: str |
         record_sets = [read_records(p) for p in expand_inputs(inputs, split)]
     res = convert_records(record_sets, spec, split, on_bad_row, data_source, system_prompt, prompt_style)
     if res.bad:
-        logger.warning("skipped %d malformed row(s) of %d; first: %s", len(res.bad), res.num_in,
-                       "; ".join(res.bad[:3]))
+        logger.warning("skipped %d malformed row(s) of %d; first: %s", len(res.bad), res.num_in, "; ".join(res.bad[:3]))
     if not res.rows:
-        raise PreprocessError(f"no usable rows in {[rs.path for rs in record_sets]} ({res.num_in} rows, "
-                              f"{len(res.bad)} malformed)")
+        raise PreprocessError(
+            f"no usable rows in {[rs.path for rs in record_sets]} ({res.num_in} rows, {len(res.bad)} malformed)"
+        )
     out = output if output.endswith(".parquet") else os.path.join(output, f"{split}.parquet")
     atomic_write_parquet(verl_table(res.rows, res.meta_keys), out)
-    return {"dataset": dataset, "split": split, "inputs": [rs.path for rs in record_sets], "output": out,
-            "rows_in": res.num_in, "rows_out": len(res.rows), "skipped": len(res.bad),
-            "skipped_rows": res.bad[:max_bad_reported]}
+    return {
+        "dataset": dataset,
+        "split": split,
+        "inputs": [rs.path for rs in record_sets],
+        "output": out,
+        "rows_in": res.num_in,
+        "rows_out": len(res.rows),
+        "skipped": len(res.bad),
+        "skipped_rows": res.bad[:max_bad_reported],
+    }

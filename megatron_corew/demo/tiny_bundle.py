@@ -9,6 +9,7 @@ Layout written by :func:`make_tiny_task` (default ``assets/tiny``)::
     model/                        HF model + tokenizer + generation_config (save_pretrained)
     metrics.json                  warm-start metrics, sizes, settings
 """
+
 from __future__ import annotations
 
 import json
@@ -32,16 +33,36 @@ BUNDLE_ENTRIES = ("data", "model", "metrics.json")
 
 def is_complete(out: str) -> bool:
     """``out`` holds a whole bundle (data files, tokenizer, config and weights)."""
-    need = ["model/config.json", "model/tokenizer.json", "data/train.parquet", "data/train_rephrased.parquet",
-            "data/val.parquet", "data/val_rephrased.parquet"]
+    need = [
+        "model/config.json",
+        "model/tokenizer.json",
+        "data/train.parquet",
+        "data/train_rephrased.parquet",
+        "data/val.parquet",
+        "data/val_rephrased.parquet",
+    ]
     return all(os.path.exists(os.path.join(out, n)) for n in need) and any(
-        f.endswith((".safetensors", ".bin")) for f in os.listdir(os.path.join(out, "model")))
+        f.endswith((".safetensors", ".bin")) for f in os.listdir(os.path.join(out, "model"))
+    )
 
 
-def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0, sft_steps: int = DEFAULT_SFT_STEPS,
-                   force: bool = False, num_train: int = 2000, num_val: int = 200, batch_size: int = 64,
-                   lr: float = 3e-3, num_samples: int = 8, max_operand: int = MAX_OPERAND, threads: int | None = 2,
-                   deterministic: bool = True, terse_prob: float = DEFAULT_TERSE_PROB, log=print) -> dict | None:
+def make_tiny_task(
+    out: str = "assets/tiny",
+    arch: str = "qwen3",
+    seed: int = 0,
+    sft_steps: int = DEFAULT_SFT_STEPS,
+    force: bool = False,
+    num_train: int = 2000,
+    num_val: int = 200,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    num_samples: int = 8,
+    max_operand: int = MAX_OPERAND,
+    threads: int | None = 2,
+    deterministic: bool = True,
+    terse_prob: float = DEFAULT_TERSE_PROB,
+    log=print,
+) -> dict | None:
     """Build the whole bundle in a temp dir beside ``out`` and publish it with a rename. Returns the metrics dict,
     or None when ``out`` is already complete and ``force`` is False.
 
@@ -55,8 +76,9 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
     if os.path.exists(out):
         stray = sorted(set(os.listdir(out)) - set(BUNDLE_ENTRIES)) if os.path.isdir(out) else [out]
         if stray:  # never replace a directory that holds anything but a previous bundle
-            raise FileExistsError(f"refusing to replace {out}: it holds files that are not part of the tiny-task "
-                                  f"bundle ({stray[:5]})")
+            raise FileExistsError(
+                f"refusing to replace {out}: it holds files that are not part of the tiny-task bundle ({stray[:5]})"
+            )
     t0 = time.time()
     prev_det, prev_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     if threads:
@@ -65,8 +87,20 @@ def make_tiny_task(out: str = "assets/tiny", arch: str = "qwen3", seed: int = 0,
         torch.use_deterministic_algorithms(True)
     try:
         with atomic.atomic_dir(out) as tmp:
-            metrics = _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples,
-                                    max_operand, terse_prob, log)
+            metrics = _build_bundle(
+                tmp,
+                arch,
+                seed,
+                sft_steps,
+                num_train,
+                num_val,
+                batch_size,
+                lr,
+                num_samples,
+                max_operand,
+                terse_prob,
+                log,
+            )
             metrics["total_seconds"] = round(time.time() - t0, 2)
             with open(os.path.join(tmp, "metrics.json"), "w") as f:
                 json.dump(metrics, f, indent=2, sort_keys=True)
@@ -89,8 +123,9 @@ def _umask_permissions(root: str) -> None:
             os.chmod(os.path.join(d, n), 0o666 & ~umask)
 
 
-def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples, max_operand, terse_prob,
-                  log):
+def _build_bundle(
+    tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr, num_samples, max_operand, terse_prob, log
+):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -102,17 +137,30 @@ def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr
     tok = build_tokenizer()
     model = build_model(tok, arch, seed)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"data: {len(train)} train / {len(val)} val pairs (operands 1..{max_operand}); tokenizer vocab {len(tok)}; "
-        f"{arch} model {n_params / 1e6:.3f}M params; {torch.get_num_threads()} threads")
+    log(
+        f"data: {len(train)} train / {len(val)} val pairs (operands 1..{max_operand}); tokenizer vocab {len(tok)}; "
+        f"{arch} model {n_params / 1e6:.3f}M params; {torch.get_num_threads()} threads"
+    )
     t = time.time()
-    losses = sft_warm_start(model, tok, train, sft_steps, batch_size=batch_size, lr=lr, seed=seed,
-                            log_every=max(1, sft_steps // 5), log=log, terse_prob=terse_prob)
+    losses = sft_warm_start(
+        model,
+        tok,
+        train,
+        sft_steps,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        log_every=max(1, sft_steps // 5),
+        log=log,
+        terse_prob=terse_prob,
+    )
     t_sft = time.time() - t
     t = time.time()
     metrics = evaluate(model, tok, val, num_samples=num_samples, seed=seed)
     t_eval = time.time() - t
-    model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(IM_END),
-                                               pad_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(IM_END), pad_token_id=tok.pad_token_id
+    )
     mdir = os.path.join(tmp, "model")
     model.save_pretrained(mdir)
     tok.save_pretrained(mdir)
@@ -127,10 +175,22 @@ def _build_bundle(tmp, arch, seed, sft_steps, num_train, num_val, batch_size, lr
         if not torch.allclose(model(input_ids=x).logits, model2(input_ids=x).logits, atol=1e-5):
             raise RuntimeError("reloaded model differs from the trained one")
     metrics.update(
-        arch=arch, seed=seed, sft_steps=sft_steps, terse_prob=terse_prob, batch_size=batch_size, lr=lr,
+        arch=arch,
+        seed=seed,
+        sft_steps=sft_steps,
+        terse_prob=terse_prob,
+        batch_size=batch_size,
+        lr=lr,
         max_operand=max_operand,
         final_sft_loss=round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4) if losses else None,
-        num_params=n_params, vocab_size=len(tok), num_train=len(train), num_val=len(val), num_samples=num_samples,
-        sft_seconds=round(t_sft, 2), eval_seconds=round(t_eval, 2), torch_version=torch.__version__,
-        num_threads=torch.get_num_threads())
+        num_params=n_params,
+        vocab_size=len(tok),
+        num_train=len(train),
+        num_val=len(val),
+        num_samples=num_samples,
+        sft_seconds=round(t_sft, 2),
+        eval_seconds=round(t_eval, 2),
+        torch_version=torch.__version__,
+        num_threads=torch.get_num_threads(),
+    )
     return metrics

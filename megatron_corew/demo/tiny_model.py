@@ -4,6 +4,7 @@ The warm start leaves the model partly competent, with the format noise of a bas
 to some question styles), so RL has something to improve and a label-free reward has something to fix.
 Bit-reproducible for a fixed seed and thread count on the same torch build.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,14 @@ from megatron_corew.data.prompts import chat_messages, prompt_ids
 from megatron_corew.demo.tiny_task import IM_END, Problem, extract_last_boxed, is_correct, is_terse_question
 
 ARCHS = {"qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-MODEL_DIMS = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16)
+MODEL_DIMS = dict(
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 DEFAULT_SFT_STEPS = 500
 DEFAULT_TERSE_PROB = 0.6
 
@@ -29,9 +36,16 @@ def build_model(tokenizer, arch: str = "qwen3", seed: int = 0, **dims):
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     d = dict(MODEL_DIMS, **dims)
     cfg = AutoConfig.for_model(
-        arch, vocab_size=len(tokenizer), max_position_embeddings=512, tie_word_embeddings=False,
-        bos_token_id=None, eos_token_id=tokenizer.convert_tokens_to_ids(IM_END), pad_token_id=tokenizer.pad_token_id,
-        torch_dtype="float32", **d)
+        arch,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(IM_END),
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+        **d,
+    )
     cfg.architectures = [ARCHS[arch]]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -51,9 +65,19 @@ def _sft_items(tokenizer, problems: Sequence[Problem]) -> list[tuple[list[int], 
     return items
 
 
-def sft_warm_start(model, tokenizer, problems: Sequence[Problem], steps: int, batch_size: int = 64,
-                   lr: float = 3e-3, seed: int = 0, log_every: int = 0, log=print, callback=None,
-                   terse_prob: float = DEFAULT_TERSE_PROB) -> list[float]:
+def sft_warm_start(
+    model,
+    tokenizer,
+    problems: Sequence[Problem],
+    steps: int,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log_every: int = 0,
+    log=print,
+    callback=None,
+    terse_prob: float = DEFAULT_TERSE_PROB,
+) -> list[float]:
     """Supervised warm start on both phrasings, loss on response tokens only (incl. <|im_end|>).
 
     Questions opening with one of ``tiny_task.TERSE_OPENINGS`` get the terse (unboxed) target with probability
@@ -67,12 +91,34 @@ def sft_warm_start(model, tokenizer, problems: Sequence[Problem], steps: int, ba
         prompt, resp, terse = item
         return prompt, terse if terse is not None and terse_rng.random() < terse_prob else resp
 
-    return supervised_finetune(model, tokenizer, _sft_items(tokenizer, problems), steps, target, batch_size=batch_size,
-                               lr=lr, seed=seed, log_every=log_every, log=log, callback=callback)
+    return supervised_finetune(
+        model,
+        tokenizer,
+        _sft_items(tokenizer, problems),
+        steps,
+        target,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        log_every=log_every,
+        log=log,
+        callback=callback,
+    )
 
 
-def supervised_finetune(model, tokenizer, items: Sequence, steps: int, target=None, batch_size: int = 64,
-                        lr: float = 3e-3, seed: int = 0, log_every: int = 0, log=print, callback=None) -> list[float]:
+def supervised_finetune(
+    model,
+    tokenizer,
+    items: Sequence,
+    steps: int,
+    target=None,
+    batch_size: int = 64,
+    lr: float = 3e-3,
+    seed: int = 0,
+    log_every: int = 0,
+    log=print,
+    callback=None,
+) -> list[float]:
     """Next-token loss on the response tokens of ``target(item) -> (prompt ids, response ids)`` (identity by
     default), items drawn in seeded random order epoch after epoch. AdamW, linear warm-up over 5% of the steps,
     cosine decay to 10% of lr, grad clip 1.0. Returns the per-step losses."""
@@ -96,7 +142,7 @@ def supervised_finetune(model, tokenizer, items: Sequence, steps: int, target=No
     for step in range(steps):
         if cursor + batch_size > len(perm):
             perm, cursor = torch.randperm(len(items), generator=g).tolist(), 0
-        batch = [target(items[k]) for k in perm[cursor: cursor + batch_size]]
+        batch = [target(items[k]) for k in perm[cursor : cursor + batch_size]]
         cursor += batch_size
         L = max(len(p) + len(r) for p, r in batch)
         ids = torch.full((len(batch), L), pad, dtype=torch.long)
@@ -104,7 +150,7 @@ def supervised_finetune(model, tokenizer, items: Sequence, steps: int, target=No
         for row, (p, r) in enumerate(batch):
             seq = p + r
             ids[row, : len(seq)] = torch.tensor(seq)
-            tgt_mask[row, len(p): len(seq)] = True
+            tgt_mask[row, len(p) : len(seq)] = True
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
         # Right padding + causal attention: real tokens never see the pads, so no attention mask is needed (and
@@ -126,9 +172,17 @@ def supervised_finetune(model, tokenizer, items: Sequence, steps: int, target=No
     return losses
 
 
-def generate_responses(model, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 40,
-                       do_sample: bool = False, temperature: float = 1.0, num_samples: int = 1,
-                       batch_size: int = 512, seed: int = 0) -> list[list[str]]:
+def generate_responses(
+    model,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int = 40,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    num_samples: int = 1,
+    batch_size: int = 512,
+    seed: int = 0,
+) -> list[list[str]]:
     """Generate ``num_samples`` responses per prompt (left-padded batches). Returns decoded texts."""
     import torch
 
@@ -139,23 +193,33 @@ def generate_responses(model, tokenizer, prompts: Sequence[list[int]], max_new_t
     torch.manual_seed(seed)
     with torch.no_grad():
         for s in range(0, len(flat), batch_size):
-            chunk = flat[s: s + batch_size]
+            chunk = flat[s : s + batch_size]
             L = max(len(p) for p in chunk)
             ids = torch.full((len(chunk), L), pad, dtype=torch.long)
             attn = torch.zeros((len(chunk), L), dtype=torch.long)
             for row, p in enumerate(chunk):
-                ids[row, L - len(p):] = torch.tensor(p)
-                attn[row, L - len(p):] = 1
-            kw = (dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0) if do_sample
-                  else dict(do_sample=False))
-            gen = model.generate(input_ids=ids, attention_mask=attn, max_new_tokens=max_new_tokens,
-                                 eos_token_id=eos, pad_token_id=pad, **kw)
+                ids[row, L - len(p) :] = torch.tensor(p)
+                attn[row, L - len(p) :] = 1
+            kw = (
+                dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+                if do_sample
+                else dict(do_sample=False)
+            )
+            gen = model.generate(
+                input_ids=ids,
+                attention_mask=attn,
+                max_new_tokens=max_new_tokens,
+                eos_token_id=eos,
+                pad_token_id=pad,
+                **kw,
+            )
             out += tokenizer.batch_decode(gen[:, L:], skip_special_tokens=True)
-    return [out[i * num_samples: (i + 1) * num_samples] for i in range(len(prompts))]
+    return [out[i * num_samples : (i + 1) * num_samples] for i in range(len(prompts))]
 
 
-def evaluate(model, tokenizer, problems: Sequence[Problem], num_samples: int = 8, temperature: float = 1.0,
-             seed: int = 0) -> dict:
+def evaluate(
+    model, tokenizer, problems: Sequence[Problem], num_samples: int = 8, temperature: float = 1.0, seed: int = 0
+) -> dict:
     """Greedy accuracy per phrasing, and the share of questions whose samples are mixed (>=1 right, >=1 wrong)."""
     res: dict = {}
     for phrasing in ("original", "rephrased"):
@@ -163,11 +227,13 @@ def evaluate(model, tokenizer, problems: Sequence[Problem], num_samples: int = 8
         greedy = generate_responses(model, tokenizer, prompts)
         n_right = sum(is_correct(g[0], p.ground_truth) for g, p in zip(greedy, problems))
         res[f"greedy_acc_{phrasing}"] = n_right / len(problems)
-        samples = generate_responses(model, tokenizer, prompts, do_sample=True, temperature=temperature,
-                                     num_samples=num_samples, seed=seed)
+        samples = generate_responses(
+            model, tokenizer, prompts, do_sample=True, temperature=temperature, num_samples=num_samples, seed=seed
+        )
         correct = [[is_correct(s, p.ground_truth) for s in ss] for ss, p in zip(samples, problems)]
         res[f"sample_acc_{phrasing}"] = sum(map(sum, correct)) / (len(problems) * num_samples)
         res[f"mixed_frac_{phrasing}"] = sum(any(c) and not all(c) for c in correct) / len(problems)
         res[f"boxed_rate_{phrasing}"] = sum(extract_last_boxed(s) is not None for ss in samples for s in ss) / (
-            len(problems) * num_samples)
+            len(problems) * num_samples
+        )
     return res

@@ -9,6 +9,7 @@ all 200 rewrites kept both numbers); its replies still go through the tool's rea
 ``python -m megatron_corew.demo.tiny_rephraser --out assets/tiny_rephraser`` builds it (atomic, about 30 s on 2 CPU
 cores); :func:`ensure_rephraser` builds it once and reuses it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def reply(problem: tt.Problem) -> str:
     return f"{START_MARKER}\nORIGINAL:\n{problem.original}\nREWRITE:\n{problem.rephrased}\n{END_MARKER}"
 
 
-def train_rephraser(steps: int = DEFAULT_STEPS, seed: int = 0, num_train: int = 2000, batch_size: int = 32,
-                    lr: float = 3e-3, log=print):
+def train_rephraser(
+    steps: int = DEFAULT_STEPS, seed: int = 0, num_train: int = 2000, batch_size: int = 32, lr: float = 3e-3, log=print
+):
     """(model, tokenizer) fine-tuned on the tiny task's (original -> rephrased) training pairs."""
     import torch
 
@@ -40,11 +42,17 @@ def train_rephraser(steps: int = DEFAULT_STEPS, seed: int = 0, num_train: int = 
     tok = tt.build_tokenizer()
     eos = tok.convert_tokens_to_ids(tt.IM_END)
     train, _ = tt.generate_problems(num_train=num_train, num_val=1, seed=seed)
-    items = [(rewrite_prompt(tok, p.original, INSTRUCTION),
-              list(tok(reply(p), add_special_tokens=False)["input_ids"]) + [eos]) for p in train]
+    items = [
+        (
+            rewrite_prompt(tok, p.original, INSTRUCTION),
+            list(tok(reply(p), add_special_tokens=False)["input_ids"]) + [eos],
+        )
+        for p in train
+    ]
     model = build_model(tok, "qwen3", seed + 17)
-    supervised_finetune(model, tok, items, steps, batch_size=batch_size, lr=lr, seed=seed,
-                        log_every=max(1, steps // 4), log=log)
+    supervised_finetune(
+        model, tok, items, steps, batch_size=batch_size, lr=lr, seed=seed, log_every=max(1, steps // 4), log=log
+    )
     return model, tok
 
 
@@ -60,8 +68,9 @@ def build_rephraser(out: str, steps: int = DEFAULT_STEPS, seed: int = 0, log=pri
         model, tok = train_rephraser(steps=steps, seed=seed, log=log)
     finally:
         torch.set_num_threads(threads)
-    model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(tt.IM_END),
-                                               pad_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=None, eos_token_id=tok.convert_tokens_to_ids(tt.IM_END), pad_token_id=tok.pad_token_id
+    )
     with atomic.atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -7,6 +7,7 @@ and its warm start are in :mod:`megatron_corew.demo.tiny_model`, the bundle on d
 The grading here (last \\boxed{...} == integer string) is deliberately local and simple; the real grader lives in
 ``megatron_corew.rewards``.
 """
+
 from __future__ import annotations
 
 import os
@@ -105,8 +106,9 @@ def _make_problem(a: int, op: str, b: int, rng: random.Random) -> Problem:
     return Problem(a, op, b, original, rephrased)
 
 
-def generate_problems(num_train: int = 2000, num_val: int = 200, seed: int = 0,
-                      max_operand: int = MAX_OPERAND) -> tuple[list[Problem], list[Problem]]:
+def generate_problems(
+    num_train: int = 2000, num_val: int = 200, seed: int = 0, max_operand: int = MAX_OPERAND
+) -> tuple[list[Problem], list[Problem]]:
     """Distinct (a, op, b) triples: a + b, or a - b with a >= b, operands in [1, max_operand].
 
     Validation triples never occur in train. Deterministic in ``seed``.
@@ -173,17 +175,24 @@ def build_tokenizer(vocab_size: int = 512, texts: Iterable[str] | None = None):
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(list(texts) if texts is not None else tokenizer_corpus(), trainer)
-    hf_tok = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=IM_END, pad_token=PAD_TOKEN,
-                                     bos_token=None, unk_token=None)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD_TOKEN, bos_token=None, unk_token=None
+    )
     hf_tok.chat_template = CHATML_TEMPLATE
     return hf_tok
 
@@ -216,4 +225,3 @@ def is_correct(response: str, ground_truth: str) -> bool:
 def is_terse_question(question: str) -> bool:
     """Questions the warm start sometimes answers without \\boxed{} (see TERSE_OPENINGS)."""
     return question.startswith(TERSE_OPENINGS)
-

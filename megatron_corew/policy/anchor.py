@@ -4,6 +4,7 @@ policy) or Co-rewarding-II's EMA teacher -- optionally kept in host memory betwe
 fp32 all through: EMA steps of alpha = 1e-5 vanish in bf16, so the copy never inherits the policy's bf16 / fp8
 flags (with them, attention would cast fp32 probabilities to bf16 and pipeline stages would send bf16 buffers).
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,8 +18,9 @@ from megatron_corew.policy.weights import copy_weights
 
 
 class Anchor:
-    def __init__(self, policy_module, policy_config, model_args, tp: int, pre: bool, post: bool,
-                 cpu_offload: bool = False):
+    def __init__(
+        self, policy_module, policy_config, model_args, tp: int, pre: bool, post: bool, cpu_offload: bool = False
+    ):
         cfg = copy.copy(policy_config)
         cfg.finalize_model_grads_func = None
         cfg.no_sync_func = None

@@ -6,6 +6,7 @@ directory beside it and renamed into place only when complete; ``SAVE/latest`` i
 atomically (:mod:`checkpoints_conversion.atomic`), so a crash mid-write leaves the previous checkpoint
 and pointer intact, and the next save removes the killed writer's temp directory.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,10 @@ import random
 import shutil
 
 import torch
-import torch.distributed as dist
 
 from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
-from megatron_corew.policy.parallel import broadcast_object
 from megatron_corew.policy import parallel
+from megatron_corew.policy.parallel import broadcast_object
 from megatron_corew.utils import faults
 
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -26,16 +26,21 @@ _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 def _sharded_state(trainer, is_loading: bool = False):
     """Call inside ``trainer.anchor_resident()``: the anchor's tensors must be on their devices."""
     model_sd = trainer.model.module.sharded_state_dict()
-    sd = {"model": model_sd,
-          "optimizer": trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPT_META)}
+    sd = {
+        "model": model_sd,
+        "optimizer": trainer.optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=_OPT_META),
+    }
     if trainer.anchor is not None:
         sd["anchor"] = trainer.anchor.sharded_state_dict(prefix="anchor.")
     return sd
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -106,8 +111,9 @@ def load_checkpoint(load_dir: str, trainer) -> dict | None:
             trainer.optimizer.load_state_dict(loaded["optimizer"])
         if trainer.anchor is not None and "anchor" in loaded:
             prefix = "anchor."
-            trainer.anchor.load_state_dict({k[len(prefix):] if k.startswith(prefix) else k: v
-                                            for k, v in loaded["anchor"].items()})
+            trainer.anchor.load_state_dict(
+                {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in loaded["anchor"].items()}
+            )
     state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.step_count = state["step"]

@@ -5,6 +5,7 @@ megatron-core assumes CUDA in a handful of places (RNG tracker, ``device='cuda'`
 to CPU equivalents; with CUDA present :func:`apply` does nothing. Entry points call it explicitly
 before the first ``megatron`` import (``parallel.init_distributed`` and the converter CLIs do).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,6 +30,7 @@ def _stub_paged_stash() -> None:
     ``triton`` breaks torch inductor, so stub only the megatron module (dense models never use it)."""
     try:
         import triton  # noqa: F401
+
         return
     except ImportError:
         pass
@@ -98,8 +100,25 @@ class _NullEvent(_NullStream):
         return 0.0
 
 
-_FACTORIES = ("tensor", "zeros", "ones", "empty", "full", "arange", "rand", "randn", "randint", "as_tensor",
-              "eye", "linspace", "empty_strided", "zeros_like", "ones_like", "empty_like", "full_like")
+_FACTORIES = (
+    "tensor",
+    "zeros",
+    "ones",
+    "empty",
+    "full",
+    "arange",
+    "rand",
+    "randn",
+    "randint",
+    "as_tensor",
+    "eye",
+    "linspace",
+    "empty_strided",
+    "zeros_like",
+    "ones_like",
+    "empty_like",
+    "full_like",
+)
 
 
 class _CpuTorch(types.ModuleType):
@@ -174,8 +193,11 @@ def apply() -> None:
         return
     _APPLIED = True
     if os.environ.get("RANK", "0") == "0":
-        print("[cpu_compat] no CUDA device: megatron-core runs on the CPU (gloo); its CUDA calls are redirected",
-              file=sys.stderr, flush=True)
+        print(
+            "[cpu_compat] no CUDA device: megatron-core runs on the CPU (gloo); its CUDA calls are redirected",
+            file=sys.stderr,
+            flush=True,
+        )
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*GPTModel IS DEPRECATED.*")
     _stub_paged_stash()
@@ -205,7 +227,7 @@ def apply() -> None:
         if dtype is None and not kwargs:
             name = plain_type(self)
             if name.startswith("torch.") and not name.startswith("torch.cuda."):
-                return "torch.cuda." + name[len("torch."):]
+                return "torch.cuda." + name[len("torch.") :]
             return name
         return plain_type(self, dtype, non_blocking, **kwargs)
 

@@ -7,6 +7,7 @@ them into sharded safetensors in a temp directory renamed into place when comple
 tokenizer files of the HF model the run started from. The result loads with
 ``AutoModelForCausalLM.from_pretrained`` (and serves with SGLang) as it is.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,16 @@ def hf_export_dir(out_dir: str, step: int) -> str:
     return os.path.join(out_dir, f"step_{step:07d}")
 
 
-def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dtype: torch.dtype | None = None,
-                       max_shard_bytes: int = 10**9, keep_last: int | None = None) -> str:
+def save_hf_checkpoint(
+    trainer_model,
+    model_args,
+    out_dir: str,
+    step: int,
+    *,
+    dtype: torch.dtype | None = None,
+    max_shard_bytes: int = 10**9,
+    keep_last: int | None = None,
+) -> str:
     """Write the policy as an HF checkpoint to ``out_dir/step_{step:07d}`` and point
     ``out_dir/latest`` at it; returns that path (on every rank).
 
@@ -39,8 +48,13 @@ def save_hf_checkpoint(trainer_model, model_args, out_dir: str, step: int, *, dt
         declared = getattr(model_args.hf_config, "dtype", None) or getattr(model_args.hf_config, "torch_dtype", None)
         name = str(written).replace("torch.", "")
         overrides = {"dtype": name} if declared is not None and str(declared).replace("torch.", "") != name else None
-        write_hf_checkpoint(target, tensors, config_dir=model_args.model_dir, max_shard_bytes=max_shard_bytes,
-                            config_overrides=overrides)
+        write_hf_checkpoint(
+            target,
+            tensors,
+            config_dir=model_args.model_dir,
+            max_shard_bytes=max_shard_bytes,
+            config_overrides=overrides,
+        )
         publish_latest(out_dir, os.path.basename(target), "step_", keep_last)
     else:
         for _ in tensors:  # collectives: every rank walks the export

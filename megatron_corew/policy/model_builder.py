@@ -3,6 +3,7 @@
 What the HF checkpoint says (and whether it can be represented exactly) is read and checked by
 :mod:`checkpoints_conversion.config`; this module only turns those facts into megatron objects.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,9 +22,18 @@ def transformer_engine_available() -> bool:
     return True
 
 
-def build_transformer_config(args: ModelArgs, tp: int = 1, pp: int = 1, *, bf16: bool = False,
-                             recompute: str | None = None, sequence_parallel: bool = False,
-                             fp8: str | None = None, fp8_recipe: str | None = None, **extra):
+def build_transformer_config(
+    args: ModelArgs,
+    tp: int = 1,
+    pp: int = 1,
+    *,
+    bf16: bool = False,
+    recompute: str | None = None,
+    sequence_parallel: bool = False,
+    fp8: str | None = None,
+    fp8_recipe: str | None = None,
+    **extra,
+):
     """The megatron TransformerConfig matching the HF architecture exactly (fp32 by default)."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
@@ -31,21 +41,37 @@ def build_transformer_config(args: ModelArgs, tp: int = 1, pp: int = 1, *, bf16:
     on_gpu = torch.cuda.is_available()
     dtype = torch.bfloat16 if bf16 else torch.float32
     kw = dict(
-        num_layers=args.num_layers, hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads, num_query_groups=args.num_query_groups,
-        kv_channels=args.head_dim, ffn_hidden_size=args.ffn_hidden_size,
-        normalization="RMSNorm", layernorm_epsilon=args.norm_eps,
-        gated_linear_unit=True, activation_func=torch.nn.functional.silu,
-        add_bias_linear=False, add_qkv_bias=args.qkv_bias, qk_layernorm=args.qk_norm,
-        hidden_dropout=0.0, attention_dropout=0.0,
-        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        num_layers=args.num_layers,
+        hidden_size=args.hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        kv_channels=args.head_dim,
+        ffn_hidden_size=args.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=args.norm_eps,
+        gated_linear_unit=True,
+        activation_func=torch.nn.functional.silu,
+        add_bias_linear=False,
+        add_qkv_bias=args.qkv_bias,
+        qk_layernorm=args.qk_norm,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp,
         sequence_parallel=sequence_parallel,
-        params_dtype=dtype, pipeline_dtype=dtype, bf16=bf16,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=bf16,
         # perform_initialization must stay on: megatron tags TP-sharded weights (tensor_model_parallel)
         # only inside its init functions, and the grad norm silently drops shards without the tag.
-        use_cpu_initialization=not on_gpu, perform_initialization=True,
-        gradient_accumulation_fusion=False, bias_dropout_fusion=on_gpu, masked_softmax_fusion=False,
-        bias_activation_fusion=on_gpu, apply_rope_fusion=False, persist_layer_norm=False,
+        use_cpu_initialization=not on_gpu,
+        perform_initialization=True,
+        gradient_accumulation_fusion=False,
+        bias_dropout_fusion=on_gpu,
+        masked_softmax_fusion=False,
+        bias_activation_fusion=on_gpu,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
         calculate_per_token_loss=True,
     )
     if recompute:
@@ -69,17 +95,29 @@ def build_layer_spec(args: ModelArgs, use_te: bool | None = None):
     return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=args.qk_norm, normalization="RMSNorm")
 
 
-def build_gpt_model(args: ModelArgs, config, tp: int = 1, pre_process: bool = True,
-                    post_process: bool = True, use_te: bool | None = None):
+def build_gpt_model(
+    args: ModelArgs,
+    config,
+    tp: int = 1,
+    pre_process: bool = True,
+    post_process: bool = True,
+    use_te: bool | None = None,
+):
     """A megatron GPTModel for this architecture; weights are left for the loader to fill."""
     from megatron.core.models.gpt.gpt_model import GPTModel
 
     model = GPTModel(
-        config=config, transformer_layer_spec=build_layer_spec(args, use_te),
-        vocab_size=args.padded_vocab_size(tp), max_sequence_length=args.max_position_embeddings,
-        pre_process=pre_process, post_process=post_process, parallel_output=True,
+        config=config,
+        transformer_layer_spec=build_layer_spec(args, use_te),
+        vocab_size=args.padded_vocab_size(tp),
+        max_sequence_length=args.max_position_embeddings,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
         share_embeddings_and_output_weights=args.tie_word_embeddings,
-        position_embedding_type="rope", rotary_base=int(args.rope_theta))
+        position_embedding_type="rope",
+        rotary_base=int(args.rope_theta),
+    )
     # Megatron knows Llama-3 scaling with fixed constants only; take transformers' frequencies so
     # every supported rope type matches the HF model bit for bit.
     model.rotary_pos_emb.inv_freq = hf_inv_freq(args).to(model.rotary_pos_emb.inv_freq.device)

@@ -9,6 +9,7 @@ refreshed when the block ends; a read-only block just frees the device copies ag
 While released, every parameter is an empty tensor on its device, so a use outside ``resident()`` fails loudly
 (shape errors) instead of silently computing with stale weights.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -29,8 +30,9 @@ class HostOffload:
         self.params = list(module.parameters())
         pin = torch.cuda.is_available() and any(p.is_cuda for p in self.params)
         # a copy even on a CPU-only machine, so the mechanism (free, restore, write back) is the one the GPU runs
-        self.host = [p.data.detach().to("cpu", copy=True).pin_memory() if pin else p.data.detach().clone()
-                     for p in self.params]
+        self.host = [
+            p.data.detach().to("cpu", copy=True).pin_memory() if pin else p.data.detach().clone() for p in self.params
+        ]
         self.devices = [p.device for p in self.params]
         self.depth = 0
         self.dirty = False

@@ -1,4 +1,5 @@
 """Process-group start-up: torchrun / srun / a plain single process, gloo on CPU and NCCL on GPU."""
+
 from __future__ import annotations
 
 import os
@@ -31,19 +32,21 @@ def init_distributed(tp: int = 1, pp: int = 1, seed: int = 1234) -> None:
             os.environ["WORLD_SIZE"] = os.environ["SLURM_NTASKS"]
             os.environ["LOCAL_RANK"] = os.environ.get("SLURM_LOCALID", "0")
         if "RANK" not in os.environ:
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
+            os.environ.update(
+                RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+            )
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend)
     world = dist.get_world_size()
     if world % (tp * pp):
-        raise ValueError(f"world size {world} is not divisible by --tensor-model-parallel-size {tp} "
-                         f"x --pipeline-model-parallel-size {pp}")
+        raise ValueError(
+            f"world size {world} is not divisible by --tensor-model-parallel-size {tp} "
+            f"x --pipeline-model-parallel-size {pp}"
+        )
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp,
-                                                 pipeline_model_parallel_size=pp)
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
     model_parallel_cuda_manual_seed(seed)
 
 

@@ -6,6 +6,7 @@ The loss is a sum of per-token terms pre-multiplied by a *global* weight (1 / re
 the whole batch, per view), so summing micro-batch losses reproduces the full-batch loss for any
 TP / PP / DP / micro-batch layout.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,15 +17,12 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from megatron_corew.utils import faults
-
 from megatron_corew.algo import grpo
-
-from megatron_corew.policy import model_builder
-
-from megatron_corew.policy import parallel
+from megatron_corew.policy import model_builder, parallel
+from megatron_corew.policy.config import TrainerConfig
 from megatron_corew.policy.vocab_parallel import VocabParallelStats
 from megatron_corew.policy.weights import load_hf_weights
+from megatron_corew.utils import faults
 
 
 @dataclass
@@ -46,8 +44,7 @@ class TrainSample:
 class _StepSums:
     """The step's float64 sums of loss terms and token counts, by name, reduced over ranks in one all-reduce."""
 
-    NAMES = ("pg_loss", "kl", "entropy", "clipped_tokens", "tokens", "loss", "rollout_logp_abs_diff",
-             "rollout_tokens")
+    NAMES = ("pg_loss", "kl", "entropy", "clipped_tokens", "tokens", "loss", "rollout_logp_abs_diff", "rollout_tokens")
 
     def __init__(self):
         self.values = torch.zeros(len(self.NAMES), dtype=torch.float64)
@@ -63,58 +60,6 @@ class _StepSums:
             self.values.zero_()
         if dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(self.values)
-
-
-@dataclass
-class TrainerConfig:
-    tp: int = 1
-    pp: int = 1
-    micro_batch_size: int = 8
-    max_tokens_per_micro_batch: int | None = None
-    lr: float = 3e-6
-    min_lr: float = 0.0
-    lr_warmup_fraction: float = 0.1
-    train_iters: int = 100
-    weight_decay: float = 0.01
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    clip_grad: float = 1.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    dual_clip: float | None = 3.0
-    kl_coef: float = 0.0
-    kl_estimator: str = "low_var_kl"
-    entropy_coef: float = 0.0
-    temperature: float = 1.0
-    bf16: bool = False
-    use_distributed_optimizer: bool = False
-    recompute: str | None = None
-    sequence_parallel: bool = False
-    fp8: str | None = None
-    fp8_recipe: str | None = None
-    overlap_grad_reduce: bool = False
-    overlap_param_gather: bool = False
-    attention_backend: str = "auto"  # megatron AttnBackend name: auto, flash, fused, unfused, local
-    need_anchor: bool = True  # build the frozen reference / teacher copy
-    anchor_cpu_offload: bool = False
-
-    @classmethod
-    def from_args(cls, args, train_iters: int, need_anchor: bool) -> "TrainerConfig":
-        """The trainer's settings from the parsed flags (their defaults are this class's, see arguments.py)."""
-        return cls(
-            tp=args.tensor_model_parallel_size, pp=args.pipeline_model_parallel_size,
-            micro_batch_size=args.micro_batch_size, max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
-            lr=args.lr, min_lr=args.min_lr, lr_warmup_fraction=args.lr_warmup_fraction, train_iters=train_iters,
-            weight_decay=args.weight_decay, adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2,
-            adam_eps=args.adam_eps, clip_grad=args.clip_grad, clip_low=args.clip_ratio_low,
-            clip_high=args.clip_ratio_high, dual_clip=args.dual_clip_c, kl_coef=args.kl_loss_coef,
-            kl_estimator=args.kl_loss_type, entropy_coef=args.entropy_coef, temperature=args.rollout_temperature,
-            bf16=args.bf16, use_distributed_optimizer=args.use_distributed_optimizer,
-            recompute=args.recompute_granularity, sequence_parallel=args.sequence_parallel, fp8=args.fp8_format,
-            fp8_recipe=args.fp8_recipe, overlap_grad_reduce=args.overlap_grad_reduce,
-            overlap_param_gather=args.overlap_param_gather, attention_backend=args.attention_backend,
-            need_anchor=need_anchor, anchor_cpu_offload=args.anchor_cpu_offload)
 
 
 class PolicyTrainer:
@@ -136,38 +81,77 @@ class PolicyTrainer:
             extra.setdefault("variable_seq_lengths", True)
             extra.setdefault("moe_token_dispatcher_type", "alltoall")
         self.config = model_builder.build_transformer_config(
-            model_args, cfg.tp, cfg.pp, bf16=cfg.bf16, recompute=cfg.recompute,
-            sequence_parallel=cfg.sequence_parallel, fp8=cfg.fp8, fp8_recipe=cfg.fp8_recipe, **extra)
+            model_args,
+            cfg.tp,
+            cfg.pp,
+            bf16=cfg.bf16,
+            recompute=cfg.recompute,
+            sequence_parallel=cfg.sequence_parallel,
+            fp8=cfg.fp8,
+            fp8_recipe=cfg.fp8_recipe,
+            **extra,
+        )
         self.pre, self.post = ps.is_pipeline_first_stage(), ps.is_pipeline_last_stage()
         module = model_builder.build_gpt_model(model_args, self.config, cfg.tp, self.pre, self.post)
         if hf_source is not False:  # False: keep megatron's random init (benchmarks of real shapes)
             load_hf_weights(module, model_args, hf_source if hf_source is not None else model_args.model_dir)
         ddp_cfg = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=cfg.overlap_grad_reduce,
+            grad_reduce_in_fp32=True,
+            overlap_grad_reduce=cfg.overlap_grad_reduce,
             overlap_param_gather=cfg.overlap_param_gather and cfg.use_distributed_optimizer,
-            use_distributed_optimizer=cfg.use_distributed_optimizer)
+            use_distributed_optimizer=cfg.use_distributed_optimizer,
+        )
         self.model = DistributedDataParallel(config=self.config, ddp_config=ddp_cfg, module=module)
         from megatron.core.distributed import finalize_model_grads
 
         # Our loss is already globally normalised: reduce grads over DP/TP/PP, never rescale them.
-        self.config.finalize_model_grads_func = lambda models, num_tokens=None, **kw: finalize_model_grads(models, None, **kw)
+        self.config.finalize_model_grads_func = lambda models, num_tokens=None, **kw: finalize_model_grads(
+            models, None, **kw
+        )
         self.config.no_sync_func = self.model.no_sync
-        self.optimizer = get_megatron_optimizer(OptimizerConfig(
-            optimizer="adam", lr=cfg.lr, min_lr=cfg.min_lr, weight_decay=cfg.weight_decay,
-            adam_beta1=cfg.adam_beta1, adam_beta2=cfg.adam_beta2, adam_eps=cfg.adam_eps,
-            clip_grad=cfg.clip_grad, bf16=cfg.bf16, params_dtype=self.config.params_dtype,
-            use_distributed_optimizer=cfg.use_distributed_optimizer), [self.model])
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(
+                optimizer="adam",
+                lr=cfg.lr,
+                min_lr=cfg.min_lr,
+                weight_decay=cfg.weight_decay,
+                adam_beta1=cfg.adam_beta1,
+                adam_beta2=cfg.adam_beta2,
+                adam_eps=cfg.adam_eps,
+                clip_grad=cfg.clip_grad,
+                bf16=cfg.bf16,
+                params_dtype=self.config.params_dtype,
+                use_distributed_optimizer=cfg.use_distributed_optimizer,
+            ),
+            [self.model],
+        )
         warmup = int(cfg.lr_warmup_fraction * cfg.train_iters)
         self.scheduler = OptimizerParamScheduler(
-            self.optimizer, init_lr=0.0 if warmup else cfg.lr, max_lr=cfg.lr, min_lr=cfg.min_lr,
-            lr_warmup_steps=warmup, lr_decay_steps=max(cfg.train_iters, warmup + 1), lr_decay_style="cosine",
-            start_wd=cfg.weight_decay, end_wd=cfg.weight_decay, wd_incr_steps=1, wd_incr_style="constant")
+            self.optimizer,
+            init_lr=0.0 if warmup else cfg.lr,
+            max_lr=cfg.lr,
+            min_lr=cfg.min_lr,
+            lr_warmup_steps=warmup,
+            lr_decay_steps=max(cfg.train_iters, warmup + 1),
+            lr_decay_style="cosine",
+            start_wd=cfg.weight_decay,
+            end_wd=cfg.weight_decay,
+            wd_incr_steps=1,
+            wd_incr_style="constant",
+        )
         self.anchor_copy = None
         if cfg.need_anchor:
             from megatron_corew.policy.anchor import Anchor
 
-            self.anchor_copy = Anchor(self.model.module, self.config, model_args, cfg.tp, self.pre, self.post,
-                                      cpu_offload=cfg.anchor_cpu_offload)
+            self.anchor_copy = Anchor(
+                self.model.module,
+                self.config,
+                model_args,
+                cfg.tp,
+                self.pre,
+                self.post,
+                cpu_offload=cfg.anchor_cpu_offload,
+            )
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._fb = get_forward_backward_func()
@@ -219,7 +203,7 @@ class PolicyTrainer:
         has_rollout_logp = all(s.rollout_logprobs is not None for s in batch)
         for r, s in enumerate(batch):
             seq = s.prompt_ids + s.response_ids
-            tokens[r, :len(seq)] = torch.tensor(seq)
+            tokens[r, : len(seq)] = torch.tensor(seq)
             # position t predicts token t+1: response tokens are predicted from len(prompt)-1 on
             start, end = len(s.prompt_ids) - 1, len(seq) - 1
             mask[r, start:end] = 1.0
@@ -230,11 +214,18 @@ class PolicyTrainer:
         labels = torch.zeros_like(tokens)
         labels[:, :-1] = tokens[:, 1:]
         dev = parallel.device()
-        return {"tokens": tokens.to(dev), "labels": labels.to(dev), "mask": mask.to(dev), "adv": adv.to(dev),
-                "weight": weight.to(dev), "rollout_logp": rollout_logp.to(dev) if has_rollout_logp else None,
-                "positions": torch.arange(width, device=dev).unsqueeze(0).expand(b, -1),
-                "indices": indices, "lengths": [len(s.response_ids) for s in batch],
-                "prompt_lengths": [len(s.prompt_ids) for s in batch]}
+        return {
+            "tokens": tokens.to(dev),
+            "labels": labels.to(dev),
+            "mask": mask.to(dev),
+            "adv": adv.to(dev),
+            "weight": weight.to(dev),
+            "rollout_logp": rollout_logp.to(dev) if has_rollout_logp else None,
+            "positions": torch.arange(width, device=dev).unsqueeze(0).expand(b, -1),
+            "indices": indices,
+            "lengths": [len(s.response_ids) for s in batch],
+            "prompt_lengths": [len(s.prompt_ids) for s in batch],
+        }
 
     def _run(self, model, microbatches, loss_fn, forward_only: bool):
         def forward_step(data_iterator, model_chunk):
@@ -243,9 +234,15 @@ class PolicyTrainer:
             return output, partial(loss_fn, mb)
 
         width = max(mb["tokens"].shape[1] for mb in microbatches)
-        return self._fb(forward_step_func=forward_step, data_iterator=iter(microbatches), model=[model],
-                        num_microbatches=len(microbatches), seq_length=width,
-                        micro_batch_size=microbatches[0]["tokens"].shape[0], forward_only=forward_only)
+        return self._fb(
+            forward_step_func=forward_step,
+            data_iterator=iter(microbatches),
+            model=[model],
+            num_microbatches=len(microbatches),
+            seq_length=width,
+            micro_batch_size=microbatches[0]["tokens"].shape[0],
+            forward_only=forward_only,
+        )
 
     def _stats(self, logits):
         return VocabParallelStats(logits, self.args.vocab_size, self.cfg.temperature)
@@ -265,8 +262,9 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------ passes
     @torch.no_grad()
-    def sequence_stats(self, samples: list[TrainSample], which: str = "policy", want=("logp",),
-                       microbatches=None) -> dict[int, dict]:
+    def sequence_stats(
+        self, samples: list[TrainSample], which: str = "policy", want=("logp",), microbatches=None
+    ) -> dict[int, dict]:
         """Forward-only pass; returns {sample index: {"logp": tensor[resp], "entropy": float (mean),
         "self_certainty": float (mean)}} on every rank (small: one row per response token)."""
         if which != "policy":
@@ -286,11 +284,11 @@ class PolicyTrainer:
             for r, idx in enumerate(mb["indices"]):
                 start = mb["prompt_lengths"][r] - 1
                 n = mb["lengths"][r]
-                row = {"logp": logp[r, start:start + n].float().cpu()}
+                row = {"logp": logp[r, start : start + n].float().cpu()}
                 if ent is not None:
-                    row["entropy"] = float(ent[r, start:start + n].mean()) if n else 0.0
+                    row["entropy"] = float(ent[r, start : start + n].mean()) if n else 0.0
                 if sc is not None:
-                    row["self_certainty"] = float(sc[r, start:start + n].mean()) if n else 0.0
+                    row["self_certainty"] = float(sc[r, start : start + n].mean()) if n else 0.0
                 found[idx] = row
             if "store" in want:
                 mb[f"{which}_logp"] = logp.detach()
@@ -370,12 +368,20 @@ class PolicyTrainer:
         # the last pipeline stage's TP-rank-0 ranks saw the logits; sum their parts over data parallelism
         sums.all_reduce(contributes=self.post and self.ps.get_tensor_model_parallel_rank() == 0)
         tokens = max(sums["tokens"], 1.0)
-        return {"loss": sums["loss"], "pg_loss": sums["pg_loss"], "kl": sums["kl"],
-                "entropy": sums["entropy"] / tokens, "pg_clipfrac": sums["clipped_tokens"] / tokens,
-                "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
-                "update_ok": bool(ok), "lr": self.optimizer.param_groups[0]["lr"], "response_tokens": tokens,
-                "rollout_logprob_abs_diff": (sums["rollout_logp_abs_diff"] / sums["rollout_tokens"]
-                                             if sums["rollout_tokens"] > 0 else math.nan)}
+        return {
+            "loss": sums["loss"],
+            "pg_loss": sums["pg_loss"],
+            "kl": sums["kl"],
+            "entropy": sums["entropy"] / tokens,
+            "pg_clipfrac": sums["clipped_tokens"] / tokens,
+            "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+            "update_ok": bool(ok),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "response_tokens": tokens,
+            "rollout_logprob_abs_diff": (
+                sums["rollout_logp_abs_diff"] / sums["rollout_tokens"] if sums["rollout_tokens"] > 0 else math.nan
+            ),
+        }
 
     def _grads_finite(self, local_loss) -> bool:
         """True when the loss and every gradient are finite on every rank (fp32 has no grad scaler

@@ -5,6 +5,7 @@ reduces over the TP group (max, sum-exp, target logit) instead of gathering full
 stays at [batch, seq, vocab / tp]. Columns past the true vocabulary (Megatron's padding) are
 masked out so the results equal the HF model's softmax exactly.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,9 +19,11 @@ def _tp_info():
 
     if not parallel_state.model_parallel_is_initialized():
         return None, 0, 1
-    return (parallel_state.get_tensor_model_parallel_group(),
-            parallel_state.get_tensor_model_parallel_rank(),
-            parallel_state.get_tensor_model_parallel_world_size())
+    return (
+        parallel_state.get_tensor_model_parallel_group(),
+        parallel_state.get_tensor_model_parallel_rank(),
+        parallel_state.get_tensor_model_parallel_world_size(),
+    )
 
 
 def _sum_over_tp(x: torch.Tensor) -> torch.Tensor:

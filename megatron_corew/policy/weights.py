@@ -2,6 +2,7 @@
 
 The same export feeds the embedded engine, the SGLang weight sync and the HF checkpoint writer.
 """
+
 from __future__ import annotations
 
 import torch
@@ -43,8 +44,10 @@ def load_hf_weights(model, args, source) -> None:
             raise CheckpointError(f"{args.model_dir}: missing tensor {e}") from None
         shard = shard_from_hf(kind, tensors, args, tp_rank, tp, padded_vocab)
         if tuple(shard.shape) != tuple(param.shape):
-            raise CheckpointError(f"{args.model_dir}: {names[0]} gives shape {tuple(shard.shape)} for megatron "
-                                  f"{name} {tuple(param.shape)}: config and checkpoint disagree")
+            raise CheckpointError(
+                f"{args.model_dir}: {names[0]} gives shape {tuple(shard.shape)} for megatron "
+                f"{name} {tuple(param.shape)}: config and checkpoint disagree"
+            )
         param.copy_(shard.to(param.dtype))
 
 

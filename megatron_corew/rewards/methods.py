@@ -3,6 +3,7 @@
 Ground truth is read by ``gt`` only; every other method gets it solely so that the pseudo-label metrics can
 say how good its labels were (never trained on).
 """
+
 from __future__ import annotations
 
 from megatron_corew.rewards.grading import answers_equivalent, grade_answer
@@ -30,7 +31,7 @@ def grade_groups(groups: list[Group], mode: str, grader=None) -> list[list[float
         scores[i] = float(score)
     out, k = [], 0
     for g in groups:
-        out.append(scores[k:k + len(g.answers)])
+        out.append(scores[k : k + len(g.answers)])
         k += len(g.answers)
     return out
 
@@ -60,8 +61,9 @@ def _crossed_votes(groups: list[Group], options: ScoreOptions) -> list[list[floa
         if set(views) != {0, 1}:
             raise ValueError(f"Co-rewarding-I pair {pair_id} lacks one of its two views")
     pairs = list(by_pair.values())
-    original, rephrased = crossed_labels([p[0].answers for p in pairs], [p[1].answers for p in pairs],
-                                         equivalence_of(options))
+    original, rephrased = crossed_labels(
+        [p[0].answers for p in pairs], [p[1].answers for p in pairs], equivalence_of(options)
+    )
     for p, label_0, label_1 in zip(pairs, original, rephrased):
         p[0].label, p[1].label = label_0, label_1
     return _match_labels(groups, options)
@@ -84,15 +86,44 @@ def _statistic(key: str, sign: float):
     return rewards
 
 
-register(MethodSpec("gt", _ground_truth, needs_ground_truth=True,
-                    summary="GT-GRPO: 1 when the answer matches the ground truth"))
-register(MethodSpec("majority_vote", _own_vote, pseudo_labels=True,
-                    summary="the policy's own majority answer is the label"))
-register(MethodSpec("self_certainty", _statistic("self_certainty", 1.0), sequence_stats=("self_certainty",),
-                    summary="mean KL(uniform || policy) over the response (confidence)"))
-register(MethodSpec("entropy", _statistic("entropy", -1.0), sequence_stats=("entropy",),
-                    summary="negative mean token entropy"))
-register(MethodSpec("corewarding_1", _crossed_votes, paired_views=True, pseudo_labels=True,
-                    summary="Co-rewarding-I: crossed majority votes between a question and its rephrasing"))
-register(MethodSpec("corewarding_2", _teacher_vote, kl_coef=0.001, anchor="teacher", teacher=True,
-                    pseudo_labels=True, summary="Co-rewarding-II: an EMA teacher's majority vote labels the student"))
+register(
+    MethodSpec(
+        "gt", _ground_truth, needs_ground_truth=True, summary="GT-GRPO: 1 when the answer matches the ground truth"
+    )
+)
+register(
+    MethodSpec("majority_vote", _own_vote, pseudo_labels=True, summary="the policy's own majority answer is the label")
+)
+register(
+    MethodSpec(
+        "self_certainty",
+        _statistic("self_certainty", 1.0),
+        sequence_stats=("self_certainty",),
+        summary="mean KL(uniform || policy) over the response (confidence)",
+    )
+)
+register(
+    MethodSpec(
+        "entropy", _statistic("entropy", -1.0), sequence_stats=("entropy",), summary="negative mean token entropy"
+    )
+)
+register(
+    MethodSpec(
+        "corewarding_1",
+        _crossed_votes,
+        paired_views=True,
+        pseudo_labels=True,
+        summary="Co-rewarding-I: crossed majority votes between a question and its rephrasing",
+    )
+)
+register(
+    MethodSpec(
+        "corewarding_2",
+        _teacher_vote,
+        kl_coef=0.001,
+        anchor="teacher",
+        teacher=True,
+        pseudo_labels=True,
+        summary="Co-rewarding-II: an EMA teacher's majority vote labels the student",
+    )
+)

@@ -1,4 +1,5 @@
 """The score stage: a step's rollouts in, one reward per rollout and the reward/pseudo-label metrics out."""
+
 from __future__ import annotations
 
 from megatron_corew.rewards.grading import extract_boxed_answer, grade_answer
@@ -6,8 +7,14 @@ from megatron_corew.rewards.spec import Group, MethodSpec, ScoreOptions, get_met
 from megatron_corew.rewards.voting import majority_vote
 
 
-def compute_rewards(method: str | MethodSpec, groups: list[Group], *, label_matching: str = "exact",
-                    gt_grading: str = "reference", grader=None) -> tuple[list[list[float]], dict]:
+def compute_rewards(
+    method: str | MethodSpec,
+    groups: list[Group],
+    *,
+    label_matching: str = "exact",
+    gt_grading: str = "reference",
+    grader=None,
+) -> tuple[list[list[float]], dict]:
     """Rewards per group and rollout, plus pseudo-label metrics.
 
     label_matching: "exact" (reference: raw string equality for votes) or "equiv" (cluster equivalent answers
@@ -27,16 +34,21 @@ def label_metrics(groups: list[Group], gt_grading: str, with_label: bool) -> dic
     if with_label and groups:
         out["pseudo/label_nonempty"] = sum(1.0 for g in groups if g.label) / len(groups)
         total = sum(len(g.answers) for g in groups)
-        out["pseudo/match_label_rate"] = sum(a == g.label and bool(a) for g in groups for a in g.answers) / max(total, 1)
+        out["pseudo/match_label_rate"] = sum(a == g.label and bool(a) for g in groups for a in g.answers) / max(
+            total, 1
+        )
     graded = [g for g in groups if g.ground_truth is not None]
     if not graded:
         return out
     own_votes = [majority_vote(g.answers) for g in graded]
-    out["pseudo/policy_vote_acc"] = sum(grade_answer(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)) / len(graded)
+    out["pseudo/policy_vote_acc"] = sum(
+        grade_answer(v, g.ground_truth, gt_grading) for v, g in zip(own_votes, graded)
+    ) / len(graded)
     if with_label:
         out["pseudo/label_acc"] = sum(grade_answer(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
-    out["pseudo/rollout_gt_acc"] = (sum(grade_answer(a, g.ground_truth, gt_grading) for g in graded for a in g.answers)
-                                    / max(sum(len(g.answers) for g in graded), 1))
+    out["pseudo/rollout_gt_acc"] = sum(
+        grade_answer(a, g.ground_truth, gt_grading) for g in graded for a in g.answers
+    ) / max(sum(len(g.answers) for g in graded), 1)
     return out
 
 
@@ -49,13 +61,20 @@ def decode(rollouts, tokenizer) -> None:
 
 def score_batch(batch, spec: MethodSpec, options: ScoreOptions) -> dict:
     """Set ``reward`` on every rollout of ``batch`` (and the group labels); return the step's reward metrics."""
-    groups = [Group(answers=[r.answer for r in rollouts], ground_truth=prompt.example.ground_truth,
-                    view=prompt.view, pair_id=prompt.pair_id,
-                    teacher_answers=[t.answer for t in batch.teacher_group(k)] if batch.teacher_rollouts else None,
-                    seq_stats=[r.seq_stats for r in rollouts] if spec.sequence_stats else [])
-              for k, (prompt, rollouts) in enumerate(zip(batch.prompts, batch.groups()))]
-    rewards, metrics = compute_rewards(spec, groups, label_matching=options.label_matching,
-                                       gt_grading=options.gt_grading, grader=options.grader)
+    groups = [
+        Group(
+            answers=[r.answer for r in rollouts],
+            ground_truth=prompt.example.ground_truth,
+            view=prompt.view,
+            pair_id=prompt.pair_id,
+            teacher_answers=[t.answer for t in batch.teacher_group(k)] if batch.teacher_rollouts else None,
+            seq_stats=[r.seq_stats for r in rollouts] if spec.sequence_stats else [],
+        )
+        for k, (prompt, rollouts) in enumerate(zip(batch.prompts, batch.groups()))
+    ]
+    rewards, metrics = compute_rewards(
+        spec, groups, label_matching=options.label_matching, gt_grading=options.gt_grading, grader=options.grader
+    )
     for k, (group, rollouts) in enumerate(zip(groups, batch.groups())):
         batch.labels.append(group.label)
         for r, reward in zip(rollouts, rewards[k]):
@@ -79,11 +98,13 @@ def rollout_metrics(batch, spec: MethodSpec, gt_grading: str) -> dict:
     if spec.needs_ground_truth:
         out["reward/gt_accuracy"] = out["reward/mean"]
     elif labelled:
-        out["reward/gt_accuracy"] = sum(grade_answer(r.answer, r.example.ground_truth, gt_grading)
-                                        for r in labelled) / len(labelled)
+        out["reward/gt_accuracy"] = sum(
+            grade_answer(r.answer, r.example.ground_truth, gt_grading) for r in labelled
+        ) / len(labelled)
     if batch.teacher_rollouts:
-        out["rollout/teacher_response_length_mean"] = (sum(len(t.generation.response_ids) for t in batch.teacher_rollouts)
-                                                        / len(batch.teacher_rollouts))
+        out["rollout/teacher_response_length_mean"] = sum(
+            len(t.generation.response_ids) for t in batch.teacher_rollouts
+        ) / len(batch.teacher_rollouts)
     return out
 
 

@@ -4,6 +4,7 @@ The training loop never compares method names; it asks a spec for traits (does i
 views, a teacher, sequence statistics; which KL anchor and coefficient). A new method is one module that calls
 ``register(MethodSpec(...))``; ``--reward-plugin MODULE`` imports such a module before the flags are parsed.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -15,13 +16,13 @@ from typing import Callable
 class Group:
     """The G rollouts sampled for one question view, as the reward methods see them."""
 
-    answers: list[str]                      # extracted answers of the policy rollouts ("" = none)
+    answers: list[str]  # extracted answers of the policy rollouts ("" = none)
     ground_truth: str | None = None
-    view: int = 0                           # 0 original question, 1 rephrased (Co-rewarding-I)
-    pair_id: int = 0                        # ties the two views of one Co-rewarding-I pair
+    view: int = 0  # 0 original question, 1 rephrased (Co-rewarding-I)
+    pair_id: int = 0  # ties the two views of one Co-rewarding-I pair
     teacher_answers: list[str] | None = None  # answers of the teacher's rollouts (Co-rewarding-II)
     seq_stats: list[dict] = field(default_factory=list)  # per rollout: statistics named by the spec
-    label: str = ""                         # the pseudo-label the method chose (voting methods)
+    label: str = ""  # the pseudo-label the method chose (voting methods)
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,15 @@ class MethodSpec:
     """One reward method and everything the loop needs to know about it (defaults: docs/ALGORITHMS.md)."""
 
     name: str
-    rewards: RewardFn                       # groups -> one reward per rollout (may set Group.label)
-    kl_coef: float = 0.005                  # the reference's KL coefficient for this method
-    anchor: str = "initial"                 # KL anchor: the frozen initial policy, or "teacher" (EMA copy)
-    needs_ground_truth: bool = False        # trains on labels: unlabelled rows are refused at start-up
-    paired_views: bool = False              # trains on both views of each pair (--train-data-rephrased)
-    teacher: bool = False                   # an EMA teacher generates label rollouts every step
-    sequence_stats: tuple[str, ...] = ()    # per-rollout policy statistics it reads (entropy, self_certainty)
-    pseudo_labels: bool = False             # chooses a label per group: pseudo-label metrics are logged
-    summary: str = ""                       # one line for --help
+    rewards: RewardFn  # groups -> one reward per rollout (may set Group.label)
+    kl_coef: float = 0.005  # the reference's KL coefficient for this method
+    anchor: str = "initial"  # KL anchor: the frozen initial policy, or "teacher" (EMA copy)
+    needs_ground_truth: bool = False  # trains on labels: unlabelled rows are refused at start-up
+    paired_views: bool = False  # trains on both views of each pair (--train-data-rephrased)
+    teacher: bool = False  # an EMA teacher generates label rollouts every step
+    sequence_stats: tuple[str, ...] = ()  # per-rollout policy statistics it reads (entropy, self_certainty)
+    pseudo_labels: bool = False  # chooses a label per group: pseudo-label metrics are logged
+    summary: str = ""  # one line for --help
 
     @property
     def needs_anchor_model(self) -> bool:

@@ -49,9 +49,7 @@ def match_rewards(answers: Sequence[str], label: str, equivalent: Equivalence = 
         return [0.0] * len(answers)
     rewards = []
     for answer in answers:
-        hit = not _is_empty(answer) and (
-            answer == label or (equivalent is not None and equivalent(answer, label))
-        )
+        hit = not _is_empty(answer) and (answer == label or (equivalent is not None and equivalent(answer, label)))
         rewards.append(1.0 if hit else 0.0)
     return rewards
 

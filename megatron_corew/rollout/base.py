@@ -1,4 +1,5 @@
 """The one interface every rollout backend (embedded HF, SGLang) implements."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -36,15 +37,13 @@ class RolloutEngine(ABC):
     weight_version: int = 0
 
     @abstractmethod
-    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
-        ...
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
 
     @abstractmethod
-    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
-        ...
+    def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None: ...
 
     def health(self) -> bool:
         return True
 
-    def shutdown(self) -> None:
-        pass
+    def shutdown(self) -> None:  # noqa: B027  (optional hook: engines without processes have nothing to stop)
+        return None

@@ -8,6 +8,7 @@ SGLang server flags pass through with a ``--sglang-`` prefix: the common ones ar
 any other ``--sglang-X [value]`` that is not one of this module's own flags is forwarded as ``--X [value]`` by
 ``split_sglang_passthrough``, and ``--sglang-server-args "..."`` takes a raw string.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ PASSTHROUGH = {
     "random-seed": "--random-seed",
     "log-level": "--log-level",
 }
-PASSTHROUGH_SWITCHES = {"enable-deterministic-inference": "--enable-deterministic-inference",
-                        "disable-radix-cache": "--disable-radix-cache"}
+PASSTHROUGH_SWITCHES = {
+    "enable-deterministic-inference": "--enable-deterministic-inference",
+    "disable-radix-cache": "--disable-radix-cache",
+}
 
 
 def _setting(default, doc: str, flag: str | None = None):
@@ -50,56 +53,74 @@ class RolloutConfig:
     batch_size: int = _setting(64, "sequences per embedded-engine forward", "--rollout-batch-size")
     output_dir: str = _setting("runs/default", "run directory; SGLang logs and synced weights default to it")
     urls: list[str] | None = _setting(
-        None, "attach to running SGLang servers instead of launching them (never restarted)", "--sglang-urls")
-    router_url: str | None = _setting(None, "with --sglang-urls: a router already in front of them",
-                                      "--sglang-router-url")
+        None, "attach to running SGLang servers instead of launching them (never restarted)", "--sglang-urls"
+    )
+    router_url: str | None = _setting(
+        None, "with --sglang-urls: a router already in front of them", "--sglang-router-url"
+    )
     num_engines: int = _setting(1, "servers to launch for the policy", "--sglang-num-engines")
     teacher_engines: str = _setting(
-        "shared", "Co-rewarding-II teacher: 'shared' (teacher weights swapped into the policy's engines before each "
-        "teacher generation) or a number of dedicated engines", "--sglang-teacher-engines")
+        "shared",
+        "Co-rewarding-II teacher: 'shared' (teacher weights swapped into the policy's engines before each "
+        "teacher generation) or a number of dedicated engines",
+        "--sglang-teacher-engines",
+    )
     weight_sync: str | None = _setting(
-        None, "tensor: shared memory/CUDA IPC (colocated); distributed: NCCL/gloo group trainer->engines; disk: HF "
+        None,
+        "tensor: shared memory/CUDA IPC (colocated); distributed: NCCL/gloo group trainer->engines; disk: HF "
         "checkpoint + update_weights_from_disk (portable). Default: tensor for launched engines, disk with "
-        "--sglang-urls", "--sglang-weight-sync")
+        "--sglang-urls",
+        "--sglang-weight-sync",
+    )
     bucket_mb: float = _setting(512, "weight-sync bucket size", "--sglang-bucket-mb")
-    sync_dir: str | None = _setting(None, "disk sync and kept weights; default OUTPUT_DIR/rollout_weights",
-                                    "--sglang-sync-dir")
+    sync_dir: str | None = _setting(
+        None, "disk sync and kept weights; default OUTPUT_DIR/rollout_weights", "--sglang-sync-dir"
+    )
     keep_weights: str = _setting(
-        "auto", "keep the last pushed weights to refill a restarted engine (auto: when engines can restart)",
-        "--sglang-keep-weights")
+        "auto",
+        "keep the last pushed weights to refill a restarted engine (auto: when engines can restart)",
+        "--sglang-keep-weights",
+    )
     python: str | None = _setting(
-        None, "interpreter that runs the servers (default: .venv-sglang/bin/python if present)", "--sglang-python")
+        None, "interpreter that runs the servers (default: .venv-sglang/bin/python if present)", "--sglang-python"
+    )
     extra_pythonpath: list[str] = _setting(
-        [], "prepended to the servers' PYTHONPATH (e.g. the CPU import stubs); repeatable", "--sglang-extra-pythonpath")
+        [], "prepended to the servers' PYTHONPATH (e.g. the CPU import stubs); repeatable", "--sglang-extra-pythonpath"
+    )
     device: str | None = _setting(None, "cpu or cuda (default: cuda if available)", "--sglang-device")
     host: str = _setting("127.0.0.1", "address the launched servers listen on", "--sglang-host")
     base_port: int | None = _setting(None, "first server port (default: free ports)", "--sglang-base-port")
     router: str = _setting(
-        "auto", "sglang_router in front of several engines (auto: when >1 engine and it is installed)",
-        "--sglang-router")
+        "auto",
+        "sglang_router in front of several engines (auto: when >1 engine and it is installed)",
+        "--sglang-router",
+    )
     log_dir: str | None = _setting(None, "server logs; default OUTPUT_DIR/sglang_logs", "--sglang-log-dir")
     startup_timeout: float = _setting(600.0, "seconds for a server to become ready", "--sglang-startup-timeout")
     request_timeout: float = _setting(3600.0, "one /generate call", "--sglang-request-timeout")
     sync_timeout: float = _setting(600.0, "one weight-update call", "--sglang-sync-timeout")
     control_timeout: float = _setting(60.0, "health, pause, flush calls", "--sglang-control-timeout")
-    http_retries: int = _setting(3, "extra attempts after a connection failure or a 502/503/504",
-                                 "--sglang-http-retries")
-    max_restarts: int = _setting(1, "restarts of a dead engine per call before the step fails",
-                                 "--sglang-max-restarts")
+    http_retries: int = _setting(
+        3, "extra attempts after a connection failure or a 502/503/504", "--sglang-http-retries"
+    )
+    max_restarts: int = _setting(1, "restarts of a dead engine per call before the step fails", "--sglang-max-restarts")
     request_batch_size: int | None = _setting(
-        None, "prompts per /generate request (default: one request per engine per call)",
-        "--sglang-request-batch-size")
+        None, "prompts per /generate request (default: one request per engine per call)", "--sglang-request-batch-size"
+    )
     no_pause: bool = _setting(False, "do not pause generation around weight updates", "--sglang-no-pause")
     dist_backend: str | None = _setting(
-        None, "distributed sync backend (default nccl on GPU, gloo on CPU)", "--sglang-dist-backend")
-    dist_master_addr: str = _setting("127.0.0.1", "address the engines reach the trainer at for distributed sync",
-                                     "--sglang-dist-master-addr")
+        None, "distributed sync backend (default nccl on GPU, gloo on CPU)", "--sglang-dist-backend"
+    )
+    dist_master_addr: str = _setting(
+        "127.0.0.1", "address the engines reach the trainer at for distributed sync", "--sglang-dist-master-addr"
+    )
     use_ray: bool = _setting(False, "engines owned by the Ray rollout manager", "--sglang-use-ray")
     ray_address: str | None = _setting(None, "existing Ray cluster (default: a local one)", "--sglang-ray-address")
     reward_workers: int = _setting(0, "Ray reward-grading workers", "--sglang-reward-workers")
     tp_size: int = _setting(1, "SGLang --tp-size: tensor-parallel GPUs per server", "--sglang-tp-size")
     server_args: list[str] = _setting(
-        [], "SGLang server flags: the declared --sglang-X values, then --sglang-server-args, then the pass-through")
+        [], "SGLang server flags: the declared --sglang-X values, then --sglang-server-args, then the pass-through"
+    )
 
     @classmethod
     def from_args(cls, args) -> "RolloutConfig":
@@ -194,7 +215,7 @@ def split_sglang_passthrough(argv):
         tok = argv[i]
         name = tok.split("=", 1)[0]
         if tok.startswith("--sglang-") and name not in known:
-            flag = "--" + name[len("--sglang-"):]
+            flag = "--" + name[len("--sglang-") :]
             if "=" in tok:
                 server += [flag, tok.split("=", 1)[1]]
             elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):

@@ -4,6 +4,7 @@ The default backend on a CPU machine and in tests: same interface and weight-syn
 as the SGLang backend, deterministic for a given seed, and it reports the log-prob of every sampled
 token so the trainer can check that its recomputation agrees.
 """
+
 from __future__ import annotations
 
 import time
@@ -25,8 +26,15 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 class EmbeddedEngine(RolloutEngine):
-    def __init__(self, model_dir: str, eos_token_ids: list[int], pad_token_id: int | None = None,
-                 max_batch_size: int = 64, dtype: torch.dtype = torch.float32, device: str | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        eos_token_ids: list[int],
+        pad_token_id: int | None = None,
+        max_batch_size: int = 64,
+        dtype: torch.dtype = torch.float32,
+        device: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -59,7 +67,7 @@ class EmbeddedEngine(RolloutEngine):
         out: list[Generation] = []
         t0 = time.perf_counter()
         for i in range(0, len(prompts), self.max_batch_size):
-            out.extend(self._generate_batch(prompts[i:i + self.max_batch_size], params, gen))
+            out.extend(self._generate_batch(prompts[i : i + self.max_batch_size], params, gen))
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["tokens"] += sum(len(g.response_ids) for g in out)
         return out
@@ -72,8 +80,8 @@ class EmbeddedEngine(RolloutEngine):
         ids = torch.full((n, width), self.pad, dtype=torch.long)
         mask = torch.zeros((n, width), dtype=torch.long)
         for r, p in enumerate(prompts):  # left padding keeps every sequence's last token aligned
-            ids[r, width - len(p):] = torch.tensor(p)
-            mask[r, width - len(p):] = 1
+            ids[r, width - len(p) :] = torch.tensor(p)
+            mask[r, width - len(p) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
@@ -82,8 +90,14 @@ class EmbeddedEngine(RolloutEngine):
         finished = torch.zeros(n, dtype=torch.bool, device=self.device)
         step_ids, step_pos = ids, positions
         for _ in range(params.max_new_tokens):
-            out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos,
-                             past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
             cache = out.past_key_values
             logits = out.logits[:, -1, :].float()
             if params.greedy:
@@ -106,10 +120,16 @@ class EmbeddedEngine(RolloutEngine):
             step_ids = token.unsqueeze(-1)
             step_pos = step_pos[:, -1:] + 1
             mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=-1)
-        return [Generation(prompt_ids=list(p), response_ids=responses[r], logprobs=logprobs[r],
-                           finish_reason="stop" if responses[r] and responses[r][-1] in self.eos else "length",
-                           weight_version=self.weight_version)
-                for r, p in enumerate(prompts)]
+        return [
+            Generation(
+                prompt_ids=list(p),
+                response_ids=responses[r],
+                logprobs=logprobs[r],
+                finish_reason="stop" if responses[r] and responses[r][-1] in self.eos else "length",
+                weight_version=self.weight_version,
+            )
+            for r, p in enumerate(prompts)
+        ]
 
     def throughput(self) -> float:
         return self.stats["tokens"] / max(self.stats["seconds"], 1e-9)

@@ -10,6 +10,7 @@ Wiring (train.py)::
 An engine whose fleet grades rewards off the training process (Ray reward workers) exposes that as
 ``engine.grader``; other engines have none.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -52,8 +53,9 @@ def _shutdown_all():
 atexit.register(_shutdown_all)
 
 
-def create_engine(cfg: RolloutConfig, model_dir: str, tokenizer=None, role: str = "policy",
-                  policy_engine: RolloutEngine | None = None) -> RolloutEngine:
+def create_engine(
+    cfg: RolloutConfig, model_dir: str, tokenizer=None, role: str = "policy", policy_engine: RolloutEngine | None = None
+) -> RolloutEngine:
     """The rollout engine for ``role`` ("policy" or "teacher") on global rank 0.
 
     For the sglang backend the policy call launches (or attaches to) the engines; the teacher call either returns
@@ -84,14 +86,20 @@ def _build_sglang(cfg: RolloutConfig, model_dir: str, eos: list[int], role: str)
     from megatron_corew.rollout.sglang.http import HTTPConfig
     from megatron_corew.rollout.sglang.server import ServerSpec, default_sglang_python, router_available
 
-    http = HTTPConfig(control_timeout=cfg.control_timeout, request_timeout=cfg.request_timeout,
-                      sync_timeout=cfg.sync_timeout, retries=cfg.http_retries)
+    http = HTTPConfig(
+        control_timeout=cfg.control_timeout,
+        request_timeout=cfg.request_timeout,
+        sync_timeout=cfg.sync_timeout,
+        retries=cfg.http_retries,
+    )
     log_dir = os.path.abspath(cfg.log_dir or os.path.join(cfg.output_dir, "sglang_logs"))
     sync_dir = os.path.abspath(cfg.sync_dir or os.path.join(cfg.output_dir, "rollout_weights"))
     if cfg.urls:
         if role == "teacher":
-            raise ValueError("--sglang-urls serves the policy; a separate teacher group needs launched engines "
-                             "(use --sglang-teacher-engines shared)")
+            raise ValueError(
+                "--sglang-urls serves the policy; a separate teacher group needs launched engines "
+                "(use --sglang-teacher-engines shared)"
+            )
         fleet = AttachedFleet(cfg.urls, http, router_url=cfg.router_url)
         default_sync = "disk"
     else:
@@ -105,31 +113,57 @@ def _build_sglang(cfg: RolloutConfig, model_dir: str, eos: list[int], role: str)
         specs = []
         for i in range(n):
             gpu_flags = ["--base-gpu-id", str(i * tp)] if device == "cuda" and n > 1 else []
-            specs.append(ServerSpec(
-                model_path=os.path.abspath(model_dir), python=python, host=cfg.host,
-                port=(base_port + i) if base_port else 0, device=device, tp_size=tp,
-                server_args=gpu_flags + list(cfg.server_args), extra_pythonpath=list(cfg.extra_pythonpath),
-                log_path=os.path.join(log_dir, f"{role}_engine{i}.log"), name=f"{role}-engine{i}"))
+            specs.append(
+                ServerSpec(
+                    model_path=os.path.abspath(model_dir),
+                    python=python,
+                    host=cfg.host,
+                    port=(base_port + i) if base_port else 0,
+                    device=device,
+                    tp_size=tp,
+                    server_args=gpu_flags + list(cfg.server_args),
+                    extra_pythonpath=list(cfg.extra_pythonpath),
+                    log_path=os.path.join(log_dir, f"{role}_engine{i}.log"),
+                    name=f"{role}-engine{i}",
+                )
+            )
         use_router = n > 1 and (cfg.router == "on" or (cfg.router == "auto" and router_available(python)))
         if cfg.use_ray:
             from megatron_corew.rollout.sglang.ray_fleet import RayRolloutManager
 
-            fleet = RayRolloutManager(specs, http=http, startup_timeout=cfg.startup_timeout, use_router=use_router,
-                                      address=cfg.ray_address, num_reward_workers=cfg.reward_workers,
-                                      log_dir=log_dir)
+            fleet = RayRolloutManager(
+                specs,
+                http=http,
+                startup_timeout=cfg.startup_timeout,
+                use_router=use_router,
+                address=cfg.ray_address,
+                num_reward_workers=cfg.reward_workers,
+                log_dir=log_dir,
+            )
             fleet.start()
         else:
-            fleet = LocalFleet(specs, http, startup_timeout=cfg.startup_timeout, use_router=use_router,
-                               log_dir=log_dir).start()
+            fleet = LocalFleet(
+                specs, http, startup_timeout=cfg.startup_timeout, use_router=use_router, log_dir=log_dir
+            ).start()
         default_sync = "tensor"
     keep = {"on": True, "off": False}.get(cfg.keep_weights)
     try:
         return SGLangEngine(
-            fleet, model_path=os.path.abspath(model_dir), eos_token_ids=eos, role=role,
-            weight_sync=cfg.weight_sync or default_sync, sync_dir=sync_dir,
-            bucket_bytes=int(cfg.bucket_mb * (1 << 20)), http=http, max_restarts=cfg.max_restarts,
-            keep_weights=keep, request_batch_size=cfg.request_batch_size, dist_backend=cfg.dist_backend,
-            dist_master_addr=cfg.dist_master_addr, pause_during_sync=not cfg.no_pause)
+            fleet,
+            model_path=os.path.abspath(model_dir),
+            eos_token_ids=eos,
+            role=role,
+            weight_sync=cfg.weight_sync or default_sync,
+            sync_dir=sync_dir,
+            bucket_bytes=int(cfg.bucket_mb * (1 << 20)),
+            http=http,
+            max_restarts=cfg.max_restarts,
+            keep_weights=keep,
+            request_batch_size=cfg.request_batch_size,
+            dist_backend=cfg.dist_backend,
+            dist_master_addr=cfg.dist_master_addr,
+            pause_during_sync=not cfg.no_pause,
+        )
     except BaseException:
         fleet.shutdown()
         raise

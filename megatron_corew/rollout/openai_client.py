@@ -9,6 +9,7 @@ server: ``update_weights`` raises.
 
 ``rollout/serve.py`` is the other side: one of our engines behind the same API.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,17 @@ class OpenAICompatError(RuntimeError):
 
 
 class OpenAICompatEngine(RolloutEngine):
-    def __init__(self, base_url: str, model: str | None = None, tokenizer=None, timeout: float = 3600.0,
-                 retries: int = 3, backoff_s: float = 1.0, concurrency: int = 16, api_key: str | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None = None,
+        tokenizer=None,
+        timeout: float = 3600.0,
+        retries: int = 3,
+        backoff_s: float = 1.0,
+        concurrency: int = 16,
+        api_key: str | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         if self.base_url.endswith("/v1"):
             self.base_url = self.base_url[:-3]
@@ -87,11 +97,17 @@ class OpenAICompatEngine(RolloutEngine):
 
     # ------------------------------------------------------------------ RolloutEngine
     def _one(self, i: int, prompt: list[int], params: SamplingParams) -> Generation:
-        body = {"model": self.model, "prompt": list(map(int, prompt)), "max_tokens": params.max_new_tokens,
-                "temperature": 0.0 if params.greedy else params.temperature,
-                "top_p": 1.0 if params.greedy else params.top_p, "n": 1, "logprobs": 0}
+        body = {
+            "model": self.model,
+            "prompt": list(map(int, prompt)),
+            "max_tokens": params.max_new_tokens,
+            "temperature": 0.0 if params.greedy else params.temperature,
+            "top_p": 1.0 if params.greedy else params.top_p,
+            "n": 1,
+            "logprobs": 0,
+        }
         if params.seed is not None:
-            body["seed"] = (int(params.seed) + i) % (2 ** 31)
+            body["seed"] = (int(params.seed) + i) % (2**31)
         if self._extensions:  # vLLM / SGLang extras; a strict server rejects them with a 400: then drop them
             try:
                 resp = self._request("POST", "/v1/completions", dict(body, **_EXTENSIONS))
@@ -115,9 +131,14 @@ class OpenAICompatEngine(RolloutEngine):
         if len(lps) != len(ids):
             lps = [0.0] * len(ids)
         finish = "length" if choice.get("finish_reason") == "length" else "stop"
-        return Generation(prompt_ids=list(prompt), response_ids=ids, logprobs=[float(x or 0.0) for x in lps],
-                          finish_reason=finish, weight_version=self.weight_version,
-                          meta={"text": text, "server": self.base_url})
+        return Generation(
+            prompt_ids=list(prompt),
+            response_ids=ids,
+            logprobs=[float(x or 0.0) for x in lps],
+            finish_reason=finish,
+            weight_version=self.weight_version,
+            meta={"text": text, "server": self.base_url},
+        )
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         if not prompts:
@@ -126,5 +147,7 @@ class OpenAICompatEngine(RolloutEngine):
             return list(pool.map(lambda a: self._one(a[0], a[1], params), enumerate(prompts)))
 
     def update_weights(self, named_tensors: Iterable, version: int) -> None:
-        raise NotImplementedError("an external OpenAI-compatible server holds its own weights; "
-                                  "use the embedded or sglang backend for training")
+        raise NotImplementedError(
+            "an external OpenAI-compatible server holds its own weights; "
+            "use the embedded or sglang backend for training"
+        )

@@ -1,7 +1,8 @@
 """A small OpenAI-compatible server in front of one of our engines (tests, or one engine shared between processes).
 
-    python -m megatron_corew.rollout.serve --model-dir assets/tiny/model --port 8000
+python -m megatron_corew.rollout.serve --model-dir assets/tiny/model --port 8000
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,35 @@ import time
 
 from megatron_corew.rollout.base import RolloutEngine, SamplingParams
 
-_API_FIELDS = {"model", "prompt", "max_tokens", "temperature", "top_p", "n", "seed", "logprobs", "stop", "stream",
-               "echo", "best_of", "frequency_penalty", "presence_penalty", "logit_bias", "suffix", "user"}
+_API_FIELDS = {
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "n",
+    "seed",
+    "logprobs",
+    "stop",
+    "stream",
+    "echo",
+    "best_of",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "suffix",
+    "user",
+}
 
 
-def serve_engine(engine: RolloutEngine, tokenizer=None, host: str = "127.0.0.1", port: int = 0,
-                 model_name: str = "model", strict: bool = False):
+def serve_engine(
+    engine: RolloutEngine,
+    tokenizer=None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    model_name: str = "model",
+    strict: bool = False,
+):
     """Serve ``engine`` at ``http://host:port/v1/completions`` (+ ``/v1/models``, ``/health``) from a background
     thread. Returns the ``ThreadingHTTPServer`` (``.server_address`` has the port; ``.shutdown()`` stops it).
     Requests are generated one at a time (engines are not thread-safe); each carries its own seed.
@@ -73,9 +97,13 @@ def serve_engine(engine: RolloutEngine, tokenizer=None, host: str = "127.0.0.1",
                     ids.append(p)
                 temp = float(body.get("temperature", 1.0))
                 seed = body.get("seed")
-                params = SamplingParams(temperature=temp if temp > 0 else 1.0, top_p=float(body.get("top_p", 1.0)),
-                                        max_new_tokens=int(body.get("max_tokens", 16)), greedy=temp <= 0,
-                                        seed=None if seed is None else int(seed))
+                params = SamplingParams(
+                    temperature=temp if temp > 0 else 1.0,
+                    top_p=float(body.get("top_p", 1.0)),
+                    max_new_tokens=int(body.get("max_tokens", 16)),
+                    greedy=temp <= 0,
+                    seed=None if seed is None else int(seed),
+                )
             except (ValueError, TypeError, json.JSONDecodeError) as e:
                 return self._send(400, {"error": {"message": str(e), "type": "invalid_request_error"}})
             try:
@@ -86,18 +114,27 @@ def serve_engine(engine: RolloutEngine, tokenizer=None, host: str = "127.0.0.1",
             choices = []
             for j, g in enumerate(gens):
                 out_ids = list(g.response_ids)  # as our engines report them (a final EOS included)
-                text = (tokenizer.decode(g.response_ids, skip_special_tokens=True) if tokenizer is not None
-                        else "")
+                text = tokenizer.decode(g.response_ids, skip_special_tokens=True) if tokenizer is not None else ""
                 choice = {"index": j, "text": text, "finish_reason": g.finish_reason}
                 if body.get("return_token_ids"):
                     choice["token_ids"] = out_ids
                 if body.get("logprobs") is not None:
-                    choice["logprobs"] = {"token_logprobs": list(g.logprobs[:len(out_ids)])}
+                    choice["logprobs"] = {"token_logprobs": list(g.logprobs[: len(out_ids)])}
                 choices.append(choice)
-            self._send(200, {"id": f"cmpl-{time.time_ns()}", "object": "text_completion", "created": int(time.time()),
-                             "model": model_name, "choices": choices,
-                             "usage": {"prompt_tokens": sum(map(len, ids)),
-                                       "completion_tokens": sum(len(g.response_ids) for g in gens)}})
+            self._send(
+                200,
+                {
+                    "id": f"cmpl-{time.time_ns()}",
+                    "object": "text_completion",
+                    "created": int(time.time()),
+                    "model": model_name,
+                    "choices": choices,
+                    "usage": {
+                        "prompt_tokens": sum(map(len, ids)),
+                        "completion_tokens": sum(len(g.response_ids) for g in gens),
+                    },
+                },
+            )
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
@@ -119,8 +156,12 @@ def main(argv=None) -> int:
     from megatron_corew.rollout.factory import eos_ids
 
     tok = AutoTokenizer.from_pretrained(a.model_dir)
-    engine = EmbeddedEngine(a.model_dir, eos_token_ids=eos_ids(a.model_dir, tok), pad_token_id=tok.pad_token_id,
-                            max_batch_size=a.max_batch_size)
+    engine = EmbeddedEngine(
+        a.model_dir,
+        eos_token_ids=eos_ids(a.model_dir, tok),
+        pad_token_id=tok.pad_token_id,
+        max_batch_size=a.max_batch_size,
+    )
     server = serve_engine(engine, tok, a.host, a.port, a.model_name or os.path.basename(os.path.abspath(a.model_dir)))
     print(f"serving {a.model_dir} at http://{server.server_address[0]}:{server.server_address[1]}/v1", flush=True)
     try:

@@ -1,6 +1,7 @@
 """Backend selection for the offline tools (tools/evaluate.py, tools/rewrite_questions.py): the training backends'
 flags plus ``--openai-url`` for any OpenAI-compatible server.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,11 @@ def add_tool_backend_args(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     g.add_argument("--openai-timeout", type=float, default=3600.0, help="seconds per request")
     g.add_argument("--openai-retries", type=int, default=3)
     g.add_argument("--openai-concurrency", type=int, default=16, help="requests in flight")
-    g.add_argument("--openai-api-key-env", default="OPENAI_API_KEY",
-                   help="environment variable holding the server's API key, if it needs one")
+    g.add_argument(
+        "--openai-api-key-env",
+        default="OPENAI_API_KEY",
+        help="environment variable holding the server's API key, if it needs one",
+    )
     return parser
 
 
@@ -46,10 +50,15 @@ def parse_tool_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Name
 
 def create_tool_engine(args, model_dir: str | None, tokenizer) -> RolloutEngine:
     if getattr(args, "openai_url", None):
-        return OpenAICompatEngine(args.openai_url, model=args.openai_model, tokenizer=tokenizer,
-                                  timeout=args.openai_timeout, retries=args.openai_retries,
-                                  concurrency=args.openai_concurrency,
-                                  api_key=os.environ.get(args.openai_api_key_env or "") or None)
+        return OpenAICompatEngine(
+            args.openai_url,
+            model=args.openai_model,
+            tokenizer=tokenizer,
+            timeout=args.openai_timeout,
+            retries=args.openai_retries,
+            concurrency=args.openai_concurrency,
+            api_key=os.environ.get(args.openai_api_key_env or "") or None,
+        )
     if model_dir is None:
         raise ValueError("a model directory is needed unless --openai-url is given")
     from megatron_corew.rollout.factory import create_engine

@@ -3,6 +3,7 @@ that point (``after_step`` once step N is logged and saved, ``during_save`` betw
 checkpoint N and publishing it, ``nan_loss`` makes step N's loss NaN, ``before_commit:0`` just before an
 atomic rename, ``rewrite_mid_batch`` / ``rewrite_between_outputs`` inside the rephrasing tool). Unset in
 normal runs, where this costs one dict lookup."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """A run's metrics on disk: written to tensorboard (stable tag names: train/, rollout/, reward/, pseudo/, perf/,
 val/) and to metrics.jsonl by global rank 0 only, and read back as series for plots and checks."""
+
 from __future__ import annotations
 
 import glob
@@ -12,8 +13,15 @@ __all__ = ["RunLogger", "load_run", "load_tensorboard", "load_jsonl", "to_rows"]
 
 
 class RunLogger:
-    def __init__(self, out_dir: str, tensorboard_dir: str | None = None, enabled: bool = True,
-                 wandb_project: str | None = None, run_name: str | None = None, config: dict | None = None):
+    def __init__(
+        self,
+        out_dir: str,
+        tensorboard_dir: str | None = None,
+        enabled: bool = True,
+        wandb_project: str | None = None,
+        run_name: str | None = None,
+        config: dict | None = None,
+    ):
         self.enabled = enabled
         self.writer = None
         self.jsonl = None

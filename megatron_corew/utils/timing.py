@@ -1,4 +1,5 @@
 """Stage timing: ``with timer.stage("generate"):`` adds the block's seconds to ``perf/time_generate``."""
+
 from __future__ import annotations
 
 import time

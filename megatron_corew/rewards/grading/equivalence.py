@@ -15,8 +15,15 @@ from megatron_corew.rewards.grading.reference import extract_boxed_answer, is_eq
 from megatron_corew.rewards.grading.structures import parse_value, same_value
 from megatron_corew.rewards.grading.values import exact_value, free_variables
 
-__all__ = ["answers_equivalent", "clear_caches", "grade", "grade_answer", "check_grade_mode", "GRADE_MODES",
-           "MAX_PARSE_CHARS"]
+__all__ = [
+    "answers_equivalent",
+    "clear_caches",
+    "grade",
+    "grade_answer",
+    "check_grade_mode",
+    "GRADE_MODES",
+    "MAX_PARSE_CHARS",
+]
 
 # Answers longer than this skip the parser (only the reference comparison runs): bounds the cost
 # of one comparison and the parser's recursion depth.

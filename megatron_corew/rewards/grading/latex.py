@@ -42,10 +42,28 @@ _SYMBOL_REPLACEMENTS = (
 )
 # LaTeX commands renamed as whole words (so "\le" never eats the start of "\left").
 _COMMAND_REPLACEMENTS = {
-    "dfrac": "\\frac", "tfrac": "\\frac", "lbrace": "\\{", "rbrace": "\\}",
-    "circ": "", "degree": "", "leqslant": "≤", "geqslant": "≥", "leq": "≤", "geq": "≥",
-    "le": "≤", "ge": "≥", "neq": "≠", "ne": "≠", "cdot": "*", "times": "*", "ast": "*",
-    "div": "/", "infty": "∞", "emptyset": "∅", "varnothing": "∅", "pi": "π",
+    "dfrac": "\\frac",
+    "tfrac": "\\frac",
+    "lbrace": "\\{",
+    "rbrace": "\\}",
+    "circ": "",
+    "degree": "",
+    "leqslant": "≤",
+    "geqslant": "≥",
+    "leq": "≤",
+    "geq": "≥",
+    "le": "≤",
+    "ge": "≥",
+    "neq": "≠",
+    "ne": "≠",
+    "cdot": "*",
+    "times": "*",
+    "ast": "*",
+    "div": "/",
+    "infty": "∞",
+    "emptyset": "∅",
+    "varnothing": "∅",
+    "pi": "π",
 }
 RE_COMMAND = re.compile(r"\\([a-zA-Z]+)")
 
@@ -99,9 +117,7 @@ _GREEK = frozenset(
     "alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi "
     "rho sigma tau upsilon phi varphi chi psi omega Gamma Delta Theta Lambda Xi Sigma Phi Psi Omega".split()
 )
-_FUNCTIONS = frozenset(
-    "sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh ln log exp".split()
-)
+_FUNCTIONS = frozenset("sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh ln log exp".split())
 _MAX_NESTING = 40
 
 

@@ -108,11 +108,21 @@ def _exact_power(base: Fraction, exponent: Fraction):
 
 _CONSTANTS = {"pi": math.pi, "e": math.e}
 _COMPLEX_FUNCTIONS = {
-    "sin": cmath.sin, "cos": cmath.cos, "tan": cmath.tan,
-    "cot": lambda z: 1 / cmath.tan(z), "sec": lambda z: 1 / cmath.cos(z),
-    "csc": lambda z: 1 / cmath.sin(z), "arcsin": cmath.asin, "arccos": cmath.acos,
-    "arctan": cmath.atan, "sinh": cmath.sinh, "cosh": cmath.cosh, "tanh": cmath.tanh,
-    "ln": cmath.log, "log": cmath.log10, "exp": cmath.exp,  # bare \log: base 10, as math-verify
+    "sin": cmath.sin,
+    "cos": cmath.cos,
+    "tan": cmath.tan,
+    "cot": lambda z: 1 / cmath.tan(z),
+    "sec": lambda z: 1 / cmath.cos(z),
+    "csc": lambda z: 1 / cmath.sin(z),
+    "arcsin": cmath.asin,
+    "arccos": cmath.acos,
+    "arctan": cmath.atan,
+    "sinh": cmath.sinh,
+    "cosh": cmath.cosh,
+    "tanh": cmath.tanh,
+    "ln": cmath.log,
+    "log": cmath.log10,
+    "exp": cmath.exp,  # bare \log: base 10, as math-verify
 }
 
 
@@ -228,10 +238,7 @@ def same_scalar(a, b) -> bool:
             return False
     agreeing = 0
     for point in _SAMPLE_POINTS:
-        env = {
-            name: complex(point[i % len(point)] + 0.0137 * (i // len(point)))
-            for i, name in enumerate(variables)
-        }
+        env = {name: complex(point[i % len(point)] + 0.0137 * (i // len(point))) for i, name in enumerate(variables)}
         try:
             value_a, value_b = _numeric(a, env), _numeric(b, env)
         except _EvalError:

@@ -93,8 +93,12 @@ def _checked(answers: Sequence[str], ground_truths: Sequence[str | None], mode: 
     return answers, ground_truths
 
 
-def grade_answers(answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference",
-                  timeout_s: float = DEFAULT_ITEM_TIMEOUT_S) -> list[float]:
+def grade_answers(
+    answers: Sequence[str],
+    ground_truths: Sequence[str | None],
+    mode: str = "reference",
+    timeout_s: float = DEFAULT_ITEM_TIMEOUT_S,
+) -> list[float]:
     """Grade extracted answers in this process, each under the per-item rule of the module docstring."""
     answers, ground_truths = _checked(answers, ground_truths, mode)
     return _grade_items(answers, ground_truths, mode, timeout_s)[0]
@@ -103,8 +107,9 @@ def grade_answers(answers: Sequence[str], ground_truths: Sequence[str | None], m
 class Grader(Protocol):
     """Scores of extracted answers against their ground truths, in order (1.0 or 0.0 each)."""
 
-    def grade(self, answers: Sequence[str], ground_truths: Sequence[str | None],
-              mode: str = "reference") -> list[float]: ...
+    def grade(
+        self, answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference"
+    ) -> list[float]: ...
 
 
 class _TimeoutCounter:
@@ -128,8 +133,9 @@ class InlineGrader(_TimeoutCounter):
         super().__init__()
         self.timeout_s = timeout_s
 
-    def grade(self, answers: Sequence[str], ground_truths: Sequence[str | None],
-              mode: str = "reference") -> list[float]:
+    def grade(
+        self, answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference"
+    ) -> list[float]:
         answers, ground_truths = _checked(answers, ground_truths, mode)
         scores, timeouts = _grade_items(answers, ground_truths, mode, self.timeout_s)
         self._count_timeouts(timeouts)
@@ -146,8 +152,14 @@ class ProcessPoolGrader(_TimeoutCounter):
       and a fresh pool is started on the next call.
     """
 
-    def __init__(self, workers: int = 4, timeout_s: float = DEFAULT_ITEM_TIMEOUT_S, chunk_size: int | None = None,
-                 start_method: str = "spawn", deadline_slack_s: float = 60.0):
+    def __init__(
+        self,
+        workers: int = 4,
+        timeout_s: float = DEFAULT_ITEM_TIMEOUT_S,
+        chunk_size: int | None = None,
+        start_method: str = "spawn",
+        deadline_slack_s: float = 60.0,
+    ):
         if workers < 1:
             raise ValueError("workers must be >= 1 (InlineGrader grades in this process)")
         super().__init__()
@@ -172,16 +184,18 @@ class ProcessPoolGrader(_TimeoutCounter):
         size = self.chunk_size or max(1, min(512, math.ceil(n / (4 * self.workers))))
         return [(i, min(i + size, n)) for i in range(0, n, size)]
 
-    def grade(self, answers: Sequence[str], ground_truths: Sequence[str | None],
-              mode: str = "reference") -> list[float]:
+    def grade(
+        self, answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference"
+    ) -> list[float]:
         answers, ground_truths = _checked(answers, ground_truths, mode)
         if not answers:
             self._count_timeouts(0)
             return []
         executor = self._get_executor()
         bounds = self._chunk_bounds(len(answers))
-        futures = [executor.submit(_grade_items, answers[a:b], ground_truths[a:b], mode, self.timeout_s)
-                   for a, b in bounds]
+        futures = [
+            executor.submit(_grade_items, answers[a:b], ground_truths[a:b], mode, self.timeout_s) for a, b in bounds
+        ]
         deadline = (self.timeout_s or 0) * math.ceil(len(answers) / self.workers) + self.deadline_slack_s
         cf.wait(futures, timeout=deadline)
         scores, timeouts, pool_broken = [], 0, False
@@ -233,7 +247,8 @@ class RayGrader:
         self.fleet = fleet
         self.timeout_s = timeout_s
 
-    def grade(self, answers: Sequence[str], ground_truths: Sequence[str | None],
-              mode: str = "reference") -> list[float]:
+    def grade(
+        self, answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference"
+    ) -> list[float]:
         answers, ground_truths = _checked(answers, ground_truths, mode)
         return list(self.fleet.grade_answers(answers, ground_truths, mode, self.timeout_s))

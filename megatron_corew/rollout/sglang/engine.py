@@ -16,6 +16,7 @@ Co-rewarding-II's teacher uses the same machinery: either its own engine group (
 ``SGLangEngine``) or ``role_view("teacher")`` on the policy's fleet, which keeps the teacher's
 last weights (on disk or in memory) and swaps them in before a teacher generation.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,12 +37,26 @@ from megatron_corew.rollout.sglang.weight_sync import DiskWeights, MemoryWeights
 class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
     """The RolloutEngine over a fleet of SGLang servers (see the module docstring)."""
 
-    def __init__(self, fleet: Fleet, *, model_path: str, eos_token_ids: list[int], role: str = "policy",
-                 weight_sync: str = "disk", sync_dir: str | None = None, bucket_bytes: int = 512 << 20,
-                 http: HTTPConfig | None = None, max_restarts: int = 1, keep_weights: bool | None = None,
-                 request_batch_size: int | None = None, dist_backend: str | None = None,
-                 dist_master_addr: str = "127.0.0.1", pause_during_sync: bool = True,
-                 _state: FleetState | None = None, _shared: bool = False):
+    def __init__(
+        self,
+        fleet: Fleet,
+        *,
+        model_path: str,
+        eos_token_ids: list[int],
+        role: str = "policy",
+        weight_sync: str = "disk",
+        sync_dir: str | None = None,
+        bucket_bytes: int = 512 << 20,
+        http: HTTPConfig | None = None,
+        max_restarts: int = 1,
+        keep_weights: bool | None = None,
+        request_batch_size: int | None = None,
+        dist_backend: str | None = None,
+        dist_master_addr: str = "127.0.0.1",
+        pause_during_sync: bool = True,
+        _state: FleetState | None = None,
+        _shared: bool = False,
+    ):
         if weight_sync not in ("tensor", "distributed", "disk"):
             raise ValueError(f"unknown weight sync mode {weight_sync!r}")
         self.fleet = fleet
@@ -73,12 +88,24 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
     def role_view(self, role: str) -> "SGLangEngine":
         """Another role (the Co-rewarding-II teacher) served by the same engines: its weights are
         kept (disk or memory) and swapped in before each of its generations."""
-        view = SGLangEngine(self.fleet, model_path=self.model_path, eos_token_ids=self.eos, role=role,
-                            weight_sync=self.weight_sync, sync_dir=self.sync_dir, bucket_bytes=self.bucket_bytes,
-                            http=self.http, max_restarts=self.max_restarts, keep_weights=True,
-                            request_batch_size=self.request_batch_size, dist_backend=self.dist_backend,
-                            dist_master_addr=self.dist_master_addr, pause_during_sync=self.pause_during_sync,
-                            _state=self.state, _shared=True)
+        view = SGLangEngine(
+            self.fleet,
+            model_path=self.model_path,
+            eos_token_ids=self.eos,
+            role=role,
+            weight_sync=self.weight_sync,
+            sync_dir=self.sync_dir,
+            bucket_bytes=self.bucket_bytes,
+            http=self.http,
+            max_restarts=self.max_restarts,
+            keep_weights=True,
+            request_batch_size=self.request_batch_size,
+            dist_backend=self.dist_backend,
+            dist_master_addr=self.dist_master_addr,
+            pause_during_sync=self.pause_during_sync,
+            _state=self.state,
+            _shared=True,
+        )
         self.shared = True
         self.keep_weights = True
         self._views.append(view)
@@ -138,8 +165,9 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
             results: list[Generation | None] = [None] * len(prompts)
             # per-prompt seeds need a list of sampling params, which sglang_router (0.3.x) cannot parse: through a
             # router, seeded sampling goes one prompt per request (the router spreads them, the engines batch them)
-            pending = self._plan(len(prompts), single=bool(self.fleet.router_url) and params.seed is not None
-                                 and not params.greedy)
+            pending = self._plan(
+                len(prompts), single=bool(self.fleet.router_url) and params.seed is not None and not params.greedy
+            )
             rounds = 0
             while pending:
                 failed = self._run_requests(pending, prompts, params, results)
@@ -156,15 +184,19 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
                         raise EngineDownError(
                             f"rollout engine(s) {[self.fleet.describe(e) for e in dead]} stayed down after "
                             f"{self.max_restarts} restart(s); the step is aborted before any training update "
-                            f"(model, optimizer and checkpoints are untouched)")
-                    raise SGLangError(f"/generate kept failing on {[self.fleet.url(e) for e in suspects]} although "
-                                      f"the engines answer /health (see the [sglang] lines above)")
+                            f"(model, optimizer and checkpoints are untouched)"
+                        )
+                    raise SGLangError(
+                        f"/generate kept failing on {[self.fleet.url(e) for e in suspects]} although "
+                        f"the engines answer /health (see the [sglang] lines above)"
+                    )
                 for e in dead:
                     if not self.fleet.can_restart:
                         raise EngineDownError(
                             f"rollout engine {self.fleet.describe(e)} is down and cannot be restarted (attached with "
                             f"--sglang-urls); the step is aborted before any training update (model, optimizer and "
-                            f"checkpoints are untouched)")
+                            f"checkpoints are untouched)"
+                        )
                     self._restart_and_refill(e)
                 pending = failed
         out = [g for g in results if g is not None]
@@ -196,8 +228,11 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
                     self.weights = DiskWeights(path, tag)
                     self._ensure_alive(resident)
                     self._push_disk(resident, path, tag)
-                    if isinstance(old, DiskWeights) and old.path != path and old.path.startswith(
-                            os.path.abspath(self.sync_dir)):
+                    if (
+                        isinstance(old, DiskWeights)
+                        and old.path != path
+                        and old.path.startswith(os.path.abspath(self.sync_dir))
+                    ):
                         shutil.rmtree(old.path, ignore_errors=True)
                 else:
                     self._ensure_alive(resident)
@@ -211,7 +246,6 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         self.stats["sync_seconds"] += dt
         self.stats["syncs"] += 1
 
-
     # ------------------------------------------------------------------ generation
     def _plan(self, n: int, single: bool = False) -> list[tuple[int, list[int]]]:
         """(target, prompt indices) requests: a contiguous share per engine, cut into batches of at
@@ -224,12 +258,16 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         for e in range(engines):
             idx = list(range(e * per, min(n, (e + 1) * per)))
             for s in range(0, len(idx), size):
-                plan.append((-1 if self.fleet.router_url else e, idx[s:s + size]))
+                plan.append((-1 if self.fleet.router_url else e, idx[s : s + size]))
         return plan
 
     def _sampling_params(self, params: SamplingParams) -> dict:
-        sp = {"max_new_tokens": int(params.max_new_tokens), "stop_token_ids": list(self.eos),
-              "skip_special_tokens": False, "no_stop_trim": True}
+        sp = {
+            "max_new_tokens": int(params.max_new_tokens),
+            "stop_token_ids": list(self.eos),
+            "skip_special_tokens": False,
+            "no_stop_trim": True,
+        }
         if params.greedy:
             sp["temperature"] = 0.0
         else:
@@ -244,18 +282,28 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         def one(item):
             e, idx = item
             url = self.fleet.router_url if e < 0 else self.fleet.url(e)
-            payload = {"input_ids": [list(map(int, prompts[k])) for k in idx], "return_logprob": True,
-                       "logprob_start_len": -1, "stream": False}
+            payload = {
+                "input_ids": [list(map(int, prompts[k])) for k in idx],
+                "return_logprob": True,
+                "logprob_start_len": -1,
+                "stream": False,
+            }
             if params.seed is not None and not params.greedy:
-                seeded = [dict(sp, sampling_seed=int(params.seed * 1000003 + k) % (2 ** 63)) for k in idx]
+                seeded = [dict(sp, sampling_seed=int(params.seed * 1000003 + k) % (2**63)) for k in idx]
                 payload["sampling_params"] = seeded[0] if len(idx) == 1 else seeded
             else:
                 payload["sampling_params"] = sp
             t0 = time.perf_counter()
             try:
-                resp = http_json("POST", url + "/generate", payload, timeout=self.http.request_timeout,
-                                 connect_timeout=self.http.connect_timeout, retries=self.http.retries,
-                                 backoff=self.http.backoff)
+                resp = http_json(
+                    "POST",
+                    url + "/generate",
+                    payload,
+                    timeout=self.http.request_timeout,
+                    connect_timeout=self.http.connect_timeout,
+                    retries=self.http.retries,
+                    backoff=self.http.backoff,
+                )
             except SGLangHTTPError as err:
                 with lock:
                     self.state.stat(e).failures += 1
@@ -292,13 +340,21 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         ids = [int(t) for t in r.get("output_ids", [])]
         lps = meta.get("output_token_logprobs") or []
         if len(lps) != len(ids) or any(int(x[1]) != t for x, t in zip(lps, ids)):
-            raise SGLangError(f"{url}: output_token_logprobs do not line up with output_ids "
-                              f"({len(lps)} vs {len(ids)} tokens)")
+            raise SGLangError(
+                f"{url}: output_token_logprobs do not line up with output_ids ({len(lps)} vs {len(ids)} tokens)"
+            )
         served = meta.get("weight_version")
         if served != self.weights.tag:
-            raise SGLangError(f"{url}: sample generated with weight version {served!r}, expected {self.weights.tag!r} "
-                              f"({self.role}); refusing stale rollouts")
+            raise SGLangError(
+                f"{url}: sample generated with weight version {served!r}, expected {self.weights.tag!r} "
+                f"({self.role}); refusing stale rollouts"
+            )
         finish = "stop" if ids and ids[-1] in self.eos else "length"
-        return Generation(prompt_ids=list(prompt), response_ids=ids, logprobs=[float(x[0]) for x in lps],
-                          finish_reason=finish, weight_version=self.weight_version,
-                          meta={"engine": engine, "weight_tag": served, "sglang_finish": ftype})
+        return Generation(
+            prompt_ids=list(prompt),
+            response_ids=ids,
+            logprobs=[float(x[0]) for x in lps],
+            finish_reason=finish,
+            weight_version=self.weight_version,
+            meta={"engine": engine, "weight_tag": served, "sglang_finish": ftype},
+        )

@@ -5,6 +5,7 @@ restarted. Every start gets a fresh ``instance_id``, so the engine client notice
 and refills the weights. ``RestartPolicy`` is the client side: at most ``max_restarts`` restarts per call, and a
 restarted engine gets the role's current weights again before it serves.
 """
+
 from __future__ import annotations
 
 import os
@@ -78,8 +79,15 @@ class LocalFleet(Fleet):
 
     can_restart = True
 
-    def __init__(self, specs: list[ServerSpec], http: HTTPConfig, startup_timeout: float = 600.0,
-                 use_router: bool = False, router_python: str | None = None, log_dir: str | None = None):
+    def __init__(
+        self,
+        specs: list[ServerSpec],
+        http: HTTPConfig,
+        startup_timeout: float = 600.0,
+        use_router: bool = False,
+        router_python: str | None = None,
+        log_dir: str | None = None,
+    ):
         self.procs = [ServerProcess(s) for s in specs]
         self.http, self.startup_timeout = http, startup_timeout
         self.tp_sizes = [s.tp_size for s in specs]
@@ -97,8 +105,12 @@ class LocalFleet(Fleet):
                 list(ex.map(lambda p: p.wait_ready(self.startup_timeout), self.procs))
             if self._use_router:
                 python = self._router_python or self.procs[0].spec.python
-                self.router = RouterProcess(python, [p.url for p in self.procs], log_path=os.path.join(
-                    self._log_dir, "router.log") if self._log_dir else None, request_timeout=self.http.request_timeout)
+                self.router = RouterProcess(
+                    python,
+                    [p.url for p in self.procs],
+                    log_path=os.path.join(self._log_dir, "router.log") if self._log_dir else None,
+                    request_timeout=self.http.request_timeout,
+                )
                 self.router.start()
                 self.router_url = self.router.url
                 log_event(f"router: pid {self.router.pid} on {self.router.url} -> {[p.url for p in self.procs]}")
@@ -149,7 +161,6 @@ class LocalFleet(Fleet):
                 p.stop()
 
 
-
 @dataclass
 class EngineStats:
     tokens: int = 0
@@ -191,7 +202,6 @@ class FleetState:
         log_event(msg)
 
 
-
 class RestartPolicy:
     """Readiness and restarts for ``SGLangEngine``: it provides ``fleet``, ``state``, ``role``, ``weights``,
     ``max_restarts``, ``_restarts_left`` (reset at the start of every call) and ``_load(i)``."""
@@ -209,10 +219,11 @@ class RestartPolicy:
             raise EngineDownError(
                 f"rollout engine {self.fleet.describe(i)} is down and stayed down: no restart left "
                 f"(--sglang-max-restarts {self.max_restarts} per call); the step is aborted before any training "
-                f"update (model, optimizer and checkpoints are untouched)")
+                f"update (model, optimizer and checkpoints are untouched)"
+            )
         self._restarts_left -= 1
         last = None
-        for attempt in range(max(1, self.max_restarts)):
+        for _attempt in range(max(1, self.max_restarts)):
             try:
                 dt = self.fleet.restart(i)
                 self.state.event(f"engine {i}: back up as {self.fleet.describe(i)} after {dt:.1f} s")
@@ -228,8 +239,10 @@ class RestartPolicy:
         if self._restarts_left <= 0:
             self.state.event(f"engine {i} ({self.fleet.describe(i)}) is down and no restart is left")
             self._restart(i)  # raises EngineDownError with the explanation
-        self.state.event(f"engine {i} ({self.fleet.describe(i)}) is down: restarting it and re-pushing "
-                         f"{self.role} weights {self.weights.tag}")
+        self.state.event(
+            f"engine {i} ({self.fleet.describe(i)}) is down: restarting it and re-pushing "
+            f"{self.role} weights {self.weights.tag}"
+        )
         self._restart(i)
         self._load(i)
 
@@ -239,16 +252,19 @@ class RestartPolicy:
             inst, tag = self.state.loaded[i]
             current = self.fleet.instance_id(i)
             if current != inst:  # restarted by its owner (e.g. Ray) since we last loaded it
-                self.state.event(f"engine {i} was restarted by its owner (instance {inst} -> {current}); "
-                                 f"refilling {self.role} weights {self.weights.tag}")
+                self.state.event(
+                    f"engine {i} was restarted by its owner (instance {inst} -> {current}); "
+                    f"refilling {self.role} weights {self.weights.tag}"
+                )
                 self.state.loaded[i] = (current, "default")
                 self.state.dist_members = None
             if not self.fleet.alive(i):
                 if not self.fleet.can_restart:
-                    raise EngineDownError(f"rollout engine {self.fleet.describe(i)} is down and cannot be restarted "
-                                          f"(attached with --sglang-urls); the step is aborted before any training "
-                                          f"update")
+                    raise EngineDownError(
+                        f"rollout engine {self.fleet.describe(i)} is down and cannot be restarted "
+                        f"(attached with --sglang-urls); the step is aborted before any training "
+                        f"update"
+                    )
                 self._restart_and_refill(i)
             elif self.state.loaded[i][1] != self.weights.tag:
                 self._load(i)
-

@@ -3,6 +3,7 @@
 Every call the backend makes goes through ``http_json``, so a dead or hung server costs a known, bounded time and
 surfaces as an ``SGLangError`` before the training state is touched.
 """
+
 from __future__ import annotations
 
 import socket
@@ -40,11 +41,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 @dataclass
 class HTTPConfig:
     connect_timeout: float = 5.0
-    control_timeout: float = 60.0     # health, pause/continue, flush, begin/end update
-    request_timeout: float = 3600.0   # one /generate request (a whole batch of rollouts)
-    sync_timeout: float = 600.0       # one weight-update call (a bucket, or a disk load)
-    retries: int = 3                  # extra attempts after a connection failure or a 502/503/504
-    backoff: float = 0.5              # seconds, doubled after every failed attempt
+    control_timeout: float = 60.0  # health, pause/continue, flush, begin/end update
+    request_timeout: float = 3600.0  # one /generate request (a whole batch of rollouts)
+    sync_timeout: float = 600.0  # one weight-update call (a bucket, or a disk load)
+    retries: int = 3  # extra attempts after a connection failure or a 502/503/504
+    backoff: float = 0.5  # seconds, doubled after every failed attempt
 
 
 _local = threading.local()
@@ -60,8 +61,17 @@ def _session():
     return s
 
 
-def http_json(method: str, url: str, payload=None, *, timeout: float, connect_timeout: float = 5.0,
-              retries: int = 3, backoff: float = 0.5, retry_read_timeout: bool = False):
+def http_json(
+    method: str,
+    url: str,
+    payload=None,
+    *,
+    timeout: float,
+    connect_timeout: float = 5.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    retry_read_timeout: bool = False,
+):
     """One JSON call with bounded retries: a refused connection or a 502/503/504 is retried
     ``retries`` times with exponential backoff; a read timeout only when ``retry_read_timeout``
     (a /generate that timed out is not resent: it would queue the same work twice). Any other
@@ -91,7 +101,7 @@ def http_json(method: str, url: str, payload=None, *, timeout: float, connect_ti
                 except ValueError:
                     return {"text": r.text}
         if attempt < retries:
-            time.sleep(backoff * (2 ** attempt))
+            time.sleep(backoff * (2**attempt))
     raise SGLangHTTPError(f"{method} {url} failed after {retries + 1} attempts: {last}", connection=conn)
 
 

@@ -18,6 +18,7 @@ decides where each engine runs:
 Ray 2.60 turns on token auth by default: ``RAY_AUTH_MODE=disabled`` is set, and Ray's session
 files go to a fresh directory under /tmp.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: 
     if address:
         ray.init(address=address, **kw)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=256 << 20,
-                 _temp_dir=temp_dir or tempfile.mkdtemp(prefix="ray-", dir="/tmp"), **kw)
+        ray.init(
+            num_cpus=num_cpus or os.cpu_count(),
+            object_store_memory=256 << 20,
+            _temp_dir=temp_dir or tempfile.mkdtemp(prefix="ray-", dir="/tmp"),
+            **kw,
+        )
     return ray
 
 
@@ -60,8 +65,13 @@ class _EngineActor:
     def info(self) -> dict:
         import ray
 
-        return {"url": self.proc.url, "pid": self.proc.pid, "instance_id": self.proc.instance_id,
-                "node": ray.util.get_node_ip_address(), "starts": self.proc.starts}
+        return {
+            "url": self.proc.url,
+            "pid": self.proc.pid,
+            "instance_id": self.proc.instance_id,
+            "node": ray.util.get_node_ip_address(),
+            "starts": self.proc.starts,
+        }
 
     def start(self, timeout: float) -> dict:
         self.proc.start()
@@ -90,8 +100,9 @@ class _EngineActor:
 
 
 class _RewardWorker:
-    def grade_answers(self, answers: list[str], ground_truths: list[str | None], mode: str,
-                      timeout_s: float) -> list[float]:
+    def grade_answers(
+        self, answers: list[str], ground_truths: list[str | None], mode: str, timeout_s: float
+    ) -> list[float]:
         from megatron_corew.rewards.grading.workers import grade_answers
 
         return grade_answers(answers, ground_truths, mode, timeout_s)
@@ -103,11 +114,21 @@ class _RewardWorker:
 class RayRolloutManager(Fleet):
     can_restart = True
 
-    def __init__(self, specs: list[ServerSpec], http: HTTPConfig | None = None, startup_timeout: float = 600.0,
-                 use_router: bool = False, address: str | None = None, num_reward_workers: int = 0,
-                 cpus_per_engine: float | None = None, gpus_per_engine: float | None = None,
-                 cpus_per_reward_worker: float = 0.25, strategy: str = "PACK", log_dir: str | None = None,
-                 temp_dir: str | None = None):
+    def __init__(
+        self,
+        specs: list[ServerSpec],
+        http: HTTPConfig | None = None,
+        startup_timeout: float = 600.0,
+        use_router: bool = False,
+        address: str | None = None,
+        num_reward_workers: int = 0,
+        cpus_per_engine: float | None = None,
+        gpus_per_engine: float | None = None,
+        cpus_per_reward_worker: float = 0.25,
+        strategy: str = "PACK",
+        log_dir: str | None = None,
+        temp_dir: str | None = None,
+    ):
         self.specs = specs
         self.http = http or HTTPConfig()
         self.startup_timeout = startup_timeout
@@ -135,12 +156,31 @@ class RayRolloutManager(Fleet):
 
         ray = self._ray
         spec = self.specs[i]
-        kwargs = {k: getattr(spec, k) for k in ("model_path", "python", "host", "port", "device", "tp_size",
-                                                 "server_args", "extra_pythonpath", "env", "log_path", "name")}
+        kwargs = {
+            k: getattr(spec, k)
+            for k in (
+                "model_path",
+                "python",
+                "host",
+                "port",
+                "device",
+                "tp_size",
+                "server_args",
+                "extra_pythonpath",
+                "env",
+                "log_path",
+                "name",
+            )
+        }
         cls = ray.remote(_EngineActor)
         placement = PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=i)
-        return cls.options(num_cpus=self.cpus_per_engine, num_gpus=self.gpus_per_engine, max_restarts=0,
-                           scheduling_strategy=placement, name=None).remote(kwargs)
+        return cls.options(
+            num_cpus=self.cpus_per_engine,
+            num_gpus=self.gpus_per_engine,
+            max_restarts=0,
+            scheduling_strategy=placement,
+            name=None,
+        ).remote(kwargs)
 
     def start(self) -> "RayRolloutManager":
         from ray.util.placement_group import placement_group
@@ -156,35 +196,48 @@ class RayRolloutManager(Fleet):
         try:
             ray.get(self.pg.ready(), timeout=self.startup_timeout)
         except Exception as e:  # noqa: BLE001
-            raise EngineDownError(f"Ray could not place {len(self.specs)} engine bundle(s) {bundle} and "
-                                     f"{self.num_reward_workers} reward worker(s) ({self.strategy}): {e}") from e
+            raise EngineDownError(
+                f"Ray could not place {len(self.specs)} engine bundle(s) {bundle} and "
+                f"{self.num_reward_workers} reward worker(s) ({self.strategy}): {e}"
+            ) from e
         try:
             self.actors = [self._engine_actor(i) for i in range(len(self.specs))]
-            self.infos = ray.get([a.start.remote(self.startup_timeout) for a in self.actors],
-                                 timeout=self.startup_timeout + 60)
+            self.infos = ray.get(
+                [a.start.remote(self.startup_timeout) for a in self.actors], timeout=self.startup_timeout + 60
+            )
             for i, info in enumerate(self.infos):
                 log_event(f"ray engine {i}: {info['url']} pid {info['pid']} on node {info['node']}")
             worker_cls = ray.remote(_RewardWorker)
             base = len(self.specs)
-            self.reward_workers = [worker_cls.options(
-                num_cpus=self.cpus_per_reward_worker,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=base + k)
-            ).remote() for k in range(self.num_reward_workers)]
+            self.reward_workers = [
+                worker_cls.options(
+                    num_cpus=self.cpus_per_reward_worker,
+                    scheduling_strategy=PlacementGroupSchedulingStrategy(
+                        self.pg, placement_group_bundle_index=base + k
+                    ),
+                ).remote()
+                for k in range(self.num_reward_workers)
+            ]
             if self.reward_workers:
                 from megatron_corew.rewards.grading.workers import RayGrader
 
                 self.grader = RayGrader(self)
             if self.use_router:
-                self.router = RouterProcess(self.specs[0].python, [x["url"] for x in self.infos],
-                                            log_path=os.path.join(self.log_dir, "router.log") if self.log_dir else None,
-                                            request_timeout=self.http.request_timeout)
+                self.router = RouterProcess(
+                    self.specs[0].python,
+                    [x["url"] for x in self.infos],
+                    log_path=os.path.join(self.log_dir, "router.log") if self.log_dir else None,
+                    request_timeout=self.http.request_timeout,
+                )
                 self.router.start()
                 self.router_url = self.router.url
         except BaseException:
             self.shutdown()
             raise
-        log_event(f"ray rollout manager: {len(self.specs)} engine(s), {self.num_reward_workers} reward worker(s) "
-                     f"ready in {time.monotonic() - t0:.1f} s")
+        log_event(
+            f"ray rollout manager: {len(self.specs)} engine(s), {self.num_reward_workers} reward worker(s) "
+            f"ready in {time.monotonic() - t0:.1f} s"
+        )
         return self
 
     def shutdown(self) -> None:
@@ -234,8 +287,11 @@ class RayRolloutManager(Fleet):
 
     def alive(self, i: int) -> bool:
         try:
-            return bool(self._ray.get(self.actors[i].alive.remote(self.http.control_timeout),
-                                      timeout=self.http.control_timeout + 30))
+            return bool(
+                self._ray.get(
+                    self.actors[i].alive.remote(self.http.control_timeout), timeout=self.http.control_timeout + 30
+                )
+            )
         except Exception:  # noqa: BLE001  (actor dead or unreachable)
             return False
 
@@ -256,16 +312,20 @@ class RayRolloutManager(Fleet):
             info = ray.get(self.actors[i].start.remote(self.startup_timeout), timeout=self.startup_timeout + 60)
         self.infos[i] = info
         dt = time.monotonic() - t0
-        log_event(f"ray engine {i}: back up at {info['url']} (pid {info['pid']}, node {info['node']}) "
-                     f"after {dt:.1f} s")
+        log_event(f"ray engine {i}: back up at {info['url']} (pid {info['pid']}, node {info['node']}) after {dt:.1f} s")
         return dt
 
     # ------------------------------------------------------------------ extras
     def kill_server(self, i: int, sig: int = 9) -> int:
         return self._ray.get(self.actors[i].kill_server.remote(sig), timeout=60)
 
-    def grade_answers(self, answers: Sequence[str], ground_truths: Sequence[str | None], mode: str = "reference",
-                      timeout_s: float | None = None) -> list[float]:
+    def grade_answers(
+        self,
+        answers: Sequence[str],
+        ground_truths: Sequence[str | None],
+        mode: str = "reference",
+        timeout_s: float | None = None,
+    ) -> list[float]:
         """Grade extracted answers in contiguous chunks, one per reward worker (in this process when there are
         none), under the grading module's per-item timeout rule (default ``DEFAULT_ITEM_TIMEOUT_S``)."""
         from megatron_corew.rewards.grading.workers import DEFAULT_ITEM_TIMEOUT_S, grade_answers
@@ -278,7 +338,7 @@ class RayRolloutManager(Fleet):
             return grade_answers(answers, ground_truths, mode, timeout_s)
         n = len(self.reward_workers)
         per = -(-len(answers) // n) if answers else 0
-        chunks = [(answers[k * per:(k + 1) * per], ground_truths[k * per:(k + 1) * per]) for k in range(n)]
+        chunks = [(answers[k * per : (k + 1) * per], ground_truths[k * per : (k + 1) * per]) for k in range(n)]
         futures = [w.grade_answers.remote(a, g, mode, timeout_s) for w, (a, g) in zip(self.reward_workers, chunks) if a]
         wait = max(60.0, per * timeout_s + 30.0)  # every item of a chunk is bounded by timeout_s
         return [score for part in self._ray.get(futures, timeout=wait) for score in part]

@@ -2,6 +2,7 @@
 managed subprocess that owns it (its own process group, so its scheduler/detokenizer children die with it;
 readiness wait; log tail).
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,12 @@ def default_sglang_python() -> str:
 # Flags that make SGLang serve on a CPU-only torch (no CUDA kernels, graphs or compiled grammars; fp32, a bounded
 # KV pool). Each can be overridden by the same flag in ServerSpec.server_args.
 CPU_DEFAULT_FLAGS = [
-    ("--attention-backend", "torch_native"), ("--sampling-backend", "pytorch"), ("--disable-cuda-graph", None),
-    ("--grammar-backend", "none"), ("--dtype", "float32"), ("--max-total-tokens", "65536"),
+    ("--attention-backend", "torch_native"),
+    ("--sampling-backend", "pytorch"),
+    ("--disable-cuda-graph", None),
+    ("--grammar-backend", "none"),
+    ("--dtype", "float32"),
+    ("--max-total-tokens", "65536"),
     ("--skip-server-warmup", None),
 ]
 
@@ -57,18 +62,24 @@ class ServerSpec:
     model_path: str
     python: str = field(default_factory=default_sglang_python)
     host: str = "127.0.0.1"
-    port: int = 0                       # 0: a free port chosen at the first start (kept on restart)
+    port: int = 0  # 0: a free port chosen at the first start (kept on restart)
     device: str = "cpu"
     tp_size: int = 1
-    server_args: list[str] = field(default_factory=list)   # raw SGLang flags, override the defaults
+    server_args: list[str] = field(default_factory=list)  # raw SGLang flags, override the defaults
     extra_pythonpath: list[str] = field(default_factory=list)
     env: dict = field(default_factory=dict)
     log_path: str | None = None
     name: str = "engine0"
 
     def flags(self) -> list[tuple[str, str | None]]:
-        base = [("--model-path", self.model_path), ("--host", self.host), ("--port", str(self.port)),
-                ("--device", self.device), ("--tp-size", str(self.tp_size)), ("--skip-tokenizer-init", None)]
+        base = [
+            ("--model-path", self.model_path),
+            ("--host", self.host),
+            ("--port", str(self.port)),
+            ("--device", self.device),
+            ("--tp-size", str(self.tp_size)),
+            ("--skip-tokenizer-init", None),
+        ]
         if self.device == "cpu":
             base += CPU_DEFAULT_FLAGS
         merged: dict[str, str | None] = {}
@@ -93,8 +104,10 @@ class ServerSpec:
             env["PYTHONPATH"] = os.pathsep.join(list(self.extra_pythonpath) + [p for p in [env.get("PYTHONPATH")] if p])
         env.update({k: str(v) for k, v in self.env.items()})
         if env.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in ("1", "true"):
-            raise ValueError("SGLANG_RETURN_ORIGINAL_LOGPROB would make SGLang report pre-temperature log-probs; "
-                             "the trainer needs log softmax(logits / T)")
+            raise ValueError(
+                "SGLANG_RETURN_ORIGINAL_LOGPROB would make SGLang report pre-temperature log-probs; "
+                "the trainer needs log softmax(logits / T)"
+            )
         return env
 
     @property
@@ -132,8 +145,15 @@ class _ManagedProcess:
             out = self._log
         else:
             out = subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_parent_death_signal, cwd=REPO)
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_parent_death_signal,
+            cwd=REPO,
+        )
 
     @property
     def pid(self) -> int | None:
@@ -200,16 +220,20 @@ class ServerProcess(_ManagedProcess):
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
             if not self.running():
-                raise EngineDownError(f"{self.name}: server process exited with code {self.proc.returncode} during "
-                                      f"start-up; last log lines ({self.log_path}):\n{self.log_tail()}")
+                raise EngineDownError(
+                    f"{self.name}: server process exited with code {self.proc.returncode} during "
+                    f"start-up; last log lines ({self.log_path}):\n{self.log_tail()}"
+                )
             try:
                 http_json("GET", self.url + "/health", timeout=5, retries=0)
                 return time.monotonic() - t0
             except SGLangHTTPError:
                 time.sleep(1.0)
         self.stop()
-        raise EngineDownError(f"{self.name}: not ready after {timeout:.0f} s (stopped it); last log lines "
-                              f"({self.log_path}):\n{self.log_tail()}")
+        raise EngineDownError(
+            f"{self.name}: not ready after {timeout:.0f} s (stopped it); last log lines "
+            f"({self.log_path}):\n{self.log_tail()}"
+        )
 
     def healthy(self, http: HTTPConfig) -> bool:
         if not self.running():
@@ -224,8 +248,16 @@ class ServerProcess(_ManagedProcess):
 class RouterProcess(_ManagedProcess):
     """``sglang_router`` spreading /generate over several engines."""
 
-    def __init__(self, python: str, worker_urls: list[str], host: str = "127.0.0.1", port: int = 0,
-                 policy: str = "round_robin", log_path: str | None = None, request_timeout: float = 3600):
+    def __init__(
+        self,
+        python: str,
+        worker_urls: list[str],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        policy: str = "round_robin",
+        log_path: str | None = None,
+        request_timeout: float = 3600,
+    ):
         super().__init__("router", log_path)
         self.python, self.worker_urls, self.host = python, list(worker_urls), host
         self.port = port or free_port()
@@ -239,10 +271,27 @@ class RouterProcess(_ManagedProcess):
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 120.0) -> None:
-        cmd = [self.python, "-m", "sglang_router.launch_router", "--worker-urls", *self.worker_urls,
-               "--host", self.host, "--port", str(self.port), "--policy", self.policy,
-               "--request-timeout-secs", str(int(self.request_timeout)), "--log-level", "warn",
-               "--prometheus-host", self.host, "--prometheus-port", str(self.metrics_port)]
+        cmd = [
+            self.python,
+            "-m",
+            "sglang_router.launch_router",
+            "--worker-urls",
+            *self.worker_urls,
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--policy",
+            self.policy,
+            "--request-timeout-secs",
+            str(int(self.request_timeout)),
+            "--log-level",
+            "warn",
+            "--prometheus-host",
+            self.host,
+            "--prometheus-port",
+            str(self.metrics_port),
+        ]
         self._spawn(cmd, dict(os.environ))
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
@@ -265,4 +314,3 @@ def router_available(python: str) -> bool:
         return True
     except Exception:
         return False
-

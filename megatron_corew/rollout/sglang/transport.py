@@ -1,6 +1,7 @@
 """How weight tensors travel from the trainer to SGLang servers: shared memory (CPU) or CUDA IPC handles in the
 payload of ``/update_weights_from_tensor``, and a process group of its own for ``/update_weights_from_distributed``.
 """
+
 from __future__ import annotations
 
 import base64
@@ -84,22 +85,22 @@ def serialize_named_tensors(named: list[tuple[str, torch.Tensor]]) -> tuple[str,
     return base64.b64encode(out.getvalue()).decode(), keep
 
 
-def init_custom_process_group(backend: str, init_method: str, world_size: int, rank: int, group_name: str,
-                              timeout_s: float = 600.0):
+def init_custom_process_group(
+    backend: str, init_method: str, world_size: int, rank: int, group_name: str, timeout_s: float = 600.0
+):
     """A process group between this trainer process and the engines that is independent of the
     trainer's own default group (same construction as SGLang/verl use on the engine side)."""
     from datetime import timedelta
 
-    from torch.distributed.distributed_c10d import (Backend, PrefixStore, _new_process_group_helper, _world,
-                                                    rendezvous)
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
 
     timeout = timedelta(seconds=timeout_s)
     store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
     store.set_timeout(timeout)
     store = PrefixStore(group_name, store)
     # works with or without the trainer's own default group (checked with gloo on torch 2.13)
-    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
-                                      timeout=timeout, backend_options=None)
+    pg, _ = _new_process_group_helper(
+        world_size, rank, [], Backend(backend), store, group_name=group_name, timeout=timeout, backend_options=None
+    )
     _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
     return pg
-

@@ -12,6 +12,7 @@ Generation is paused and the prefix cache flushed around an update, and the serv
 (a checkpoint directory) or ``MemoryWeights`` (a CPU copy), so a restarted engine, or the other role's turn on a
 shared engine, can be refilled without the trainer.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +51,10 @@ class WeightSync:
         t0 = time.perf_counter()
         if isinstance(w, DiskWeights):
             if not w.path:
-                raise SGLangError(f"engine {i} needs {self.role} weights {w.tag} again but no copy was kept "
-                                  f"(--sglang-keep-weights off)")
+                raise SGLangError(
+                    f"engine {i} needs {self.role} weights {w.tag} again but no copy was kept "
+                    f"(--sglang-keep-weights off)"
+                )
             self._push_disk([i], w.path, w.tag)
         elif self.weight_sync == "tensor":
             self._push_stream([i], iter(w.tensors), w.tag, keep=False, mode="tensor")
@@ -88,9 +91,18 @@ class WeightSync:
             raise SGLangError(f"weight update of engine {i} ({self.fleet.url(i)}) failed: {e}") from e
 
     def _post(self, i: int, path: str, payload=None, timeout: float | None = None, what: str = ""):
-        return expect_success(http_json("POST", self.fleet.url(i) + path, payload or {},
-                             timeout=timeout or self.http.control_timeout, connect_timeout=self.http.connect_timeout,
-                             retries=self.http.retries, backoff=self.http.backoff), what or path)
+        return expect_success(
+            http_json(
+                "POST",
+                self.fleet.url(i) + path,
+                payload or {},
+                timeout=timeout or self.http.control_timeout,
+                connect_timeout=self.http.connect_timeout,
+                retries=self.http.retries,
+                backoff=self.http.backoff,
+            ),
+            what or path,
+        )
 
     @contextmanager
     def _paused(self, engines: list[int]):
@@ -115,10 +127,21 @@ class WeightSync:
         for i in engines:
             self.state.loaded[i] = (self.state.loaded[i][0], None)
         with self._paused(engines):
-            self._call_all(engines, lambda i: self._post(
-                i, "/update_weights_from_disk", {"model_path": os.path.abspath(path), "weight_version": tag,
-                                                 "flush_cache": True, "keep_pause": self.pause_during_sync},
-                timeout=self.http.sync_timeout, what=f"update_weights_from_disk({path})"))
+            self._call_all(
+                engines,
+                lambda i: self._post(
+                    i,
+                    "/update_weights_from_disk",
+                    {
+                        "model_path": os.path.abspath(path),
+                        "weight_version": tag,
+                        "flush_cache": True,
+                        "keep_pause": self.pause_during_sync,
+                    },
+                    timeout=self.http.sync_timeout,
+                    what=f"update_weights_from_disk({path})",
+                ),
+            )
         self._mark_loaded(engines, tag)
 
     def _buckets(self, it: Iterator[tuple[str, torch.Tensor]]):
@@ -133,8 +156,7 @@ class WeightSync:
         if bucket:
             yield bucket
 
-    def _push_stream(self, engines: list[int], it, tag: str, keep: bool | None = None,
-                     mode: str | None = None):
+    def _push_stream(self, engines: list[int], it, tag: str, keep: bool | None = None, mode: str | None = None):
         """Tensor or distributed push of a (name, tensor) stream, bucket by bucket. Returns a CPU
         copy of everything pushed when weights are kept (restart refill / role swap)."""
         mode = mode or self.weight_sync
@@ -181,25 +203,47 @@ class WeightSync:
         if mode == "tensor":
             data, keep = serialize_named_tensors(bucket)
             try:
-                self._call_all(engines, lambda i: self._post(
-                    i, "/update_weights_from_tensor",
-                    {"serialized_named_tensors": [data] * self.fleet.tp_sizes[i], "flush_cache": last,
-                     "weight_version": tag}, timeout=self.http.sync_timeout, what="update_weights_from_tensor"))
+                self._call_all(
+                    engines,
+                    lambda i: self._post(
+                        i,
+                        "/update_weights_from_tensor",
+                        {
+                            "serialized_named_tensors": [data] * self.fleet.tp_sizes[i],
+                            "flush_cache": last,
+                            "weight_version": tag,
+                        },
+                        timeout=self.http.sync_timeout,
+                        what="update_weights_from_tensor",
+                    ),
+                )
             finally:
                 del keep
             return
         import torch.distributed as dist
 
-        payload = {"names": [n for n, _ in bucket], "dtypes": [dtype_name(t.dtype) for _, t in bucket],
-                   "shapes": [list(t.shape) for _, t in bucket], "group_name": self.state.dist_group_name,
-                   "flush_cache": last, "weight_version": tag}
+        payload = {
+            "names": [n for n, _ in bucket],
+            "dtypes": [dtype_name(t.dtype) for _, t in bucket],
+            "shapes": [list(t.shape) for _, t in bucket],
+            "group_name": self.state.dist_group_name,
+            "flush_cache": last,
+            "weight_version": tag,
+        }
         errors = []
 
         def post_all():
             try:
-                self._call_all(engines, lambda i: self._post(i, "/update_weights_from_distributed", payload,
-                                                             timeout=self.http.sync_timeout,
-                                                             what="update_weights_from_distributed"))
+                self._call_all(
+                    engines,
+                    lambda i: self._post(
+                        i,
+                        "/update_weights_from_distributed",
+                        payload,
+                        timeout=self.http.sync_timeout,
+                        what="update_weights_from_distributed",
+                    ),
+                )
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
@@ -233,10 +277,20 @@ class WeightSync:
 
         def join(i):
             try:
-                self._post(i, "/init_weights_update_group", {
-                    "master_address": self.dist_master_addr, "master_port": port, "rank_offset": offsets[i],
-                    "world_size": world, "group_name": name, "backend": self.dist_backend},
-                    timeout=self.http.sync_timeout, what="init_weights_update_group")
+                self._post(
+                    i,
+                    "/init_weights_update_group",
+                    {
+                        "master_address": self.dist_master_addr,
+                        "master_port": port,
+                        "rank_offset": offsets[i],
+                        "world_size": world,
+                        "group_name": name,
+                        "backend": self.dist_backend,
+                    },
+                    timeout=self.http.sync_timeout,
+                    what="init_weights_update_group",
+                )
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
 
@@ -244,15 +298,18 @@ class WeightSync:
         for th in threads:
             th.start()
         t0 = time.perf_counter()
-        group = init_custom_process_group(self.dist_backend, f"tcp://{self.dist_master_addr}:{port}", world, 0, name,
-                                          timeout_s=self.http.sync_timeout)
+        group = init_custom_process_group(
+            self.dist_backend, f"tcp://{self.dist_master_addr}:{port}", world, 0, name, timeout_s=self.http.sync_timeout
+        )
         for th in threads:
             th.join(self.http.sync_timeout)
         if errors:
             raise SGLangError(f"could not form the weight-update group: {errors[0]}")
         st.dist_group, st.dist_group_name, st.dist_members = group, name, members
-        st.event(f"weight-update group {name} ({self.dist_backend}, world {world}) formed in "
-                 f"{time.perf_counter() - t0:.2f} s")
+        st.event(
+            f"weight-update group {name} ({self.dist_backend}, world {world}) formed in "
+            f"{time.perf_counter() - t0:.2f} s"
+        )
 
     def _destroy_dist_group(self) -> None:
         st = self.state
@@ -262,8 +319,13 @@ class WeightSync:
 
         for i in range(len(self.fleet)):
             try:
-                http_json("POST", self.fleet.url(i) + "/destroy_weights_update_group",
-                          {"group_name": st.dist_group_name}, timeout=10, retries=0)
+                http_json(
+                    "POST",
+                    self.fleet.url(i) + "/destroy_weights_update_group",
+                    {"group_name": st.dist_group_name},
+                    timeout=10,
+                    retries=0,
+                )
             except SGLangHTTPError:
                 pass
         try:

@@ -1,0 +1,77 @@
+"""The trainer's settings: one typed config, built once from the flags; its field defaults are the flags' defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainerConfig:
+    tp: int = 1
+    pp: int = 1
+    micro_batch_size: int = 8
+    max_tokens_per_micro_batch: int | None = None
+    lr: float = 3e-6
+    min_lr: float = 0.0
+    lr_warmup_fraction: float = 0.1
+    train_iters: int = 100
+    weight_decay: float = 0.01
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    dual_clip: float | None = 3.0
+    kl_coef: float = 0.0
+    kl_estimator: str = "low_var_kl"
+    entropy_coef: float = 0.0
+    temperature: float = 1.0
+    bf16: bool = False
+    use_distributed_optimizer: bool = False
+    recompute: str | None = None
+    sequence_parallel: bool = False
+    fp8: str | None = None
+    fp8_recipe: str | None = None
+    overlap_grad_reduce: bool = False
+    overlap_param_gather: bool = False
+    attention_backend: str = "auto"  # megatron AttnBackend name: auto, flash, fused, unfused, local
+    need_anchor: bool = True  # build the frozen reference / teacher copy
+    anchor_cpu_offload: bool = False
+
+    @classmethod
+    def from_args(cls, args, train_iters: int, need_anchor: bool) -> "TrainerConfig":
+        """The trainer's settings from the parsed flags (their defaults are this class's, see arguments.py)."""
+        return cls(
+            tp=args.tensor_model_parallel_size,
+            pp=args.pipeline_model_parallel_size,
+            micro_batch_size=args.micro_batch_size,
+            max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
+            lr=args.lr,
+            min_lr=args.min_lr,
+            lr_warmup_fraction=args.lr_warmup_fraction,
+            train_iters=train_iters,
+            weight_decay=args.weight_decay,
+            adam_beta1=args.adam_beta1,
+            adam_beta2=args.adam_beta2,
+            adam_eps=args.adam_eps,
+            clip_grad=args.clip_grad,
+            clip_low=args.clip_ratio_low,
+            clip_high=args.clip_ratio_high,
+            dual_clip=args.dual_clip_c,
+            kl_coef=args.kl_loss_coef,
+            kl_estimator=args.kl_loss_type,
+            entropy_coef=args.entropy_coef,
+            temperature=args.rollout_temperature,
+            bf16=args.bf16,
+            use_distributed_optimizer=args.use_distributed_optimizer,
+            recompute=args.recompute_granularity,
+            sequence_parallel=args.sequence_parallel,
+            fp8=args.fp8_format,
+            fp8_recipe=args.fp8_recipe,
+            overlap_grad_reduce=args.overlap_grad_reduce,
+            overlap_param_gather=args.overlap_param_gather,
+            attention_backend=args.attention_backend,
+            need_anchor=need_anchor,
+            anchor_cpu_offload=args.anchor_cpu_offload,
+        )
