@@ -1,5 +1,6 @@
-"""Shared test utilities: tiny random HF models written to disk, and torchrun launches of
-tests/dist_worker.py (each layout runs in fresh processes, as it would in production)."""
+"""Shared test utilities: tiny random HF models written to disk, and launches of the worker scripts in
+tests/workers/ (each layout runs in fresh processes, as it would in production)."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import sys
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKERS = os.path.join(REPO, "tests", "workers")
 ARCHS = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "llama": "LlamaForCausalLM"}
 
 
@@ -19,13 +21,21 @@ def make_tiny_hf_model(path: str, arch: str, tie: bool = False, vocab: int = 100
     them (or drops them) changes the logits."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    dims = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
+    dims = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+    )
     dims.update(over)
     # pad_token_id stays unset: HF gives the pad row nn.Embedding(padding_idx) semantics (zero init,
     # gradient masked) which megatron's embedding does not have; random rollouts do sample it.
-    cfg = AutoConfig.for_model(arch, vocab_size=vocab, tie_word_embeddings=tie, eos_token_id=2, pad_token_id=None,
-                               bos_token_id=1, **dims)
+    cfg = AutoConfig.for_model(
+        arch, vocab_size=vocab, tie_word_embeddings=tie, eos_token_id=2, pad_token_id=None, bos_token_id=1, **dims
+    )
     cfg.architectures = [ARCHS[arch]]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(cfg)
@@ -45,9 +55,14 @@ def random_samples(n: int = 6, vocab: int = 100, seed: int = 1) -> list[dict]:
     for _ in range(n):
         plen = int(torch.randint(3, 9, (1,), generator=g))
         rlen = int(torch.randint(1, 12, (1,), generator=g))
-        rows.append({"prompt": torch.randint(3, vocab, (plen,), generator=g).tolist(),
-                     "response": torch.randint(3, vocab, (rlen,), generator=g).tolist(),
-                     "adv": float(torch.randn(1, generator=g)), "view": int(torch.randint(0, 2, (1,), generator=g))})
+        rows.append(
+            {
+                "prompt": torch.randint(3, vocab, (plen,), generator=g).tolist(),
+                "response": torch.randint(3, vocab, (rlen,), generator=g).tolist(),
+                "adv": float(torch.randn(1, generator=g)),
+                "view": int(torch.randint(0, 2, (1,), generator=g)),
+            }
+        )
     return rows
 
 
@@ -61,8 +76,17 @@ def launch_command(script: str, args, nproc: int = 1) -> list[str]:
     """``python script args`` for one process, ``torchrun`` (free port) for several."""
     if nproc == 1:
         return [sys.executable, script, *args]
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-            str(free_port()), script, *args]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(free_port()),
+        script,
+        *args,
+    ]
 
 
 def run_python_worker(worker: str, args, nproc: int = 1, timeout: int = 300) -> None:
@@ -95,7 +119,7 @@ def run_in_own_session(cmd: list[str], env: dict, timeout: int) -> subprocess.Co
 
 
 def run_worker(job: str, model: str, tmp_path, nproc: int = 1, samples=None, extra=(), timeout=300) -> dict:
-    """Run tests/dist_worker.py under torchrun (or plain python for one process); return rank 0's json."""
+    """Run tests/workers/dist_worker.py under torchrun (or plain python for one process); return rank 0's json."""
     out = os.path.join(str(tmp_path), f"{job}-{nproc}-{'_'.join(extra) or 'base'}.json")
     cmd = [job, "--model", model, "--out", out, *extra]
     if samples is not None:
@@ -103,7 +127,7 @@ def run_worker(job: str, model: str, tmp_path, nproc: int = 1, samples=None, ext
         with open(spath, "w") as f:
             json.dump(samples, f)
         cmd += ["--samples", spath]
-    run_python_worker(os.path.join(REPO, "tests", "dist_worker.py"), cmd, nproc, timeout)
+    run_python_worker(os.path.join(WORKERS, "dist_worker.py"), cmd, nproc, timeout)
     with open(out) as f:
         return json.load(f)
 
@@ -120,11 +144,29 @@ def hf_reference_logprobs(model_dir: str, samples: list[dict]) -> list[dict]:
         with torch.no_grad():
             logits = model(ids).logits[0].double()
         p0, n = len(s["prompt"]) - 1, len(s["response"])
-        lp = torch.log_softmax(logits[p0:p0 + n], dim=-1)
+        lp = torch.log_softmax(logits[p0 : p0 + n], dim=-1)
         vocab = lp.shape[-1]
-        out.append({"logp": [lp[j, t].item() for j, t in enumerate(s["response"])],
-                    "entropy": (-(lp.exp() * lp).sum(-1)).mean().item(),
-                    "self_certainty": (-(lp + torch.log(torch.tensor(float(vocab, ), dtype=torch.float64))).mean(-1)).mean().item()})
+        out.append(
+            {
+                "logp": [lp[j, t].item() for j, t in enumerate(s["response"])],
+                "entropy": (-(lp.exp() * lp).sum(-1)).mean().item(),
+                "self_certainty": (
+                    -(
+                        lp
+                        + torch.log(
+                            torch.tensor(
+                                float(
+                                    vocab,
+                                ),
+                                dtype=torch.float64,
+                            )
+                        )
+                    ).mean(-1)
+                )
+                .mean()
+                .item(),
+            }
+        )
     return out
 
 
@@ -140,7 +182,7 @@ def hf_reference_grad_norm(model_dir: str, samples: list[dict], temperature: flo
         ids = torch.tensor([s["prompt"] + s["response"]])
         logits = model(ids).logits[0].double() / temperature
         p0, n = len(s["prompt"]) - 1, len(s["response"])
-        lp = torch.log_softmax(logits[p0:p0 + n], dim=-1)
+        lp = torch.log_softmax(logits[p0 : p0 + n], dim=-1)
         picked = lp.gather(-1, torch.tensor(s["response"]).unsqueeze(-1)).squeeze(-1)
         loss = loss + (-s["adv"] * picked).sum() / n_tokens
     loss.backward()
@@ -156,8 +198,11 @@ def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_va
     build_tokenizer().save_pretrained(model)
     train, val = generate_problems(num_train=num_train, num_val=num_val, seed=0)
     out = {"model": model}
-    for name, probs, split, phrasing in [("train", train, "train", "original"), ("train_rephrased", train, "train", "rephrased"),
-                                         ("val", val, "test", "original")]:
+    for name, probs, split, phrasing in [
+        ("train", train, "train", "original"),
+        ("train_rephrased", train, "train", "rephrased"),
+        ("val", val, "test", "original"),
+    ]:
         out[name] = os.path.join(root, f"{name}.parquet")
         write_parquet(verl_rows(probs, split, phrasing), out[name])
     return out

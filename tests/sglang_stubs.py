@@ -17,6 +17,7 @@ without SGLang.
 ``triton`` must NOT be stubbed this way (torch._inductor imports triton.backends.* whenever
 ``import triton`` succeeds): tools/install_sglang.sh installs the real wheel.
 """
+
 from __future__ import annotations
 
 import os

@@ -3,27 +3,47 @@
 Found by the GPU session script's CPU rehearsal: the teacher copy inherited the policy's bf16 flags, so its
 attention cast fp32 probabilities to bf16 and crashed, and the weights digest could not hash bf16 tensors.
 Runs Co-rewarding-II (teacher forward, EMA, KL on the teacher) at TP=1 and PP=2 (fp32 pipeline buffers)."""
+
 import json
 import math
 import os
 
 import pytest
+from helpers import read_metrics, run_train
 
-from helpers import make_tiny_bundle, read_metrics, run_train
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_tiny_bundle(str(tmp_path_factory.mktemp("bf16")))
+pytestmark = pytest.mark.e2e
 
 
-@pytest.mark.parametrize("layout", [[], ["--pipeline-model-parallel-size", "2"]], ids=["tp1", "pp2"])
-def test_bf16_corewarding2_runs_with_fp32_teacher(bundle, tmp_path, layout):
+@pytest.mark.parametrize(
+    "layout", [[], pytest.param(["--pipeline-model-parallel-size", "2"], marks=pytest.mark.dist)], ids=["tp1", "pp2"]
+)
+def test_bf16_corewarding2_runs_with_fp32_teacher(tiny_bundle, tmp_path, layout):
     out = str(tmp_path / "run")
-    args = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", "corewarding_2",
-            "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "8",
-            "--lr", "1e-3", "--train-iters", "2", "--eval-interval", "0", "--no-progress-bar", "--bf16",
-            "--output-dir", out, *layout]
+    args = [
+        "--hf-checkpoint",
+        tiny_bundle["model"],
+        "--train-data",
+        tiny_bundle["train"],
+        "--reward-method",
+        "corewarding_2",
+        "--global-batch-size",
+        "4",
+        "--n-samples-per-prompt",
+        "4",
+        "--max-response-length",
+        "8",
+        "--lr",
+        "1e-3",
+        "--train-iters",
+        "2",
+        "--eval-interval",
+        "0",
+        "--no-progress-bar",
+        "--bf16",
+        "--output-dir",
+        out,
+        *layout,
+    ]
     proc = run_train(args, nproc=2 if layout else 1)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = [r for r in read_metrics(out) if "train/loss" in r]

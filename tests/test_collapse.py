@@ -1,5 +1,6 @@
 """collapse_signals on hand-made metric series: each collapse signature of docs/ALGORITHMS.md section 5
 fires on its own pattern and stays quiet on a healthy run."""
+
 import math
 
 from megatron_corew.algo.collapse import CollapseMonitor, collapse_signals
@@ -96,7 +97,7 @@ def test_response_length_collapse_and_length_limit():
 
 
 def test_entropy_collapse():
-    rows = run(train__entropy=lambda s: 1.0 * 0.7 ** s)
+    rows = run(train__entropy=lambda s: 1.0 * 0.7**s)
     sig = collapse_signals(rows)
     assert kinds(sig) == ["entropy_collapse"]
     rows = run(train__entropy=lambda s: 1.0 - 0.02 * s)
@@ -104,15 +105,19 @@ def test_entropy_collapse():
 
 
 def test_robust_to_missing_nan_and_unordered_rows():
-    rows = run(train__entropy=lambda s: 1.0 * 0.7 ** s)
+    rows = run(train__entropy=lambda s: 1.0 * 0.7**s)
     rows[3]["train/entropy"] = math.nan
     rows[4]["train/entropy"] = "n/a"
     rows[5]["train/entropy"] = None
     rows.reverse()  # step order, not row order, defines first/last
     assert kinds(collapse_signals(rows)) == ["entropy_collapse"]
     # the run logger writes the final validation as an extra row with the last step: keep row order
-    rows = [{"step": 0, "val/accuracy": 0.4}, {"step": 10, "val/accuracy": 0.6},
-            {"step": 20, "reward/mean": 0.5}, {"step": 20, "val/accuracy": 0.3}]
+    rows = [
+        {"step": 0, "val/accuracy": 0.4},
+        {"step": 10, "val/accuracy": 0.6},
+        {"step": 20, "reward/mean": 0.5},
+        {"step": 20, "val/accuracy": 0.3},
+    ]
     assert kinds(collapse_signals(rows)) == ["val_drop"]
 
 
@@ -120,7 +125,9 @@ def test_monitor_reports_each_signature_once():
     mon = CollapseMonitor()
     reported = []
     for step in range(1, 21):
-        reported.append(mon.update(step, {"train/entropy": 0.7 ** step, "rollout/clip_ratio": 0.9 if step >= 15 else 0.0}))
+        reported.append(
+            mon.update(step, {"train/entropy": 0.7**step, "rollout/clip_ratio": 0.9 if step >= 15 else 0.0})
+        )
     flat = [s for r in reported for s in r]
     assert kinds(flat) == ["entropy_collapse", "length_limit"]
     first = {s.split(":")[0]: i + 1 for i, r in enumerate(reported) for s in r}

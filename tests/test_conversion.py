@@ -8,6 +8,7 @@ Tiny random Qwen2.5, Qwen3 and Llama-3.2 (llama3 rope scaling) models, tied and 
 - the trainer's periodic HF export (hf_export.save_hf_checkpoint) from each layout is bitwise equal;
 - wrong inputs fail with a clear message before any output (or temp directory) appears.
 """
+
 import json
 import os
 import subprocess
@@ -15,12 +16,18 @@ import sys
 
 import pytest
 import torch
-from helpers import REPO, make_tiny_hf_model, run_python_worker
+from helpers import REPO, WORKERS, make_tiny_hf_model, run_python_worker
 
 from tools import convert_hf_to_megatron, convert_megatron_to_hf
 
-LLAMA32_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+LLAMA32_ROPE = {
+    "rope_type": "llama3",
+    "rope_theta": 500000.0,
+    "factor": 32.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64,
+}
 # name: (arch, tie, extra config)
 MODELS = {
     "qwen2": ("qwen2", False, {}),
@@ -38,7 +45,7 @@ def _worker(job, spec, tmp, nproc=1, extra=(), out=None, timeout=300):
     with open(spec_path, "w") as f:
         json.dump(spec, f)
     cmd = [job, "--spec", spec_path] + (["--out", out] if out else []) + list(extra)
-    run_python_worker(os.path.join(REPO, "tests", "convert_worker.py"), cmd, nproc, timeout)
+    run_python_worker(os.path.join(WORKERS, "convert_worker.py"), cmd, nproc, timeout)
     return torch.load(out) if out else None
 
 
@@ -48,7 +55,7 @@ def _tokens(vocab, seed):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, tok):
     """Every tiny model converted HF -> Megatron -> HF in one worker process."""
     root = tmp_path_factory.mktemp("conv")
     spec = []
@@ -56,23 +63,52 @@ def converted(tmp_path_factory):
         over = dict(over)
         vocab = over.pop("vocab", 100)
         hf = make_tiny_hf_model(str(root / f"hf_{name}"), arch, tie=tie, vocab=vocab, seed=i, **over)
-        spec.append({"name": name, "hf": hf, "ckpt": str(root / f"mc_{name}"), "back": str(root / f"back_{name}"),
-                     "tokens": _tokens(vocab, i)})
+        spec.append(
+            {
+                "name": name,
+                "hf": hf,
+                "ckpt": str(root / f"mc_{name}"),
+                "back": str(root / f"back_{name}"),
+                "tokens": _tokens(vocab, i),
+            }
+        )
     # a checkpoint written for TP=2 / PP=2 (vocab padded to 256-multiples), loaded at other layouts too
     first = spec[0]
-    spec.append(dict(first, name="qwen2_for_tp2pp2", ckpt=str(root / "mc_qwen2_tp2pp2"),
-                     back=str(root / "back_qwen2_tp2pp2"), tp=2, pp=2))
+    spec.append(
+        dict(
+            first,
+            name="qwen2_for_tp2pp2",
+            ckpt=str(root / "mc_qwen2_tp2pp2"),
+            back=str(root / "back_qwen2_tp2pp2"),
+            tp=2,
+            pp=2,
+        )
+    )
     # stored in bf16: the back conversion writes bf16 and says so in config.json
     # (its logits reference: transformers in fp32 on the bf16-rounded weights, i.e. the back-converted model)
-    spec.append(dict(spec[2], name="qwen3_as_bf16", ckpt=str(root / "mc_qwen3_bf16"),
-                     back=str(root / "back_qwen3_bf16"), dtype="bfloat16", ref=str(root / "back_qwen3_bf16")))
-    # a model with tokenizer files (the tiny task's tokenizer, built here: CI has no assets/), small output shards
-    from megatron_corew.demo.tiny_task import build_tokenizer
-
+    spec.append(
+        dict(
+            spec[2],
+            name="qwen3_as_bf16",
+            ckpt=str(root / "mc_qwen3_bf16"),
+            back=str(root / "back_qwen3_bf16"),
+            dtype="bfloat16",
+            ref=str(root / "back_qwen3_bf16"),
+        )
+    )
+    # a model with tokenizer files (the tiny task's tokenizer: CI has no assets/), small output shards
     asset = make_tiny_hf_model(str(root / "hf_asset"), "qwen3", vocab=512, seed=99)
-    build_tokenizer().save_pretrained(asset)
-    spec.append({"name": "asset", "hf": asset, "ckpt": str(root / "mc_asset"),
-                 "back": str(root / "back_asset"), "tokens": _tokens(512, 99), "max_shard_bytes": 200_000})
+    tok.save_pretrained(asset)
+    spec.append(
+        {
+            "name": "asset",
+            "hf": asset,
+            "ckpt": str(root / "mc_asset"),
+            "back": str(root / "back_asset"),
+            "tokens": _tokens(512, 99),
+            "max_shard_bytes": 200_000,
+        }
+    )
     _worker("convert", spec, str(root))
     return {"root": str(root), "spec": {e["name"]: e for e in spec}}
 
@@ -92,6 +128,7 @@ def _assert_bitwise(orig_dir, new_dir):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("name", list(MODELS) + ["qwen2_for_tp2pp2", "asset"])
 def test_round_trip_is_bitwise_and_loads_cleanly(converted, name):
     from transformers import AutoModelForCausalLM
@@ -108,6 +145,7 @@ def test_round_trip_is_bitwise_and_loads_cleanly(converted, name):
         assert os.path.isfile(os.path.join(e["back"], fname))
 
 
+@pytest.mark.dist
 def test_bf16_storage(converted):
     e = converted["spec"]["qwen3_as_bf16"]
     orig, back = _safetensors(e["hf"]), _safetensors(e["back"])
@@ -120,6 +158,7 @@ def test_bf16_storage(converted):
         assert json.load(f)["dtype"] == "bfloat16"
 
 
+@pytest.mark.dist
 def test_checkpoint_layout_and_side_files(converted):
     spec = converted["spec"]
     e = spec["asset"]
@@ -147,13 +186,13 @@ def _hf_logits(model_dir, tokens):
         return model(torch.tensor(tokens)).logits.float()
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_megatron_logits_match_transformers(converted, layout, tmp_path):
     nproc, extra = LAYOUTS[layout]
     # the trainer's periodic export is exercised from every layout for two of the models
     exported = {name: str(tmp_path / f"export_{name}") for name in ("qwen3", "llama32_tied")}
-    spec = [dict(e, export=exported[e["name"]]) if e["name"] in exported else e
-            for e in converted["spec"].values()]
+    spec = [dict(e, export=exported[e["name"]]) if e["name"] in exported else e for e in converted["spec"].values()]
     got = _worker("logits", spec, str(tmp_path), nproc, extra, out=str(tmp_path / "logits.pt"))
     assert sorted(got) == sorted(e["name"] for e in spec)
     for e in spec:
@@ -171,6 +210,7 @@ def test_megatron_logits_match_transformers(converted, layout, tmp_path):
         _assert_bitwise(converted["spec"][name]["hf"], step_dir)
 
 
+@pytest.mark.dist
 def test_rl_training_checkpoint_converts_to_hf(converted, tmp_path):
     """A checkpoint written by the RL trainer at TP=2 (model + optimizer + KL anchor) converts to HF
     with exactly the trained weights."""
@@ -180,10 +220,24 @@ def test_rl_training_checkpoint_converts_to_hf(converted, tmp_path):
     spec = {"hf": e["hf"], "save": str(tmp_path / "rl"), "weights": str(tmp_path / "trained.pt")}
     _worker("train_save", spec, str(tmp_path), 2, ["--tp", "2"])
     out = str(tmp_path / "hf")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_megatron_to_hf.py"), "--load",
-                           spec["save"], "--hf-config-dir", e["hf"], "--save", out, "--no-progress-bar"],
-                          capture_output=True, text=True, timeout=300, cwd=REPO,
-                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "convert_megatron_to_hf.py"),
+            "--load",
+            spec["save"],
+            "--hf-config-dir",
+            e["hf"],
+            "--save",
+            out,
+            "--no-progress-bar",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trained, r, orig = torch.load(spec["weights"]), HFCheckpointReader(out), HFCheckpointReader(e["hf"])
     assert sorted(trained) == sorted(r.keys())
@@ -193,6 +247,7 @@ def test_rl_training_checkpoint_converts_to_hf(converted, tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- bad inputs
+
 
 def _run_main(module, argv, capsys):
     from megatron_corew.policy import cpu_compat
@@ -283,8 +338,15 @@ def test_bad_hf_input_fails_before_output(tmp_path, capsys, case):
     elif case == "arch":
         _edit_config(hf, model_type="gpt2", architectures=["GPT2LMHeadModel"])
     elif case == "rope":
-        _edit_config(hf, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
-                                          "original_max_position_embeddings": 64})
+        _edit_config(
+            hf,
+            rope_parameters={
+                "rope_type": "yarn",
+                "factor": 4.0,
+                "rope_theta": 10000.0,
+                "original_max_position_embeddings": 64,
+            },
+        )
     elif case == "tied_config":
         _edit_config(hf, tie_word_embeddings=True)
         expect = "differs from model.embed_tokens.weight"  # the untied lm_head would silently be dropped
@@ -308,6 +370,7 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path, capsys):
     assert os.listdir(out) == ["keep.txt"]
 
 
+@pytest.mark.dist
 @pytest.mark.parametrize("case", ["other_shape", "tied_mismatch", "missing_data_file", "no_config"])
 def test_bad_megatron_input_fails_before_output(converted, tmp_path, capsys, case):
     import shutil
@@ -338,12 +401,15 @@ def test_bad_megatron_input_fails_before_output(converted, tmp_path, capsys, cas
 
 # ------------------------------------------------------------------------------------------- package boundary
 
+
 def test_checkpoints_conversion_imports_nothing_from_megatron_corew():
     """The arrow runs one way: megatron_corew uses checkpoints_conversion, never the reverse."""
-    code = ("import importlib, pkgutil, sys, checkpoints_conversion as cc\n"
-            "for m in pkgutil.iter_modules(cc.__path__):\n"
-            "    importlib.import_module('checkpoints_conversion.' + m.name)\n"
-            "print(sorted(n for n in sys.modules if n == 'megatron_corew' or n.startswith('megatron_corew.')))")
+    code = (
+        "import importlib, pkgutil, sys, checkpoints_conversion as cc\n"
+        "for m in pkgutil.iter_modules(cc.__path__):\n"
+        "    importlib.import_module('checkpoints_conversion.' + m.name)\n"
+        "print(sorted(n for n in sys.modules if n == 'megatron_corew' or n.startswith('megatron_corew.')))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "[]", proc.stdout
@@ -353,7 +419,12 @@ def test_checkpoints_conversion_imports_nothing_from_megatron_corew():
     lazy = []  # imports inside functions, which importing the modules does not run
     for path in glob.glob(os.path.join(REPO, "checkpoints_conversion", "*.py")):
         for node in ast.walk(ast.parse(open(path).read())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             lazy += [f"{os.path.basename(path)}: {n}" for n in names if n.split(".")[0] == "megatron_corew"]
     assert not lazy, lazy

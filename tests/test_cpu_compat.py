@@ -1,4 +1,5 @@
 """cpu_compat.apply() is explicit and changes nothing where CUDA exists."""
+
 import subprocess
 import sys
 

@@ -1,4 +1,5 @@
 """Tests for megatron_corew.data: parquet loading/validation, paired loading, prompt filtering, the sampler."""
+
 import logging
 
 import pyarrow as pa
@@ -6,19 +7,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from megatron_corew.data import SYSTEM_PROMPT, DataError, EpochSampler, Example, load_examples, load_paired_examples
-from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
+from megatron_corew.demo.tiny_task import generate_problems, verl_rows, write_parquet
 
 
 def row(question, gt="7", index=0, system=True, **extra):
     prompt = [{"role": "system", "content": SYSTEM_PROMPT}] if system else []
     prompt = prompt + [{"role": "user", "content": question}]
-    r = {"data_source": "unit", "prompt": prompt, "ability": "math",
-         "reward_model": {"ground_truth": gt, "style": "rule"}, "extra_info": {"index": index, "split": "train"}}
+    r = {
+        "data_source": "unit",
+        "prompt": prompt,
+        "ability": "math",
+        "reward_model": {"ground_truth": gt, "style": "rule"},
+        "extra_info": {"index": index, "split": "train"},
+    }
     r.update(extra)
     return r
 
@@ -29,9 +30,11 @@ def write(path, rows, schema=None):
 
 
 def expected_chatml(question):
-    return (f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
-            f"<|im_start|>user\n{question}<|im_end|>\n"
-            f"<|im_start|>assistant\n")
+    return (
+        f"<|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n"
+        f"<|im_start|>user\n{question}<|im_end|>\n"
+        f"<|im_start|>assistant\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -57,16 +60,28 @@ def test_reference_release_layout(tmp_path, tok):
     """Files as the Co-rewarding release writes them (pandas -> parquet, extra columns level/type, struct order
     content/role), and rows with more extra_info fields and no system message."""
     pd = pytest.importorskip("pandas")
-    df = pd.DataFrame([
-        {"level": "Level 3", "type": "Algebra", "data_source": "DigitalLearningGmbH/MATH-lighteval",
-         "prompt": [{"content": SYSTEM_PROMPT, "role": "system"}, {"content": "How many $x$?", "role": "user"}],
-         "ability": "math", "reward_model": {"ground_truth": "2", "style": "rule"},
-         "extra_info": {"index": 0, "split": "test"}},
-        {"level": "Level 1", "type": "Algebra", "data_source": "DigitalLearningGmbH/MATH-lighteval",
-         "prompt": [{"content": "Compute $1+1$.", "role": "user"}],
-         "ability": "math", "reward_model": {"ground_truth": "\\frac{1}{2}", "style": "rule"},
-         "extra_info": {"index": 1, "split": "test"}},
-    ])
+    df = pd.DataFrame(
+        [
+            {
+                "level": "Level 3",
+                "type": "Algebra",
+                "data_source": "DigitalLearningGmbH/MATH-lighteval",
+                "prompt": [{"content": SYSTEM_PROMPT, "role": "system"}, {"content": "How many $x$?", "role": "user"}],
+                "ability": "math",
+                "reward_model": {"ground_truth": "2", "style": "rule"},
+                "extra_info": {"index": 0, "split": "test"},
+            },
+            {
+                "level": "Level 1",
+                "type": "Algebra",
+                "data_source": "DigitalLearningGmbH/MATH-lighteval",
+                "prompt": [{"content": "Compute $1+1$.", "role": "user"}],
+                "ability": "math",
+                "reward_model": {"ground_truth": "\\frac{1}{2}", "style": "rule"},
+                "extra_info": {"index": 1, "split": "test"},
+            },
+        ]
+    )
     path = str(tmp_path / "test.parquet")
     df.to_parquet(path)
     ds = load_examples(path, tok)
@@ -115,9 +130,11 @@ def test_empty_prompt(tmp_path, tok):
 
 def test_malformed_message(tmp_path, tok):
     schema = pa.schema([("prompt", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])))])
-    path = write(tmp_path / "nocontent.parquet",
-                 [{"prompt": [{"role": "user", "content": "ok"}]}, {"prompt": [{"role": "user", "content": None}]}],
-                 schema)
+    path = write(
+        tmp_path / "nocontent.parquet",
+        [{"prompt": [{"role": "user", "content": "ok"}]}, {"prompt": [{"role": "user", "content": None}]}],
+        schema,
+    )
     with pytest.raises(DataError, match=r"nocontent\.parquet: row 1: .*content"):
         load_examples(path, tok)
 
@@ -148,8 +165,9 @@ def test_null_ground_truth_is_an_unlabelled_row(tmp_path, tok):
     path = write(tmp_path / "nullgt.parquet", rows)
     ds = load_examples(path, tok)
     assert [e.ground_truth for e in ds] == ["2", "4", None] and ds.unlabelled_rows() == [2]
-    rephrased = write(tmp_path / "nullgt_r.parquet", [row("Two plus two?", gt="2"), row("Four?", gt="4"),
-                                                       row("Six?", gt="6")])
+    rephrased = write(
+        tmp_path / "nullgt_r.parquet", [row("Two plus two?", gt="2"), row("Four?", gt="4"), row("Six?", gt="6")]
+    )
     pairs = load_paired_examples(path, rephrased, tok)
     assert len(pairs) == 3 and pairs[2][0].ground_truth is None and pairs[2][1].ground_truth == "6"
 
@@ -203,8 +221,9 @@ def test_paired_misaligned_index(tmp_path, tok):
 
 
 def test_paired_different_ground_truth(tmp_path, tok):
-    a = write(tmp_path / "orig.parquet",
-              [row("What is 1 + 1?", gt="2", index=0), row("What is 2 + 2?", gt="4", index=1)])
+    a = write(
+        tmp_path / "orig.parquet", [row("What is 1 + 1?", gt="2", index=0), row("What is 2 + 2?", gt="4", index=1)]
+    )
     b = write(tmp_path / "reph.parquet", [row("One plus one?", gt="2", index=0), row("Two plus two?", gt="5", index=1)])
     with pytest.raises(DataError, match="row 1"):
         load_paired_examples(a, b, tok)
@@ -275,7 +294,7 @@ def test_sampler_deterministic_and_epochs():
     b1 = batches(s1, 9)
     assert b1 == batches(s2, 9)
     assert len(s1) == 3 and all(len(b) == 3 for b in b1)
-    epochs = [sum(b1[e * 3:(e + 1) * 3], []) for e in range(3)]
+    epochs = [sum(b1[e * 3 : (e + 1) * 3], []) for e in range(3)]
     for e, items in enumerate(epochs):
         assert len(set(items)) == 9  # no repeats within an epoch (one item left out: drop_last)
         assert items == s1.permutation(e)[:9]

@@ -8,6 +8,7 @@
 * tools/evaluate.py end to end on the tiny model (embedded backend and --openai-url), with a GSM-style benchmark
   made by reasoning-gym when installed; and (slow) from a Megatron checkpoint.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,14 +19,13 @@ import sys
 
 import pyarrow.parquet as pq
 import pytest
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from fakes import ScriptedEngine
+from helpers import REPO
 
 from megatron_corew.data.dataset import load_examples
-from megatron_corew.evaluation import (evaluate, evaluate_examples, pass_at_k, results_markdown,
-                                       validation_metrics)
-from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
-from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
+from megatron_corew.demo.tiny_task import generate_problems, verl_rows, write_parquet
+from megatron_corew.evaluation import evaluate, evaluate_examples, pass_at_k, results_markdown, validation_metrics
+from megatron_corew.rollout.base import RolloutEngine, SamplingParams
 
 TOOL = os.path.join(REPO, "tools", "evaluate.py")
 
@@ -43,44 +43,38 @@ def test_pass_at_k_matches_enumeration():
 # ----------------------------------------------------------------------------------------------------------------
 # Scripted stand-in backend
 # ----------------------------------------------------------------------------------------------------------------
-class CountingEngine(RolloutEngine):
+class CountingEngine(ScriptedEngine):
     """STAND-IN backend (not a model). Problem i ("What is i + i?", ground truth 2i) is answered correctly by the
     greedy call iff i is even; in a sampled call, sample j of problem i is correct iff j < i (so problem i has
     min(i, k) correct samples). Records the SamplingParams of every call."""
 
-    def __init__(self, tok):
-        self.tok = tok
-        self.params = []
+    add_eos = True
 
-    def generate(self, prompts, params):
-        self.params.append(params)
-        out, seen = [], {}
-        for p in prompts:
-            text = self.tok.decode(p)
-            i = int(text.split("What is ")[1].split(" ")[0])
-            j = seen[i] = seen.get(i, -1) + 1
-            right = (i % 2 == 0) if params.greedy else (j < i)
-            ans = 2 * i if right else 2 * i + 1
-            reply = f"{i} + {i} = {ans}. The answer is \\boxed{{{ans}}}."
-            if i == 5 and params.greedy:
-                reply = "no box here"
-            ids = self.tok(reply, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
-            out.append(Generation(list(p), ids, [0.0] * len(ids), "stop" if i != 3 else "length"))
-        return out
+    def start_call(self, prompts, params):
+        self.seen = {}
 
-    def update_weights(self, named_tensors, version):
-        raise NotImplementedError
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
+    def reply(self, text, params):
+        i = int(text.split("What is ")[1].split(" ")[0])
+        j = self.seen[i] = self.seen.get(i, -1) + 1
+        right = (i % 2 == 0) if params.greedy else (j < i)
+        ans = 2 * i if right else 2 * i + 1
+        reply = f"{i} + {i} = {ans}. The answer is \\boxed{{{ans}}}."
+        if i == 5 and params.greedy:
+            reply = "no box here"
+        return reply, "stop" if i != 3 else "length"
 
 
 def counting_examples(tmp_path, tok, n=6):
-    rows = [{"data_source": "unit", "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}], "ability": "math",
-             "reward_model": {"ground_truth": str(2 * i), "style": "rule"}, "extra_info": {"index": i, "split": "t"}}
-            for i in range(n)]
+    rows = [
+        {
+            "data_source": "unit",
+            "prompt": [{"role": "user", "content": f"What is {i} + {i}?"}],
+            "ability": "math",
+            "reward_model": {"ground_truth": str(2 * i), "style": "rule"},
+            "extra_info": {"index": i, "split": "t"},
+        }
+        for i in range(n)
+    ]
     import pyarrow as pa
 
     pq.write_table(pa.Table.from_pylist(rows), str(tmp_path / "bench.parquet"))
@@ -106,8 +100,15 @@ def test_metrics_exact(tmp_path, tok):
     p = eng.params[-1]
     assert not p.greedy and p.temperature == 0.8 and p.top_p == 1.0 and p.seed == 7  # paper's eval temperature
     assert len(s["records"]) == 24 and s["records"][5] == {
-        "row": 1, "sample": 1, "ground_truth": "2", "answer": "3", "score": 0.0, "finish_reason": "stop",
-        "response": "1 + 1 = 3. The answer is \\boxed{3}.", "response_length": s["records"][5]["response_length"]}
+        "row": 1,
+        "sample": 1,
+        "ground_truth": "2",
+        "answer": "3",
+        "score": 0.0,
+        "finish_reason": "stop",
+        "response": "1 + 1 = 3. The answer is \\boxed{3}.",
+        "response_length": s["records"][5]["response_length"],
+    }
     md = results_markdown({"bench": s})
     assert "| benchmark | n | mode | pass@1 | avg@4 | pass@2 | pass@4 | maj@4 |" in md
     assert f"| bench | 6 | sampled k=4 T=0.8 | {100 * s['avg@4']:.2f} |" in md
@@ -128,7 +129,7 @@ def test_grading_modes(tmp_path, tok):
 # The tiny model
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, make_bundle):
     """The warm-started tiny model if assets/tiny exists, else a random tiny Qwen3 (same tokenizer) built here;
     a 12-problem held-out benchmark."""
     from transformers import AutoTokenizer
@@ -139,9 +140,7 @@ def tiny(tmp_path_factory):
     if is_complete(os.path.join(REPO, "assets", "tiny")):
         model = os.path.join(REPO, "assets", "tiny", "model")
     else:
-        from helpers import make_tiny_bundle
-
-        model = make_tiny_bundle(str(root), num_train=4, num_val=2)["model"]
+        model = make_bundle(num_train=4, num_val=2)["model"]
     bench = str(root / "tiny_val.parquet")
     write_parquet(verl_rows(generate_problems(num_train=1, num_val=12, seed=11)[1], "test", "original"), bench)
     tk = AutoTokenizer.from_pretrained(model)
@@ -168,8 +167,10 @@ def old_validate(engine, tokenizer, examples, grading, max_len, k, temp):
     gens = engine.generate([e.prompt_ids for e in examples], greedy)
     correct = [grade(t, e.ground_truth, grading) for t, e in zip(answers(gens), examples)]
     out = {"val/accuracy": sum(correct) / n, "val/response_length": sum(len(g.response_ids) for g in gens) / n}
-    gens = engine.generate([e.prompt_ids for e in examples for _ in range(k)],
-                           SamplingParams(temperature=temp, top_p=1.0, max_new_tokens=max_len, seed=1))
+    gens = engine.generate(
+        [e.prompt_ids for e in examples for _ in range(k)],
+        SamplingParams(temperature=temp, top_p=1.0, max_new_tokens=max_len, seed=1),
+    )
     hits = [grade(t, examples[i // k].ground_truth, grading) for i, t in enumerate(answers(gens))]
     out[f"val/accuracy_avg@{k}"] = sum(hits) / len(hits)
     return out
@@ -177,8 +178,9 @@ def old_validate(engine, tokenizer, examples, grading, max_len, k, temp):
 
 def test_validation_metrics_match_previous_validate(tiny, engine):
     exs = tiny["examples"][:8]
-    new = validation_metrics(engine, tiny["tok"], exs, grading="reference", max_new_tokens=20, n_samples=2,
-                             temperature=1.0)
+    new = validation_metrics(
+        engine, tiny["tok"], exs, grading="reference", max_new_tokens=20, n_samples=2, temperature=1.0
+    )
     old = old_validate(engine, tiny["tok"], exs, "reference", 20, 2, 1.0)
     assert {k: new[k] for k in old} == old
     assert set(new) == set(old) | {"val/pass@2", "val/maj@2"}
@@ -217,8 +219,12 @@ def test_openai_compatible_server_and_engine(tiny, engine):
         a = client.generate([exs[0].prompt_ids] * 4, sampled)
         b = client.generate([exs[0].prompt_ids] * 4, sampled)
         assert [g.response_ids for g in a] == [g.response_ids for g in b]  # seed + i per request
-        assert a[0].response_ids == engine.generate([exs[0].prompt_ids], SamplingParams(
-            temperature=1.0, max_new_tokens=16, seed=4))[0].response_ids
+        assert (
+            a[0].response_ids
+            == engine.generate([exs[0].prompt_ids], SamplingParams(temperature=1.0, max_new_tokens=16, seed=4))[
+                0
+            ].response_ids
+        )
         r_remote = evaluate(client, tk, {"tiny": exs}, max_new_tokens=16)["tiny"]
         r_local = evaluate(engine, tk, {"tiny": exs}, max_new_tokens=16)["tiny"]
         assert r_remote["pass@1"] == r_local["pass@1"]
@@ -272,24 +278,43 @@ def gsm_benchmark(tmp_path):
 
     items = list(rg.create_dataset("gsm_symbolic", size=4, seed=1))
     src = tmp_path / "gsm_src.parquet"
-    pq.write_table(pa.Table.from_pylist([{"question": x["question"], "answer": "...\n#### " + x["answer"]}
-                                         for x in items]), str(src))
+    pq.write_table(
+        pa.Table.from_pylist([{"question": x["question"], "answer": "...\n#### " + x["answer"]} for x in items]),
+        str(src),
+    )
     return preprocess("gsm8k", [str(src)], str(tmp_path / "gsm" / "test.parquet"))["output"]
 
 
+@pytest.mark.e2e
 def test_cli_end_to_end(tmp_path, tiny, engine):
     out = tmp_path / "eval"
     data = [f"tinyval={tiny['bench']}"]
     gsm = gsm_benchmark(tmp_path)
     if gsm:
         data.append(gsm)  # named "gsm" after its directory
-    proc = run_cli("--model", tiny["model"], "--data", *data, "--mode", "both", "--k", "2", "--max-new-tokens", "16",
-                   "--max-samples", "6", "--output-dir", str(out), "--save-responses")
+    proc = run_cli(
+        "--model",
+        tiny["model"],
+        "--data",
+        *data,
+        "--mode",
+        "both",
+        "--k",
+        "2",
+        "--max-new-tokens",
+        "16",
+        "--max-samples",
+        "6",
+        "--output-dir",
+        str(out),
+        "--save-responses",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     names = ["tinyval"] + (["gsm"] if gsm else [])
     files = sorted(os.listdir(out))
-    assert files == sorted(["results.json", "results.md"] + [f"{n}{ext}" for n in names
-                                                              for ext in (".json", ".md", ".responses.jsonl")])
+    assert files == sorted(
+        ["results.json", "results.md"] + [f"{n}{ext}" for n in names for ext in (".json", ".md", ".responses.jsonl")]
+    )
     res = json.load(open(out / "results.json"))["results"]
     exs = tiny["examples"][:6]
     local = evaluate(engine, tiny["tok"], {"t": exs}, max_new_tokens=16)["t"]
@@ -308,15 +333,27 @@ def test_cli_end_to_end(tmp_path, tiny, engine):
     assert bad.returncode == 2 and "missing.parquet: file not found" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_cli_openai_backend(tmp_path, tiny, engine):
     from megatron_corew.rollout.serve import serve_engine
 
     server = serve_engine(engine, tiny["tok"], "127.0.0.1", 0, model_name="tiny")
     try:
         out = tmp_path / "eval"
-        proc = run_cli("--openai-url", f"http://127.0.0.1:{server.server_address[1]}/v1", "--tokenizer", tiny["model"],
-                       "--data", tiny["bench"], "--max-new-tokens", "16", "--max-samples", "6",
-                       "--output-dir", str(out))
+        proc = run_cli(
+            "--openai-url",
+            f"http://127.0.0.1:{server.server_address[1]}/v1",
+            "--tokenizer",
+            tiny["model"],
+            "--data",
+            tiny["bench"],
+            "--max-new-tokens",
+            "16",
+            "--max-samples",
+            "6",
+            "--output-dir",
+            str(out),
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -338,10 +375,23 @@ def test_megatron_checkpoint_input_is_checked(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_from_megatron_checkpoint(tmp_path, tiny):
-    conv = subprocess.run([sys.executable, os.path.join(REPO, "tools", "convert_hf_to_megatron.py"), "--hf-dir",
-                           tiny["model"], "--save", str(tmp_path / "ckpt"), "--no-progress-bar"],
-                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO), timeout=300)
+    conv = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(REPO, "tools", "convert_hf_to_megatron.py"),
+            "--hf-dir",
+            tiny["model"],
+            "--save",
+            str(tmp_path / "ckpt"),
+            "--no-progress-bar",
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=REPO),
+        timeout=300,
+    )
     assert conv.returncode == 0, conv.stderr[-3000:]
     args = ["--data", tiny["bench"], "--max-new-tokens", "16", "--max-samples", "6"]
     a = run_cli("--megatron-checkpoint", str(tmp_path / "ckpt"), *args, "--output-dir", str(tmp_path / "a"))

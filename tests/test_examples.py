@@ -1,6 +1,7 @@
 """The launch scripts under examples/: syntax, the commands they print for every method x model preset
 (paper hyper-parameters, flags train_rl.py accepts), their input checks, the SLURM previews, and
 two real CPU steps of every method through the CPU_TINY=1 variant."""
+
 from __future__ import annotations
 
 import glob
@@ -11,20 +12,66 @@ import shlex
 import subprocess
 
 import pytest
-
-from helpers import REPO, make_tiny_bundle, run_in_own_session
+from helpers import REPO, run_in_own_session
 
 EXAMPLES = os.path.join(REPO, "examples")
 METHODS = ["gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2"]
-PRESETS = {"qwen2.5-7b": ("Qwen2.5-7B", 2), "qwen3-4b-base": ("Qwen3-4B-Base", 2),
-           "qwen3-8b-base": ("Qwen3-8B-Base", 2), "llama3.2-3b-instruct": ("Llama-3.2-3B-Instruct", 1)}
+PRESETS = {
+    "qwen2.5-7b": ("Qwen2.5-7B", 2),
+    "qwen3-4b-base": ("Qwen3-4B-Base", 2),
+    "qwen3-8b-base": ("Qwen3-8B-Base", 2),
+    "llama3.2-3b-instruct": ("Llama-3.2-3B-Instruct", 1),
+}
 # launch.sh knobs: cleared so the caller's environment cannot change what the tests see
-KNOBS = ["METHOD", "MODEL", "MODEL_PATH", "MODELS_DIR", "DATA_DIR", "TRAIN_DATA", "TRAIN_DATA_REPHRASED", "VAL_DATA",
-         "NNODES", "GPUS_PER_NODE", "NPROC", "MASTER_ADDR", "MASTER_PORT", "RDZV_ID", "TP", "PP", "MICRO_BATCH",
-         "MAX_TOKENS_PER_MB", "GLOBAL_BATCH", "N_SAMPLES", "PROMPT_LEN", "RESPONSE_LEN", "LR", "EPOCHS", "TEMPERATURE",
-         "EVAL_INTERVAL", "SEED", "KL_COEF", "SAVE_INTERVAL", "OUT", "SAVE_DIR", "RESUME", "EXTRA_ARGS", "DRY_RUN",
-         "ALLOW_MISSING", "CPU_TINY", "ASSETS", "STEPS", "MAX_VAL_SAMPLES", "REPO", "TRAIN_NODES", "SGLANG_TP",
-         "ROLLOUT_ARGS", "HEAD_IP", "DRY_RUN_NODES", "TEACHER_ALPHA_START", "TEACHER_ALPHA_END"]
+KNOBS = [
+    "METHOD",
+    "MODEL",
+    "MODEL_PATH",
+    "MODELS_DIR",
+    "DATA_DIR",
+    "TRAIN_DATA",
+    "TRAIN_DATA_REPHRASED",
+    "VAL_DATA",
+    "NNODES",
+    "GPUS_PER_NODE",
+    "NPROC",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RDZV_ID",
+    "TP",
+    "PP",
+    "MICRO_BATCH",
+    "MAX_TOKENS_PER_MB",
+    "GLOBAL_BATCH",
+    "N_SAMPLES",
+    "PROMPT_LEN",
+    "RESPONSE_LEN",
+    "LR",
+    "EPOCHS",
+    "TEMPERATURE",
+    "EVAL_INTERVAL",
+    "SEED",
+    "KL_COEF",
+    "SAVE_INTERVAL",
+    "OUT",
+    "SAVE_DIR",
+    "RESUME",
+    "EXTRA_ARGS",
+    "DRY_RUN",
+    "ALLOW_MISSING",
+    "CPU_TINY",
+    "ASSETS",
+    "STEPS",
+    "MAX_VAL_SAMPLES",
+    "REPO",
+    "TRAIN_NODES",
+    "SGLANG_TP",
+    "ROLLOUT_ARGS",
+    "HEAD_IP",
+    "DRY_RUN_NODES",
+    "TEACHER_ALPHA_START",
+    "TEACHER_ALPHA_END",
+]
 
 
 def script_env(**env) -> dict:
@@ -34,20 +81,26 @@ def script_env(**env) -> dict:
 
 
 def sh(script: str, *args, cwd=None, timeout=60, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", os.path.join(EXAMPLES, script), *args], capture_output=True, text=True,
-                          env=script_env(**env), cwd=cwd or REPO, timeout=timeout)
+    return subprocess.run(
+        ["bash", os.path.join(EXAMPLES, script), *args],
+        capture_output=True,
+        text=True,
+        env=script_env(**env),
+        cwd=cwd or REPO,
+        timeout=timeout,
+    )
 
 
 def printed_command(stdout: str, marker: str = "[launch] ") -> list[str]:
     """argv of the train_rl.py command a script printed."""
-    lines = [ln[len(marker):] for ln in stdout.splitlines() if ln.startswith(marker) and "train_rl.py" in ln]
+    lines = [ln[len(marker) :] for ln in stdout.splitlines() if ln.startswith(marker) and "train_rl.py" in ln]
     assert lines, f"no printed command in:\n{stdout}"
     return shlex.split(lines[-1])
 
 
 def trainer_args(argv: list[str]) -> list[str]:
     k = next(i for i, a in enumerate(argv) if a.endswith("train_rl.py"))
-    return argv[k + 1:]
+    return argv[k + 1 :]
 
 
 def value(argv: list[str], flag: str) -> str:
@@ -63,8 +116,10 @@ def parse_trainer(argv: list[str]):
 
 
 # ---------------------------------------------------------------- syntax
-SCRIPTS = sorted(glob.glob(os.path.join(EXAMPLES, "**", "*.sh"), recursive=True)
-                 + glob.glob(os.path.join(EXAMPLES, "**", "*.sbatch"), recursive=True))
+SCRIPTS = sorted(
+    glob.glob(os.path.join(EXAMPLES, "**", "*.sh"), recursive=True)
+    + glob.glob(os.path.join(EXAMPLES, "**", "*.sbatch"), recursive=True)
+)
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: os.path.relpath(p, EXAMPLES))
@@ -95,10 +150,19 @@ def test_dry_run_paper_hyperparameters(method, model):
     assert argv[0] == "torchrun" and value(argv, "--nproc_per_node") == "8"
     assert value(argv, "--reward-method") == method
     assert value(argv, "--kl-loss-coef") == ("0.001" if method == "corewarding_2" else "0.005")
-    expected = {"--global-batch-size": "128", "--n-samples-per-prompt": "8", "--max-prompt-length": "512",
-                "--max-response-length": "3072", "--lr": "3e-6", "--epochs": "3", "--rollout-temperature": "1.0",
-                "--eval-interval": "10", "--tensor-model-parallel-size": str(tp),
-                "--recompute-granularity": "full", "--hf-checkpoint": f"models/{hf_name}"}
+    expected = {
+        "--global-batch-size": "128",
+        "--n-samples-per-prompt": "8",
+        "--max-prompt-length": "512",
+        "--max-response-length": "3072",
+        "--lr": "3e-6",
+        "--epochs": "3",
+        "--rollout-temperature": "1.0",
+        "--eval-interval": "10",
+        "--tensor-model-parallel-size": str(tp),
+        "--recompute-granularity": "full",
+        "--hf-checkpoint": f"models/{hf_name}",
+    }
     for flag, v in expected.items():
         assert value(argv, flag) == v, flag
     assert "--bf16" in argv and "--use-distributed-optimizer" in argv
@@ -113,13 +177,36 @@ def test_dry_run_paper_hyperparameters(method, model):
 
 
 def test_launcher_overrides_and_passthrough(tmp_path):
-    proc = sh("launch.sh", "--save-interval", "5", METHOD="gt", MODEL="Qwen3-8B-Base", DRY_RUN=1, ALLOW_MISSING=1,
-              NNODES=2, MASTER_ADDR="node7", TP=4, DATA_DIR="/d", MODEL_PATH="/m/q", EXTRA_ARGS="--entropy-coef 0.001",
-              KL_COEF=0.01, OUT=str(tmp_path / "o"))
+    proc = sh(
+        "launch.sh",
+        "--save-interval",
+        "5",
+        METHOD="gt",
+        MODEL="Qwen3-8B-Base",
+        DRY_RUN=1,
+        ALLOW_MISSING=1,
+        NNODES=2,
+        MASTER_ADDR="node7",
+        TP=4,
+        DATA_DIR="/d",
+        MODEL_PATH="/m/q",
+        EXTRA_ARGS="--entropy-coef 0.001",
+        KL_COEF=0.01,
+        OUT=str(tmp_path / "o"),
+    )
     assert proc.returncode == 0, proc.stderr
     argv = printed_command(proc.stdout)
-    assert argv[:argv.index("--rdzv-id")] == ["torchrun", "--nnodes", "2", "--nproc_per_node", "8", "--rdzv-backend",
-                                              "c10d", "--rdzv-endpoint", "node7:29500"]
+    assert argv[: argv.index("--rdzv-id")] == [
+        "torchrun",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "8",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        "node7:29500",
+    ]
     assert value(argv, "--tensor-model-parallel-size") == "4" and value(argv, "--kl-loss-coef") == "0.01"
     assert value(argv, "--train-data") == "/d/train.parquet" and value(argv, "--val-data") == "/d/val.parquet"
     assert value(argv, "--hf-checkpoint") == "/m/q" and value(argv, "--entropy-coef") == "0.001"
@@ -168,8 +255,13 @@ def test_unknown_method_or_model_fails(tmp_path):
 
 def test_missing_model_path_fails(tmp_path, fake_inputs):
     missing = str(tmp_path / "nowhere")
-    check_fails(sh("gt.sh", DRY_RUN=1, **{**fake_inputs, "MODEL_PATH": missing}), f"model directory not found: MODEL_PATH={missing}")
-    check_fails(sh("gt.sh", **{**fake_inputs, "MODEL_PATH": missing}), "model directory not found")  # without DRY_RUN too
+    check_fails(
+        sh("gt.sh", DRY_RUN=1, **{**fake_inputs, "MODEL_PATH": missing}),
+        f"model directory not found: MODEL_PATH={missing}",
+    )
+    check_fails(
+        sh("gt.sh", **{**fake_inputs, "MODEL_PATH": missing}), "model directory not found"
+    )  # without DRY_RUN too
     check_fails(sh("gt.sh", DRY_RUN=1, **{**fake_inputs, "MODEL_PATH": str(tmp_path)}), "has no config.json")
     # ALLOW_MISSING alone (without DRY_RUN) does not skip the checks
     check_fails(sh("gt.sh", ALLOW_MISSING=1, **{**fake_inputs, "MODEL_PATH": missing}), "model directory not found")
@@ -191,8 +283,14 @@ def test_gpu_and_layout_checks(fake_inputs):
 
 # ---------------------------------------------------------------- SLURM previews
 def test_slurm_multinode_preview():
-    proc = sh("slurm/train_multinode.sbatch", METHOD="corewarding_2", MODEL="qwen3-4b-base", DRY_RUN=1,
-              ALLOW_MISSING=1, DRY_RUN_NODES="gpu-a gpu-b gpu-c")
+    proc = sh(
+        "slurm/train_multinode.sbatch",
+        METHOD="corewarding_2",
+        MODEL="qwen3-4b-base",
+        DRY_RUN=1,
+        ALLOW_MISSING=1,
+        DRY_RUN_NODES="gpu-a gpu-b gpu-c",
+    )
     assert proc.returncode == 0, proc.stderr
     argv = printed_command(proc.stdout)
     assert value(argv, "--nnodes") == "3" and value(argv, "--rdzv-backend") == "c10d"
@@ -203,8 +301,16 @@ def test_slurm_multinode_preview():
 
 
 def test_slurm_ray_fleet_preview():
-    proc = sh("slurm/ray_rollout_fleet.sbatch", METHOD="gt", DRY_RUN=1, ALLOW_MISSING=1,
-              DRY_RUN_NODES="h w1 w2 w3", TRAIN_NODES=2, SGLANG_TP=2, EXTRA_ARGS="--sglang-mem-fraction-static 0.8")
+    proc = sh(
+        "slurm/ray_rollout_fleet.sbatch",
+        METHOD="gt",
+        DRY_RUN=1,
+        ALLOW_MISSING=1,
+        DRY_RUN_NODES="h w1 w2 w3",
+        TRAIN_NODES=2,
+        SGLANG_TP=2,
+        EXTRA_ARGS="--sglang-mem-fraction-static 0.8",
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "ray start --head --node-ip-address h --port 6379 --num-gpus 0" in out
@@ -213,8 +319,10 @@ def test_slurm_ray_fleet_preview():
     assert value(argv, "--rollout-backend") == "sglang" and value(argv, "--sglang-num-engines") == "8"
     assert value(argv, "--nnodes") == "2" and value(argv, "--rdzv-endpoint") == "h:29500"
     assert value(argv, "--sglang-mem-fraction-static") == "0.8"
-    check_fails(sh("slurm/ray_rollout_fleet.sbatch", METHOD="gt", DRY_RUN=1, ALLOW_MISSING=1, DRY_RUN_NODES="h"),
-                "at least one more node")
+    check_fails(
+        sh("slurm/ray_rollout_fleet.sbatch", METHOD="gt", DRY_RUN=1, ALLOW_MISSING=1, DRY_RUN_NODES="h"),
+        "at least one more node",
+    )
 
 
 # ---------------------------------------------------------------- the tiny CPU variant, for real
@@ -223,17 +331,22 @@ def test_cpu_tiny_dry_run():
     assert proc.returncode == 0, proc.stderr
     argv = printed_command(proc.stdout)
     assert argv[0] == "python" and "torchrun" not in argv
-    for flag, v in {"--global-batch-size": "4", "--n-samples-per-prompt": "4", "--max-response-length": "48",
-                    "--train-iters": "2", "--hf-checkpoint": "/nonexistent/tiny/model",
-                    "--train-data-rephrased": "/nonexistent/tiny/data/train_rephrased.parquet"}.items():
+    for flag, v in {
+        "--global-batch-size": "4",
+        "--n-samples-per-prompt": "4",
+        "--max-response-length": "48",
+        "--train-iters": "2",
+        "--hf-checkpoint": "/nonexistent/tiny/model",
+        "--train-data-rephrased": "/nonexistent/tiny/data/train_rephrased.parquet",
+    }.items():
         assert value(argv, flag) == v, flag
     assert "--bf16" not in argv
     parse_trainer(argv)
 
 
-@pytest.fixture(scope="module")
-def tiny_bundle(tmp_path_factory):
-    return make_tiny_bundle(str(tmp_path_factory.mktemp("bundle")), num_train=16, num_val=4)
+@pytest.fixture
+def small_bundle(make_bundle):
+    return make_bundle(num_train=16, num_val=4)
 
 
 def run_script(script: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
@@ -241,11 +354,19 @@ def run_script(script: str, timeout: int = 300, **env) -> subprocess.CompletedPr
     return run_in_own_session(["bash", os.path.join(EXAMPLES, script)], script_env(OMP_NUM_THREADS=1, **env), timeout)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("method", METHODS)
-def test_cpu_tiny_runs_two_steps(method, tiny_bundle, tmp_path):
+def test_cpu_tiny_runs_two_steps(method, small_bundle, tmp_path):
     out = tmp_path / "run"
-    proc = run_script(f"{method}.sh", CPU_TINY=1, MODEL_PATH=tiny_bundle["model"], TRAIN_DATA=tiny_bundle["train"],
-                      TRAIN_DATA_REPHRASED=tiny_bundle["train_rephrased"], VAL_DATA=tiny_bundle["val"], OUT=str(out))
+    proc = run_script(
+        f"{method}.sh",
+        CPU_TINY=1,
+        MODEL_PATH=small_bundle["model"],
+        TRAIN_DATA=small_bundle["train"],
+        TRAIN_DATA_REPHRASED=small_bundle["train_rephrased"],
+        VAL_DATA=small_bundle["val"],
+        OUT=str(out),
+    )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     argv = printed_command(proc.stdout)
     assert value(argv, "--reward-method") == method

@@ -1,4 +1,5 @@
 """GRPO core against hand-computed values and float64 formulas written out independently."""
+
 import math
 
 import pytest

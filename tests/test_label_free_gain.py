@@ -7,16 +7,18 @@ Settings are the README main job's (examples/run_tiny.sh). Where the gain comes 
 answers some question styles without ``\\boxed{}`` under greedy decoding (tiny_task.TERSE_OPENINGS); the vote over
 the gradeable samples teaches the model to finish with a boxed answer, and keeps its arithmetic while doing so.
 """
+
 import json
 import os
 import subprocess
 
 import pyarrow.parquet as pq
 import pytest
-
 from helpers import REPO
 
 ASSETS = os.path.join(REPO, "assets", "tiny")
+pytestmark = pytest.mark.slow
+
 MIN_GAIN = 0.05  # measured: +0.105 (I) and +0.13 (II) at seed 1234; 200 held-out questions, so 0.05 = 10 questions
 
 
@@ -39,7 +41,9 @@ def label_free_assets(tmp_path_factory):
         import pyarrow as pa
 
         pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), str(root / "data" / name))
-        assert all(r["reward_model"]["ground_truth"] is None for r in pq.read_table(str(root / "data" / name)).to_pylist())
+        assert all(
+            r["reward_model"]["ground_truth"] is None for r in pq.read_table(str(root / "data" / name)).to_pylist()
+        )
     return str(root)
 
 
@@ -47,8 +51,9 @@ def label_free_assets(tmp_path_factory):
 def test_corewarding_raises_heldout_accuracy_without_labels(method, label_free_assets, tmp_path):
     out = str(tmp_path / method)
     env = dict(os.environ, METHOD=method, ASSETS=label_free_assets, OUT=out, VAL_SAMPLES="0")
-    proc = subprocess.run(["bash", "examples/run_tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1500)
+    proc = subprocess.run(
+        ["bash", "examples/run_tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     train = [r for r in rows if "train/loss" in r]

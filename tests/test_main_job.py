@@ -1,19 +1,24 @@
 """The README's main command, run as a new user would: it builds the tiny task if needed, trains,
 prints held-out accuracy before and after, and writes tensorboard event files. The accuracy must rise."""
+
 import glob
 import json
 import os
 import re
 import subprocess
 
+import pytest
 from helpers import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_readme_main_command_improves_heldout_accuracy(tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, OUT=out)
-    proc = subprocess.run(["bash", "examples/run_tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=1500)
+    proc = subprocess.run(
+        ["bash", "examples/run_tiny.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     before = float(re.search(r"validation accuracy before training:\s+([0-9.]+)", proc.stdout).group(1))
     after = float(re.search(r"validation accuracy after training:\s+([0-9.]+)", proc.stdout).group(1))

@@ -1,29 +1,45 @@
 """A NaN loss never reaches the weights: skipped and counted, or the run stops with the last
 checkpoint intact (--on-nonfinite)."""
+
 import json
 import math
 import os
 
 import pytest
-
-from helpers import make_tiny_bundle, read_metrics, run_train
-
-
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_tiny_bundle(str(tmp_path_factory.mktemp("nan")))
+from helpers import read_metrics, run_train
 
 
 def _args(bundle, out, extra=()):
-    return ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", "gt",
-            "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "8",
-            "--lr", "1e-3", "--train-iters", "3", "--eval-interval", "0", "--no-progress-bar",
-            "--output-dir", out, *extra]
+    return [
+        "--hf-checkpoint",
+        bundle["model"],
+        "--train-data",
+        bundle["train"],
+        "--reward-method",
+        "gt",
+        "--global-batch-size",
+        "4",
+        "--n-samples-per-prompt",
+        "4",
+        "--max-response-length",
+        "8",
+        "--lr",
+        "1e-3",
+        "--train-iters",
+        "3",
+        "--eval-interval",
+        "0",
+        "--no-progress-bar",
+        "--output-dir",
+        out,
+        *extra,
+    ]
 
 
-def test_nan_loss_is_skipped_and_counted(bundle, tmp_path):
+@pytest.mark.e2e
+def test_nan_loss_is_skipped_and_counted(tiny_bundle, tmp_path):
     out = str(tmp_path / "skip")
-    proc = run_train(_args(bundle, out), env_extra={"COREW_FAULT": "nan_loss:2"})
+    proc = run_train(_args(tiny_bundle, out), env_extra={"COREW_FAULT": "nan_loss:2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step 2: non-finite loss" in proc.stdout
     rows = {r["step"]: r for r in read_metrics(out) if "train/loss" in r}
@@ -32,13 +48,27 @@ def test_nan_loss_is_skipped_and_counted(bundle, tmp_path):
     assert json.load(open(os.path.join(out, "result.json")))["policy_sha256"]
 
 
-def test_nan_loss_stops_with_checkpoint_intact(bundle, tmp_path):
+@pytest.mark.e2e
+def test_nan_loss_stops_with_checkpoint_intact(tiny_bundle, tmp_path):
     out = str(tmp_path / "stop")
     ckpt = os.path.join(out, "ckpt")
-    proc = run_train(_args(bundle, out, ["--on-nonfinite", "stop", "--save", ckpt, "--save-interval", "1"]),
-                     env_extra={"COREW_FAULT": "nan_loss:2"})
+    proc = run_train(
+        _args(tiny_bundle, out, ["--on-nonfinite", "stop", "--save", ckpt, "--save-interval", "1"]),
+        env_extra={"COREW_FAULT": "nan_loss:2"},
+    )
     assert proc.returncode == 3
     assert "non-finite" in proc.stderr.strip().splitlines()[-1]
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000001"
-    proc = run_train(_args(bundle, out, ["--load", ckpt, "--save", ckpt]))  # resumes past the bad step
+    proc = run_train(_args(tiny_bundle, out, ["--load", ckpt, "--save", ckpt]))  # resumes past the bad step
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_fault_spec_names_one_point_and_step(monkeypatch):
+    """COREW_FAULT=<point>:<step> arms exactly that point at that step (the runs above inject their NaN this way)."""
+    from megatron_corew.utils import faults
+
+    monkeypatch.delenv("COREW_FAULT", raising=False)
+    assert not faults.active("nan_loss", 2)
+    monkeypatch.setenv("COREW_FAULT", "nan_loss:2")
+    assert faults.active("nan_loss", 2)
+    assert not faults.active("nan_loss", 1) and not faults.active("nan_loss", 20) and not faults.active("after_step", 2)

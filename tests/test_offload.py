@@ -3,13 +3,13 @@
 Checked against the same runs without offload (an independent code path: the anchor simply stays put): every
 per-step metric and the final policy and teacher weights are bitwise equal, at TP=1 and TP=2, through a
 checkpoint save and a resume; between steps the anchor holds no device memory."""
+
 import json
 import os
 
 import pytest
 import torch
-
-from helpers import make_tiny_bundle, read_metrics, run_train
+from helpers import read_metrics, run_train
 
 from megatron_corew.policy.offload import HostOffload
 
@@ -35,16 +35,31 @@ def test_host_offload_releases_restores_and_writes_back():
         m(torch.ones(1, 4))  # released weights fail loudly
 
 
-@pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    return make_tiny_bundle(str(tmp_path_factory.mktemp("offload")))
-
-
 def _run(bundle, out, steps, extra=(), nproc=1):
-    args = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", "corewarding_2",
-            "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "8",
-            "--lr", "1e-3", "--train-iters", str(steps), "--eval-interval", "0", "--no-progress-bar",
-            "--output-dir", out, *extra]
+    args = [
+        "--hf-checkpoint",
+        bundle["model"],
+        "--train-data",
+        bundle["train"],
+        "--reward-method",
+        "corewarding_2",
+        "--global-batch-size",
+        "4",
+        "--n-samples-per-prompt",
+        "4",
+        "--max-response-length",
+        "8",
+        "--lr",
+        "1e-3",
+        "--train-iters",
+        str(steps),
+        "--eval-interval",
+        "0",
+        "--no-progress-bar",
+        "--output-dir",
+        out,
+        *extra,
+    ]
     if nproc > 1:
         args += ["--tensor-model-parallel-size", str(nproc)]
     proc = run_train(args, nproc=nproc)
@@ -58,12 +73,14 @@ def _same(rows_a, rows_b):
     return [[r[k] for k in keys] for r in rows_a] == [[r[k] for k in keys] for r in rows_b]
 
 
-@pytest.mark.parametrize("nproc", [1, 2], ids=["tp1", "tp2"])
-def test_offload_is_bitwise_invisible(bundle, tmp_path, nproc):
+@pytest.mark.e2e
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)], ids=["tp1", "tp2"])
+def test_offload_is_bitwise_invisible(tiny_bundle, tmp_path, nproc):
     ckpt = str(tmp_path / "ckpt")
-    off_rows, off = _run(bundle, str(tmp_path / "off"), 3, ["--anchor-cpu-offload", "--save", ckpt,
-                                                             "--save-interval", "1"], nproc)
-    on_rows, on = _run(bundle, str(tmp_path / "on"), 3, [], nproc)
+    off_rows, off = _run(
+        tiny_bundle, str(tmp_path / "off"), 3, ["--anchor-cpu-offload", "--save", ckpt, "--save-interval", "1"], nproc
+    )
+    on_rows, on = _run(tiny_bundle, str(tmp_path / "on"), 3, [], nproc)
     assert _same(off_rows, on_rows)
     assert (off["policy_sha256"], off["anchor_sha256"]) == (on["policy_sha256"], on["anchor_sha256"])
     assert all(r["mem/anchor_device_bytes"] == 0 for r in off_rows)
@@ -72,6 +89,6 @@ def test_offload_is_bitwise_invisible(bundle, tmp_path, nproc):
     os.remove(os.path.join(ckpt, "iter_0000003", "state.pt"))  # make step 2 the newest complete checkpoint
     with open(os.path.join(ckpt, "latest"), "w") as f:
         f.write("iter_0000002\n")
-    res_rows, res = _run(bundle, str(tmp_path / "resumed"), 3, ["--anchor-cpu-offload", "--load", ckpt], nproc)
+    res_rows, res = _run(tiny_bundle, str(tmp_path / "resumed"), 3, ["--anchor-cpu-offload", "--load", ckpt], nproc)
     assert _same(res_rows[-1:], on_rows[-1:])
     assert (res["policy_sha256"], res["anchor_sha256"]) == (on["policy_sha256"], on["anchor_sha256"])

@@ -1,5 +1,6 @@
 """tools/plot_run.py on a real short CPU run: it reads the run's tensorboard event files (and falls
 back to metrics.jsonl) and writes one PNG with the collapse-signature panels."""
+
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import REPO, make_tiny_bundle, read_metrics, run_train
+from helpers import REPO, read_metrics, run_train
 
 from tools import plot_run
 
@@ -16,24 +17,58 @@ PLOT = os.path.join(REPO, "tools", "plot_run.py")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(tmp_path_factory, make_bundle):
     root = tmp_path_factory.mktemp("plot")
-    b = make_tiny_bundle(str(root / "bundle"), num_train=16, num_val=4)
+    b = make_bundle(num_train=16, num_val=4)
     out = str(root / "run")
-    proc = run_train(["--hf-checkpoint", b["model"], "--train-data", b["train"], "--val-data", b["val"],
-                      "--reward-method", "majority_vote", "--global-batch-size", "4", "--n-samples-per-prompt", "4",
-                      "--max-prompt-length", "128", "--max-response-length", "32", "--micro-batch-size", "16",
-                      "--lr", "1e-4", "--train-iters", "3", "--eval-interval", "1", "--output-dir", out,
-                      "--no-progress-bar"], timeout=300)
+    proc = run_train(
+        [
+            "--hf-checkpoint",
+            b["model"],
+            "--train-data",
+            b["train"],
+            "--val-data",
+            b["val"],
+            "--reward-method",
+            "majority_vote",
+            "--global-batch-size",
+            "4",
+            "--n-samples-per-prompt",
+            "4",
+            "--max-prompt-length",
+            "128",
+            "--max-response-length",
+            "32",
+            "--micro-batch-size",
+            "16",
+            "--lr",
+            "1e-4",
+            "--train-iters",
+            "3",
+            "--eval-interval",
+            "1",
+            "--output-dir",
+            out,
+            "--no-progress-bar",
+        ],
+        timeout=300,
+    )
     assert proc.returncode == 0, f"{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
     return out
 
 
 def plot_cli(*args):
-    return subprocess.run([sys.executable, PLOT, *args], capture_output=True, text=True, timeout=120, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=REPO))
+    return subprocess.run(
+        [sys.executable, PLOT, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=REPO),
+    )
 
 
+@pytest.mark.e2e
 def test_plot_from_tensorboard(run_dir, tmp_path):
     from PIL import Image
 
@@ -42,8 +77,15 @@ def test_plot_from_tensorboard(run_dir, tmp_path):
     assert source == os.path.join(run_dir, "tensorboard")
     # validation before training (step 0) and after each of the 3 steps; per-step series at steps 1..3
     assert [s for s, _ in series["val/accuracy"]] == [0, 1, 2, 3]
-    for tag in ("reward/mean", "pseudo/label_acc", "pseudo/policy_vote_acc", "rollout/response_length_mean",
-                "rollout/clip_ratio", "train/entropy", "train/kl"):
+    for tag in (
+        "reward/mean",
+        "pseudo/label_acc",
+        "pseudo/policy_vote_acc",
+        "rollout/response_length_mean",
+        "rollout/clip_ratio",
+        "train/entropy",
+        "train/kl",
+    ):
         assert [s for s, _ in series[tag]] == [1, 2, 3], tag
     # the tensorboard values are the logged ones
     rows = {r["step"]: r for r in read_metrics(run_dir) if "train/entropy" in r}
@@ -64,6 +106,7 @@ def test_plot_from_tensorboard(run_dir, tmp_path):
         assert len(im.convert("L").getcolors(maxcolors=1 << 16) or [0] * 100) > 10
 
 
+@pytest.mark.e2e
 def test_default_out_and_jsonl_fallback(run_dir, tmp_path):
     from PIL import Image
 
@@ -80,8 +123,9 @@ def test_missing_series_are_skipped_with_a_note(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     # a gt-like run: no pseudo-label metrics; a partial last line as a killed run leaves it
-    (run / "metrics.jsonl").write_text('{"step": 0, "val/accuracy": 0.5}\n{"step": 1, "reward/mean": 0.2, '
-                                       '"train/kl": 0.0}\n{"step": 2, "rew')
+    (run / "metrics.jsonl").write_text(
+        '{"step": 0, "val/accuracy": 0.5}\n{"step": 1, "reward/mean": 0.2, "train/kl": 0.0}\n{"step": 2, "rew'
+    )
     proc = plot_cli(str(run), "--out", str(run / "p.png"))
     assert proc.returncode == 0, proc.stderr
     assert "not logged (skipped): " in proc.stdout and "pseudo/label_acc" in proc.stdout
@@ -95,7 +139,7 @@ def test_collapse_signatures_are_reported(tmp_path):
     run.mkdir()
     with open(run / "metrics.jsonl", "w") as f:
         for s in range(1, 21):
-            f.write(json.dumps({"step": s, "train/entropy": 0.7 ** s, "reward/mean": 0.5}) + "\n")
+            f.write(json.dumps({"step": s, "train/entropy": 0.7**s, "reward/mean": 0.5}) + "\n")
     proc = plot_cli(str(run))
     assert proc.returncode == 0, proc.stderr
     assert "collapse signature: entropy_collapse" in proc.stdout

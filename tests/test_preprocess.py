@@ -6,6 +6,7 @@ file and row and skipped or rejected per --on-bad-row; a corrupt parquet or a mi
 (3) a SIGKILL while writing leaves no half-written output (previous output intact, stale temp cleaned next run).
 Real third-party data: champ-dataset (270 competition problems) and reasoning-gym (GSM-style generators).
 """
+
 from __future__ import annotations
 
 import json
@@ -19,16 +20,10 @@ import pytest
 
 from megatron_corew.data import SYSTEM_PROMPT, load_examples
 from megatron_corew.data.sources import SOURCES, PreprocessError, preprocess
-from megatron_corew.demo.tiny_task import build_tokenizer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TOOL = os.path.join(REPO, "tools", "preprocess_data.py")
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
 
 
 def run_tool(*args, env_extra=None):
@@ -53,23 +48,71 @@ def reference_render(tok, question):
 Q1 = "How many vertical asymptotes does the graph of $y=\\frac{2}{x^2+x-6}$ have?"
 Q2 = "Janet has 3 apples and buys 1,200 more. How many apples does she have?"
 SOURCE_SAMPLES = {
-    "math": ([{"problem": Q1, "level": "Level 3", "type": "Algebra",
-               "solution": "The denominator factors ... so there are $\\boxed{2}$ vertical asymptotes."},
-              {"problem": "Simplify $\\frac{4}{8}$.", "level": "Level 1", "type": "Prealgebra",
-               "solution": "We get $\\boxed{\\frac{1}{2}}$."}], "parquet", ["2", "\\frac{1}{2}"]),
-    "dapo": ([{"prompt": Q1, "solution": "2", "data_source": "math_dapo",
-               "source_prompt": [{"role": "user", "content": "Solve ..." + Q1}], "ability": "MATH",
-               "reward_model": {"ground_truth": "2", "style": "rule-lighteval/MATH_v2"}, "extra_info": {"index": "x"}}],
-             "parquet", ["2"]),
-    "openrs": ([{"problem": Q1, "solution": "... $\\boxed{2}$", "answer": "2", "level": "Easy"},
-                {"problem": "Find $1+1$.", "solution": "So $\\boxed{2}$.", "answer": None, "level": "Easy"}],
-               "jsonl", ["2", "2"]),
+    "math": (
+        [
+            {
+                "problem": Q1,
+                "level": "Level 3",
+                "type": "Algebra",
+                "solution": "The denominator factors ... so there are $\\boxed{2}$ vertical asymptotes.",
+            },
+            {
+                "problem": "Simplify $\\frac{4}{8}$.",
+                "level": "Level 1",
+                "type": "Prealgebra",
+                "solution": "We get $\\boxed{\\frac{1}{2}}$.",
+            },
+        ],
+        "parquet",
+        ["2", "\\frac{1}{2}"],
+    ),
+    "dapo": (
+        [
+            {
+                "prompt": Q1,
+                "solution": "2",
+                "data_source": "math_dapo",
+                "source_prompt": [{"role": "user", "content": "Solve ..." + Q1}],
+                "ability": "MATH",
+                "reward_model": {"ground_truth": "2", "style": "rule-lighteval/MATH_v2"},
+                "extra_info": {"index": "x"},
+            }
+        ],
+        "parquet",
+        ["2"],
+    ),
+    "openrs": (
+        [
+            {"problem": Q1, "solution": "... $\\boxed{2}$", "answer": "2", "level": "Easy"},
+            {"problem": "Find $1+1$.", "solution": "So $\\boxed{2}$.", "answer": None, "level": "Easy"},
+        ],
+        "jsonl",
+        ["2", "2"],
+    ),
     "gsm8k": ([{"question": Q2, "answer": "3 + 1200 = <<3+1200=1203>>1203\n#### 1,203"}], "parquet", ["1203"]),
-    "math500": ([{"problem": Q1, "solution": "... $\\boxed{2}$.", "answer": "2", "subject": "Algebra", "level": 3,
-                  "unique_id": "test/algebra/1.json"}], "jsonl", ["2"]),
+    "math500": (
+        [
+            {
+                "problem": Q1,
+                "solution": "... $\\boxed{2}$.",
+                "answer": "2",
+                "subject": "Algebra",
+                "level": 3,
+                "unique_id": "test/algebra/1.json",
+            }
+        ],
+        "jsonl",
+        ["2"],
+    ),
     "aime": ([{"ID": "2024-I-1", "Problem": Q1, "Solution": "...", "Answer": 204}], "json", ["204"]),
-    "amc": ([{"id": 0, "problem": Q1, "answer": 142.0, "url": "https://example.org/amc"},
-             {"id": 1, "problem": Q2, "answer": 2.5, "url": "https://example.org/amc"}], "jsonl", ["142", "2.5"]),
+    "amc": (
+        [
+            {"id": 0, "problem": Q1, "answer": 142.0, "url": "https://example.org/amc"},
+            {"id": 1, "problem": Q2, "answer": 2.5, "url": "https://example.org/amc"},
+        ],
+        "jsonl",
+        ["142", "2.5"],
+    ),
 }
 
 
@@ -116,18 +159,51 @@ def test_rendering_matches_reference_release_layouts(tmp_path, tok):
     msgs = [{"content": SYSTEM_PROMPT, "role": "system"}, {"content": Q1, "role": "user"}]
     rm = {"ground_truth": "2", "style": "rule"}
     ref_math = tmp_path / "ref_math.parquet"
-    pd.DataFrame([{"level": "Level 3", "type": "Algebra", "data_source": "DigitalLearningGmbH/MATH-lighteval",
-                   "prompt": msgs, "ability": "math", "reward_model": rm,
-                   "extra_info": {"index": 0, "split": "test"}}]).to_parquet(ref_math, index=False)
+    pd.DataFrame(
+        [
+            {
+                "level": "Level 3",
+                "type": "Algebra",
+                "data_source": "DigitalLearningGmbH/MATH-lighteval",
+                "prompt": msgs,
+                "ability": "math",
+                "reward_model": rm,
+                "extra_info": {"index": 0, "split": "test"},
+            }
+        ]
+    ).to_parquet(ref_math, index=False)
     assert b"pandas" in (pq.read_schema(ref_math).metadata or {})
     ref_amc = tmp_path / "ref_amc.parquet"
-    pq.write_table(pa.Table.from_pylist([{"data_source": "DigitalLearningGmbH/MATH-lighteval", "prompt": msgs,
-                                          "ability": "math", "reward_model": {"ground_truth": "142.0", "style": "rule"},
-                                          "extra_info": {"id": "0", "index": 0, "source": "amc"}}]), ref_amc)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "data_source": "DigitalLearningGmbH/MATH-lighteval",
+                    "prompt": msgs,
+                    "ability": "math",
+                    "reward_model": {"ground_truth": "142.0", "style": "rule"},
+                    "extra_info": {"id": "0", "index": 0, "source": "amc"},
+                }
+            ]
+        ),
+        ref_amc,
+    )
     ref_openrs = tmp_path / "ref_openrs.parquet"
-    pq.write_table(pa.Table.from_pylist([{"solution": "... \\boxed{2}", "data_source": "x", "prompt": msgs,
-                                          "ability": "math", "reward_model": rm,
-                                          "extra_info": {"index": 0, "level": "Easy", "split": "train"}}]), ref_openrs)
+    pq.write_table(
+        pa.Table.from_pylist(
+            [
+                {
+                    "solution": "... \\boxed{2}",
+                    "data_source": "x",
+                    "prompt": msgs,
+                    "ability": "math",
+                    "reward_model": rm,
+                    "extra_info": {"index": 0, "level": "Easy", "split": "train"},
+                }
+            ]
+        ),
+        ref_openrs,
+    )
     for ref in (ref_math, ref_amc, ref_openrs):
         ex = load_examples(str(ref), tok)[0]
         assert ex.prompt_text == ours.prompt_text == reference_render(tok, Q1)
@@ -147,10 +223,12 @@ def test_user_prompt_style_and_overrides(tmp_path, tok):
 def test_directory_input_picks_the_split(tmp_path, tok):
     snap = tmp_path / "snapshot" / "main"
     snap.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist([{"question": Q2, "answer": "#### 1203"}]),
-                   str(snap / "test-00000-of-00001.parquet"))
-    pq.write_table(pa.Table.from_pylist([{"question": "x?", "answer": "#### 1"}] * 3),
-                   str(snap / "train-00000-of-00001.parquet"))
+    pq.write_table(
+        pa.Table.from_pylist([{"question": Q2, "answer": "#### 1203"}]), str(snap / "test-00000-of-00001.parquet")
+    )
+    pq.write_table(
+        pa.Table.from_pylist([{"question": "x?", "answer": "#### 1"}] * 3), str(snap / "train-00000-of-00001.parquet")
+    )
     out = preprocess("gsm8k", [str(tmp_path / "snapshot")], str(tmp_path / "o"))
     assert out["rows_out"] == 1 and out["split"] == "test"
     with pytest.raises(PreprocessError, match="no .* file whose name starts with the split 'validation'"):
@@ -161,15 +239,15 @@ def test_directory_input_picks_the_split(tmp_path, tok):
 # Malformed inputs
 # ----------------------------------------------------------------------------------------------------------------
 BAD_MATH_LINES = [
-    {"problem": "Good one?", "solution": "$\\boxed{1}$"},               # row 0: ok
-    {"problem": "No answer column value", "solution": None},            # row 1: missing answer
-    {"problem": "   ", "solution": "$\\boxed{3}$"},                      # row 2: empty question
-    {"problem": "Number instead of text", "solution": 4},               # row 3: non-string answer
-    "{not json",                                                         # row 4: broken line
-    ["a", "list"],                                                       # row 5: not an object
-    {"problem": "Unboxed", "solution": "the answer is 5"},              # row 6: no boxed answer
-    {"problem": 17, "solution": "$\\boxed{7}$"},                         # row 7: non-string question
-    {"problem": "Good two?", "solution": "$\\boxed{8}$"},               # row 8: ok
+    {"problem": "Good one?", "solution": "$\\boxed{1}$"},  # row 0: ok
+    {"problem": "No answer column value", "solution": None},  # row 1: missing answer
+    {"problem": "   ", "solution": "$\\boxed{3}$"},  # row 2: empty question
+    {"problem": "Number instead of text", "solution": 4},  # row 3: non-string answer
+    "{not json",  # row 4: broken line
+    ["a", "list"],  # row 5: not an object
+    {"problem": "Unboxed", "solution": "the answer is 5"},  # row 6: no boxed answer
+    {"problem": 17, "solution": "$\\boxed{7}$"},  # row 7: non-string question
+    {"problem": "Good two?", "solution": "$\\boxed{8}$"},  # row 8: ok
 ]
 
 
@@ -203,11 +281,19 @@ def test_malformed_rows_skipped_and_reported(tmp_path, tok):
 def test_non_string_answers(tmp_path):
     """Numbers are the source format of AIME/AMC answers (formatted: 142.0 -> '142'); elsewhere they are malformed."""
     src = write_jsonl(tmp_path / "m500.jsonl", [{"problem": "p", "answer": 7, "solution": "no box"}])
-    with pytest.raises(PreprocessError,
-                       match=r"m500.jsonl: row 0 \(line 1\): 'answer' must be a string \(got int: 7\)"):
+    with pytest.raises(
+        PreprocessError, match=r"m500.jsonl: row 0 \(line 1\): 'answer' must be a string \(got int: 7\)"
+    ):
         preprocess("math500", [src], str(tmp_path / "o"))
-    src = write_jsonl(tmp_path / "amc.jsonl", [{"problem": "p", "answer": [1, 2]}, {"problem": "q", "answer": True},
-                                              {"problem": "r", "answer": float("nan")}, {"problem": "s", "answer": 3}])
+    src = write_jsonl(
+        tmp_path / "amc.jsonl",
+        [
+            {"problem": "p", "answer": [1, 2]},
+            {"problem": "q", "answer": True},
+            {"problem": "r", "answer": float("nan")},
+            {"problem": "s", "answer": 3},
+        ],
+    )
     res = preprocess("amc", [src], str(tmp_path / "o"), on_bad_row="skip")
     assert res["rows_out"] == 1 and res["skipped"] == 3
     assert "got list" in res["skipped_rows"][0] and "got bool" in res["skipped_rows"][1]
@@ -280,8 +366,10 @@ def test_champ_competition_problems(tmp_path, tok):
     champ = pytest.importorskip("champ_dataset", reason="champ-dataset not installed (pip install champ-dataset)")
     problems = list(champ.load("v0").problems.values())
     assert len(problems) == 270
-    src = write_jsonl(tmp_path / "champ.jsonl", [{"id": p.identifier, "problem": p.text, "answer": p.answer,
-                                                  "category": p.category} for p in problems])
+    src = write_jsonl(
+        tmp_path / "champ.jsonl",
+        [{"id": p.identifier, "problem": p.text, "answer": p.answer, "category": p.category} for p in problems],
+    )
     res = preprocess("amc", [src], str(tmp_path / "o"), split="test", on_bad_row="error")
     assert res["rows_out"] == 270
     ds = load_examples(res["output"], tok)

@@ -1,4 +1,5 @@
 """Each reward method on hand-computed groups (the trainer-independent part of every method)."""
+
 import pytest
 
 from megatron_corew.rewards import Group, compute_rewards
@@ -51,7 +52,9 @@ def test_equivalence_aware_voting_is_opt_in():
 
 
 def test_self_certainty_and_entropy_signs():
-    g = Group(answers=["", ""], seq_stats=[{"self_certainty": 2.0, "entropy": 0.5}, {"self_certainty": 1.0, "entropy": 1.5}])
+    g = Group(
+        answers=["", ""], seq_stats=[{"self_certainty": 2.0, "entropy": 0.5}, {"self_certainty": 1.0, "entropy": 1.5}]
+    )
     assert compute_rewards("self_certainty", [g])[0] == [[2.0, 1.0]]
     assert compute_rewards("entropy", [g])[0] == [[-0.5, -1.5]]
     with pytest.raises(ValueError, match="--reward-method"):
@@ -76,11 +79,16 @@ def test_gt_with_an_outside_grader_sends_only_gradeable_pairs():
             return [grade_answer(a, gt, mode) for a, gt in zip(answers, ground_truths)]
 
     grader = RecordingGrader()
-    groups = [Group(answers=["2", "", "\\frac12", "3"], ground_truth="2"),
-              Group(answers=["0.5", "1/2"], ground_truth="\\frac{1}{2}"), Group(answers=["7", "7"], ground_truth=None)]
+    groups = [
+        Group(answers=["2", "", "\\frac12", "3"], ground_truth="2"),
+        Group(answers=["0.5", "1/2"], ground_truth="\\frac{1}{2}"),
+        Group(answers=["7", "7"], ground_truth=None),
+    ]
     inline, _ = compute_rewards("gt", groups)
     remote, _ = compute_rewards("gt", groups, grader=grader)
-    assert remote == inline == [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]  # MATH normalisation: 0.5, 1/2 = \\frac{1}{2}
+    assert (
+        remote == inline == [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]
+    )  # MATH normalisation: 0.5, 1/2 = \\frac{1}{2}
     assert sent == [("2", "2"), ("\\frac12", "2"), ("3", "2"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}")]
     with pytest.raises(RuntimeError, match="returned 0 scores for 5"):
         compute_rewards("gt", groups, grader=RecordingGrader(scores=[]))

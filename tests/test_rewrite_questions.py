@@ -2,13 +2,14 @@
 (same aligned output as an uninterrupted run), the atomic parquet pair.
 
 Two kinds of engine:
-* ``ScriptedEngine`` below is a STAND-IN for a rollout backend (it implements ``RolloutEngine.generate`` by
-  replying from a fixed script keyed on the question). It exists to drive the parser / retry / check / resume
+* ``RewriteScript`` below is a STAND-IN for a rollout backend (a ``fakes.ScriptedEngine``: ``generate`` replies
+  from a fixed script keyed on the question). It exists to drive the parser / retry / check / resume
   logic through exact, known replies; it is not a model.
 * a real tiny Qwen3 rephrasing model (megatron_corew/demo/tiny_rephraser.py) with the embedded engine, end to end
   through the CLI, including a SIGKILL halfway through writing a batch and a resume; its rewrites are checked
   (same numbers, new wording) and the pair loads as Co-rewarding-I data; seeded sampling makes runs reproducible.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,6 +20,7 @@ import sys
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from fakes import ScriptedEngine
 
 from megatron_corew.data import SYSTEM_PROMPT, load_paired_examples
 from megatron_corew.data.rephrase import (
@@ -30,8 +32,6 @@ from megatron_corew.data.rephrase import (
     read_log,
     run_rewrite,
 )
-from megatron_corew.demo.tiny_task import build_tokenizer
-from megatron_corew.rollout.base import Generation, RolloutEngine
 from megatron_corew.utils import faults
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,16 +48,22 @@ def good(q, body=None):
 # ----------------------------------------------------------------------------------------------------------------
 def test_parse_rewrite():
     assert parse_rewrite(good("What is 2+2?", "A baker has 2 and 2 more. How many?")) == (
-        "What is 2+2?", "A baker has 2 and 2 more. How many?")
+        "What is 2+2?",
+        "A baker has 2 and 2 more. How many?",
+    )
     assert parse_rewrite("<think>maybe " + good("x") + "</think>\n" + good("q", "r")) == ("q", "r")
-    assert parse_rewrite("chatter\n" + good("q", "line 1\nORIGINAL: kept\nline 3") + "\ntrailing")[1] == \
-        "line 1\nORIGINAL: kept\nline 3"
+    assert (
+        parse_rewrite("chatter\n" + good("q", "line 1\nORIGINAL: kept\nline 3") + "\ntrailing")[1]
+        == "line 1\nORIGINAL: kept\nline 3"
+    )
     assert parse_rewrite(f"{START_MARKER} REWRITE: r {END_MARKER}") == ("", "r")
-    for bad, msg in [("no markers at all", "no ### RESULT_START"),
-                     (f"{END_MARKER} {START_MARKER} ORIGINAL: a REWRITE: b", "no ### RESULT_END"),
-                     (f"{START_MARKER}\nORIGINAL: a\n{END_MARKER}", "no REWRITE"),
-                     (f"{START_MARKER} ORIGINAL: a REWRITE:   {END_MARKER}", "empty"),
-                     ("<think>" + good("q"), "unfinished <think>")]:
+    for bad, msg in [
+        ("no markers at all", "no ### RESULT_START"),
+        (f"{END_MARKER} {START_MARKER} ORIGINAL: a REWRITE: b", "no ### RESULT_END"),
+        (f"{START_MARKER}\nORIGINAL: a\n{END_MARKER}", "no REWRITE"),
+        (f"{START_MARKER} ORIGINAL: a REWRITE:   {END_MARKER}", "empty"),
+        ("<think>" + good("q"), "unfinished <think>"),
+    ]:
         with pytest.raises(RewriteParseError, match=msg):
             parse_rewrite(bad)
 
@@ -68,7 +74,7 @@ def test_parse_rewrite():
 QUESTIONS = [f"Question {i}: what is {i} + {i}?" for i in range(8)]
 
 
-class ScriptedEngine(RolloutEngine):
+class RewriteScript(ScriptedEngine):
     """STAND-IN backend (not a model): replies from a script keyed on the question in the decoded prompt.
 
     Rewrite prompts: rows 0, 3, 6 rewrite at once; row 1 replies garbage once; row 4 forgets the end marker once,
@@ -77,15 +83,21 @@ class ScriptedEngine(RolloutEngine):
     wrongly; the original question of row 6 is answered wrongly (only matters for --check_answer original)."""
 
     def __init__(self, tokenizer):
-        self.tok = tokenizer
+        super().__init__(tokenizer)
         self.calls = []  # (number of prompts, seed, greedy)
         self.asked: dict[int, int] = {}
+
+    def start_call(self, prompts, params):
+        self.calls.append((len(prompts), params.seed, params.greedy))
 
     def _row(self, text):
         for i, q in enumerate(QUESTIONS):
             if q in text or f"Version of {i}" in text:
                 return i
         raise AssertionError(f"unknown prompt {text[-200:]!r}")
+
+    def reply(self, text, params):
+        return self._reply(text), "stop"
 
     def _reply(self, text):
         i = self._row(text)
@@ -106,23 +118,6 @@ class ScriptedEngine(RolloutEngine):
             return good(q, q)
         return good(q, body)
 
-    def generate(self, prompts, params):
-        self.calls.append((len(prompts), params.seed, params.greedy))
-        out = []
-        for p in prompts:
-            ids = self.tok(self._reply(self.tok.decode(p)), add_special_tokens=False)["input_ids"]
-            out.append(Generation(prompt_ids=list(p), response_ids=ids, logprobs=[0.0] * len(ids),
-                                  finish_reason="stop"))
-        return out
-
-    def update_weights(self, named_tensors, version):
-        raise NotImplementedError
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return build_tokenizer()
-
 
 def write_input(path, n=8, broken_rows=()):
     rows = []
@@ -130,9 +125,16 @@ def write_input(path, n=8, broken_rows=()):
         prompt = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": QUESTIONS[i]}]
         if i in broken_rows:
             prompt = [{"role": "system", "content": SYSTEM_PROMPT}]
-        rows.append({"level": f"L{i % 3}", "data_source": "unit", "prompt": prompt, "ability": "math",
-                     "reward_model": {"ground_truth": str(2 * i), "style": "rule"},
-                     "extra_info": {"index": 100 + i, "split": "train"}})
+        rows.append(
+            {
+                "level": f"L{i % 3}",
+                "data_source": "unit",
+                "prompt": prompt,
+                "ability": "math",
+                "reward_model": {"ground_truth": str(2 * i), "style": "rule"},
+                "extra_info": {"index": 100 + i, "split": "train"},
+            }
+        )
     pq.write_table(pa.Table.from_pylist(rows), str(path))
     return str(path)
 
@@ -142,8 +144,18 @@ def outputs(d):
 
 
 def run(engine, tok, inp, out, cfg=None, **kw):
-    return run_rewrite(engine, tok, inp, out["jsonl"], out["parquet"], out["original"], "prompt",
-                       cfg or RewriteConfig(batch_size=3, max_new_tokens=64), log=lambda m: None, **kw)
+    return run_rewrite(
+        engine,
+        tok,
+        inp,
+        out["jsonl"],
+        out["parquet"],
+        out["original"],
+        "prompt",
+        cfg or RewriteConfig(batch_size=3, max_new_tokens=64),
+        log=lambda m: None,
+        **kw,
+    )
 
 
 def snapshot(out):
@@ -154,7 +166,7 @@ def snapshot(out):
 def test_retries_and_aligned_pair(tmp_path, tok):
     inp = write_input(tmp_path / "in.parquet", broken_rows=(7,))
     out = outputs(tmp_path)
-    summary = run(ScriptedEngine(tok), tok, inp, out)
+    summary = run(RewriteScript(tok), tok, inp, out)
     assert summary["rows"] == 8 and summary["rewritten"] == 6 and summary["failed"] == 2
     assert summary["retried_ok"] == 3
     recs = {r["index"]: r for r in read_log(out["jsonl"])[0].values()}
@@ -183,13 +195,13 @@ def test_answer_check(tmp_path, tok):
     inp = write_input(tmp_path / "in.parquet")
     out = outputs(tmp_path / "gt")
     cfg = RewriteConfig(batch_size=3, max_new_tokens=64, check_answer="ground_truth")
-    run(ScriptedEngine(tok), tok, inp, out, cfg)
+    run(RewriteScript(tok), tok, inp, out, cfg)
     recs = read_log(out["jsonl"])[0]
     assert recs[3]["status"] == "failed" and "answer check failed" in recs[3]["errors"][0]
     assert recs[0]["check"] == {"answer": "0", "expected": "0", "passed": True}
     assert sorted(i for i, r in recs.items() if r["status"] == "ok") == [0, 1, 4, 5, 6, 7]
     out2 = outputs(tmp_path / "orig")
-    run(ScriptedEngine(tok), tok, inp, out2, RewriteConfig(batch_size=3, max_new_tokens=64, check_answer="original"))
+    run(RewriteScript(tok), tok, inp, out2, RewriteConfig(batch_size=3, max_new_tokens=64, check_answer="original"))
     recs = read_log(out2["jsonl"])[0]
     assert sorted(i for i, r in recs.items() if r["status"] == "ok") == [0, 1, 4, 5, 7]  # 3 and 6 disagree
 
@@ -210,24 +222,24 @@ def crash_instead_of_kill(monkeypatch):
 def test_resume_after_crash_mid_batch_matches_uninterrupted(tmp_path, tok, monkeypatch, crash_instead_of_kill):
     inp = write_input(tmp_path / "in.parquet")
     ref_out = outputs(tmp_path / "ref")
-    ref_engine = ScriptedEngine(tok)
+    ref_engine = RewriteScript(tok)
     run(ref_engine, tok, inp, ref_out)
     ref = snapshot(ref_out)
 
     out = outputs(tmp_path / "resumed")
     monkeypatch.setenv("COREW_FAULT", "rewrite_mid_batch:1")
     with pytest.raises(crash_instead_of_kill):
-        run(ScriptedEngine(tok), tok, inp, out)
+        run(RewriteScript(tok), tok, inp, out)
     monkeypatch.delenv("COREW_FAULT")
     lines = open(out["jsonl"]).read().splitlines(keepends=True)
     # batch 0, then half of batch 1's bytes: one whole record of it and a torn one (both discarded on resume)
     assert len(lines) == 5 and all(x.endswith("\n") for x in lines[:4]) and not lines[-1].endswith("\n")
     assert not os.path.exists(out["parquet"]) and not os.path.exists(out["original"])
-    engine = ScriptedEngine(tok)
+    engine = RewriteScript(tok)
     summary = run(engine, tok, inp, out)
     assert summary["resumed_batches"] == 1
     assert 0 < len(engine.calls) < len(ref_engine.calls)
-    assert engine.calls == ref_engine.calls[-len(engine.calls):]  # the same calls with the same seeds
+    assert engine.calls == ref_engine.calls[-len(engine.calls) :]  # the same calls with the same seeds
     got = snapshot(out)
     assert got[0] == ref[0] and got[1].equals(ref[1]) and got[2].equals(ref[2])
     assert sorted(os.listdir(tmp_path / "resumed")) == ["orig.parquet", "rw.jsonl", "rw.jsonl.meta.json", "rw.parquet"]
@@ -236,14 +248,14 @@ def test_resume_after_crash_mid_batch_matches_uninterrupted(tmp_path, tok, monke
 def test_crash_between_the_two_parquet_files(tmp_path, tok, monkeypatch, crash_instead_of_kill):
     inp = write_input(tmp_path / "in.parquet")
     out = outputs(tmp_path)
-    run(ScriptedEngine(tok), tok, inp, out)
+    run(RewriteScript(tok), tok, inp, out)
     first = snapshot(out)
     monkeypatch.setenv("COREW_FAULT", "rewrite_between_outputs:0")
     with pytest.raises(crash_instead_of_kill):
-        run(ScriptedEngine(tok), tok, inp, out)  # all batches done: only the pair is rewritten
+        run(RewriteScript(tok), tok, inp, out)  # all batches done: only the pair is rewritten
     assert os.path.exists(out["original"]) and not os.path.exists(out["parquet"])  # incomplete, never misaligned
     monkeypatch.delenv("COREW_FAULT")
-    engine = ScriptedEngine(tok)
+    engine = RewriteScript(tok)
     run(engine, tok, inp, out)
     assert engine.calls == []  # nothing regenerated
     again = snapshot(out)
@@ -258,8 +270,8 @@ def test_over_an_openai_compatible_server(tmp_path, tok):
 
     inp = write_input(tmp_path / "in.parquet", broken_rows=(7,))
     direct = outputs(tmp_path / "direct")
-    run(ScriptedEngine(tok), tok, inp, direct)
-    server = serve_engine(ScriptedEngine(tok), tok, "127.0.0.1", 0)
+    run(RewriteScript(tok), tok, inp, direct)
+    server = serve_engine(RewriteScript(tok), tok, "127.0.0.1", 0)
     try:
         remote = outputs(tmp_path / "remote")
         client = OpenAICompatEngine(f"http://127.0.0.1:{server.server_address[1]}/v1", tokenizer=tok, concurrency=4)
@@ -274,13 +286,13 @@ def test_over_an_openai_compatible_server(tmp_path, tok):
 def test_resume_refuses_other_settings(tmp_path, tok):
     inp = write_input(tmp_path / "in.parquet")
     out = outputs(tmp_path)
-    run(ScriptedEngine(tok), tok, inp, out)
+    run(RewriteScript(tok), tok, inp, out)
     with pytest.raises(ValueError, match=r"different run \(differs in \['config'\]\)"):
-        run(ScriptedEngine(tok), tok, inp, out, RewriteConfig(batch_size=4, max_new_tokens=64))
+        run(RewriteScript(tok), tok, inp, out, RewriteConfig(batch_size=4, max_new_tokens=64))
     write_input(tmp_path / "other.parquet", n=6)
     with pytest.raises(ValueError, match="input_questions_sha256"):
-        run(ScriptedEngine(tok), tok, str(tmp_path / "other.parquet"), out)
-    s = run(ScriptedEngine(tok), tok, inp, out, RewriteConfig(batch_size=4, max_new_tokens=64), overwrite=True)
+        run(RewriteScript(tok), tok, str(tmp_path / "other.parquet"), out)
+    s = run(RewriteScript(tok), tok, inp, out, RewriteConfig(batch_size=4, max_new_tokens=64), overwrite=True)
     assert s["resumed_batches"] == 0 and s["rewritten"] == 7  # every row but the never-formatted one
 
 
@@ -296,6 +308,7 @@ def rephraser():
     return ensure_rephraser(os.path.join(REPO, "assets", "tiny_rephraser"))
 
 
+@pytest.mark.e2e
 def test_tiny_model_end_to_end_kill_and_resume(tmp_path, rephraser):
     import torch
     from transformers import AutoTokenizer
@@ -309,13 +322,36 @@ def test_tiny_model_end_to_end_kill_and_resume(tmp_path, rephraser):
     problems = generate_problems(num_train=n, num_val=1, seed=3)[0]
     inp = str(tmp_path / "in.parquet")
     write_parquet(verl_rows(problems, "train", "original"), inp)
-    flags = ["--batch_size", "2", "--max_tokens", "128", "--max_attempts", "2", "--seed", "5",
-             "--instruction_file", os.path.join(rephraser, INSTRUCTION_FILE)]
+    flags = [
+        "--batch_size",
+        "2",
+        "--max_tokens",
+        "128",
+        "--max_attempts",
+        "2",
+        "--seed",
+        "5",
+        "--instruction_file",
+        os.path.join(rephraser, INSTRUCTION_FILE),
+    ]
     cfg = RewriteConfig(batch_size=2, max_new_tokens=128, max_attempts=2, seed=5, instruction=INSTRUCTION)
     killed = outputs(tmp_path / "killed")
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1", COREW_FAULT="rewrite_mid_batch:1")
-    cmd = [sys.executable, TOOL, "--input_path", inp, "--output_jsonl", killed["jsonl"], "--output_parquet",
-           killed["parquet"], "--output_original_parquet", killed["original"], "--model_path", rephraser, *flags]
+    cmd = [
+        sys.executable,
+        TOOL,
+        "--input_path",
+        inp,
+        "--output_jsonl",
+        killed["jsonl"],
+        "--output_parquet",
+        killed["parquet"],
+        "--output_original_parquet",
+        killed["original"],
+        "--model_path",
+        rephraser,
+        *flags,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == -9, proc.stderr[-3000:]
     assert "batch 1/3" in proc.stderr and "batch 2/3" not in proc.stderr
@@ -325,11 +361,13 @@ def test_tiny_model_end_to_end_kill_and_resume(tmp_path, rephraser):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+
         def engine():
             return EmbeddedEngine(rephraser, eos_ids(rephraser, tok), tok.pad_token_id, max_batch_size=64)
 
-        s = run_rewrite(engine(), tok, inp, killed["jsonl"], killed["parquet"], killed["original"], cfg=cfg,
-                        log=lambda m: None)
+        s = run_rewrite(
+            engine(), tok, inp, killed["jsonl"], killed["parquet"], killed["original"], cfg=cfg, log=lambda m: None
+        )
         assert s["resumed_batches"] == 1
         ref = outputs(tmp_path / "ref")
         run_rewrite(engine(), tok, inp, ref["jsonl"], ref["parquet"], ref["original"], cfg=cfg, log=lambda m: None)

@@ -1,4 +1,5 @@
 """RunLogger writes real tensorboard scalars and jsonl; wandb is optional (absent -> warning, no crash)."""
+
 import json
 import os
 import sys

@@ -17,6 +17,7 @@ before launching its own (never two servers at once on a 2-core machine):
 
 This file is also the subprocess worker for the training runs (``python tests/test_sglang.py rlrun CFG``).
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,8 +51,10 @@ def sglang_status() -> tuple[bool, str]:
     except Exception as e:  # noqa: BLE001
         return False, f"cannot run {py}: {e}"
     if r.returncode != 0:
-        return False, (f"sglang is not installed for {py} (run `bash tools/install_sglang.sh`): "
-                       f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}")
+        return False, (
+            f"sglang is not installed for {py} (run `bash tools/install_sglang.sh`): "
+            f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}"
+        )
     return True, ""
 
 
@@ -72,8 +75,19 @@ def test_flags_and_passthrough():
     p = argparse.ArgumentParser()
     config.add_rollout_args(p)
     rest, extra = config.split_sglang_passthrough(
-        ["--lr", "1", "--sglang-mem-fraction-static", "0.5", "--sglang-enable-mixed-chunk",
-         "--sglang-schedule-policy=lpm", "--sglang-cuda-graph-max-bs", "8", "--rollout-backend", "sglang"])
+        [
+            "--lr",
+            "1",
+            "--sglang-mem-fraction-static",
+            "0.5",
+            "--sglang-enable-mixed-chunk",
+            "--sglang-schedule-policy=lpm",
+            "--sglang-cuda-graph-max-bs",
+            "8",
+            "--rollout-backend",
+            "sglang",
+        ]
+    )
     assert extra == ["--enable-mixed-chunk", "--schedule-policy", "lpm", "--cuda-graph-max-bs", "8"]
     assert rest == ["--lr", "1", "--sglang-mem-fraction-static", "0.5", "--rollout-backend", "sglang"]
     a = p.parse_args(rest[2:] + ["--sglang-tp-size", "2", "--sglang-server-args", "--max-prefill-tokens 64"])
@@ -83,8 +97,13 @@ def test_flags_and_passthrough():
     assert flags[4:] == ["--max-prefill-tokens", "64", *extra]
     cfg = config.RolloutConfig.from_args(a)
     assert cfg.server_args == flags and cfg.tp_size == 2 and cfg.backend == "sglang" and cfg.bucket_mb == 512
-    spec = ss.ServerSpec(model_path="/m", python="py", port=1234, server_args=flags + ["--dtype", "bfloat16"],
-                         extra_pythonpath=["/stubs"])
+    spec = ss.ServerSpec(
+        model_path="/m",
+        python="py",
+        port=1234,
+        server_args=flags + ["--dtype", "bfloat16"],
+        extra_pythonpath=["/stubs"],
+    )
     cmd = spec.command()
     assert cmd[:3] == ["py", "-m", "sglang.launch_server"] and "--skip-tokenizer-init" in cmd
     assert cmd[cmd.index("--dtype") + 1] == "bfloat16" and cmd.count("--dtype") == 1  # user flag wins
@@ -126,9 +145,11 @@ def test_tensor_serializer_roundtrip_in_another_process(tmp_path):
     src = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     data, keep = serialize_named_tensors([("a.weight", src), ("b.bias", torch.ones(5, dtype=torch.bfloat16))])
     assert not src.is_shared()
-    code = ("import base64,io,pickle,sys,torch;"
-            "x=pickle.loads(base64.b64decode(sys.stdin.read()));"
-            "print(x[0][0], x[0][1].sum().item(), x[1][0], x[1][1].dtype)")
+    code = (
+        "import base64,io,pickle,sys,torch;"
+        "x=pickle.loads(base64.b64decode(sys.stdin.read()));"
+        "print(x[0][0], x[0][1].sum().item(), x[1][0], x[1][1].dtype)"
+    )
     r = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["a.weight", "66.0", "b.bias", "torch.bfloat16"]
@@ -164,12 +185,20 @@ def fake_root(tmp_path_factory):
 
 
 def _fake_fleet(model, fake_root, tmp_path, n=2):
-    specs = [ss.ServerSpec(model_path=model, python=sys.executable, extra_pythonpath=[fake_root],
-                           log_path=str(tmp_path / f"fake{i}.log"), name=f"fake{i}")
-             for i in range(n)]
+    specs = [
+        ss.ServerSpec(
+            model_path=model,
+            python=sys.executable,
+            extra_pythonpath=[fake_root],
+            log_path=str(tmp_path / f"fake{i}.log"),
+            name=f"fake{i}",
+        )
+        for i in range(n)
+    ]
     return sf.LocalFleet(specs, sh.HTTPConfig(retries=1, backoff=0.1), startup_timeout=120).start()
 
 
+@pytest.mark.e2e
 def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_path):
     """Client logic on two (fake) engines: work split and per-engine throughput, a killed engine
     restarted and refilled, the teacher swapped in and out, stale versions refused."""
@@ -182,8 +211,9 @@ def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_
     other = make_tiny_hf_model(str(tmp_path / "b"), "qwen2", seed=3)
     fleet = _fake_fleet(model, fake_root, tmp_path)
     try:
-        pol = SGLangEngine(fleet, model_path=model, eos_token_ids=[2], weight_sync="tensor",
-                              sync_dir=str(tmp_path / "sync"))
+        pol = SGLangEngine(
+            fleet, model_path=model, eos_token_ids=[2], weight_sync="tensor", sync_dir=str(tmp_path / "sync")
+        )
         teacher = pol.role_view("teacher")
         prompts = [[5, 6, 7], [9, 10], [11, 12, 13, 14], [3, 4], [20, 21, 22], [30]]
         p = SamplingParams(max_new_tokens=8, greedy=True)
@@ -222,6 +252,7 @@ def test_two_engines_restart_swap_and_versions_with_fake_servers(fake_root, tmp_
     assert not any(pr.running() for pr in fleet.procs)
 
 
+@pytest.mark.e2e
 def test_router_in_front_of_two_fake_engines(fake_root, tmp_path):
     if not ss.router_available(ss.default_sglang_python()):
         pytest.skip("sglang_router is not installed (tools/install_sglang.sh installs it)")
@@ -230,11 +261,19 @@ def test_router_in_front_of_two_fake_engines(fake_root, tmp_path):
     from megatron_corew.rollout.embedded import EmbeddedEngine
 
     model = make_tiny_hf_model(str(tmp_path / "a"), "qwen2")
-    specs = [ss.ServerSpec(model_path=model, python=sys.executable, extra_pythonpath=[fake_root],
-                           log_path=str(tmp_path / f"fake{i}.log"), name=f"fake{i}")
-             for i in range(2)]
-    fleet = sf.LocalFleet(specs, sh.HTTPConfig(), use_router=True, router_python=ss.default_sglang_python(),
-                          log_dir=str(tmp_path)).start()
+    specs = [
+        ss.ServerSpec(
+            model_path=model,
+            python=sys.executable,
+            extra_pythonpath=[fake_root],
+            log_path=str(tmp_path / f"fake{i}.log"),
+            name=f"fake{i}",
+        )
+        for i in range(2)
+    ]
+    fleet = sf.LocalFleet(
+        specs, sh.HTTPConfig(), use_router=True, router_python=ss.default_sglang_python(), log_dir=str(tmp_path)
+    ).start()
     try:
         eng = SGLangEngine(fleet, model_path=model, eos_token_ids=[2])
         prompts = [[5, 6, 7], [9, 10], [11, 12, 13], [3, 4], [20, 21], [30]]
@@ -270,8 +309,9 @@ class _Server:
         self.fleet = None
 
     def start(self):
-        spec = ss.ServerSpec(model_path=self.model, extra_pythonpath=[self.stubs], log_path=self.log,
-                             name="test-engine")
+        spec = ss.ServerSpec(
+            model_path=self.model, extra_pythonpath=[self.stubs], log_path=self.log, name="test-engine"
+        )
         self.fleet = sf.LocalFleet([spec], sh.HTTPConfig(), startup_timeout=300).start()
         return self
 
@@ -281,8 +321,12 @@ class _Server:
 
     def reset_weights(self):
         """Back to the initial checkpoint, reported as version 'default' (what a fresh client expects)."""
-        sh.http_json("POST", self.url + "/update_weights_from_disk",
-                     {"model_path": self.model, "weight_version": "default"}, timeout=120)
+        sh.http_json(
+            "POST",
+            self.url + "/update_weights_from_disk",
+            {"model_path": self.model, "weight_version": "default"},
+            timeout=120,
+        )
 
     def stop(self):
         if self.fleet is not None:
@@ -302,13 +346,15 @@ def server(bundle, stubs, tmp_path_factory):
 
 def _client(server, **kw):
     server.reset_weights()
-    return SGLangEngine(sf.AttachedFleet([server.url], sh.HTTPConfig()), model_path=server.model,
-                           eos_token_ids=kw.pop("eos", [2]), **kw)
+    return SGLangEngine(
+        sf.AttachedFleet([server.url], sh.HTTPConfig()), model_path=server.model, eos_token_ids=kw.pop("eos", [2]), **kw
+    )
 
 
 def _prompts(bundle, n=6):
-    from megatron_corew.data.dataset import load_examples
     from transformers import AutoTokenizer
+
+    from megatron_corew.data.dataset import load_examples
 
     tok = AutoTokenizer.from_pretrained(bundle["model"])
     ex = load_examples(bundle["train"], tok, 128)
@@ -344,7 +390,7 @@ def test_sampled_logprobs_are_temperature_scaled_not_truncated(server, bundle):
     for g in gens:
         with torch.no_grad():
             logits = model(torch.tensor([g.prompt_ids + g.response_ids])).logits[0].double()
-        rows = logits[len(g.prompt_ids) - 1:-1]
+        rows = logits[len(g.prompt_ids) - 1 : -1]
         lp = torch.log_softmax(rows / T, -1)
         lp1 = torch.log_softmax(rows, -1)
         for j, t in enumerate(g.response_ids):
@@ -370,11 +416,38 @@ def test_eos_stops_generation_and_is_kept(server, bundle):
 
 
 def _run_args(bundle, out, method="gt", steps=1, lr="1e-2", extra=()):
-    return ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", method,
-            "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "16",
-            "--max-prompt-length", "128", "--micro-batch-size", "16", "--lr", lr, "--lr-warmup-fraction", "0",
-            "--train-iters", str(steps), "--eval-interval", "0", "--output-dir", out, "--no-progress-bar",
-            "--kl-loss-coef", "0", *extra]
+    return [
+        "--hf-checkpoint",
+        bundle["model"],
+        "--train-data",
+        bundle["train"],
+        "--reward-method",
+        method,
+        "--global-batch-size",
+        "4",
+        "--n-samples-per-prompt",
+        "4",
+        "--max-response-length",
+        "16",
+        "--max-prompt-length",
+        "128",
+        "--micro-batch-size",
+        "16",
+        "--lr",
+        lr,
+        "--lr-warmup-fraction",
+        "0",
+        "--train-iters",
+        str(steps),
+        "--eval-interval",
+        "0",
+        "--output-dir",
+        out,
+        "--no-progress-bar",
+        "--kl-loss-coef",
+        "0",
+        *extra,
+    ]
 
 
 def _rlrun(cfg: dict, tmp_path, timeout=900) -> dict:
@@ -385,8 +458,15 @@ def _rlrun(cfg: dict, tmp_path, timeout=900) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([REPO, HERE]))
     log = str(tmp_path / "worker.log")
     with open(log, "w") as logf:  # a file, not a pipe: nothing a worker leaves behind can hold the test
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "rlrun", cfg_path], stdout=logf,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout, env=env, cwd=REPO)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "rlrun", cfg_path],
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=REPO,
+        )
     output = open(log).read()
     assert os.path.exists(cfg["out"]), f"worker died (rc {proc.returncode}):\n{output[-8000:]}"
     with open(cfg["out"]) as f:
@@ -407,9 +487,13 @@ def _metrics(out):
 def test_training_step_then_sync_matches_transformers(server, bundle, tmp_path, mode):
     server.reset_weights()
     out = str(tmp_path / "run")
-    res = _rlrun({"base_argv": _run_args(bundle, out, method="self_certainty"),  # dense rewards: a real update
-                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-urls", server.url,
-                                   "--sglang-weight-sync", mode]}, tmp_path)
+    res = _rlrun(
+        {
+            "base_argv": _run_args(bundle, out, method="self_certainty"),  # dense rewards: a real update
+            "rollout_argv": ["--rollout-backend", "sglang", "--sglang-urls", server.url, "--sglang-weight-sync", mode],
+        },
+        tmp_path,
+    )
     assert "error" not in res, res.get("error") + res["stderr"][-3000:]
     chk = res["check"]
     assert chk["server_equals_new_weights"], chk
@@ -425,17 +509,34 @@ def test_training_step_then_sync_matches_transformers(server, bundle, tmp_path, 
 def test_corewarding2_two_steps_with_swapped_teacher(server, bundle, tmp_path):
     server.reset_weights()
     out = str(tmp_path / "run")
-    res = _rlrun({"base_argv": _run_args(bundle, out, method="corewarding_2", steps=2, lr="1e-3"),
-                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-urls", server.url,
-                                   "--sglang-weight-sync", "tensor", "--sglang-teacher-engines", "shared"]}, tmp_path)
+    res = _rlrun(
+        {
+            "base_argv": _run_args(bundle, out, method="corewarding_2", steps=2, lr="1e-3"),
+            "rollout_argv": [
+                "--rollout-backend",
+                "sglang",
+                "--sglang-urls",
+                server.url,
+                "--sglang-weight-sync",
+                "tensor",
+                "--sglang-teacher-engines",
+                "shared",
+            ],
+        },
+        tmp_path,
+    )
     assert "error" not in res, res.get("error") + res["stderr"][-3000:]
     ms = _metrics(out)
     assert [m["step"] for m in ms] == [1, 2]
     for m in ms:
         assert m["perf/rollout_tokens_per_s"] > 0 and m["perf/teacher_rollout_tokens_per_s"] > 0
         assert "train/teacher_alpha" in m
-    print("policy tok/s", [round(m["perf/rollout_tokens_per_s"], 1) for m in ms],
-          "teacher tok/s", [round(m["perf/teacher_rollout_tokens_per_s"], 1) for m in ms])
+    print(
+        "policy tok/s",
+        [round(m["perf/rollout_tokens_per_s"], 1) for m in ms],
+        "teacher tok/s",
+        [round(m["perf/teacher_rollout_tokens_per_s"], 1) for m in ms],
+    )
     # the teacher's weights were swapped in (and the policy's back) on the one engine
     assert any("loaded teacher weights teacher-" in e for e in res["events"]), res["events"]
     assert any("loaded policy weights policy-" in e for e in res["events"]), res["events"]
@@ -451,11 +552,29 @@ def test_two_real_servers_behind_the_real_router(server, bundle, stubs, tmp_path
         pytest.skip("sglang_router is not installed (tools/install_sglang.sh installs it)")
     server.stop()  # the tests after this one launch their own engines
     out = str(tmp_path / "run")
-    res = _rlrun({"base_argv": _run_args(bundle, out, method="corewarding_2", steps=2, lr="1e-3"),
-                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-num-engines", "2", "--sglang-router", "on",
-                                   "--sglang-weight-sync", "tensor", "--sglang-teacher-engines", "shared",
-                                   "--sglang-extra-pythonpath", stubs, "--sglang-startup-timeout", "300"]},
-                 tmp_path, timeout=1200)
+    res = _rlrun(
+        {
+            "base_argv": _run_args(bundle, out, method="corewarding_2", steps=2, lr="1e-3"),
+            "rollout_argv": [
+                "--rollout-backend",
+                "sglang",
+                "--sglang-num-engines",
+                "2",
+                "--sglang-router",
+                "on",
+                "--sglang-weight-sync",
+                "tensor",
+                "--sglang-teacher-engines",
+                "shared",
+                "--sglang-extra-pythonpath",
+                stubs,
+                "--sglang-startup-timeout",
+                "300",
+            ],
+        },
+        tmp_path,
+        timeout=1200,
+    )
     assert "error" not in res, res.get("error") + res["stderr"][-3000:]
     chk = res["check"]
     assert chk["server_equals_new_weights"] and chk["max_logprob_diff_vs_new"] < 1e-4, chk
@@ -470,6 +589,7 @@ def test_two_real_servers_behind_the_real_router(server, bundle, stubs, tmp_path
     assert res["pids_alive_after"] == []
 
 
+@pytest.mark.e2e
 def test_ray_reward_workers_grade_in_parallel():
     pytest.importorskip("ray")
     import ray
@@ -502,16 +622,17 @@ def test_ray_reward_workers_grade_in_parallel():
 def test_ray_manager_restarts_a_dead_engine_and_repushes_weights(server, bundle, stubs, tmp_path):
     pytest.importorskip("ray")
     import ray
+    from helpers import make_tiny_hf_model
     from safetensors.torch import load_file
 
-    from helpers import make_tiny_hf_model
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.rollout.sglang.ray_fleet import RayRolloutManager
 
     server.stop()  # one server at a time
     other = make_tiny_hf_model(str(tmp_path / "other"), "qwen3", vocab=512, seed=7)
-    spec = ss.ServerSpec(model_path=bundle["model"], extra_pythonpath=[stubs],
-                         log_path=str(tmp_path / "ray_engine.log"))
+    spec = ss.ServerSpec(
+        model_path=bundle["model"], extra_pythonpath=[stubs], log_path=str(tmp_path / "ray_engine.log")
+    )
     mgr = RayRolloutManager([spec], startup_timeout=300, num_reward_workers=1).start()
     try:
         eng = SGLangEngine(mgr, model_path=bundle["model"], eos_token_ids=[2], weight_sync="tensor")
@@ -542,9 +663,8 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
     """--sglang-use-ray --sglang-reward-workers 2: the gt rewards of every step come from the Ray workers and equal
     the inline grader's scores of the dumped responses."""
     pytest.importorskip("ray")
-    from megatron_corew.rewards.grading import grade
-
     from megatron_corew.demo.tiny_bundle import is_complete, make_tiny_task
+    from megatron_corew.rewards.grading import grade
 
     server.stop()
     assets = os.path.join(REPO, "assets", "tiny")  # the warm-started model: its answers are boxed, so graded
@@ -552,18 +672,36 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
         make_tiny_task(assets)
     warm = {"model": os.path.join(assets, "model"), "train": os.path.join(assets, "data", "train.parquet")}
     out = str(tmp_path / "run")
-    res = _rlrun({"base_argv": _run_args(warm, out, method="gt", steps=2, lr="1e-3",
-                                         extra=["--rollout-dump", "--max-response-length", "32"]),
-                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-use-ray", "--sglang-reward-workers", "2",
-                                   "--sglang-weight-sync", "tensor", "--sglang-extra-pythonpath", stubs,
-                                   "--sglang-startup-timeout", "300"]}, tmp_path, timeout=1200)
+    res = _rlrun(
+        {
+            "base_argv": _run_args(
+                warm, out, method="gt", steps=2, lr="1e-3", extra=["--rollout-dump", "--max-response-length", "32"]
+            ),
+            "rollout_argv": [
+                "--rollout-backend",
+                "sglang",
+                "--sglang-use-ray",
+                "--sglang-reward-workers",
+                "2",
+                "--sglang-weight-sync",
+                "tensor",
+                "--sglang-extra-pythonpath",
+                stubs,
+                "--sglang-startup-timeout",
+                "300",
+            ],
+        },
+        tmp_path,
+        timeout=1200,
+    )
     assert "error" not in res, res.get("error") + res["stderr"][-3000:]
     ms = _metrics(out)
     assert [m["step"] for m in ms] == [1, 2]
     for m in ms:
         assert m["reward/graded_by_workers"] > 0
-    dumped = [json.loads(line) for step in (0, 1)
-              for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))]  # 0-based
+    dumped = [
+        json.loads(line) for step in (0, 1) for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))
+    ]  # 0-based
     assert len(dumped) == 2 * 4 * 4
     assert [d["reward"] for d in dumped] == [grade(d["response"], d["ground_truth"]) for d in dumped]
     assert sum(d["reward"] for d in dumped) > 0
@@ -575,12 +713,27 @@ def test_killed_server_is_restarted_then_a_dead_one_fails_the_step(server, bundl
     server.stop()  # this test launches its own engine: one server at a time on this machine
     out = str(tmp_path / "run")
     ckpt = str(tmp_path / "ckpt")
-    res = _rlrun({"base_argv": _run_args(bundle, out, steps=3, lr="1e-3",
-                                         extra=["--save", ckpt, "--save-interval", "1"]),
-                  "rollout_argv": ["--rollout-backend", "sglang", "--sglang-weight-sync", "tensor",
-                                   "--sglang-extra-pythonpath", stubs, "--sglang-startup-timeout", "300",
-                                   "--sglang-http-retries", "1"],
-                  "kill_before_step": 1, "kill_for_good_before_step": 2}, tmp_path, timeout=1200)
+    res = _rlrun(
+        {
+            "base_argv": _run_args(bundle, out, steps=3, lr="1e-3", extra=["--save", ckpt, "--save-interval", "1"]),
+            "rollout_argv": [
+                "--rollout-backend",
+                "sglang",
+                "--sglang-weight-sync",
+                "tensor",
+                "--sglang-extra-pythonpath",
+                stubs,
+                "--sglang-startup-timeout",
+                "300",
+                "--sglang-http-retries",
+                "1",
+            ],
+            "kill_before_step": 1,
+            "kill_for_good_before_step": 2,
+        },
+        tmp_path,
+        timeout=1200,
+    )
     events = "\n".join(res["events"])
     # step 1: the engine died; it was restarted and the step-1 policy weights re-pushed
     assert "is down: restarting it and re-pushing policy weights policy-1" in events, events
@@ -606,11 +759,11 @@ def _rlrun_worker(cfg_path: str) -> None:
     import torch
 
     from checkpoints_conversion.hf_io import write_hf_checkpoint
-    from megatron_corew.policy import parallel
     from megatron_corew.arguments import parse_args
+    from megatron_corew.policy import parallel
+    from megatron_corew.policy.weights import hf_state_dict
     from megatron_corew.rollout.embedded import EmbeddedEngine
     from megatron_corew.train import RLRun
-    from megatron_corew.policy.weights import hf_state_dict
 
     cfg = json.load(open(cfg_path))
     args = parse_args(cfg["base_argv"])
@@ -677,13 +830,16 @@ def _rlrun_worker(cfg_path: str) -> None:
         result["check"] = {
             "server_equals_new_weights": [g.response_ids for g in srv] == [g.response_ids for g in new],
             "server_equals_initial_weights": [g.response_ids for g in srv] == [g.response_ids for g in init],
-            "max_logprob_diff_vs_new": diff(srv, new), "max_logprob_diff_vs_initial": d0,
-            "weight_tags": [g.meta["weight_tag"] for g in srv]}
+            "max_logprob_diff_vs_new": diff(srv, new),
+            "max_logprob_diff_vs_initial": d0,
+            "weight_tags": [g.meta["weight_tag"] for g in srv],
+        }
     pids = [p.pid for p in getattr(eng.fleet, "procs", [])]
     eng.shutdown()
     time.sleep(1.0)
-    result["pids_alive_after"] = [pid for pid in pids if os.path.exists(f"/proc/{pid}") and
-                                  open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    result["pids_alive_after"] = [
+        pid for pid in pids if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    ]
     with open(cfg["out"], "w") as f:
         json.dump(result, f, default=str)
     parallel.destroy_distributed()

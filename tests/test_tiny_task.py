@@ -1,4 +1,5 @@
 """Quick checks of the bundled tiny task (tokenizer, problems, parquet rows, model, a 2-step end-to-end build)."""
+
 import os
 
 import pyarrow.parquet as pq
@@ -7,11 +8,6 @@ import pytest
 from megatron_corew.data.prompts import chat_messages, prompt_ids
 from megatron_corew.demo import tiny_bundle, tiny_model
 from megatron_corew.demo import tiny_task as tt
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return tt.build_tokenizer()
 
 
 def test_digits_are_single_tokens(tok):
@@ -27,10 +23,14 @@ def test_special_tokens_and_template(tok):
     assert ids == [tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>", "<|endoftext|>")]
     msgs = chat_messages("What is 3 + 4?")
     text = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-    assert text == ("<|im_start|>system\nLet's think step by step and output the final answer within \\boxed{}."
-                    "<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n")
-    assert tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False) == \
-        text[: -len("<|im_start|>assistant\n")]
+    assert text == (
+        "<|im_start|>system\nLet's think step by step and output the final answer within \\boxed{}."
+        "<|im_end|>\n<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (
+        tok.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
+        == text[: -len("<|im_start|>assistant\n")]
+    )
     assert 256 <= len(tok) <= 512
 
 
@@ -60,10 +60,9 @@ def test_problems():
     assert len({p.rephrased.split(str(p.a))[0] for p in train}) > 5  # several scenarios
 
 
-def test_terse_targets_only_for_terse_openings():
+def test_terse_targets_only_for_terse_openings(tok):
     """The warm start's format noise: an unboxed (ungradeable) target exists exactly for the TERSE_OPENINGS styles,
     in both phrasings, and it states the right result."""
-    tok = tt.build_tokenizer()
     train, _ = tt.generate_problems(num_train=60, num_val=1, seed=3)
     items = tiny_model._sft_items(tok, train)
     questions = [p.question(ph) for p in train for ph in ("original", "rephrased")]
@@ -108,6 +107,7 @@ def test_build_model(tok, arch):
         assert m(input_ids=torch.tensor([[1, 2, 3]])).logits.shape == (1, 3, len(tok))
 
 
+@pytest.mark.e2e
 def test_make_tiny_task_end_to_end(tmp_path):
     """Tiny settings (2 SFT steps): layout, reload, skip-if-present, --force, no stray temp dirs."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

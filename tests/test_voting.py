@@ -58,9 +58,13 @@ def test_match_rewards():
     assert match_rewards(["", ""], "  ") == [0.0, 0.0]
     assert match_rewards([], "1") == []
     assert match_rewards(["0.5", "1/2", "\\frac12", "2"], "\\frac{1}{2}") == [0.0, 0.0, 0.0, 0.0]
-    assert match_rewards(
-        ["0.5", "1/2", "\\frac12", "2", ""], "\\frac{1}{2}", equivalent=answers_equivalent
-    ) == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert match_rewards(["0.5", "1/2", "\\frac12", "2", ""], "\\frac{1}{2}", equivalent=answers_equivalent) == [
+        1.0,
+        1.0,
+        1.0,
+        0.0,
+        0.0,
+    ]
 
 
 def test_crossed_labels_swap_views():

@@ -12,6 +12,7 @@ Jobs:
   train_save --spec FILE [--tp --pp]  one GRPO step, an RL checkpoint (checkpointing.save_checkpoint) and
                         the trained weights by HF name, to check converting a training checkpoint.
 """
+
 import argparse
 import json
 
@@ -22,11 +23,18 @@ def _convert(spec):
     from checkpoints_conversion import api
 
     for e in spec:
-        api.hf_to_megatron(e["hf"], e["ckpt"], e.get("tp", 1), e.get("pp", 1), e.get("dtype", "auto"),
-                           overwrite=True, progress=False)
+        api.hf_to_megatron(
+            e["hf"], e["ckpt"], e.get("tp", 1), e.get("pp", 1), e.get("dtype", "auto"), overwrite=True, progress=False
+        )
         if e.get("back"):
-            api.megatron_to_hf(e["ckpt"], e.get("hf_config_dir"), e["back"], overwrite=True, progress=False,
-                               max_shard_bytes=e.get("max_shard_bytes", 10**9))
+            api.megatron_to_hf(
+                e["ckpt"],
+                e.get("hf_config_dir"),
+                e["back"],
+                overwrite=True,
+                progress=False,
+                max_shard_bytes=e.get("max_shard_bytes", 10**9),
+            )
 
 
 def _build(args, tp, pp):
@@ -65,8 +73,15 @@ def _logits(model, tokens, vocab_size):
         return chunk(tokens, positions, None), loss_fn
 
     with torch.no_grad():
-        get_forward_backward_func()(forward_step_func=step, data_iterator=iter([0]), model=[model],
-                                    num_microbatches=1, seq_length=s, micro_batch_size=b, forward_only=True)
+        get_forward_backward_func()(
+            forward_step_func=step,
+            data_iterator=iter([0]),
+            model=[model],
+            num_microbatches=1,
+            seq_length=s,
+            micro_batch_size=b,
+            forward_only=True,
+        )
     if not ps.is_pipeline_last_stage():
         return None
     local = box["logits"].float()
@@ -128,7 +143,7 @@ def main():
                     seq.append(nxt)
                     if nxt in args.eos_token_id:
                         break
-                gens.append(seq[len(prompt):])
+                gens.append(seq[len(prompt) :])
             results[e["name"]] = gens
     if parallel.rank() == owner:
         torch.save(results, a.out)
@@ -147,10 +162,13 @@ def _train_save(spec, tp, pp):
 
     parallel.init_distributed(tp, pp)
     args = load_model_args(spec["hf"])
-    trainer = PolicyTrainer(args, TrainerConfig(tp=tp, pp=pp, lr=1e-2, train_iters=5, lr_warmup_fraction=0.0,
-                                                kl_coef=0.01, need_anchor=True))
-    trainer.train_step([TrainSample([1, 2, 3], [4, 5, 6], advantage=1.0),
-                        TrainSample([7, 8], [9, 10, 11], advantage=-1.0)])
+    trainer = PolicyTrainer(
+        args,
+        TrainerConfig(tp=tp, pp=pp, lr=1e-2, train_iters=5, lr_warmup_fraction=0.0, kl_coef=0.01, need_anchor=True),
+    )
+    trainer.train_step(
+        [TrainSample([1, 2, 3], [4, 5, 6], advantage=1.0), TrainSample([7, 8], [9, 10, 11], advantage=-1.0)]
+    )
     save_checkpoint(spec["save"], 1, trainer, {"sampler": None})
     sd = hf_state_dict(trainer.model, args)
     if sd is not None:

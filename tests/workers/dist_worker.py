@@ -1,15 +1,12 @@
 """Runs one job of a multi-process test under torchrun and writes its results (rank 0) to a file.
 
-Usage: torchrun --nproc_per_node N tests/dist_worker.py JOB --model DIR --out FILE [--tp --pp ...]
+Usage: torchrun --nproc_per_node N tests/workers/dist_worker.py JOB --model DIR --out FILE [--tp --pp ...]
 """
+
 import argparse
 import json
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from megatron_corew.policy import parallel  # noqa: E402  (applies the CPU compatibility layer)
+from megatron_corew.policy import parallel
 
 
 def _samples(spec_path):
@@ -17,8 +14,12 @@ def _samples(spec_path):
 
     with open(spec_path) as f:
         rows = json.load(f)
-    return [TrainSample(prompt_ids=r["prompt"], response_ids=r["response"], advantage=r.get("adv", 0.0),
-                        view=r.get("view", 0)) for r in rows]
+    return [
+        TrainSample(
+            prompt_ids=r["prompt"], response_ids=r["response"], advantage=r.get("adv", 0.0), view=r.get("view", 0)
+        )
+        for r in rows
+    ]
 
 
 def main():
@@ -44,23 +45,35 @@ def main():
 
     parallel.init_distributed(a.tp, a.pp)
     args = load_model_args(a.model)
-    cfg = TrainerConfig(tp=a.tp, pp=a.pp, micro_batch_size=a.mbs, lr=1e-3, train_iters=10, lr_warmup_fraction=0.0,
-                        kl_coef=a.kl_coef, entropy_coef=a.entropy_coef, use_distributed_optimizer=a.distopt,
-                        need_anchor=a.kl_coef > 0, temperature=a.temperature)
+    cfg = TrainerConfig(
+        tp=a.tp,
+        pp=a.pp,
+        micro_batch_size=a.mbs,
+        lr=1e-3,
+        train_iters=10,
+        lr_warmup_fraction=0.0,
+        kl_coef=a.kl_coef,
+        entropy_coef=a.entropy_coef,
+        use_distributed_optimizer=a.distopt,
+        need_anchor=a.kl_coef > 0,
+        temperature=a.temperature,
+    )
     trainer = PolicyTrainer(args, cfg)
     result = {}
     if a.job == "logprobs":
         stats = trainer.sequence_stats(_samples(a.samples), want=("logp", "entropy", "self_certainty"))
-        result = {str(i): {"logp": v["logp"].tolist(), "entropy": v["entropy"],
-                           "self_certainty": v["self_certainty"]} for i, v in stats.items()}
+        result = {
+            str(i): {"logp": v["logp"].tolist(), "entropy": v["entropy"], "self_certainty": v["self_certainty"]}
+            for i, v in stats.items()
+        }
     elif a.job == "train_step":
         samples = _samples(a.samples)
         result["step1"] = trainer.train_step(samples)
         result["step2"] = trainer.train_step(samples)
     elif a.job == "rollout_vs_trainer":
+        from megatron_corew.policy.trainer import TrainSample
         from megatron_corew.rollout.base import SamplingParams
         from megatron_corew.rollout.embedded import EmbeddedEngine
-        from megatron_corew.policy.trainer import TrainSample
 
         gens = None
         if parallel.is_rank0():
@@ -68,8 +81,10 @@ def main():
             prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [13], [14, 15]] * 2
             gens = engine.generate(prompts, SamplingParams(temperature=a.temperature, max_new_tokens=12, seed=7))
         gens = parallel.broadcast_object(gens)
-        samples = [TrainSample(g.prompt_ids, g.response_ids, advantage=float(i % 3) - 1.0,
-                               rollout_logprobs=g.logprobs) for i, g in enumerate(gens)]
+        samples = [
+            TrainSample(g.prompt_ids, g.response_ids, advantage=float(i % 3) - 1.0, rollout_logprobs=g.logprobs)
+            for i, g in enumerate(gens)
+        ]
         stats = trainer.sequence_stats(samples)
         diffs = [abs(x - y) for i, g in enumerate(gens) for x, y in zip(stats[i]["logp"].tolist(), g.logprobs)]
         result["mean_abs_diff"] = sum(diffs) / len(diffs)
