@@ -184,8 +184,9 @@ class RLRun:
             rewards.decode(batch.rollouts, self.tokenizer)
             options = rewards.ScoreOptions(self.args.label_matching, self.args.gt_grading, self.grader)
             metrics = rewards.score_batch(batch, self.method, options)
-            if self.grader is not None and self.grader.take_count():
-                metrics["reward/graded_by_workers"] = self.grader.last_count
+            graded = self.grader.take_count() if self.grader is not None else 0
+            if graded:
+                metrics["reward/graded_by_workers"] = graded
             group_ids = [r.group for r in batch.rollouts]
             advantages = algo.group_advantages(
                 [r.reward for r in batch.rollouts], group_ids, norm_by_std=not self.args.no_std_normalization

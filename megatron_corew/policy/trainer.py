@@ -412,12 +412,16 @@ class PolicyTrainer:
     def _model(self, which: str):
         return self.model if which == "policy" else self.anchor
 
+    def _resident(self, which: str):
+        """The anchor's weights on their devices for a block that reads ``which`` (nothing to do for the policy)."""
+        return self.anchor_resident() if which == "anchor" else nullcontext()
+
     def push_weights(self, engine, version: int, which: str = "policy") -> None:
         """Export the policy (or the anchor) as HF tensors into ``engine``. The export is collective: ranks
         without an engine, or runs without one, still walk it."""
         from megatron_corew.policy.weights import export_hf_weights
 
-        with self.anchor_resident() if which == "anchor" else nullcontext():
+        with self._resident(which):
             tensors = export_hf_weights(self._model(which), self.args)
             if engine is not None:
                 engine.update_weights(tensors, version)
@@ -434,7 +438,7 @@ class PolicyTrainer:
         from megatron_corew.policy.weights import export_hf_weights
 
         h = hashlib.sha256()
-        with self.anchor_resident() if which == "anchor" else nullcontext():
+        with self._resident(which):
             for name, t in export_hf_weights(self._model(which), self.args):
                 h.update(name.encode())
                 h.update(str(t.dtype).encode())

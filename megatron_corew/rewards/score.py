@@ -113,7 +113,7 @@ class _CountingGrader:
 
     def __init__(self, grader):
         self.grader = grader
-        self.count = self.last_count = 0
+        self.count = 0
 
     def grade(self, answers, ground_truths, mode="reference"):
         self.count += len(answers)
@@ -121,8 +121,8 @@ class _CountingGrader:
 
     def take_count(self) -> int:
         """Answers graded since the last call (one step's worth)."""
-        self.last_count, self.count = self.count, 0
-        return self.last_count
+        count, self.count = self.count, 0
+        return count
 
 
 def remote_grader(engine):
