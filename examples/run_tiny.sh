@@ -12,6 +12,8 @@ LR=${LR:-1e-4}
 OUT=${OUT:-runs/tiny-$METHOD}
 ASSETS=${ASSETS:-assets/tiny}
 DRY_RUN=${DRY_RUN:-0}
+# the numbers are bit-reproducible for a fixed thread count (and CPU kernels: benchmarks/bench_main_job.py)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
 if [ ! -f "$ASSETS/model/config.json" ]; then
   echo "[run_tiny] building the tiny task and warm-started model in $ASSETS (about 2 minutes)"
@@ -34,7 +36,7 @@ CMD=("${LAUNCH[@]}" train_rl.py --hf-checkpoint "$ASSETS/model"
   --max-prompt-length 128 --max-response-length 48 --micro-batch-size 64
   --lr "$LR" --train-iters "$STEPS" --eval-interval 10 --seed "${SEED:-1234}" --output-dir "$OUT"
   --val-n-samples "$VAL_SAMPLES" "${EXTRA[@]}" ${USER_ARGS[@]+"${USER_ARGS[@]}"})
-echo "[run_tiny] ${CMD[*]}"
+echo "[run_tiny] OMP_NUM_THREADS=$OMP_NUM_THREADS ${CMD[*]}"
 if [ "$DRY_RUN" = "1" ]; then exit 0; fi
 "${CMD[@]}"
 echo "[run_tiny] metrics: $OUT/metrics.jsonl  tensorboard: $OUT/tensorboard"

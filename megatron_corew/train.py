@@ -23,10 +23,23 @@ def log0(*msg) -> None:
         print(*msg, flush=True)
 
 
+def progress_postfix(metrics: dict) -> str:
+    """The progress bar's numbers: reward, pseudo-label accuracy (methods that vote), rollout tokens/s, loss."""
+    parts = [f"reward {metrics.get('reward/mean', 0):.3f}"]
+    if "pseudo/label_acc" in metrics:
+        parts.append(f"pseudo-acc {metrics['pseudo/label_acc']:.2f}")
+    if "perf/tokens_per_s" in metrics:
+        parts.append(f"{metrics['perf/tokens_per_s']:.0f} tok/s")
+    parts.append(f"loss {metrics['train/loss']:.4f}")
+    return ", ".join(parts)
+
+
 class RLRun:
     def __init__(self, args):
         from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # weight-loading bars of every engine and export say nothing useful here
         self.args = a = args
         self.method = rewards.get_method(a.reward_method)
         self.model_args = PolicyTrainer.check_model(
@@ -60,6 +73,29 @@ class RLRun:
         self.start_step = self.weight_version = self.skipped_updates = 0
         if a.load:
             self._resume(a.load)
+        log0(self.describe())
+
+    def describe(self) -> str:
+        """The one start-up line: what runs, where the rollouts come from, and how the ranks are laid out."""
+        a, cfg = self.args, self.rollout_cfg
+        tp, pp = a.tensor_model_parallel_size, a.pipeline_model_parallel_size
+        world = parallel.world_size()
+        where = "cuda" if parallel.device().type == "cuda" else "cpu"
+        if cfg.backend == "embedded":
+            rollout = f"embedded HF engine in rank 0 ({where})"
+            teacher = ", teacher: a second embedded engine" if self.method.teacher else ""
+        elif cfg.urls:
+            rollout = f"SGLang, {len(cfg.urls)} attached server(s)"
+            teacher = f", teacher engines: {cfg.teacher_engines}" if self.method.teacher else ""
+        else:
+            rollout = f"SGLang, {cfg.num_engines} launched server(s), weight sync {cfg.weight_sync or 'tensor'}"
+            teacher = f", teacher engines: {cfg.teacher_engines}" if self.method.teacher else ""
+        precision = "bf16" if getattr(a, "bf16", False) else "fp32"
+        return (
+            f"[corew] {a.reward_method} ({self.method.summary or 'plugin method'}) | rollout: {rollout}{teacher} | "
+            f"layout: {world} rank(s) = TP {tp} x PP {pp} x DP {world // (tp * pp)} on {where}, {precision} | "
+            f"{a.global_batch_size} prompts x {a.n_samples_per_prompt} samples, steps {self.start_step}..{self.train_iters}"
+        )
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self) -> None:
@@ -293,6 +329,7 @@ class RLRun:
             initial=self.start_step,
             desc=a.reward_method,
             dynamic_ncols=True,
+            bar_format="{desc} {n_fmt}/{total_fmt} |{bar:16}| {elapsed}, ETA {remaining}{postfix}",
             disable=not parallel.is_rank0() or a.no_progress_bar,
         )
         for step in range(self.start_step, self.train_iters):
@@ -304,8 +341,8 @@ class RLRun:
             self.logger.log(done, metrics)
             for signal in monitor.update(done, metrics):
                 log0(f"warning: collapse signature at step {done}: {signal}")
+            bar.set_postfix_str(progress_postfix(metrics), refresh=False)
             bar.update(1)
-            bar.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", loss=f"{metrics['train/loss']:.4f}")
             if a.save and a.save_interval and done % a.save_interval == 0 and not last:
                 self.save(done)
             if a.save_hf_interval and done % a.save_hf_interval == 0 and not last:

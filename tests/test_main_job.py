@@ -23,6 +23,15 @@ def test_readme_main_command_improves_heldout_accuracy(tmp_path):
     before = float(re.search(r"validation accuracy before training:\s+([0-9.]+)", proc.stdout).group(1))
     after = float(re.search(r"validation accuracy after training:\s+([0-9.]+)", proc.stdout).group(1))
     assert after > before, (before, after)
+    # quiet: no warning a user cannot act on (deprecations, fallback notices, weight-loading bars), one start-up line
+    noise = [
+        line
+        for line in (proc.stdout + proc.stderr).replace("\r", "\n").splitlines()
+        if re.search(r"Warning|warnings\.warn|deprecated|Loading weights", line)
+    ]
+    assert not noise, noise[:5]
+    assert len(re.findall(r"^\[corew\] corewarding_2 .*\| rollout: .*\| layout: ", proc.stdout, re.M)) == 1
+    assert re.search(r"reward [0-9.]+, pseudo-acc [0-9.]+, [0-9]+ tok/s, loss", proc.stderr)
     result = json.load(open(os.path.join(out, "result.json")))
     assert result["after"] == after and result["before"] == before
     events = glob.glob(os.path.join(out, "tensorboard", "events.out.tfevents.*"))

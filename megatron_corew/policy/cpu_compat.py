@@ -194,12 +194,14 @@ def apply() -> None:
     _APPLIED = True
     if os.environ.get("RANK", "0") == "0":
         print(
-            "[cpu_compat] no CUDA device: megatron-core runs on the CPU (gloo); its CUDA calls are redirected",
+            "[cpu_compat] no CUDA device: megatron-core runs on the CPU (gloo) with its CUDA calls redirected, "
+            "torch norms and optimizers (Transformer Engine and Apex are GPU-only)",
             file=sys.stderr,
             flush=True,
         )
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     warnings.filterwarnings("ignore", message=".*GPTModel IS DEPRECATED.*")
+    warnings.filterwarnings("ignore", message="Apex is not installed. Falling back to Torch Norm")
     _stub_paged_stash()
 
     # RNG tracker: megatron's CUDA RNG states become CPU generator states.

@@ -80,6 +80,7 @@ def build_transformer_config(
             kw.update(recompute_method="uniform", recompute_num_layers=1)
     if fp8:
         kw.update(fp8=fp8, fp8_recipe=fp8_recipe or "delayed")
+    kw.setdefault("cuda_graph_scope", [])  # megatron's default "full" is deprecated (and warns) in favour of []
     kw.update(extra)
     return TransformerConfig(**kw)
 

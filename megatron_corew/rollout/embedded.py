@@ -7,6 +7,7 @@ token so the trainer can check that its recomputation agrees.
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Iterable
 
@@ -47,6 +48,8 @@ class EmbeddedEngine(RolloutEngine):
         self.weight_version = 0
         self.stats = {"tokens": 0, "seconds": 0.0}
         self._param_names = set(self.model.state_dict().keys())
+        # transformers 5 renamed the KV-cache argument and output to ``cache``; 4.x knows only ``past_key_values``
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
@@ -94,11 +97,11 @@ class EmbeddedEngine(RolloutEngine):
                 input_ids=step_ids,
                 attention_mask=mask,
                 position_ids=step_pos,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_arg: cache},
             )
-            cache = out.past_key_values
+            cache = getattr(out, self._cache_arg)
             logits = out.logits[:, -1, :].float()
             if params.greedy:
                 logp_all = torch.log_softmax(logits, dim=-1)
