@@ -38,8 +38,8 @@ def load_pairs(directory: Path = PAIRS_DIR) -> list[dict]:
                 row = json.loads(line)
                 assert isinstance(row["a"], str) and isinstance(row["b"], str) and isinstance(row["label"], bool)
                 row.setdefault("category", "other")
-            except (ValueError, KeyError, AssertionError):
-                raise SystemExit(f"error: {path}:{lineno}: expected a JSON object with str a, str b, bool label")
+            except (ValueError, KeyError, TypeError, AssertionError):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object with str a, str b, bool label") from None
             rows.append(row)
     return rows
 
@@ -109,7 +109,11 @@ def main(argv=None) -> None:
     parser.add_argument("--save", type=Path, help="also write the table (markdown) to this file")
     parser.add_argument("--no-math-verify", action="store_true", help="skip math-verify (ours and reference only)")
     args = parser.parse_args(argv)
-    rows = load_pairs()
+    try:
+        rows = load_pairs()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     graders = [("answers_equivalent (ours)", answers_equivalent, clear_caches)]
     if not args.no_math_verify:
         graders.append(("math-verify", _math_verify(), None))

@@ -167,7 +167,11 @@ def equation(rng):
     yield f"{a}x + {b}y = {c}", f"{a}x - {b}y = {c}", False
     r = rng.randint(1, 9)
     yield f"x^2 + y^2 = {r * r}", f"{k}x^2 + {k}y^2 - {k * r * r} = 0", True
-    yield f"\\frac{{x^2}}{{{r * r}}} + \\frac{{y^2}}{{{(r + 1) ** 2}}} = 1", f"{(r + 1) ** 2}x^2 + {r * r}y^2 = {r * r * (r + 1) ** 2}", True
+    yield (
+        f"\\frac{{x^2}}{{{r * r}}} + \\frac{{y^2}}{{{(r + 1) ** 2}}} = 1",
+        f"{(r + 1) ** 2}x^2 + {r * r}y^2 = {r * r * (r + 1) ** 2}",
+        True,
+    )
     yield f"x^2 + y^2 = {r * r}", f"x^2 + y^2 = {r}", r == 1
     p = rng.randint(1, 9)
     yield f"{a}x + {b}y + {p}z = {c}", f"{-a}x - {b}y - {p}z + {c} = 0", True
@@ -185,10 +189,18 @@ def matrix(rng):
     yield f"{k}{pm(m)}", pm([[k * x for x in r] for r in m]), True
     yield f"{pm(m)} + {pm(n)}", pm([[x + y for x, y in zip(r, s)] for r, s in zip(m, n)]), True
     yield f"{pm(m)} - {pm(n)}", pm([[x - y for x, y in zip(r, s)] for r, s in zip(m, n)]), True
-    yield f"{k}{pm(m)}", pm([[k * x + (1 if i == j == 0 else 0) for j, x in enumerate(r)] for i, r in enumerate(m)]), False
+    yield (
+        f"{k}{pm(m)}",
+        pm([[k * x + (1 if i == j == 0 else 0) for j, x in enumerate(r)] for i, r in enumerate(m)]),
+        False,
+    )
     prod = [[sum(m[i][t] * n[t][j] for t in range(2)) for j in range(2)] for i in range(2)]
     yield f"{pm(m)}{pm(n)}", pm(prod), True
-    yield f"{pm(m)} {pm(n)}", pm([[prod[j][i] for j in range(2)] for i in range(2)]), prod == [list(r) for r in zip(*prod)]
+    yield (
+        f"{pm(m)} {pm(n)}",
+        pm([[prod[j][i] for j in range(2)] for i in range(2)]),
+        prod == [list(r) for r in zip(*prod)],
+    )
     yield pm(m).replace("pmatrix", "bmatrix"), pm(m), True
 
 
@@ -244,8 +256,22 @@ def expression(rng):
 
 
 GENERATORS = (
-    fraction_variant, relation, word_unit_percent, thousands, named_tuple, boxed, repeating_decimal, text_unit,
-    named_set, interval_union, equation, matrix, multiset, lhs_drop, number, expression,
+    fraction_variant,
+    relation,
+    word_unit_percent,
+    thousands,
+    named_tuple,
+    boxed,
+    repeating_decimal,
+    text_unit,
+    named_set,
+    interval_union,
+    equation,
+    matrix,
+    multiset,
+    lhs_drop,
+    number,
+    expression,
 )
 
 

@@ -118,7 +118,9 @@ def _scalar(text: str):
 def _product(a, b):
     if len(a[0]) != len(b):
         return None
-    return [[sum((a[i][t] * b[t][j] for t in range(len(b))), Fraction(0)) for j in range(len(b[0]))] for i in range(len(a))]
+    return [
+        [sum((a[i][t] * b[t][j] for t in range(len(b))), Fraction(0)) for j in range(len(b[0]))] for i in range(len(a))
+    ]
 
 
 def matrix_expression(s: str):

@@ -122,6 +122,8 @@ _VALUE_WORDS = frozenset(
     "third thirds quarter quarters percent pi sqrt i e inf infinity".split()
 )
 _FUNCTION_WORDS = frozenset("sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh ln log exp".split())
+
+
 def names_a_value(text: str) -> bool:
     """Whether ``text`` holds a word that changes a number's value (``million``, ``dozen``)."""
     return any(w.lower() in _VALUE_WORDS for w in re.findall(r"[a-zA-Z]{2,}", text))
