@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -38,6 +39,7 @@ def load_pairs(directory: Path = PAIRS_DIR) -> list[dict]:
                 row = json.loads(line)
                 assert isinstance(row["a"], str) and isinstance(row["b"], str) and isinstance(row["label"], bool)
                 row.setdefault("category", "other")
+                row["file"] = path.name
             except (ValueError, KeyError, TypeError, AssertionError):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object with str a, str b, bool label") from None
             rows.append(row)
@@ -45,6 +47,7 @@ def load_pairs(directory: Path = PAIRS_DIR) -> list[dict]:
 
 
 def _math_verify():
+    """math-verify's ``verify(gold, prediction)`` with ``b`` as the gold answer (it is not symmetric)."""
     from math_verify import parse, verify
 
     for name in ("math_verify", "math_verify.parser", "math_verify.grader"):
@@ -88,19 +91,20 @@ def table(rows, results) -> str:
     ours_s, theirs_s = results[names[0]][1], results.get("math-verify", (None, None))[1]
     if theirs_s:
         lines += ["", f"speed ours / math-verify: {theirs_s / ours_s:,.1f}x (same process)"]
-    by_cat = defaultdict(list)
-    for i, r in enumerate(rows):
-        by_cat[r["category"]].append(i)
-    lines += ["", "| category | pairs | " + " | ".join(f"{n} acc (FP/FN)" for n in names) + " |"]
-    lines.append("|---|---:|" + "---:|" * len(names))
-    for cat in sorted(by_cat):
-        idx = by_cat[cat]
-        sub = [rows[i] for i in idx]
-        cells = []
-        for name in names:
-            acc, fp, fn = _score([results[name][0][i] for i in idx], sub)
-            cells.append(f"{acc:.3f} ({fp}/{fn})")
-        lines.append(f"| {cat} | {len(idx)} | " + " | ".join(cells) + " |")
+    for key in ("file", "category"):
+        groups = defaultdict(list)
+        for i, r in enumerate(rows):
+            groups[r[key]].append(i)
+        lines += ["", f"| {key} | pairs | " + " | ".join(f"{n} acc (FP/FN)" for n in names) + " |"]
+        lines.append("|---|---:|" + "---:|" * len(names))
+        for group in sorted(groups):
+            idx = groups[group]
+            sub = [rows[i] for i in idx]
+            cells = []
+            for name in names:
+                acc, fp, fn = _score([results[name][0][i] for i in idx], sub)
+                cells.append(f"{acc:.3f} ({fp}/{fn})")
+            lines.append(f"| {group} | {len(idx)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -120,7 +124,7 @@ def main(argv=None) -> None:
     graders.append(("is_equiv_reference (MATH strip_string)", is_equiv_reference, None))
     results = run(rows, graders)
     header = (
-        f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}, "
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
     )
     text = header + "\n\n" + table(rows, results)

@@ -398,6 +398,7 @@ CATEGORY_CASES = {
         ("5 million", "5", False),  # a value word is no unit
         ("5 \\text{ million}", "5", False),
         ("2 dozen", "2", False),
+        ("2 ab", "2", False),  # a product, not a unit
         ("3 \\text{ thousand}", "3000", False),  # words are not evaluated
     ],
     "thousands": [

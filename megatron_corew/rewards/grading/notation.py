@@ -121,6 +121,7 @@ _VALUE_WORDS = frozenset(
     "hundred hundreds thousand thousands million millions billion billions trillion dozen dozens half halves "
     "third thirds quarter quarters percent pi sqrt i e inf infinity".split()
 )
+_SHORT_UNITS = frozenset("cm mm km kg mg ml mL ft yd mi hr lb oz in cc am pm".split())
 _FUNCTION_WORDS = frozenset("sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh ln log exp".split())
 
 
@@ -136,8 +137,9 @@ _RE_UNIT_WORDS = re.compile(r"(?:[a-zA-Z]{2,}+(?:/[a-zA-Z]++)?\.?(?:\^\{?[23]\}?
 def strip_unit_words(s: str) -> str:
     """``30 mph`` / ``15 square units`` / ``5 km/h`` -> the number before them; anything else unchanged.
 
-    Only plain words (no LaTeX command) of two or more letters after something ending in a digit, a brace, a
-    bracket or a dot, and never a word that changes the value (``5 million``) or names a function.
+    Only plain words (no LaTeX command) after something ending in a digit, a brace, a bracket or a dot: three or
+    more letters, or a known two-letter unit first (``2 ab`` stays a product); never a word that changes the
+    value (``5 million``) or names a function.
     """
     if not s or not (s[-1].isalpha() or s[-1] in ".}23"):
         return s
@@ -146,6 +148,8 @@ def strip_unit_words(s: str) -> str:
         return s
     words = re.findall(r"[a-zA-Z]+", match.group(2))
     if any(w.lower() in _VALUE_WORDS or w in _FUNCTION_WORDS for w in words):
+        return s
+    if len(words[0]) == 2 and words[0] not in _SHORT_UNITS:  # "2 ab" is a product, "2 cm" a length
         return s
     head = match.group(1)
     if head.endswith("\\"):
