@@ -467,6 +467,9 @@ CATEGORY_CASES = {
         ("[1,3] \\cup [4,5]", "[1,5]", False),
         ("(1,3] \\cup (3,5)", "(1,5]", False),
         ("(1,3),(2,4)", "(1,4)", False),  # a list of pairs is no union
+        ("(-16, \\infty)", "(-\\infty, -16] \\cup (-16, \\infty)", False),  # an infinite end is no near number
+        ("(-15,-8)", "(-\\infty,-9] \\cup (-9,\\infty)", False),
+        ("(-\\infty, 2)", "(-\\infty, 2) \\cup (2, 3)", False),
     ],
     "equation": [
         ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}", True),

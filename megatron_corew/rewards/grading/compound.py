@@ -7,6 +7,7 @@ Both reduce an answer to one canonical value so that ``(1,3] \\cup (3,5)`` equal
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -70,6 +71,8 @@ def _same_number(x, y) -> bool:
         return x == y
     if x == y:
         return True
+    if math.isinf(x) or math.isinf(y):  # the tolerance below would call -16 and -inf equal
+        return False
     return abs(x - y) <= 1e-9 * max(abs(x), abs(y), 1.0)
 
 

@@ -131,7 +131,8 @@ def names_a_value(text: str) -> bool:
 
 
 _RE_UNIT_TAIL = re.compile(r"^(.*?[\d}).])\s*([a-zA-Z][a-zA-Z\s/^{}23.]*)$")
-_RE_UNIT_WORDS = re.compile(r"(?:[a-zA-Z]{2,}+(?:/[a-zA-Z]++)?\.?(?:\^\{?[23]\}?|[23])?[\s/]*)+")
+# Atomic groups: each word is matched once, so a long tail that fails costs linear time, not exponential.
+_RE_UNIT_WORDS = re.compile(r"(?>(?>[a-zA-Z]{2,})(?>/[a-zA-Z]+)?\.?(?>\^\{?[23]\}?|[23])?[\s/]*)+")
 
 
 def strip_unit_words(s: str) -> str:
