@@ -110,11 +110,14 @@ def table(rows, results) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=Path, default=PAIRS_DIR, help="folder of labelled *.jsonl pairs")
     parser.add_argument("--save", type=Path, help="also write the table (markdown) to this file")
     parser.add_argument("--no-math-verify", action="store_true", help="skip math-verify (ours and reference only)")
     args = parser.parse_args(argv)
     try:
-        rows = load_pairs()
+        rows = load_pairs(args.pairs)
+        if not rows:
+            raise ValueError(f"{args.pairs}: no labelled pairs (*.jsonl)")
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

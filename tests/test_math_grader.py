@@ -4,6 +4,9 @@ tests/test_graders.py)."""
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -578,6 +581,21 @@ def test_equivalence_logic_is_symmetric_on_the_labelled_set():
         (row["a"], row["b"]) for row in _labelled_pairs() if compare(row["a"], row["b"]) != compare(row["b"], row["a"])
     ]
     assert asymmetric == []
+
+
+def test_grader_bench_names_a_bad_pairs_row_in_one_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"a": "1", "b": "1", "label": true}\n{"a": "1", "label": "yes"}\n')
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_grader.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--pairs", str(tmp_path), "--no-math-verify"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(bench.parents[1])),
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'bad.jsonl'}:2: expected a JSON object with str a, str b, bool label"
+    ]
 
 
 def test_templates_file_is_what_its_generator_writes():
