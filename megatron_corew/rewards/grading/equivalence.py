@@ -8,9 +8,11 @@ memoised because the same answers recur across the samples of a prompt and acros
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 from megatron_corew.rewards.grading.latex import clean_latex
+from megatron_corew.rewards.grading.notation import names_a_value
 from megatron_corew.rewards.grading.reference import extract_boxed_answer, is_equiv_reference
 from megatron_corew.rewards.grading.structures import parse_value, same_value
 from megatron_corew.rewards.grading.values import exact_value, free_variables
@@ -35,9 +37,22 @@ def _parsed_answer(raw: str):
     return parse_value(clean_latex(raw))
 
 
+_RE_NAME_ONLY = re.compile(r"\s*[a-zA-Z]?\s*")
+
+
+def _reference_drops_a_value(s: str) -> bool:
+    """The reference drops any left-hand side of at most two characters (``7 = 11a+c`` becomes ``11a+c``) and any
+    ``\\text{ ...}`` tail; only a name or a unit may be dropped, so a reference match through either is not
+    trusted."""
+    sides = s.split("=")
+    if len(sides) == 2 and len(sides[0]) <= 2 and not _RE_NAME_ONLY.fullmatch(sides[0]):
+        return True
+    return "\\text{ " in s and names_a_value(s.split("\\text{ ", 1)[1])  # it also drops "\\text{ million}"
+
+
 @lru_cache(maxsize=1 << 16)
 def _answers_equivalent_cached(a: str, b: str) -> bool:
-    if is_equiv_reference(a, b):
+    if is_equiv_reference(a, b) and not (_reference_drops_a_value(a) or _reference_drops_a_value(b)):
         return True
     if len(a) > MAX_PARSE_CHARS or len(b) > MAX_PARSE_CHARS:
         return False

@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from megatron_corew.rewards.grading.notation import names_a_value, rewrite_notation, strip_unit_words
+
 __all__ = ["clean_latex", "ExprParser", "ParseError", "RE_COMMAND"]
 
 # ---------------------------------------------------------------------------------------------
@@ -43,6 +45,11 @@ _SYMBOL_REPLACEMENTS = (
 # LaTeX commands renamed as whole words (so "\le" never eats the start of "\left").
 _COMMAND_REPLACEMENTS = {
     "dfrac": "\\frac",
+    "cfrac": "\\frac",
+    "lt": "<",
+    "gt": ">",
+    "leqq": "≤",
+    "geqq": "≥",
     "tfrac": "\\frac",
     "lbrace": "\\{",
     "rbrace": "\\}",
@@ -78,7 +85,7 @@ def _keep_row_breaks(match: re.Match) -> str:
 
 def clean_latex(s: str) -> str:
     """Strip LaTeX presentation noise so that equal answers become equal-looking strings."""
-    s = s.strip().replace("\n", " ")
+    s = rewrite_notation(s.replace("\n", " "))
     s = _RE_LEFT_RIGHT.sub("", s)
     s = _RE_SPACING.sub(_keep_row_breaks, s)
     for old, new in _SYMBOL_REPLACEMENTS:
@@ -89,14 +96,14 @@ def clean_latex(s: str) -> str:
     # Units written as trailing text ("5 \text{ cm}", "3\mbox{ inches}^2") carry no value.
     while True:
         match = _RE_UNIT_TAIL.match(s)
-        if not match or _RE_OPERATOR_END.search(match.group(1)):
+        if not match or _RE_OPERATOR_END.search(match.group(1)) or names_a_value(s[match.end(1) :]):
             break
         s = match.group(1)
     s = _RE_TEXT_UNWRAP.sub(r"\1", s)
     s = s.strip()
     while s.endswith(".") and not s.endswith(".."):
         s = s[:-1].rstrip()
-    return s
+    return strip_unit_words(s)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import math
 from fractions import Fraction
 from functools import lru_cache
 
-__all__ = ["exact_value", "free_variables", "same_scalar"]
+__all__ = ["exact_value", "free_variables", "same_scalar", "proportional", "real_number"]
 
 
 class _EvalError(ArithmeticError):
@@ -249,3 +249,43 @@ def same_scalar(a, b) -> bool:
             return False
         agreeing += 1
     return agreeing >= 2
+
+
+def proportional(a, b) -> bool:
+    """``a = c * b`` for one nonzero constant ``c`` at every sample point: the equations ``a = 0`` and ``b = 0``
+    are the same (a line written ``2x+4y-3=0`` or ``y = -x/2 + 3/4``). Needs a variable and three usable points."""
+    variables = sorted(free_variables(a) | free_variables(b))
+    if not variables:
+        return False
+    ratios = []
+    for point in _SAMPLE_POINTS:
+        env = {name: complex(point[i % len(point)] + 0.0137 * (i // len(point))) for i, name in enumerate(variables)}
+        try:
+            value_a, value_b = _numeric(a, env), _numeric(b, env)
+        except _EvalError:
+            continue
+        if not (cmath.isfinite(value_a) and cmath.isfinite(value_b)):
+            continue
+        if abs(value_b) < 1e-12 or abs(value_a) < 1e-12:
+            return False
+        ratios.append(value_a / value_b)
+    return len(ratios) >= 3 and all(_close(r, ratios[0], 1e-7) for r in ratios[1:])
+
+
+def real_number(node):
+    """Exact rational, float or +-inf value of a constant real expression, or None (a variable, complex)."""
+    sign = _infinity_sign(node)
+    if sign:
+        return math.inf * sign
+    if free_variables(node):
+        return None
+    exact = exact_value(node)
+    if exact is not None:
+        return exact
+    try:
+        value = _numeric(node, {})
+    except _EvalError:
+        return None
+    if not cmath.isfinite(value) or abs(value.imag) > 1e-12:
+        return None
+    return value.real
