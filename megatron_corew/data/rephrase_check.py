@@ -53,6 +53,8 @@ __all__ = [
     "summary_table",
     "write_check_file",
     "read_check_file",
+    "add_check_args",
+    "check_config_from_args",
 ]
 
 REASONS = (
@@ -666,3 +668,57 @@ def read_check_file(path: str) -> list[dict]:
                 )
             out.append(rec)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command-line flags (tools/rewrite_questions.py, tools/check_rephrasings.py)
+# ----------------------------------------------------------------------------------------------------------------
+def add_check_args(parser) -> None:
+    d = CheckConfig()
+    g = parser.add_argument_group("rephrasing quality check (megatron_corew/data/rephrase_check.py)")
+    g.add_argument(
+        "--on-bad-rephrase",
+        "--on_bad_rephrase",
+        dest="on_bad_rephrase",
+        choices=["keep", "drop", "original"],
+        default="keep",
+        help="a flagged pair: keep it, drop it from both files, or use the original question as its rephrasing",
+    )
+    g.add_argument(
+        "--rephrase-checks",
+        "--rephrase_checks",
+        dest="rephrase_checks",
+        default=",".join(CHECKS),
+        help=f"comma-separated checks to run ({', '.join(CHECKS)}), or 'none'",
+    )
+    g.add_argument(
+        "--min-distance",
+        "--min_distance",
+        dest="min_distance",
+        type=float,
+        default=d.min_distance,
+        help="lexical distance below which a rewrite is a near copy (reason near_copy)",
+    )
+    g.add_argument(
+        "--max-distance",
+        "--max_distance",
+        dest="max_distance",
+        type=float,
+        default=d.max_distance,
+        help="lexical distance above which a rewrite is unrelated to its question (reason unrelated)",
+    )
+
+
+def check_config_from_args(args) -> CheckConfig:
+    """The CheckConfig of parsed flags; ValueError names the flag at fault."""
+    names = [c.strip() for c in args.rephrase_checks.split(",") if c.strip()]
+    if names == ["none"]:
+        names = []
+    unknown = [c for c in names if c not in CHECKS]
+    if unknown:
+        raise ValueError(f"--rephrase-checks: unknown check(s) {unknown} (known: {', '.join(CHECKS)}, or none)")
+    if not 0.0 <= args.min_distance <= args.max_distance <= 1.0:
+        raise ValueError(
+            f"--min-distance {args.min_distance} / --max-distance {args.max_distance}: need 0 <= min <= max <= 1"
+        )
+    return CheckConfig(min_distance=args.min_distance, max_distance=args.max_distance, checks=tuple(names))
