@@ -46,9 +46,10 @@ from dataclasses import asdict, dataclass, field
 from checkpoints_conversion import atomic
 from megatron_corew.data.prompts import chat_messages, prompt_ids
 from megatron_corew.data.rephrase_check import (
+    ON_BAD_REPHRASE,
     CheckConfig,
-    check_pair,
-    pair_sha,
+    apply_check,
+    check_path_for,
     summarize,
     summary_table,
     write_check_file,
@@ -84,8 +85,6 @@ __all__ = [
     "apply_check",
     "check_path_for",
 ]
-
-ON_BAD_REPHRASE = ("keep", "drop", "original")
 
 
 @dataclass
@@ -313,35 +312,6 @@ def _process_batch(engine, tokenizer, rows: list[_Row], b: int, cfg: RewriteConf
             "last_output": last_output.get(r.index, "")[-2000:],
         }
     return [done[r.index] for r in rows]
-
-
-def check_path_for(output_parquet: str) -> str:
-    """Where the check file of a rephrased parquet file goes by default: ``X.parquet`` -> ``X.check.jsonl``."""
-    root = output_parquet[: -len(".parquet")] if output_parquet.endswith(".parquet") else output_parquet
-    return root + ".check.jsonl"
-
-
-def apply_check(
-    questions: list[str], rewrites: list[str], cfg: CheckConfig, on_bad_rephrase: str
-) -> tuple[list[int], list[str], list[dict], list]:
-    """Check each (question, rewrite) and apply the policy. Returns (kept positions, the rephrased question of each
-    kept position, the check file's records, the checks): ``drop`` leaves flagged positions out, ``original``
-    puts the question itself in their place (verdict ``fallback``)."""
-    if on_bad_rephrase not in ON_BAD_REPHRASE:
-        raise ValueError(f"on_bad_rephrase must be one of {', '.join(ON_BAD_REPHRASE)}, got {on_bad_rephrase!r}")
-    checks = [check_pair(q, r, cfg) for q, r in zip(questions, rewrites)]
-    keep, texts, records = [], [], []
-    for k, (q, r, c) in enumerate(zip(questions, rewrites, checks)):
-        verdict = c.verdict
-        if verdict == "flagged" and on_bad_rephrase == "drop":
-            continue
-        if verdict == "flagged" and on_bad_rephrase == "original":
-            r, verdict = q, "fallback"
-        rec = {"row": len(keep), **c.as_dict(), "verdict": verdict, "sha": pair_sha(q, r)}
-        keep.append(k)
-        texts.append(r)
-        records.append(rec)
-    return keep, texts, records, checks
 
 
 def _write_pair(

@@ -32,10 +32,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
+import os
 from collections import Counter
 from dataclasses import dataclass, field
-from fractions import Fraction
+
+from megatron_corew.data.question_facts import (
+    TERMS,
+    UNITS,
+    formula_diff,
+    number_diff,
+    request_of,
+    term_classes,
+)
 
 __all__ = [
     "REASONS",
@@ -44,8 +52,6 @@ __all__ = [
     "PairCheck",
     "check_pair",
     "check_pairs",
-    "numbers_of",
-    "formulas_of",
     "lexical_distance",
     "content_tokens",
     "pair_sha",
@@ -53,6 +59,10 @@ __all__ = [
     "summary_table",
     "write_check_file",
     "read_check_file",
+    "ON_BAD_REPHRASE",
+    "apply_check",
+    "check_path_for",
+    "check_files",
     "add_check_args",
     "check_config_from_args",
 ]
@@ -75,6 +85,9 @@ CHECKS = {
     "units": ("unit_changed",),
     "distance": ("near_copy", "unrelated"),
 }
+
+
+ON_BAD_REPHRASE = ("keep", "drop", "original")
 
 
 @dataclass
@@ -109,379 +122,6 @@ class PairCheck:
             "distance": round(self.distance, 4),
             "bleu": round(self.bleu, 4),
         }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Normalisation
-# ----------------------------------------------------------------------------------------------------------------
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$(.+?)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
-_LATEX_SUBS = [
-    (re.compile(r"\\[dt]frac"), r"\\frac"),
-    (re.compile(r"\\left|\\right|\\displaystyle|\\!|\\,|\\;|\\:|\\quad|\\qquad|~"), " "),
-    (re.compile(r"\{,\}"), ","),
-    (re.compile(r"\\%"), "%"),
-    (re.compile(r"\^\s*\{?\\circ\}?"), " degrees "),
-    (re.compile(r"\\(?:text|mathrm|textbf|mbox|operatorname)\s*\{([^{}]*)\}"), r" \1 "),
-    (re.compile(r"\\cdot|\\times"), "*"),
-    (re.compile(r"\\le(?:q|qslant)?(?![a-z])"), "≤"),
-    (re.compile(r"\\ge(?:q|qslant)?(?![a-z])"), "≥"),
-    (re.compile(r"\\ne(?:q)?(?![a-z])"), "≠"),
-    (re.compile(r"−|–"), "-"),
-]
-_FRAC = re.compile(r"\\frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}|\\frac\s*(\d)\s*(\d)")
-_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?:,\d{3})+(?![\d,]|\.\d)|(?<![\d.,])\d{1,3}(?:,\d{3})+(?=\.\d)")
-
-
-_CURRENCY = re.compile(r"\\\$|\$(?=\d[\d,]*(?:\.\d+)?(?![\d.,]*[$a-zA-Z{^_\\]))")
-
-
-def _latex_plain(text: str) -> str:
-    """LaTeX spellings of the same thing made equal (``\\dfrac``/``\\frac``, ``{,}``, ``\\%``, ``^\\circ``, ...); a
-    currency sign (``\\$``, or ``$`` before a number that no ``$`` closes) becomes the word *dollar*."""
-    text = _CURRENCY.sub(" dollar ", text)
-    for pat, rep in _LATEX_SUBS:
-        text = pat.sub(rep, text)
-
-    def frac(m):
-        a, b = (m.group(1), m.group(2)) if m.group(1) is not None else (m.group(3), m.group(4))
-        a, b = a.strip(), b.strip()
-        simple = re.compile(r"[\w.]+$")
-        return f"{a}/{b}" if simple.match(a) and simple.match(b) else f"({a})/({b})"
-
-    for _ in range(4):  # nested fractions, innermost first
-        new = _FRAC.sub(frac, text)
-        if new == text:
-            break
-        text = new
-    return text
-
-
-def _normalise(text: str) -> str:
-    text = _latex_plain(text)
-    return _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Numbers
-# ----------------------------------------------------------------------------------------------------------------
-_UNITS_W = "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen \
-seventeen eighteen nineteen".split()
-_TENS_W = "twenty thirty forty fifty sixty seventy eighty ninety".split()
-_WORD_VALUE = {w: i for i, w in enumerate(_UNITS_W)} | {w: 20 + 10 * i for i, w in enumerate(_TENS_W)}
-# words that may stand for a number, or may not ("one of them", "a second time", "half an hour"): they excuse a
-# difference of their value, they are never required
-_WEAK = {
-    "one": 1,
-    "once": 1,
-    "single": 1,
-    "half": Fraction(1, 2),
-    "twice": 2,
-    "double": 2,
-    "both": 2,
-    "pair": 2,
-    "triple": 3,
-    "thrice": 3,
-    "quarter": Fraction(1, 4),
-    "first": 1,
-    "second": 2,
-    "third": 3,
-    "fourth": 4,
-    "fifth": 5,
-    "sixth": 6,
-    "seventh": 7,
-    "eighth": 8,
-    "ninth": 9,
-    "tenth": 10,
-    "hundredth": 100,
-    "dozen": 12,
-}
-_NUM = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*/\s*(\d+(?:\.\d+)?)(?![\d.]))?|(?<=[a-zA-Z_^])(\d+(?:\.\d+)?)")
-_WORDS = re.compile(r"[a-z]+(?:-[a-z]+)?")
-
-
-def _value(s: str) -> Fraction:
-    return Fraction(s)
-
-
-def numbers_of(text: str) -> tuple[Counter, Counter, Counter]:
-    """(digits, words, weak): multisets of the numbers in ``text`` (Fractions). Digits: numerals, fractions, LaTeX
-    fractions; words: number words two..ninety-nine (with hundred / thousand); weak: see ``_WEAK``."""
-    t = _normalise(text)
-    digits: Counter = Counter()
-    for m in _NUM.finditer(t):
-        if m.group(3) is not None:  # digits glued to a letter: x2, a_1, 3x (the 3 is matched above)
-            digits[_value(m.group(3))] += 1
-        elif m.group(2) is not None:
-            den = _value(m.group(2))
-            if den != 0:
-                digits[_value(m.group(1)) / den] += 1
-            else:
-                digits[_value(m.group(1))] += 1
-                digits[den] += 1
-        else:
-            digits[_value(m.group(1))] += 1
-    words_c: Counter = Counter()
-    weak: Counter = Counter()
-    words = _WORDS.findall(t.lower())
-    i = 0
-    while i < len(words):
-        w = words[i]
-        parts = w.split("-")
-        if len(parts) == 2 and parts[0] in _TENS_W and parts[1] in _WORD_VALUE and _WORD_VALUE[parts[1]] < 10:
-            val, i = _WORD_VALUE[parts[0]] + _WORD_VALUE[parts[1]], i + 1
-        elif w in _WORD_VALUE and w != "one":
-            val, i = _WORD_VALUE[w], i + 1
-            if w in _TENS_W and i < len(words) and words[i] in _WORD_VALUE and 0 < _WORD_VALUE[words[i]] < 10:
-                val, i = val + _WORD_VALUE[words[i]], i + 1
-        elif w in _WEAK or w.rstrip("s") in ("dozen", "half") or w == "halves":
-            weak[Fraction(_WEAK.get(w, _WEAK.get(w.rstrip("s"), Fraction(1, 2))))] += 1
-            i += 1
-            continue
-        else:
-            i += 1
-            continue
-        while i < len(words) and words[i] in ("hundred", "thousand", "million"):
-            val *= {"hundred": 100, "thousand": 1000, "million": 10**6}[words[i]]
-            i += 1
-        words_c[Fraction(val)] += 1
-    return digits, words_c, weak
-
-
-def _number_diff(a: str, b: str) -> dict | None:
-    """Every number of the question must be in the rewrite as often (a weak word there may stand for it); the
-    rewrite may repeat a number the question has, and may count its story's objects in words ("two boards"),
-    but a new numeral is a change."""
-    da, na, wa = numbers_of(a)
-    db, nb, wb = numbers_of(b)
-    sa, sb = da + na, db + nb
-    missing = (sa - sb) - wb
-    extra = Counter({v: k for v, k in (db - da - wa).items() if v not in sa})
-    if not missing and not extra:
-        return None
-    return {"missing": sorted(map(str, missing.elements())), "extra": sorted(map(str, extra.elements()))}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Formulas
-# ----------------------------------------------------------------------------------------------------------------
-_PLAIN_FORMULA = re.compile(r"[\w^*/+\-=<>≤≥≠()\[\]{}|!.,']+")
-_OPERATOR = re.compile(r"[=<>≤≥≠^]|\w[+\-*/]\w|\\[a-z]+")
-_GLUE = re.compile(r"\s*([=+*/^<>≤≥≠-])\s*")
-_NUMBER_ONLY = re.compile(r"^[\d.,/%]+$")
-
-
-def _is_formula(body: str) -> bool:
-    """A formula has an operator or relation and a variable or command (arithmetic on numbers alone is the number
-    check's business: a story may spell ``1/2+1/3`` or ``\\sqrt{50}+\\sqrt{18}`` out); hyphenated words are not
-    formulas."""
-    variables = re.sub(r"\\[a-zA-Z]+", "", body)
-    if not body or _NUMBER_ONLY.match(body) or not _OPERATOR.search(body) or not re.search(r"[a-zA-Z]", variables):
-        return False
-    return not re.fullmatch(r"[a-zA-Z]+(?:-[a-zA-Z]+)+", body)
-
-
-def _squash(s: str) -> str:
-    s = re.sub(r"\s+", "", s)
-    s = re.sub(r"\{(\w)\}", r"\1", s)  # x^{2} = x^2
-    return s.rstrip(".,;:").lstrip("(").rstrip(")") if s.count("(") != s.count(")") else s.rstrip(".,;:")
-
-
-def formulas_of(text: str) -> Counter:
-    """Multiset of the formulas in ``text``: LaTeX math spans, and plain-text runs with a relation, power or an
-    operator between operands (``x^2+1``, ``p^2-2*q^2=1``), whitespace removed. Bare numbers and single symbols are
-    left to the number check."""
-    out: Counter = Counter()
-    t = _latex_plain(text)
-
-    def span(m):
-        body = _squash(next(g for g in m.groups() if g is not None))
-        if _is_formula(body):
-            out[_THOUSANDS.sub(lambda x: x.group(0).replace(",", ""), body)] += 1
-        return " "
-
-    rest = _GLUE.sub(r"\1", _MATH_SPAN.sub(span, t))
-    for m in _PLAIN_FORMULA.finditer(rest):
-        body = _squash(m.group(0))
-        if len(body) >= 4 and _is_formula(body) and re.search(r"[\d=^<>≤≥≠]", body):
-            out[_THOUSANDS.sub(lambda x: x.group(0).replace(",", ""), body)] += 1
-    return out
-
-
-def _formula_diff(a: str, b: str) -> dict | None:
-    fa, fb = formulas_of(a), formulas_of(b)
-    sa = re.sub(r"\s+|\$", "", _normalise(a))
-    sb = re.sub(r"\s+|\$", "", _normalise(b))
-    missing = sorted(f for f in (fa - fb).elements() if f not in sb)  # written without $...$ is still there
-    extra = sorted(f for f in (fb - fa).elements() if f not in sa)
-    return {"missing": missing, "extra": extra} if missing or extra else None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Terms: the request, the conditions, the units
-# ----------------------------------------------------------------------------------------------------------------
-# classes of interchangeable wordings; a class of the question must appear (in any of its wordings) in the rewrite
-TERMS: dict[str, tuple[str, ...]] = {
-    "maximum": ("greatest", "largest", "biggest", "maximum", "maximal", "maximize", "highest", "max"),
-    "minimum": ("least", "smallest", "minimum", "minimal", "minimize", "lowest", "fewest", "min"),
-    "at least": ("at least", "no fewer than", "no less than", "or more", "minimum of"),
-    "at most": ("at most", "no more than", "not more than", "or fewer", "or less", "maximum of", "not exceed"),
-    "sum": ("sum", "total", "altogether", "combined", "in all", "add up"),
-    "product": ("product",),
-    "difference": ("difference",),
-    "quotient": ("quotient", "ratio"),
-    "remainder": ("remainder", "modulo", "mod"),
-    "probability": ("probability", "chance", "likelihood", "probable"),
-    "expected value": ("expected", "expectation"),
-    "average": ("average", "mean"),
-    "median": ("median",),
-    "positive": ("positive",),
-    "negative": ("negative",),
-    "nonnegative": ("nonnegative", "non-negative"),
-    "nonzero": ("nonzero", "non-zero"),
-    "integer": ("integer", "whole number"),
-    "real": ("real",),
-    "rational": ("rational",),
-    "irrational": ("irrational",),
-    "complex": ("complex",),
-    "prime": ("prime",),
-    "composite": ("composite",),
-    "odd": ("odd",),
-    "even": ("even",),
-    "distinct": ("distinct", "different", "unique"),
-    "consecutive": ("consecutive", "in a row"),
-    "digit": ("digit",),
-    "divisor": ("divisor", "factor", "divides", "divisible"),
-    "multiple": ("multiple",),
-    "perfect square": ("perfect square", "square number"),
-    "ordered": ("ordered",),
-    "unordered": ("unordered",),
-    "with replacement": ("with replacement", "put back", "returned", "replaced"),
-    "without replacement": (
-        "without replacement",
-        "not put back",
-        "not returned",
-        "not replaced",
-        "no replacement",
-        "without putting",
-        "without returning",
-    ),
-    "increasing": ("increasing", "increase", "ascending"),
-    "decreasing": ("decreasing", "decrease", "descending"),
-    "area": ("area",),
-    "perimeter": ("perimeter",),
-    "circumference": ("circumference",),
-    "volume": ("volume",),
-    "radius": ("radius", "radii"),
-    "diameter": ("diameter",),
-    "angle": ("angle",),
-    "common fraction": ("common fraction",),
-    "mixed number": ("mixed number",),
-    "radical form": ("radical form",),
-    "simplest form": ("simplest form", "lowest terms", "simplest terms"),
-    "decimal": ("decimal",),
-    "nearest": ("nearest", "round"),
-    "in terms of": ("in terms of",),
-    "interval notation": ("interval notation",),
-    "scientific notation": ("scientific notation",),
-    "do not include units": ("do not include units", "without units", "no units", "omit the units"),
-    "final answer": ("final answer",),
-    "all": ("find all", "all possible", "all values", "all solutions", "every possible"),
-}
-UNITS: dict[str, tuple[str, ...]] = {
-    "mm": ("mm", "millimeter", "millimetre"),
-    "cm": ("cm", "centimeter", "centimetre"),
-    "m": ("meter", "metre"),
-    "km": ("km", "kilometer", "kilometre"),
-    "inch": ("inch", "inches", "in."),
-    "foot": ("foot", "feet", "ft"),
-    "yard": ("yard", "yd"),
-    "mile": ("mile", "mi", "mph"),
-    "gram": ("gram", "grams", "g"),
-    "kg": ("kg", "kilogram"),
-    "pound": ("pound", "lb", "lbs"),
-    "ounce": ("ounce", "oz"),
-    "liter": ("liter", "litre", "l"),
-    "ml": ("ml", "milliliter", "millilitre", "cc", "ccs"),
-    "gallon": ("gallon",),
-    "second": ("seconds", "sec"),
-    "minute": ("minute", "min"),
-    "hour": ("hour", "hr", "hrs"),
-    "day": ("day", "daily"),
-    "week": ("week", "weekly"),
-    "month": ("month", "monthly"),
-    "year": ("year", "yearly", "annually", "annual"),
-    "dollar": ("dollar", "usd"),
-    "cent": ("cent", "¢"),
-    "euro": ("euro", "€"),
-    "pound sterling": ("£",),
-    "percent": ("percent", "percentage", "%", "per cent"),
-    "degree": ("degree", "°"),
-    "calorie": ("calorie",),
-}
-_SYMBOL_UNITS = ("%", "€", "£", "¢", "°")
-_NEGATED = re.compile(r"\b(?:not|no|never)\s+(?:be\s+|been\s+)?(?:put back|returned|replaced)\b")
-
-
-def _stem(w: str) -> str:
-    if len(w) > 4 and w.endswith("ies"):
-        return w[:-3] + "y"
-    if len(w) > 3 and w.endswith(("sses", "xes", "ches", "shes")):
-        return w[:-2]
-    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
-        return w[:-1]
-    return w
-
-
-def _word_seq(text: str) -> str:
-    """Lower-case, stemmed words joined by single spaces, with a space on each side (for phrase lookups)."""
-    words = re.findall(r"[a-z]+(?:-[a-z]+)?|[%€£¢°]", _normalise(text).lower())
-    return " " + " ".join(_stem(w) for w in words) + " "
-
-
-def _classes(text: str, lexicon: dict[str, tuple[str, ...]]) -> set[str]:
-    seq = _word_seq(text)
-    neg = bool(_NEGATED.search(text.lower()))
-    found = set()
-    for name, forms in lexicon.items():
-        for f in forms:
-            key = " " + " ".join(_stem(w) for w in f.split()) + " " if f not in _SYMBOL_UNITS else f" {f} "
-            if key in seq:
-                if name == "with replacement" and neg:
-                    continue
-                found.add(name)
-                break
-    if "without replacement" in found:
-        found.discard("with replacement")
-    return found
-
-
-_QUESTION_START = re.compile(
-    r"^(?:find|compute|determine|evaluate|calculate|what|how|which|who|when|where|express|simplify|solve|give|list"
-    r"|is|are|does|do|can|show|prove|factor|factorize|write)\b",
-    re.I,
-)
-
-
-def _sentences(text: str) -> list[str]:
-    masked = _MATH_SPAN.sub(lambda m: "§" * len(m.group(0)), text)
-    cuts = [m.end() for m in re.finditer(r"[.?!](?=\s+|$)", masked)]
-    out, start = [], 0
-    for c in cuts + [len(text)]:
-        s = text[start:c].strip()
-        if s:
-            out.append(s)
-        start = c
-    return out
-
-
-def request_of(text: str) -> str:
-    """The answer-bearing request: from the last sentence that asks (a '?' or a question / imperative opening) to the
-    end (answer-format instructions follow it); the whole text when no sentence asks."""
-    sents = _sentences(text)
-    for i in range(len(sents) - 1, -1, -1):
-        if "?" in sents[i] or _QUESTION_START.match(sents[i]):
-            return " ".join(sents[i:])
-    return text
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -535,13 +175,13 @@ def check_pair(original: str, rewritten: str, cfg: CheckConfig | None = None) ->
             details[reason] = detail
 
     if "numbers" in cfg.checks:
-        flag("number_changed", _number_diff(original, rewritten))
+        flag("number_changed", number_diff(original, rewritten))
     if "math" in cfg.checks:
-        flag("math_changed", _formula_diff(original, rewritten))
+        flag("math_changed", formula_diff(original, rewritten))
     if "request" in cfg.checks or "conditions" in cfg.checks:
-        req = _classes(request_of(original), TERMS)
-        have = _classes(rewritten, TERMS)
-        rest = _classes(original, TERMS) - req
+        req = term_classes(request_of(original), TERMS)
+        have = term_classes(rewritten, TERMS)
+        rest = term_classes(original, TERMS) - req
         if "request" in cfg.checks:
             miss = sorted(req - have)
             flag("request_changed", {"missing": miss} if miss else None)
@@ -551,8 +191,8 @@ def check_pair(original: str, rewritten: str, cfg: CheckConfig | None = None) ->
     if "units" in cfg.checks:
         # a unit of the question must stay; the request's units (the answer's unit) must stay in the request; a
         # story may add units elsewhere ("47 + 38" -> "47 apples and 38 more")
-        ua, ub = _classes(original, UNITS), _classes(rewritten, UNITS)
-        qa, qb = _classes(request_of(original), UNITS), _classes(request_of(rewritten), UNITS)
+        ua, ub = term_classes(original, UNITS), term_classes(rewritten, UNITS)
+        qa, qb = term_classes(request_of(original), UNITS), term_classes(request_of(rewritten), UNITS)
         miss, req_miss = sorted(ua - ub), sorted(qa - qb)
         detail = {
             "missing": miss,
@@ -576,6 +216,35 @@ def pair_sha(original: str, rewritten: str) -> str:
 def check_pairs(pairs, cfg: CheckConfig | None = None) -> list[PairCheck]:
     cfg = cfg or CheckConfig()
     return [check_pair(o, r, cfg) for o, r in pairs]
+
+
+def check_path_for(output_parquet: str) -> str:
+    """Where the check file of a rephrased parquet file goes by default: ``X.parquet`` -> ``X.check.jsonl``."""
+    root = output_parquet[: -len(".parquet")] if output_parquet.endswith(".parquet") else output_parquet
+    return root + ".check.jsonl"
+
+
+def apply_check(
+    questions: list[str], rewrites: list[str], cfg: CheckConfig, on_bad_rephrase: str
+) -> tuple[list[int], list[str], list[dict], list]:
+    """Check each (question, rewrite) and apply the policy. Returns (kept positions, the rephrased question of each
+    kept position, the check file's records, the checks): ``drop`` leaves flagged positions out, ``original``
+    puts the question itself in their place (verdict ``fallback``)."""
+    if on_bad_rephrase not in ON_BAD_REPHRASE:
+        raise ValueError(f"on_bad_rephrase must be one of {', '.join(ON_BAD_REPHRASE)}, got {on_bad_rephrase!r}")
+    checks = [check_pair(q, r, cfg) for q, r in zip(questions, rewrites)]
+    keep, texts, records = [], [], []
+    for k, (q, r, c) in enumerate(zip(questions, rewrites, checks)):
+        verdict = c.verdict
+        if verdict == "flagged" and on_bad_rephrase == "drop":
+            continue
+        if verdict == "flagged" and on_bad_rephrase == "original":
+            r, verdict = q, "fallback"
+        rec = {"row": len(keep), **c.as_dict(), "verdict": verdict, "sha": pair_sha(q, r)}
+        keep.append(k)
+        texts.append(r)
+        records.append(rec)
+    return keep, texts, records, checks
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -668,6 +337,85 @@ def read_check_file(path: str) -> list[dict]:
                 )
             out.append(rec)
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# An existing pair of files
+# ----------------------------------------------------------------------------------------------------------------
+def _questions(path: str, table, prompt_key: str) -> list[tuple[str, int | None]]:
+    from megatron_corew.data.rewrite_format import question_of
+
+    if prompt_key not in table.column_names:
+        raise ValueError(f"{path}: missing column {prompt_key!r} (columns: {table.column_names})")
+    out = []
+    for i, cell in enumerate(table.column(prompt_key).to_pylist()):
+        try:
+            out.append(question_of(cell))
+        except ValueError as e:
+            raise ValueError(f"{path}: row {i}: {e}") from None
+    return out
+
+
+def check_files(
+    original_path: str,
+    rephrased_path: str,
+    output_check: str,
+    cfg: CheckConfig | None = None,
+    on_bad_rephrase: str = "keep",
+    prompt_key: str = "prompt",
+    output_original: str | None = None,
+    output_rephrased: str | None = None,
+) -> dict:
+    """Check an existing row-aligned pair (such as the reference's released files); write the check file and, when
+    asked, the pair after ``on_bad_rephrase`` (both files, aligned, every other column unchanged)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from checkpoints_conversion import atomic
+    from megatron_corew.data.rewrite_format import with_question
+
+    if (output_original is None) != (output_rephrased is None):
+        raise ValueError("pass both --output-original and --output-rephrased, or neither")
+    if on_bad_rephrase != "keep" and output_original is None:
+        raise ValueError(f"--on-bad-rephrase {on_bad_rephrase} needs --output-original and --output-rephrased")
+    tables = []
+    for path in (original_path, rephrased_path):
+        try:
+            tables.append(pq.read_table(path))
+        except (pa.ArrowException, OSError, ValueError) as e:
+            raise ValueError(f"{path}: cannot read as a parquet file ({type(e).__name__}: {e})") from None
+    otab, rtab = tables
+    if otab.num_rows != rtab.num_rows:
+        raise ValueError(
+            f"the pair differs in length: {original_path} has {otab.num_rows} rows, {rephrased_path} {rtab.num_rows}"
+        )
+    oq = _questions(original_path, otab, prompt_key)
+    rq = _questions(rephrased_path, rtab, prompt_key)
+    keep, texts, records, checks = apply_check(
+        [q for q, _ in oq], [q for q, _ in rq], cfg or CheckConfig(), on_bad_rephrase
+    )
+    for rec, k in zip(records, keep):
+        rec["index"] = k
+    write_check_file(output_check, records)
+    if output_original is not None:
+        idx = pa.array(keep, type=pa.int64())
+        o_out, r_out = otab.take(idx), rtab.take(idx)
+        cells = r_out.column(prompt_key).to_pylist()
+        new = [with_question(c, rq[k][1], text) for c, k, text in zip(cells, keep, texts)]
+        col = rtab.column_names.index(prompt_key)
+        f = rtab.schema.field(prompt_key)
+        r_out = r_out.set_column(col, f, pa.array(new, type=f.type))
+        for table, path in ((o_out, output_original), (r_out, output_rephrased)):
+            tmp = atomic.temp_path(path)
+            try:
+                pq.write_table(table, tmp)
+                atomic.commit_file(tmp, path)
+            finally:
+                if os.path.exists(tmp):
+                    os.remove(tmp)
+    summary = summarize(checks, fallbacks=sum(r["verdict"] == "fallback" for r in records))
+    summary.update(pairs_written=len(keep), output_check=output_check, on_bad_rephrase=on_bad_rephrase)
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------------------------
