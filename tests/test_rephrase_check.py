@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -393,7 +394,7 @@ def test_tiny_rephraser_200_rewrites_checked(tmp_path):
     assert len(ok) >= 190
     for r in ok:  # the verdict agrees with an independent look at the two numbers of the tiny task
         p = problems[r["index"]]
-        nums = sorted(int(x) for x in __import__("re").findall(r"\d+", r["rewritten"]))
+        nums = sorted(int(x) for x in re.findall(r"\d+", r["rewritten"]))
         same_numbers = nums == sorted([p.a, p.b])
         chk = r["rephrase_check"]
         assert ("number_changed" not in chk["reasons"]) == same_numbers, (r, p)
@@ -402,3 +403,19 @@ def test_tiny_rephraser_200_rewrites_checked(tmp_path):
     tok = AutoTokenizer.from_pretrained(rephraser)
     pairs = load_paired_examples(out["orig"], out["rw"], tok, rephrase_check=summary["output_check"])
     assert len(pairs) == len(kept)
+    # the same pair with 10 rewrites given a wrong number and 5 made verbatim copies: exactly those are flagged
+    table = pq.read_table(out["rw"]).to_pylist()
+    originals = user_questions(out["orig"])
+    for k, row in enumerate(table[:15]):
+        q = row["prompt"][-1]["content"]
+        row["prompt"][-1]["content"] = (
+            re.sub(r"\d+", lambda m: str(int(m.group(0)) + 1), q, count=1) if k < 10 else originals[k]
+        )
+    broken = str(tmp_path / "broken.parquet")
+    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(out["rw"])), broken)
+    chk = str(tmp_path / "broken.check.jsonl")
+    assert run_tool("--original", out["orig"], "--rephrased", broken, "--output", chk).returncode == 0
+    verdicts = read_check_file(chk)
+    assert [v["row"] for v in verdicts if v["verdict"] == "flagged"] == list(range(15))
+    assert all("number_changed" in v["reasons"] for v in verdicts[:10])
+    assert all(v["reasons"] == ["near_copy"] for v in verdicts[10:15])
