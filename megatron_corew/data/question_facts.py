@@ -9,6 +9,7 @@ it). Used by :mod:`megatron_corew.data.rephrase_check`; no nltk here (regular ex
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from fractions import Fraction
@@ -71,6 +72,7 @@ def _latex_plain(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
 def normalise(text: str) -> str:
     text = _latex_plain(text)
     return _THOUSANDS.sub(lambda m: m.group(0).replace(",", ""), text)
@@ -351,19 +353,36 @@ def _stem(w: str) -> str:
     return w
 
 
+@functools.lru_cache(maxsize=1024)  # each text is looked up several times per pair
 def _word_seq(text: str) -> str:
     """Lower-case, stemmed words joined by single spaces, with a space on each side (for phrase lookups)."""
     words = re.findall(r"[a-z]+(?:-[a-z]+)?|[%€£¢°]", normalise(text).lower())
     return " " + " ".join(_stem(w) for w in words) + " "
 
 
+_KEYS: dict[int, list[tuple[str, list[str]]]] = {}
+
+
+def _keys(lexicon: dict[str, tuple[str, ...]]) -> list[tuple[str, list[str]]]:
+    """The lexicon's forms as stemmed, space-delimited phrases (built once per lexicon)."""
+    if id(lexicon) not in _KEYS:
+        _KEYS[id(lexicon)] = [
+            (
+                name,
+                [f" {f} " if f in _SYMBOL_UNITS else " " + " ".join(_stem(w) for w in f.split()) + " " for f in forms],
+            )
+            for name, forms in lexicon.items()
+        ]
+    return _KEYS[id(lexicon)]
+
+
 def term_classes(text: str, lexicon: dict[str, tuple[str, ...]]) -> set[str]:
+    """The classes of ``lexicon`` (``TERMS`` or ``UNITS``) that one of their wordings names in ``text``."""
     seq = _word_seq(text)
     neg = bool(_NEGATED.search(text.lower()))
     found = set()
-    for name, forms in lexicon.items():
-        for f in forms:
-            key = " " + " ".join(_stem(w) for w in f.split()) + " " if f not in _SYMBOL_UNITS else f" {f} "
+    for name, keys in _keys(lexicon):
+        for key in keys:
             if key in seq:
                 if name == "with replacement" and neg:
                     continue
