@@ -242,8 +242,8 @@ def formula_diff(a: str, b: str) -> dict | None:
 # ----------------------------------------------------------------------------------------------------------------
 # classes of interchangeable wordings; a class of the question must appear (in any of its wordings) in the rewrite
 TERMS: dict[str, tuple[str, ...]] = {
-    "maximum": ("greatest", "largest", "biggest", "maximum", "maximal", "maximize", "highest", "max"),
-    "minimum": ("least", "smallest", "minimum", "minimal", "minimize", "lowest", "fewest", "min"),
+    "maximum": ("greatest", "largest", "biggest", "maximum", "maximal", "maximize", "highest"),
+    "minimum": ("least", "smallest", "minimum", "minimal", "minimize", "lowest", "fewest"),
     "at least": ("at least", "no fewer than", "no less than", "or more", "minimum of"),
     "at most": ("at most", "no more than", "not more than", "or fewer", "or less", "maximum of", "not exceed"),
     "sum": ("sum", "total", "altogether", "combined", "in all", "add up"),
@@ -252,7 +252,7 @@ TERMS: dict[str, tuple[str, ...]] = {
     "quotient": ("quotient", "ratio"),
     "remainder": ("remainder", "modulo", "mod"),
     "probability": ("probability", "chance", "likelihood", "probable"),
-    "expected value": ("expected", "expectation"),
+    "expected value": ("expected value", "expected number", "expectation"),
     "average": ("average", "mean"),
     "median": ("median",),
     "positive": ("positive",),
@@ -276,7 +276,7 @@ TERMS: dict[str, tuple[str, ...]] = {
     "perfect square": ("perfect square", "square number"),
     "ordered": ("ordered",),
     "unordered": ("unordered",),
-    "with replacement": ("with replacement", "put back", "returned", "replaced"),
+    "with replacement": ("with replacement", "put back", "putting back", "puts back", "replacing it", "returning it"),
     "without replacement": (
         "without replacement",
         "not put back",
@@ -300,7 +300,7 @@ TERMS: dict[str, tuple[str, ...]] = {
     "radical form": ("radical form",),
     "simplest form": ("simplest form", "lowest terms", "simplest terms"),
     "decimal": ("decimal",),
-    "nearest": ("nearest", "round"),
+    "nearest": ("nearest", "rounded"),
     "in terms of": ("in terms of",),
     "interval notation": ("interval notation",),
     "scientific notation": ("scientific notation",),
@@ -313,19 +313,19 @@ UNITS: dict[str, tuple[str, ...]] = {
     "cm": ("cm", "centimeter", "centimetre"),
     "m": ("meter", "metre"),
     "km": ("km", "kilometer", "kilometre"),
-    "inch": ("inch", "inches", "in."),
+    "inch": ("inch", "inches"),
     "foot": ("foot", "feet", "ft"),
     "yard": ("yard", "yd"),
     "mile": ("mile", "mi", "mph"),
-    "gram": ("gram", "grams", "g"),
+    "gram": ("gram", "grams"),
     "kg": ("kg", "kilogram"),
     "pound": ("pound", "lb", "lbs"),
     "ounce": ("ounce", "oz"),
-    "liter": ("liter", "litre", "l"),
+    "liter": ("liter", "litre"),
     "ml": ("ml", "milliliter", "millilitre", "cc", "ccs"),
     "gallon": ("gallon",),
     "second": ("seconds", "sec"),
-    "minute": ("minute", "min"),
+    "minute": ("minute", "mins"),
     "hour": ("hour", "hr", "hrs"),
     "day": ("day", "daily"),
     "week": ("week", "weekly"),
@@ -343,7 +343,12 @@ _SYMBOL_UNITS = ("%", "€", "£", "¢", "°")
 _NEGATED = re.compile(r"\b(?:not|no|never)\s+(?:be\s+|been\s+)?(?:put back|returned|replaced)\b")
 
 
+_NO_STEM = frozenset({"seconds"})  # "seconds" is time; "second" is mostly an ordinal ("a second time")
+
+
 def _stem(w: str) -> str:
+    if w in _NO_STEM:
+        return w
     if len(w) > 4 and w.endswith("ies"):
         return w[:-3] + "y"
     if len(w) > 3 and w.endswith(("sses", "xes", "ches", "shes")):
