@@ -269,7 +269,8 @@ class PairedDataset(Sequence):
     def summary(self) -> str:
         """One line: pairs kept, and why the others were dropped."""
         n_flag = self.num_check_dropped
-        why = [f"{self.num_dropped} with a prompt longer than {self.original.max_prompt_length} tokens"]
+        limit = self.original.max_prompt_length
+        why = [f"{self.num_dropped} with a prompt longer than {limit} tokens" if limit else "none for length"]
         if self.num_flagged:
             reasons = ", ".join(f"{r} {k}" for r, k in sorted(self.num_flagged.items(), key=lambda x: (-x[1], x[0])))
             why.insert(0, f"{n_flag} flagged by the rephrasing check (reasons: {reasons})")

@@ -456,7 +456,10 @@ def run_rewrite(
     log(summary_table(check_summary))
     n_fail = len(rows) - len(ok)
     if not pair_rows:
-        log("warning: no question was rewritten successfully; both parquet files are empty")
+        log(
+            f"warning: no pair to write ({len(ok)} rewritten, {len(ok) - len(pair_rows)} of them dropped by the "
+            "rephrase check); both parquet files are empty"
+        )
     attempts = [r.get("attempts", 0) for r in results.values()]
     return {
         "input": input_path,
