@@ -22,6 +22,7 @@ setup(
             "corew-train = train_rl:cli",
             "corew-preprocess = tools.preprocess_data:main",
             "corew-rewrite-questions = tools.rewrite_questions:main",
+            "corew-check-rephrasings = tools.check_rephrasings:main",
             "corew-make-tiny-task = tools.make_tiny_task:main",
             "corew-plot-run = tools.plot_run:main",
             "corew-evaluate = tools.evaluate:main",

@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--train-data", required=True, help="verl-schema parquet of training prompts")
     g.add_argument("--train-data-rephrased", default=None, help="aligned rephrased parquet (Co-rewarding-I)")
+    g.add_argument(
+        "--train-data-rephrase-check",
+        default=None,
+        help="check file of the pair (tools/check_rephrasings.py, or next to the rewrite_questions.py output): "
+        "pairs it flagged are dropped",
+    )
     g.add_argument("--val-data", default=None, help="held-out parquet with ground truth for validation")
     g.add_argument("--max-val-samples", type=int, default=None)
     g.add_argument(
@@ -186,6 +192,8 @@ def parse_args(argv=None):
         raise SystemExit(f"error: --reward-method {args.reward_method} needs --train-data-rephrased")
     if args.teacher_on_rephrased and not args.train_data_rephrased:
         raise SystemExit("error: --teacher-on-rephrased needs --train-data-rephrased")
+    if args.train_data_rephrase_check and not args.train_data_rephrased:
+        raise SystemExit("error: --train-data-rephrase-check needs --train-data-rephrased")
     if args.fp8_format:
         from megatron_corew.policy.model_builder import transformer_engine_available
 

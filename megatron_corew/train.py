@@ -103,8 +103,14 @@ class RLRun:
         self.paired = a.train_data_rephrased is not None and (self.method.paired_views or a.teacher_on_rephrased)
         if self.paired:
             self.train_set = data.load_paired_examples(
-                a.train_data, a.train_data_rephrased, self.tokenizer, a.max_prompt_length
+                a.train_data,
+                a.train_data_rephrased,
+                self.tokenizer,
+                a.max_prompt_length,
+                prompt_key=a.prompt_key,
+                rephrase_check=a.train_data_rephrase_check,
             )
+            log0(self.train_set.summary())
         else:
             self.train_set = data.load_examples(
                 a.train_data, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key
@@ -114,7 +120,11 @@ class RLRun:
                 f"error: {a.train_data} has {len(self.train_set)} usable prompts, fewer than "
                 f"--global-batch-size {a.global_batch_size}"
             )
-        self.val_set = data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length) if a.val_data else None
+        self.val_set = (
+            data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key)
+            if a.val_data
+            else None
+        )
         train = self.train_set.original if self.paired else self.train_set
         checks = [(self.val_set, "validation (--val-data)")] + (
             [(train, f"--reward-method {a.reward_method}")] if self.method.needs_ground_truth else []

@@ -242,7 +242,13 @@ def test_resume_after_crash_mid_batch_matches_uninterrupted(tmp_path, tok, monke
     assert engine.calls == ref_engine.calls[-len(engine.calls) :]  # the same calls with the same seeds
     got = snapshot(out)
     assert got[0] == ref[0] and got[1].equals(ref[1]) and got[2].equals(ref[2])
-    assert sorted(os.listdir(tmp_path / "resumed")) == ["orig.parquet", "rw.jsonl", "rw.jsonl.meta.json", "rw.parquet"]
+    assert sorted(os.listdir(tmp_path / "resumed")) == [
+        "orig.parquet",
+        "rw.check.jsonl",
+        "rw.jsonl",
+        "rw.jsonl.meta.json",
+        "rw.parquet",
+    ]
 
 
 def test_crash_between_the_two_parquet_files(tmp_path, tok, monkeypatch, crash_instead_of_kill):

@@ -11,7 +11,9 @@ or any OpenAI-compatible server (``--openai-url http://host:8000`` with ``--toke
 Sampling as the reference: temperature 0.7, top_p 0.8, thinking off. Beyond it: ``--max_attempts K`` retries rows
 whose output does not parse; ``--check_answer {ground_truth,original}`` keeps a rewrite only if the same model's
 answer to it matches; the run resumes from the JSONL after a kill (same output as an uninterrupted run); the
-parquet pair is written atomically. See megatron_corew/data/rephrase.py.
+parquet pair is written atomically; every rewrite goes through the quality check (verdict and reasons in the JSONL,
+a summary table on stderr, a check file aligned with the pair next to it, ``--on-bad-rephrase keep|drop|original``).
+See megatron_corew/data/rephrase.py and megatron_corew/data/rephrase_check.py.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import sys
 
 def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.data.rephrase import RewriteConfig
+    from megatron_corew.data.rephrase_check import add_check_args
     from megatron_corew.rollout.tool_backend import add_tool_backend_args
 
     d = RewriteConfig()
@@ -72,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="text file with the rewrite instruction (default: ours, same format as the reference)",
     )
     g.add_argument("--overwrite", action="store_true", help="discard an existing JSONL instead of resuming")
+    g.add_argument(
+        "--output_check",
+        "--output-check",
+        default=None,
+        help="check file aligned with the pair (default: --output_parquet with .check.jsonl for .parquet)",
+    )
+    add_check_args(p)
     p.add_argument("--output-dir", default=None, help="SGLang logs/sync dir (default: next to --output_jsonl)")
     add_tool_backend_args(p)
     return p
@@ -89,6 +99,13 @@ def main(argv=None) -> int:
         return 2
     if args.model_path is None and not args.openai_url:
         print("error: --model_path is required unless --openai-url is given", file=sys.stderr)
+        return 2
+    from megatron_corew.data.rephrase_check import check_config_from_args
+
+    try:
+        check_cfg = check_config_from_args(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     from transformers import AutoTokenizer
 
@@ -112,6 +129,8 @@ def main(argv=None) -> int:
         check_answer=args.check_answer,
         check_grading=args.check_grading,
         check_max_new_tokens=args.check_max_tokens,
+        rephrase_check=check_cfg,
+        on_bad_rephrase=args.on_bad_rephrase,
     )
     tokenizer = AutoTokenizer.from_pretrained(tok_path)
     engine = create_tool_engine(args, args.model_path, tokenizer)
@@ -127,6 +146,7 @@ def main(argv=None) -> int:
             cfg,
             overwrite=args.overwrite,
             log=lambda m: print(m, file=sys.stderr, flush=True),
+            output_check=args.output_check,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

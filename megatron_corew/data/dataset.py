@@ -248,12 +248,36 @@ class PromptDataset(Sequence):
 class PairedDataset(Sequence):
     """Aligned (original, rephrased) prompts for Co-rewarding-I; item i is a pair sharing row i of both files."""
 
-    def __init__(self, original: PromptDataset, rephrased: PromptDataset, num_dropped: int = 0):
+    def __init__(
+        self,
+        original: PromptDataset,
+        rephrased: PromptDataset,
+        num_dropped: int = 0,
+        num_flagged: dict[str, int] | None = None,
+        num_fallback: int = 0,
+        num_check_dropped: int = 0,
+    ):
         assert len(original) == len(rephrased)
         self.original = original
         self.rephrased = rephrased
         self.num_dropped = num_dropped  # pairs dropped because either prompt was too long
+        self.num_flagged = dict(num_flagged or {})  # reasons of the pairs the rephrasing check flagged (a pair may
+        self.num_check_dropped = num_check_dropped  # have several); pairs dropped because the check flagged them
+        self.num_fallback = num_fallback  # pairs whose rephrasing is the original question (the check's fallback)
         self.num_rows = original.num_rows
+
+    def summary(self) -> str:
+        """One line: pairs kept, and why the others were dropped."""
+        n_flag = self.num_check_dropped
+        limit = self.original.max_prompt_length
+        why = [f"{self.num_dropped} with a prompt longer than {limit} tokens" if limit else "none for length"]
+        if self.num_flagged:
+            reasons = ", ".join(f"{r} {k}" for r, k in sorted(self.num_flagged.items(), key=lambda x: (-x[1], x[0])))
+            why.insert(0, f"{n_flag} flagged by the rephrasing check (reasons: {reasons})")
+        line = f"paired data: {len(self)} of {self.num_rows} pairs kept; dropped: " + "; ".join(why)
+        if self.num_fallback:
+            line += f"; {self.num_fallback} kept with the original question as the rephrasing (check fallback)"
+        return line
 
     @property
     def paths(self) -> tuple[str, str]:
@@ -327,12 +351,18 @@ def load_paired_examples(
     tokenizer,
     max_prompt_length: int | None = None,
     prompt_key: str = "prompt",
+    rephrase_check: str | os.PathLike | None = None,
 ) -> PairedDataset:
     """Load two row-aligned files (row i of ``rephrased_path`` rephrases row i of ``original_path``).
 
     Checks: equal row counts; where both rows carry ``extra_info.index`` the indices match; where both carry a
     ground truth the ground truths match (a rephrasing keeps the answer). Malformed rows are errors (skipping one
     side would break the alignment). A pair is dropped if EITHER prompt exceeds ``max_prompt_length``.
+
+    ``rephrase_check``: a check file of this pair (``tools/check_rephrasings.py``, or the one
+    ``tools/rewrite_questions.py`` writes next to it; :mod:`megatron_corew.data.rephrase_check`): pairs it
+    flagged are dropped. Its rows must match the pair's (count and question fingerprints). ``summary()`` of the
+    result is the one line to log.
     """
     _check_options("error", max_prompt_length)
     opath, rpath = os.fspath(original_path), os.fspath(rephrased_path)
@@ -352,16 +382,19 @@ def load_paired_examples(
         og, rg = o["ground_truth"], r["ground_truth"]
         if og is not None and rg is not None and og.strip() != rg.strip():
             raise DataError(f"paired files disagree at row {i}: ground truth {og!r} in {opath} but {rg!r} in {rpath}")
+    flagged_rows, num_flagged, num_fallback = set(), {}, 0
+    if rephrase_check is not None:
+        flagged_rows, num_flagged, num_fallback = _read_rephrase_check(os.fspath(rephrase_check), oparsed, rparsed)
     oex, _ = _tokenize(opath, oparsed, tokenizer, "error")
     rex, _ = _tokenize(rpath, rparsed, tokenizer, "error")
-    keep = list(range(len(oex)))
+    keep = [k for k in range(len(oex)) if oex[k].index not in flagged_rows]
     if max_prompt_length is not None:
         keep = [
             k
             for k in keep
             if len(oex[k].prompt_ids) <= max_prompt_length and len(rex[k].prompt_ids) <= max_prompt_length
         ]
-    dropped = len(oex) - len(keep)
+    dropped = len(oex) - len(flagged_rows) - len(keep)
     if dropped:
         logger.info(
             "%s + %s: dropped %d of %d pairs with a prompt longer than %d tokens",
@@ -373,11 +406,44 @@ def load_paired_examples(
         )
     if not keep:
         raise DataError(
-            f"{opath} + {rpath}: no usable pairs ({otab.num_rows} rows, {dropped} with a prompt "
-            f"longer than {max_prompt_length} tokens)"
+            f"{opath} + {rpath}: no usable pairs ({otab.num_rows} rows, {len(flagged_rows)} flagged by "
+            f"{rephrase_check}, {dropped} with a prompt longer than {max_prompt_length} tokens)"
         )
     n_o_long = sum(len(e.prompt_ids) > max_prompt_length for e in oex) if max_prompt_length else 0
     n_r_long = sum(len(e.prompt_ids) > max_prompt_length for e in rex) if max_prompt_length else 0
     original = PromptDataset([oex[k] for k in keep], opath, otab.num_rows, n_o_long, 0, max_prompt_length)
     rephrased = PromptDataset([rex[k] for k in keep], rpath, rtab.num_rows, n_r_long, 0, max_prompt_length)
-    return PairedDataset(original, rephrased, dropped)
+    pairs = PairedDataset(original, rephrased, dropped, num_flagged, num_fallback, len(flagged_rows))
+    logger.info("%s + %s: %s", opath, rpath, pairs.summary())
+    return pairs
+
+
+def _question(messages: list[dict]) -> str:
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    return users[-1] if users else ""
+
+
+def _read_rephrase_check(path: str, oparsed, rparsed) -> tuple[set[int], dict[str, int], int]:
+    """(flagged rows, flagged count by reason, fallback count) of a check file that belongs to this pair."""
+    from megatron_corew.data.rephrase_check import pair_sha, read_check_file
+
+    if not os.path.exists(path):
+        raise DataError(f"{path}: rephrase check file not found")
+    try:
+        records = read_check_file(path)
+    except (OSError, ValueError) as e:
+        raise DataError(str(e)) from None
+    if len(records) != len(oparsed):
+        raise DataError(f"{path}: {len(records)} check records for a pair of {len(oparsed)} rows")
+    flagged, by_reason, fallback = set(), {}, 0
+    for rec, (i, o), (_, r) in zip(records, oparsed, rparsed):
+        sha = rec.get("sha")
+        if sha is not None and sha != pair_sha(_question(o["messages"]), _question(r["messages"])):
+            raise DataError(f"{path}: row {i}: the check record is not of this pair's questions (another pair?)")
+        if rec["verdict"] == "flagged":
+            flagged.add(i)
+            for reason in rec["reasons"] or ["unspecified"]:
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+        elif rec["verdict"] == "fallback":
+            fallback += 1
+    return flagged, by_reason, fallback

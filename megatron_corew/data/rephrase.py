@@ -21,8 +21,17 @@ Beyond the reference:
 * **atomic pair**: both parquet files are written to temp files first; the old rephrased file is removed before
   the two renames, so a kill can leave the pair incomplete (rephrased file missing) but never misaligned.
 
+* **quality check** (:mod:`megatron_corew.data.rephrase_check`): at the end of the run every rewrite is compared
+  with its row's question (numbers, formulas, request, conditions, units, lexical distance); the verdict and
+  reasons go into its JSONL record (``"rephrase_check"``), and ``on_bad_rephrase`` decides what the parquet pair
+  holds for a flagged row: ``keep`` it, ``drop`` the pair, or put the ``original`` question in the rephrased file
+  (the second view is then no second view, but not a wrong one). A check file aligned with the pair (one record
+  per pair row, :func:`~megatron_corew.data.rephrase_check.write_check_file`) lets the paired loader report or
+  drop flagged pairs. The check is not part of the run's identity: a resume may change its settings.
+
 JSONL record: ``{"index": row, "status": "ok"|"failed", "original": ..., "rewritten": ..., "attempts": n,
-"errors": [...]}`` (``original``/``rewritten`` as in the reference's log).
+"errors": [...], "rephrase_check": {"verdict", "reasons", "details", "distance", "bleu"}}`` (``original`` /
+``rewritten`` as in the reference's log; ``rephrase_check`` on ``ok`` records).
 """
 
 from __future__ import annotations
@@ -36,6 +45,15 @@ from dataclasses import asdict, dataclass, field
 
 from checkpoints_conversion import atomic
 from megatron_corew.data.prompts import chat_messages, prompt_ids
+from megatron_corew.data.rephrase_check import (
+    ON_BAD_REPHRASE,
+    CheckConfig,
+    apply_check,
+    check_path_for,
+    summarize,
+    summary_table,
+    write_check_file,
+)
 from megatron_corew.data.rewrite_format import (  # noqa: F401  (public names of the rephrasing API)
     DEFAULT_INSTRUCTION,
     END_MARKER,
@@ -63,6 +81,9 @@ __all__ = [
     "rewrite_prompt",
     "run_rewrite",
     "read_log",
+    "ON_BAD_REPHRASE",
+    "apply_check",
+    "check_path_for",
 ]
 
 
@@ -80,10 +101,14 @@ class RewriteConfig:
     check_answer: str = "off"  # off | ground_truth | original
     check_grading: str = "equiv"  # reference | equiv (ground_truth check); the original check uses equivalence
     check_max_new_tokens: int = 3072
+    # the quality gate (applied at the end of a run; not part of the identity)
+    rephrase_check: CheckConfig = field(default_factory=CheckConfig)
+    on_bad_rephrase: str = "keep"  # keep | drop | original
 
     def identity(self) -> dict:
-        """Settings that change the output: resuming with different ones is refused."""
+        """Settings that change the generations: resuming with different ones is refused."""
         d = asdict(self)
+        del d["rephrase_check"], d["on_bad_rephrase"]
         d["instruction"] = hashlib.sha256(self.instruction.encode()).hexdigest()[:16]
         return d
 
@@ -334,6 +359,7 @@ def run_rewrite(
     cfg: RewriteConfig | None = None,
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    output_check: str | None = None,
 ) -> dict:
     """Rephrase every row of ``input_path`` (resuming from ``output_jsonl``) and write the aligned pair."""
     import pyarrow as pa
@@ -342,6 +368,8 @@ def run_rewrite(
     cfg = cfg or RewriteConfig()
     if cfg.max_attempts < 1 or cfg.batch_size < 1:
         raise ValueError("max_attempts and batch_size must be >= 1")
+    if cfg.on_bad_rephrase not in ON_BAD_REPHRASE:
+        raise ValueError(f"on_bad_rephrase must be one of {', '.join(ON_BAD_REPHRASE)}, got {cfg.on_bad_rephrase!r}")
     if cfg.check_answer not in ("off", "ground_truth", "original"):
         raise ValueError(f"check_answer must be off, ground_truth or original, got {cfg.check_answer!r}")
     try:
@@ -403,18 +431,35 @@ def run_rewrite(
         n_ok = sum(r["status"] == "ok" for r in recs)
         log(f"batch {b + 1}/{len(batches)}: {n_ok}/{len(recs)} rewritten")
     ok = sorted(i for i, r in results.items() if r["status"] == "ok")
+    keep, texts, check_records, checks = apply_check(
+        [rows[i].question for i in ok], [results[i]["rewritten"] for i in ok], cfg.rephrase_check, cfg.on_bad_rephrase
+    )
+    for i, c in zip(ok, checks):
+        results[i]["rephrase_check"] = c.as_dict()
+    _rewrite_log(output_jsonl, [results[r.index] for r in rows])  # the verdicts into the journal, atomically
+    pair_rows = [ok[k] for k in keep]
+    for rec, i in zip(check_records, pair_rows):
+        rec["index"] = i
     _write_pair(
         table,
-        ok,
-        {i: results[i]["rewritten"] for i in ok},
+        pair_rows,
+        dict(zip(pair_rows, texts)),
         rows,
         question_column,
         output_parquet,
         output_original_parquet,
     )
+    output_check = output_check or check_path_for(output_parquet)
+    write_check_file(output_check, check_records)
+    check_summary = summarize(checks, fallbacks=sum(r["verdict"] == "fallback" for r in check_records))
+    log(f"rephrase check (--on-bad-rephrase {cfg.on_bad_rephrase}: {len(pair_rows)} of {len(ok)} pairs written):")
+    log(summary_table(check_summary))
     n_fail = len(rows) - len(ok)
-    if not ok:
-        log("warning: no question was rewritten successfully; both parquet files are empty")
+    if not pair_rows:
+        log(
+            f"warning: no pair to write ({len(ok)} rewritten, {len(ok) - len(pair_rows)} of them dropped by the "
+            "rephrase check); both parquet files are empty"
+        )
     attempts = [r.get("attempts", 0) for r in results.values()]
     return {
         "input": input_path,
@@ -427,4 +472,7 @@ def run_rewrite(
         "output_jsonl": output_jsonl,
         "output_parquet": output_parquet,
         "output_original_parquet": output_original_parquet,
+        "output_check": output_check,
+        "pairs_written": len(pair_rows),
+        "rephrase_check": check_summary,
     }
