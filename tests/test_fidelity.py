@@ -137,6 +137,7 @@ def test_corewarding2_step_order(tiny_bundle, tmp_path):
 def _fidelity_worker(tmp_path, nproc: int, flags: list[str]) -> dict:
     from helpers import run_python_worker
 
+    os.makedirs(tmp_path, exist_ok=True)
     model = make_tiny_hf_model(str(tmp_path / "m"), "qwen3")
     spath, out = str(tmp_path / "samples.json"), str(tmp_path / "out.json")
     json.dump(random_samples(6), open(spath, "w"))
@@ -166,6 +167,17 @@ def test_overlap_param_gather_dp2_exports_and_averages_updated_params(tmp_path, 
     assert r["teacher_diff"] < tol
     if bf16:
         assert r["bf16_source_gap"] > 20 * tol
+
+
+@pytest.mark.dist
+def test_weight_decay_all_params_decays_biases_and_norms(tmp_path):
+    """Megatron's default leaves 1-D parameters (biases, norm weights) undecayed; --weight-decay-all-params decays
+    every parameter as the reference's AdamW does."""
+    default = _fidelity_worker(tmp_path / "default", 1, ["--wd-report", "default"])
+    every = _fidelity_worker(tmp_path / "all", 1, ["--wd-report", "all"])
+    assert any(len(shape) == 1 for shape, _ in default.values())  # the model has norms (qwen3: qk-norm too)
+    assert all(wd == (0.0 if len(shape) == 1 else 0.01) for shape, wd in default.values())
+    assert all(wd == 0.01 for _, wd in every.values())
 
 
 # ---------------------------------------------------------------- pseudo-label accuracy, reference definition

@@ -144,6 +144,7 @@ class PolicyTrainer:
                 use_distributed_optimizer=cfg.use_distributed_optimizer,
             ),
             [self.model],
+            config_overrides={} if cfg.weight_decay_all_params else None,  # None: megatron's bias / norm skip
         )
         self.scheduler = lr_scheduler(self.optimizer, cfg)
         self.anchor_copy = None

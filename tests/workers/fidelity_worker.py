@@ -8,7 +8,7 @@ over all ranks with max: A vs B policy parameters on every rank, A's HF export v
 float64 reference of the fp32 source, and that reference vs the one of the bf16 weights.
 
 Usage: torchrun --nproc_per_node N tests/workers/fidelity_worker.py --model DIR --samples FILE --out FILE [--bf16]
-       [--distopt] [--overlap]
+       [--distopt] [--overlap]; with --wd-report default|all it only writes each parameter's weight decay.
 """
 
 import argparse
@@ -51,6 +51,7 @@ def main():
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--distopt", action="store_true")
     ap.add_argument("--overlap", action="store_true")
+    ap.add_argument("--wd-report", choices=("default", "all"), help="only write {param name: its weight decay}")
     a = ap.parse_args()
 
     from checkpoints_conversion.config import load_model_args
@@ -73,6 +74,13 @@ def main():
             need_anchor=True,
         )
         return PolicyTrainer(args, cfg)
+
+    if a.wd_report:
+        t = PolicyTrainer(args, TrainerConfig(weight_decay=0.01, weight_decay_all_params=a.wd_report == "all"))
+        wd = {id(p): g["weight_decay"] for g in t.optimizer.param_groups for p in g["params"]}
+        with open(a.out, "w") as f:
+            json.dump({n: [list(p.shape), wd[id(p)]] for n, p in t.module.named_parameters()}, f)
+        return
 
     A, B, R = trainer(a.distopt, a.overlap), trainer(a.distopt, False), trainer(False, False)
     samples = _samples(a.samples)
