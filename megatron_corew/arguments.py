@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-lr", type=float, default=_T.min_lr)
     g.add_argument("--lr-warmup-fraction", type=float, default=_T.lr_warmup_fraction)
     g.add_argument("--weight-decay", type=float, default=_T.weight_decay)
+    g.add_argument(
+        "--weight-decay-all-params",
+        action="store_true",
+        help="decay biases and norm weights too, as the reference does (megatron's default skips them)",
+    )
     g.add_argument("--adam-beta1", type=float, default=_T.adam_beta1)
     g.add_argument("--adam-beta2", type=float, default=_T.adam_beta2)
     g.add_argument("--adam-eps", type=float, default=_T.adam_eps)

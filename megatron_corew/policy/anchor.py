@@ -11,6 +11,7 @@ import copy
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 
 from megatron_corew.policy import model_builder
 from megatron_corew.policy.offload import HostOffload, device_bytes
@@ -48,9 +49,50 @@ class Anchor:
         return device_bytes(self.module.parameters())
 
     @torch.no_grad()
-    def ema_update(self, policy_module, alpha: float) -> None:
-        """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor, shard by shard, in fp32."""
-        policy = dict(policy_module.named_parameters())
+    def ema_update(self, policy_module, alpha: float, optimizer=None) -> None:
+        """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor, shard by shard, in fp32.
+
+        theta_policy is the optimizer's fp32 main copy where it keeps one (``--bf16``), not the rounded bf16
+        weights the forward pass uses: the reference averages fp32 weights."""
         with self.resident(modify=True):
-            for name, p in self.module.named_parameters():
-                p.mul_(1.0 - alpha).add_(policy[name].detach().float(), alpha=alpha)
+            anchor = dict(self.module.named_parameters())
+            for name, source in ema_sources(policy_module, optimizer):
+                anchor[name].mul_(1.0 - alpha).add_(source, alpha=alpha)
+
+
+def _main_params(optimizer):
+    """The fp32 main copies of the low-precision model parameters in megatron's mixed-precision optimizer
+    (chained or not): ({id(param): (fp32 tensor, (start, end) flat slice or None when whole)}, the distributed
+    optimizer's group or None). A distributed optimizer holds only this rank's slice of each parameter."""
+    found, group = {}, None
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]) if optimizer is not None else []:
+        if hasattr(opt, "shard_fp32_from_float16_groups"):
+            group = opt.data_parallel_group
+            for models, shards in zip(opt.model_float16_groups, opt.shard_fp32_from_float16_groups):
+                for param, shard in zip(models, shards):
+                    rng = opt._get_model_param_range_map(param)["param"]
+                    found[id(param)] = (shard, (rng.start, rng.end))
+        elif hasattr(opt, "fp32_from_float16_groups"):
+            for models, mains in zip(opt.float16_groups, opt.fp32_from_float16_groups):
+                for param, main in zip(models, mains):
+                    found[id(param)] = (main, None)
+    return found, group
+
+
+def ema_sources(policy_module, optimizer=None):
+    """(name, fp32 tensor) for each policy parameter: an fp32 parameter itself (it is the main copy), else the
+    optimizer's fp32 main copy; under the distributed optimizer the slices are summed over its group one
+    parameter at a time (every rank walks the same parameters in the same order)."""
+    mains, group = _main_params(optimizer)
+    for name, param in policy_module.named_parameters():
+        entry = mains.get(id(param))
+        if param.dtype == torch.float32 or (entry is None and group is None):
+            yield name, param.detach().float()
+        elif group is None:
+            yield name, entry[0].detach()
+        else:
+            full = torch.zeros(param.numel(), dtype=torch.float32, device=param.device)
+            if entry is not None:  # this rank's slice; ranks owning none of the parameter add zeros
+                full[entry[1][0] : entry[1][1]] = entry[0].detach().view(-1)
+            dist.all_reduce(full, group=group)
+            yield name, full.view(param.shape)

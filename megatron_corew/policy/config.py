@@ -38,6 +38,7 @@ class TrainerConfig:
     attention_backend: str = "auto"  # megatron AttnBackend name: auto, flash, fused, unfused, local
     need_anchor: bool = True  # build the frozen reference / teacher copy
     anchor_cpu_offload: bool = False
+    weight_decay_all_params: bool = False  # the reference decays biases and norms; megatron's default skips them
 
     @classmethod
     def from_args(cls, args, train_iters: int, need_anchor: bool) -> "TrainerConfig":
@@ -74,4 +75,5 @@ class TrainerConfig:
             attention_backend=args.attention_backend,
             need_anchor=need_anchor,
             anchor_cpu_offload=args.anchor_cpu_offload,
+            weight_decay_all_params=args.weight_decay_all_params,
         )

@@ -62,12 +62,32 @@ class _StepSums:
             dist.all_reduce(self.values)
 
 
+def lr_scheduler(optimizer, cfg: TrainerConfig):
+    """Megatron's scheduler for the reference's schedule: linear warm-up from lr 0 at the first step over
+    int(fraction * steps) steps, then half-cosine to --min-lr at the last step (docs/ALGORITHMS.md section 1)."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    warmup = int(cfg.lr_warmup_fraction * cfg.train_iters)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if warmup else cfg.lr,
+        max_lr=cfg.lr,
+        min_lr=cfg.min_lr,
+        lr_warmup_steps=warmup,
+        lr_decay_steps=max(cfg.train_iters, warmup + 1),
+        lr_decay_style="cosine",
+        start_wd=cfg.weight_decay,
+        end_wd=cfg.weight_decay,
+        wd_incr_steps=1,
+        wd_incr_style="constant",
+    )
+
+
 class PolicyTrainer:
     def __init__(self, model_args, cfg: TrainerConfig, hf_source=None):
         from megatron.core import parallel_state as ps
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-        from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
         self.args, self.cfg, self.ps = model_args, cfg, ps
         extra = {}
@@ -124,21 +144,9 @@ class PolicyTrainer:
                 use_distributed_optimizer=cfg.use_distributed_optimizer,
             ),
             [self.model],
+            config_overrides={} if cfg.weight_decay_all_params else None,  # None: megatron's bias / norm skip
         )
-        warmup = int(cfg.lr_warmup_fraction * cfg.train_iters)
-        self.scheduler = OptimizerParamScheduler(
-            self.optimizer,
-            init_lr=0.0 if warmup else cfg.lr,
-            max_lr=cfg.lr,
-            min_lr=cfg.min_lr,
-            lr_warmup_steps=warmup,
-            lr_decay_steps=max(cfg.train_iters, warmup + 1),
-            lr_decay_style="cosine",
-            start_wd=cfg.weight_decay,
-            end_wd=cfg.weight_decay,
-            wd_incr_steps=1,
-            wd_incr_style="constant",
-        )
+        self.scheduler = lr_scheduler(self.optimizer, cfg)
         self.anchor_copy = None
         if cfg.need_anchor:
             from megatron_corew.policy.anchor import Anchor
@@ -356,8 +364,10 @@ class PolicyTrainer:
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
         self._run(self.model, mbs, loss_fn, forward_only=False)
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step applies (the scheduler moves on below)
         if self._grads_finite(sums["loss"]):
             ok, grad_norm, _ = self.optimizer.step()
+            self._finish_param_gather()
         else:  # never let a NaN/Inf reach the weights or the Adam moments
             ok, grad_norm = False, float("nan")
             self.model.zero_grad_buffer()
@@ -376,12 +386,18 @@ class PolicyTrainer:
             "pg_clipfrac": sums["clipped_tokens"] / tokens,
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
             "update_ok": bool(ok),
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": lr,
             "response_tokens": tokens,
             "rollout_logprob_abs_diff": (
                 sums["rollout_logp_abs_diff"] / sums["rollout_tokens"] if sums["rollout_tokens"] > 0 else math.nan
             ),
         }
+
+    def _finish_param_gather(self) -> None:
+        """With --overlap-param-gather the distributed optimizer leaves the all-gather of the updated parameters
+        to the next forward pass; the weight export and the EMA teacher read them before that, so gather now."""
+        if self.model.ddp_config.overlap_param_gather:
+            self.model.start_param_sync(force_sync=True)
 
     def _grads_finite(self, local_loss) -> bool:
         """True when the loss and every gradient are finite on every rank (fp32 has no grad scaler
@@ -396,8 +412,9 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------ anchor
     def ema_update_anchor(self, alpha: float) -> None:
-        """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor (Co-rewarding-II's teacher)."""
-        self.anchor_copy.ema_update(self.model.module, alpha)
+        """theta_anchor <- alpha * theta_policy + (1 - alpha) * theta_anchor (Co-rewarding-II's teacher); under
+        --bf16 theta_policy is the optimizer's fp32 main copy."""
+        self.anchor_copy.ema_update(self.model.module, alpha, self.optimizer)
 
     # ------------------------------------------------------------------ weights and checkpoints
     @staticmethod

@@ -46,10 +46,19 @@ def label_metrics(groups: list[Group], gt_grading: str, with_label: bool) -> dic
     ) / len(graded)
     if with_label:
         out["pseudo/label_acc"] = sum(grade_answer(g.label, g.ground_truth, gt_grading) for g in graded) / len(graded)
-    out["pseudo/rollout_gt_acc"] = sum(
-        grade_answer(a, g.ground_truth, gt_grading) for g in graded for a in g.answers
-    ) / max(sum(len(g.answers) for g in graded), 1)
+        out.update(reference_label_metrics(graded))
+    # single rollouts against ground truth: reward/gt_accuracy (rollout_metrics), computed once per step
     return out
+
+
+def reference_label_metrics(groups: list[Group]) -> dict:
+    """The Co-rewarding reference code's pseudo-label accuracy (the paper's curves), next to ours: the label
+    equals the ground truth as stripped strings (no MATH normalisation), counted per rollout and divided by the
+    rollouts whose label is non-empty (ours: per group, normalised, over all groups). 0 when no label is."""
+    with_label = [g for g in groups if g.label and g.label.strip()]
+    rollouts = sum(len(g.answers) for g in with_label)
+    hits = sum(len(g.answers) for g in with_label if g.label.strip() == str(g.ground_truth).strip())
+    return {"pseudo/ref_label_acc": hits / rollouts if rollouts else 0.0}
 
 
 def decode(rollouts, tokenizer) -> None:

@@ -23,19 +23,41 @@ from megatron_corew.rollout.config import RolloutConfig
 __all__ = ["RolloutConfig", "SamplingParams", "create_engine", "eos_ids"]  # the rollout stage as train.py sees it
 
 
-def eos_ids(model_dir: str, tokenizer=None) -> list[int]:
-    ids = []
-    for fname in ("config.json", "generation_config.json"):  # config first, as model_builder does
+def stop_token_sources(model_dir: str, tokenizer=None) -> dict[str, list[int]]:
+    """The eos ids each source names: config.json, generation_config.json and the tokenizer (empty if none)."""
+    found = {}
+    for fname in ("config.json", "generation_config.json"):
         path = os.path.join(model_dir, fname)
+        e = None
         if os.path.exists(path):
             with open(path) as f:
                 e = json.load(f).get("eos_token_id")
-            if e is not None:
-                ids = e if isinstance(e, list) else [e]
-                break
-    if not ids and tokenizer is not None and tokenizer.eos_token_id is not None:
-        ids = [tokenizer.eos_token_id]
-    return [int(x) for x in ids]
+        found[fname] = [] if e is None else [int(x) for x in (e if isinstance(e, list) else [e])]
+    tok_eos = getattr(tokenizer, "eos_token_id", None) if tokenizer is not None else None
+    found["tokenizer"] = [] if tok_eos is None else [int(tok_eos)]
+    return found
+
+
+def eos_ids(model_dir: str, tokenizer=None) -> list[int]:
+    """Stop tokens: the union of the three sources in order of first appearance (vLLM in the reference stops on
+    all of them: an instruct model's generation_config.json often adds <|im_end|> or <|eot_id|> to config's)."""
+    ids: list[int] = []
+    for source in stop_token_sources(model_dir, tokenizer).values():
+        ids += [i for i in source if i not in ids]
+    return ids
+
+
+_ANNOUNCED: set = set()
+
+
+def announce_stop_tokens(model_dir: str, tokenizer=None) -> list[int]:
+    """eos_ids, printed once per process and model: which sources named which ids."""
+    ids = eos_ids(model_dir, tokenizer)
+    if model_dir not in _ANNOUNCED:
+        _ANNOUNCED.add(model_dir)
+        parts = ", ".join(f"{k} {v}" for k, v in stop_token_sources(model_dir, tokenizer).items())
+        print(f"rollout stop tokens {ids} (union of {parts})", flush=True)
+    return ids
 
 
 _ENGINES: list = []
@@ -61,7 +83,7 @@ def create_engine(
     For the sglang backend the policy call launches (or attaches to) the engines; the teacher call either returns
     a view of ``policy_engine`` that swaps teacher weights into the same engines (``--sglang-teacher-engines
     shared``) or launches its own group."""
-    eos = eos_ids(model_dir, tokenizer)
+    eos = announce_stop_tokens(model_dir, tokenizer)
     if cfg.backend == "embedded":
         from megatron_corew.rollout.embedded import EmbeddedEngine
 
