@@ -226,12 +226,13 @@ def test_orphaned_rank_exits_when_its_launcher_dies(tiny_bundle, tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port())]
+    log = open(tmp_path / "ranks.log", "w")
     launcher = subprocess.Popen(
         [*cmd, "train_rl.py", *_args(tiny_bundle, out, "gt", steps=400)],
         cwd=REPO,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
         start_new_session=True,
     )
     try:
@@ -242,8 +243,14 @@ def test_orphaned_rank_exits_when_its_launcher_dies(tiny_bundle, tmp_path):
         launcher.wait()
         _wait_for(lambda: _gone(rank), timeout=30, what=f"rank {rank} to exit")
         assert _lock(out) is None  # released: a relaunch is not refused by a dead run
+        log.close()
+        said = (tmp_path / "ranks.log").read_text()
+        assert f"error: rank 0 (pid {rank}): its launcher (pid {launcher.pid}) is gone; exiting" in said, said[-3000:]
     finally:
-        os.killpg(launcher.pid, signal.SIGKILL)
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:  # every process of the group is gone: what the test wants
+            pass
 
 
 @pytest.mark.e2e
