@@ -264,6 +264,26 @@ def check_paths(args) -> None:
         check_load(args.load)
 
 
+def check_servers(args) -> None:
+    """Attached SGLang servers answer ``/health`` now (rank 0 talks to them), not after the model is built."""
+    if getattr(args, "rollout_backend", None) != "sglang" or int(os.environ.get("RANK", "0")) != 0:
+        return
+    import urllib.error
+    import urllib.request
+
+    for option, urls in (("--sglang-urls", args.sglang_urls or []), ("--sglang-router-url", [args.sglang_router_url])):
+        for url in filter(None, urls):
+            try:
+                urllib.request.urlopen(url.rstrip("/") + "/health", timeout=10).close()
+            except urllib.error.HTTPError:
+                pass  # it answers: the server's own errors are reported by the rollout calls
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                reason = getattr(e, "reason", e)
+                raise FlagError(
+                    f"{option} {url} is not reachable ({reason}); start the server or fix the URL"
+                ) from None
+
+
 def validate(args, defaults: dict) -> list[str]:
     """All start-up checks; raises :class:`FlagError`, returns warnings to print once."""
     check_ranges(args)
@@ -271,4 +291,5 @@ def validate(args, defaults: dict) -> list[str]:
     check_model(args)
     check_layout(args)
     check_paths(args)
+    check_servers(args)
     return warnings

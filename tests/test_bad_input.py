@@ -260,6 +260,15 @@ def test_model_parallel_without_a_launcher(setup, capsys, monkeypatch):
     )
 
 
+def test_unreachable_sglang_url(setup, capsys):
+    from helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    assert _flags_error(setup, capsys, "--rollout-backend", "sglang", "--sglang-urls", url) == (
+        f"error: --sglang-urls {url} is not reachable ([Errno 111] Connection refused); start the server or fix the URL"
+    )
+
+
 # ---------------------------------------------------------------------- run directories and locks
 def test_used_output_directory_refused_unless_resumed_or_overwritten(tmp_path):
     from megatron_corew.utils.run_dir import UsedDirectory, claim
