@@ -105,8 +105,9 @@ def clean_stale_temps(path: str) -> list[str]:
 
 
 def clean_stale_temps_in(directory: str) -> list[str]:
-    """Remove every stale temp in ``directory`` (any final name): the leftovers of writers killed mid-write, whose
-    final path may never be written again (a killed export at a step the resumed run does not repeat)."""
+    """Remove every stale temp in ``directory`` (any final name) whose writer PID is gone: the leftovers of writers
+    killed mid-write whose final path may never be written again (a killed export at a step the resumed run does
+    not repeat, a killed converter run). Temps with this process's PID are kept: it may be writing them."""
     removed = []
     if not os.path.isdir(directory):
         return removed
@@ -115,7 +116,7 @@ def clean_stale_temps_in(directory: str) -> list[str]:
         if m is None:
             continue
         pid = int(m.group(2))
-        if pid != os.getpid() and _pid_alive(pid):
+        if pid == os.getpid() or _pid_alive(pid):
             continue
         if _remove(os.path.join(directory, name)):
             removed.append(os.path.join(directory, name))
@@ -172,6 +173,7 @@ def temp_dir(final_dir: str) -> str:
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     clean_stale_temps(final_dir)
+    clean_stale_temps_in(parent)  # model-sized leftovers of killed writers of other paths here
     return tempfile.mkdtemp(prefix=f"{_tmp_prefix(final_dir)}{os.getpid()}-", dir=parent)
 
 

@@ -89,15 +89,16 @@ def describe_range(lo: float, lo_in: bool, hi: float, hi_in: bool) -> str:
     return f"{'[' if lo_in else '('}{_num(lo)}, {_num(hi)}{']' if hi_in and hi != INF else ')'}"
 
 
-def check_ranges(args) -> None:
-    for dest, (lo, lo_in, hi, hi_in) in RANGES.items():
+def check_ranges(args, ranges: dict | None = None) -> None:
+    """Each numeric flag in ``ranges`` (default :data:`RANGES`) within its range; None (unset) passes."""
+    for dest, (lo, lo_in, hi, hi_in) in (RANGES if ranges is None else ranges).items():
         v = getattr(args, dest, None)
         if v is None or isinstance(v, bool):
             continue
         ok = math.isfinite(v) and (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
         if not ok:
             raise FlagError(f"{flag(dest)} {v:g} is out of range; valid: {describe_range(lo, lo_in, hi, hi_in)}")
-    if args.min_lr > args.lr:
+    if ranges is None and args.min_lr > args.lr:
         raise FlagError(f"--min-lr {args.min_lr:g} is larger than --lr {args.lr:g}; valid: 0 <= --min-lr <= --lr")
 
 

@@ -366,6 +366,13 @@ def test_evaluate_missing_model(setup, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --model /nonexistent/model: directory not found (a local HF model directory)"
     )
+    for flags, message in (
+        (["--top-p", "0"], "--top-p 0 is out of range; valid: (0, 1]"),
+        (["--k", "0"], "--k 0 is out of range; valid: [1, inf)"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens -1 is out of range; valid: [1, inf)"),
+    ):
+        assert evaluate.main(["--model", setup["model"], "--data", setup["good"], "--output-dir", out, *flags]) == 2
+        assert capsys.readouterr().err.strip().splitlines() == ["error: " + message]
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -87,6 +87,19 @@ def megatron_to_hf(checkpoint: str, hf_config_dir: str | None, out_dir: str) -> 
     return save
 
 
+INF = float("inf")
+TOOL_RANGES = {  # dest -> (low, low inclusive, high, high inclusive), as megatron_corew.validation.RANGES
+    "max_samples": (1, True, INF, False),
+    "max_prompt_length": (1, True, INF, False),
+    "k": (1, True, INF, False),
+    "temperature": (0, False, INF, False),
+    "top_p": (0, False, 1, True),
+    "seed": (0, True, 2**32 - 1, True),
+    "max_new_tokens": (1, True, INF, False),
+    "grader_workers": (0, True, INF, False),
+}
+
+
 def model_dir_problem(option: str, path: str) -> str | None:
     """Why ``path`` is not a usable local HF model directory (a hub lookup would give a misleading error)."""
     from megatron_corew.validation import FlagError, check_config_json, check_tokenizer_files
@@ -118,7 +131,13 @@ def main(argv=None) -> int:
         print("error: --openai-url needs --tokenizer (prompts are rendered and tokenised here)", file=sys.stderr)
         return 2
     from megatron_corew.utils.lifecycle import set_cpu_threads
+    from megatron_corew.validation import FlagError, check_ranges
 
+    try:
+        check_ranges(args, TOOL_RANGES)
+    except FlagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     problem = model_dir_problem("--model", args.model) if args.model else None
     if problem:
         print(f"error: {problem}", file=sys.stderr)
