@@ -30,6 +30,8 @@ __all__ = [
     "commit_dir",
     "atomic_dir",
     "publish_pointer",
+    "publish_link",
+    "clean_stale_temps_in",
 ]
 
 
@@ -102,6 +104,25 @@ def clean_stale_temps(path: str) -> list[str]:
     return removed
 
 
+def clean_stale_temps_in(directory: str) -> list[str]:
+    """Remove every stale temp in ``directory`` (any final name) whose writer PID is gone: the leftovers of writers
+    killed mid-write whose final path may never be written again (a killed export at a step the resumed run does
+    not repeat, a killed converter run). Temps with this process's PID are kept: it may be writing them."""
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        m = re.match(r"\.(.+)\.tmp-(\d+)-", name)
+        if m is None:
+            continue
+        pid = int(m.group(2))
+        if pid == os.getpid() or _pid_alive(pid):
+            continue
+        if _remove(os.path.join(directory, name)):
+            removed.append(os.path.join(directory, name))
+    return removed
+
+
 def temp_path(path: str) -> str:
     """An empty temp file beside ``path`` (its directory is created), after removing stale temps there."""
     path = os.path.abspath(os.fspath(path))
@@ -152,6 +173,7 @@ def temp_dir(final_dir: str) -> str:
     parent = os.path.dirname(final_dir)
     os.makedirs(parent, exist_ok=True)
     clean_stale_temps(final_dir)
+    clean_stale_temps_in(parent)  # model-sized leftovers of killed writers of other paths here
     return tempfile.mkdtemp(prefix=f"{_tmp_prefix(final_dir)}{os.getpid()}-", dir=parent)
 
 
@@ -194,3 +216,16 @@ def atomic_dir(final_dir: str) -> Iterator[str]:
 def publish_pointer(root: str, name: str, pointer: str = "latest") -> None:
     """Make ``root/pointer`` hold ``name`` (one line): a unique fsynced temp renamed onto it, never torn."""
     write_text(os.path.join(root, pointer), name + "\n")
+
+
+def publish_link(root: str, name: str, link: str = "latest") -> None:
+    """Make ``root/link`` a relative symlink to ``name`` (a directory beside it), replacing a file or link by one
+    rename: tools that open ``root/latest`` as a directory (``from_pretrained``) load the newest entry."""
+    path = os.path.join(root, link)
+    clean_stale_temps(path)
+    tmp = os.path.join(root, f"{_tmp_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}")
+    os.symlink(name, tmp)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    _fsync_dir(root)

@@ -63,8 +63,11 @@ def load_model_args(model_dir: str) -> ModelArgs:
         raise ModelConfigError(f"model directory not found: {model_dir}")
     if not os.path.isfile(cfg_path):
         raise ModelConfigError(f"{cfg_path} is missing: not an HF model directory")
-    with open(cfg_path) as f:
-        raw = json.load(f)
+    try:
+        with open(cfg_path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ModelConfigError(f"{cfg_path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})") from None
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ModelConfigError(

@@ -7,9 +7,12 @@ from the ``MethodSpec`` registry (``--reward-plugin MODULE`` registers more befo
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 from megatron_corew import rewards
 from megatron_corew.policy.config import TrainerConfig
+from megatron_corew.validation import FlagError, validate
 
 _T = TrainerConfig()
 
@@ -162,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="skip",
         help="NaN/Inf loss or gradient: skip that update (counted) or stop, leaving the last checkpoint",
     )
+    g.add_argument(
+        "--max-consecutive-skips",
+        type=int,
+        default=10,
+        help="stop (exit 3) after this many consecutive skipped non-finite updates (0: no limit)",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run in an --output-dir that already holds one (its metrics, tensorboard and rollout dumps "
+        "are removed); without it such a directory is refused unless the run resumes with --load",
+    )
     g.add_argument("--no-progress-bar", action="store_true")
     from megatron_corew.rollout.config import add_rollout_args
 
@@ -181,8 +196,6 @@ def _plugins(argv: list[str]) -> list[str]:
 
 
 def parse_args(argv=None):
-    import sys
-
     from megatron_corew.rollout.config import split_sglang_passthrough
 
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -190,21 +203,32 @@ def parse_args(argv=None):
     argv, passthrough = split_sglang_passthrough(argv)
     args = build_parser().parse_args(argv)
     args.sglang_passthrough = passthrough
+    try:
+        check_args(args)
+    except FlagError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    return args
+
+
+def check_args(args) -> None:
+    """Fill the method's defaults and run the start-up checks (:mod:`megatron_corew.validation`); raises FlagError."""
     method = rewards.get_method(args.reward_method)
     if args.kl_loss_coef is None:
         args.kl_loss_coef = method.kl_coef
-    if method.paired_views and not args.train_data_rephrased:
-        raise SystemExit(f"error: --reward-method {args.reward_method} needs --train-data-rephrased")
-    if args.teacher_on_rephrased and not args.train_data_rephrased:
-        raise SystemExit("error: --teacher-on-rephrased needs --train-data-rephrased")
-    if args.train_data_rephrase_check and not args.train_data_rephrased:
-        raise SystemExit("error: --train-data-rephrase-check needs --train-data-rephrased")
+    for warning in validate(args, _defaults()):
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     if args.fp8_format:
         from megatron_corew.policy.model_builder import transformer_engine_available
 
         if not transformer_engine_available():
-            raise SystemExit(
-                "error: --fp8-format needs Transformer Engine and a CUDA GPU; neither is "
+            raise FlagError(
+                "--fp8-format needs Transformer Engine and a CUDA GPU; neither is "
                 "available here (no silent fallback to bf16)"
             )
-    return args
+
+
+def _defaults() -> dict:
+    p = build_parser()
+    return {a.dest: a.default for a in p._actions}

@@ -11,11 +11,12 @@ import json
 import os
 
 from megatron_corew import algo, data, evaluation, rewards
-from megatron_corew.policy import parallel
+from megatron_corew.policy import checkpointing, hf_export, parallel
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
-from megatron_corew.utils import RunLogger, StageTimer, faults
+from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle
+from megatron_corew.validation import hf_export_root
 
 
 def log0(*msg) -> None:
@@ -62,6 +63,11 @@ class RLRun:
                     self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "teacher", policy_engine=self.engine
                 )
         self.grader = rewards.remote_grader(self.engine)
+        self.start_step = self.weight_version = self.skipped_updates = self.consecutive_skips = 0
+        self.stop = lifecycle.StopOnSignal()
+        self.last_checkpoint = None
+        if a.load:
+            self._resume(a.load)
         self.logger = RunLogger(
             a.output_dir,
             a.tensorboard_dir,
@@ -69,10 +75,8 @@ class RLRun:
             wandb_project=a.wandb_project,
             run_name=os.path.basename(a.output_dir.rstrip("/")),
             config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))},
+            resume_step=self.start_step if a.load else None,
         )
-        self.start_step = self.weight_version = self.skipped_updates = 0
-        if a.load:
-            self._resume(a.load)
         log0(self.describe())
 
     def describe(self) -> str:
@@ -133,15 +137,26 @@ class RLRun:
             rows = ds.unlabelled_rows() if ds is not None else []
             if rows:
                 raise data.DataError(
-                    f"{ds.path}: {len(rows)} row(s) have no reward_model.ground_truth (first: row "
+                    f"{ds.path}: {len(rows)} row(s) have no (or a blank) reward_model.ground_truth (first: row "
                     f"{rows[0]}), which {who} needs; drop them or use a self-supervised method"
                 )
 
+    def run_settings(self) -> dict:
+        return checkpointing.run_settings(
+            self.args, self.method, self.model_args, self.train_iters, len(self.train_set)
+        )
+
     def _resume(self, load_dir: str) -> None:
-        state = self.trainer.load(load_dir)
+        def check(state):  # before any tensor is loaded: a changed experiment is one line, not a traceback
+            where = f"checkpoint {load_dir} (step {state['step']})"
+            for warning in checkpointing.compare_settings(state.get("run"), self.run_settings(), where):
+                log0("warning: " + warning)
+
+        state = checkpointing.load_checkpoint(load_dir, self.trainer, check=check)
         if state is None:
             return
         self.start_step = state["step"]
+        self.last_checkpoint = checkpointing.latest_checkpoint(load_dir)
         self.sampler.load_state_dict(state["sampler"])
         self.weight_version = state.get("weight_version", self.start_step)
         self.skipped_updates = state.get("skipped_updates", 0)
@@ -234,6 +249,10 @@ class RLRun:
             if graded:
                 metrics["reward/graded_by_workers"] = graded
             group_ids = [r.group for r in batch.rollouts]
+            by_group: dict = {}
+            for r in batch.rollouts:
+                by_group.setdefault(r.group, set()).add(r.reward)
+            metrics["reward/zero_variance_groups"] = sum(len(v) == 1 for v in by_group.values()) / len(by_group)
             advantages = algo.group_advantages(
                 [r.reward for r in batch.rollouts], group_ids, norm_by_std=not self.args.no_std_normalization
             ).tolist()
@@ -250,13 +269,23 @@ class RLRun:
         m = self.trainer.train_step(batch.rollouts, loss_scale=view_scale)
         if not m.pop("update_ok"):
             self.skipped_updates += 1
+            self.consecutive_skips += 1
             message = (
                 f"step {batch.step + 1}: non-finite loss or gradient (loss {m['loss']}, grad norm "
                 f"{m['grad_norm']}); the update was not applied"
             )
             if a.on_nonfinite == "stop":
                 raise FloatingPointError(message + "; stopping (--on-nonfinite stop), last checkpoint is intact")
+            limit = getattr(a, "max_consecutive_skips", 0)
+            if limit and self.consecutive_skips >= limit:
+                raise FloatingPointError(
+                    f"{self.consecutive_skips} consecutive updates were non-finite and skipped (--max-consecutive-"
+                    f"skips {limit}); stopping at step {batch.step + 1}, last good checkpoint: "
+                    f"{self.last_checkpoint or 'none'}"
+                )
             log0("warning: " + message + " (skipped; --on-nonfinite skip)")
+        else:
+            self.consecutive_skips = 0
         m["skipped_updates"] = self.skipped_updates
         self.weight_version += 1
         return {f"train/{k}": v for k, v in m.items()}
@@ -267,10 +296,16 @@ class RLRun:
         out["perf/time_step"] = timer.total()
         if self.trainer.anchor is not None:  # 0 with --anchor-cpu-offload: the copy lives in host memory
             out["mem/anchor_device_bytes"] = self.trainer.anchor_device_bytes
-        out["perf/tokens_per_s"] = sum(r.length for r in batch.rollouts) / out["perf/time_step"]
+        generated = sum(r.length for r in batch.rollouts)
+        out["perf/tokens_per_s"] = generated / out["perf/time_step"]
+        if timer.seconds.get("perf/time_generate"):  # this step's rate; the engine's own is since start
+            out["perf/rollout_tokens_per_s"] = generated / timer.seconds["perf/time_generate"]
+        if batch.teacher_rollouts and timer.seconds.get("perf/time_teacher_generate"):
+            teacher = sum(r.length for r in batch.teacher_rollouts)
+            out["perf/teacher_rollout_tokens_per_s"] = teacher / timer.seconds["perf/time_teacher_generate"]
         for role, eng in (("rollout", self.engine), ("teacher_rollout", self.teacher_engine)):
             if eng is not None:
-                out[f"perf/{role}_tokens_per_s"] = eng.throughput()
+                out[f"perf/{role}_tokens_per_s_cumulative"] = eng.throughput()
                 for name, tps in (eng.engine_throughputs() if hasattr(eng, "engine_throughputs") else {}).items():
                     out[f"perf/{role}_engine{name}_tokens_per_s"] = tps
         return out
@@ -278,14 +313,14 @@ class RLRun:
     def _dump(self, batch: StepBatch) -> None:
         from checkpoints_conversion.atomic import atomic_file
 
-        path = os.path.join(self.args.output_dir, "rollouts", f"step_{batch.step:06d}.jsonl")
+        path = os.path.join(self.args.output_dir, "rollouts", f"step_{batch.step + 1:06d}.jsonl")  # = metrics step
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_file(path) as tmp, open(tmp, "w") as f:
             for r in batch.rollouts:
                 f.write(
                     json.dumps(
                         {
-                            "step": batch.step,
+                            "step": batch.step + 1,
                             "index": r.example.index,
                             "view": r.view,
                             "pair_id": r.prompt.pair_id,
@@ -342,6 +377,9 @@ class RLRun:
             bar_format="{desc} {n_fmt}/{total_fmt} |{bar:16}| {elapsed}, ETA {remaining}{postfix}",
             disable=not parallel.is_rank0() or a.no_progress_bar,
         )
+        self.restore_lost_export()
+        self.stop.install()
+        self.stop.step = self.start_step
         for step in range(self.start_step, self.train_iters):
             metrics = self.step(step)
             done = step + 1
@@ -358,6 +396,8 @@ class RLRun:
             if a.save_hf_interval and done % a.save_hf_interval == 0 and not last:
                 self.save_hf(done)
             faults.maybe_kill("after_step", done)
+            self.stop.check(done, parallel.broadcast_object(self.stop.signum is not None))  # every rank agrees
+        self.stop.uninstall()
         bar.close()
         final_val = self.validate()
         if final_val:
@@ -377,18 +417,39 @@ class RLRun:
         }
 
     def save_hf(self, step: int) -> None:
+        import torch
+
         a = self.args
-        path = self.trainer.save_hf(a.save_hf or os.path.join(a.output_dir, "hf"), step, a.save_hf_dtype)
+        path = hf_export.save_hf_checkpoint(
+            self.trainer.model,
+            self.model_args,
+            hf_export_root(a),
+            step,
+            dtype=getattr(torch, a.save_hf_dtype) if a.save_hf_dtype else None,
+            keep_last=a.keep_last_checkpoints,
+        )
         log0(f"exported HF checkpoint {path}")
 
+    def restore_lost_export(self) -> None:
+        """A run killed during the HF export of the step it resumes at would never redo it: export it now."""
+        a, step = self.args, self.start_step
+        if not (a.load and a.save_hf_interval and step) or not (
+            step % a.save_hf_interval == 0 or step == self.train_iters
+        ):
+            return
+        if not parallel.broadcast_object(hf_export.exported(hf_export_root(a), step) if parallel.is_rank0() else None):
+            log0(f"the HF export of step {step} is missing (killed while exporting?): exporting it again")
+            self.save_hf(step)
+
     def save(self, step: int) -> None:
-        self.trainer.save(
+        self.last_checkpoint = self.trainer.save(
             self.args.save,
             step,
             {
                 "sampler": self.sampler.state_dict(),
                 "weight_version": self.weight_version,
                 "skipped_updates": self.skipped_updates,
+                "run": self.run_settings(),
             },
             keep_last=self.args.keep_last_checkpoints,
         )

@@ -132,3 +132,19 @@ def test_monitor_reports_each_signature_once():
     assert kinds(flat) == ["entropy_collapse", "length_limit"]
     first = {s.split(":")[0]: i + 1 for i, r in enumerate(reported) for s in r}
     assert first["entropy_collapse"] < first["length_limit"]
+
+
+def test_no_learning_signal_after_n_flat_steps():
+    """Every group with equal rewards (all advantages 0) for 5 steps in a row: the no-learning-signal warning."""
+    flat = [{"step": s, "reward/zero_variance_groups": 1.0, "rollout/boxed_rate": 0.0} for s in range(1, 6)]
+    signals = collapse_signals(flat)
+    assert signals == [
+        "no_learning_signal: every group had zero reward variance for the last 5 steps, so every advantage is 0 "
+        "and nothing is learned; answers found in 0% of responses"
+    ]
+    assert collapse_signals(flat[:4]) == []  # not yet N steps
+    mixed = flat[:2] + [{"step": 3, "reward/zero_variance_groups": 0.75}] + flat[3:]
+    assert collapse_signals(mixed) == []  # one step with signal resets it
+    monitor = CollapseMonitor()
+    fired = [monitor.update(r["step"], r) for r in flat]
+    assert [bool(f) for f in fired] == [False, False, False, False, True]

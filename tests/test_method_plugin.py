@@ -69,7 +69,7 @@ def test_registered_method_trains_two_steps_without_touching_the_loop(tmp_path, 
     rows = read_metrics(out)
     assert [r["step"] for r in rows] == [1, 2]
     assert "train/kl" in rows[0] and "mem/anchor_device_bytes" not in rows[0]  # kl_coef 0, no teacher: no anchor
-    with open(os.path.join(out, "rollouts", "step_000000.jsonl")) as f:
+    with open(os.path.join(out, "rollouts", "step_000001.jsonl")) as f:
         dumped = [json.loads(line) for line in f]
     assert len(dumped) == 8
     for d in dumped:  # the reward in the dump is the toy's, recomputed here from the dumped response

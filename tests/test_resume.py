@@ -1,11 +1,18 @@
 """Crash safety: SIGKILL after a checkpoint and resume reproduces the uninterrupted run bitwise
-(fp32, embedded engine); a kill while a checkpoint is being written leaves the previous one usable."""
+(fp32, embedded engine); a kill while a checkpoint is being written leaves the previous one usable; a resume
+logs every step once; the fault classes of issue 18: a double launch, ranks orphaned by their launcher, a kill
+during an HF export, a resume that changes the method, SIGTERM, consecutive non-finite updates."""
 
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
-from helpers import read_metrics, run_train
+from helpers import REPO, launch_command, read_metrics, run_train
 
 KEYS = ("train/loss", "train/grad_norm", "train/kl", "reward/mean", "train/entropy")
 
@@ -60,7 +67,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tiny_bundle, tmp_path, method):
     _ok(run_train(_args(tiny_bundle, crashed, method, extra=["--load", os.path.join(crashed, "ckpt")])))
     a = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
     b = {r["step"]: r for r in read_metrics(crashed) if "train/loss" in r}
-    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in read_metrics(crashed) if "train/loss" in r] == [1, 2, 3, 4, 5, 6]  # each once
     for step in range(1, 7):
         for k in KEYS:
             assert a[step][k] == b[step][k], (method, step, k, a[step][k], b[step][k])
@@ -80,9 +87,11 @@ def test_kill_during_checkpoint_write_keeps_previous(tiny_bundle, tmp_path):
     ckpt = os.path.join(out, "ckpt")
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000002"
     assert not os.path.exists(os.path.join(ckpt, "iter_0000004"))
-    _ok(run_train(_args(tiny_bundle, out, "gt", extra=["--load", ckpt])))
+    proc = run_train(_args(tiny_bundle, out, "gt", extra=["--load", ckpt]))
+    _ok(proc)
+    assert "metrics.jsonl: dropped 2 row(s) logged after step 2 (resuming there)" in proc.stdout
     steps = [r["step"] for r in read_metrics(out) if "train/loss" in r]
-    assert steps[-4:] == [3, 4, 5, 6]  # resumed after step 2
+    assert steps == [1, 2, 3, 4, 5, 6]  # resumed after step 2; the killed run's rows 3 and 4 are gone
     assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000006"
 
 
@@ -100,5 +109,197 @@ def test_latest_pointer_publish_prune_and_incomplete_target(tmp_path):
     assert sorted(d for d in os.listdir(root) if d.startswith("iter_")) == ["iter_0000004", "iter_0000006"]
     assert latest_checkpoint(root) == os.path.join(root, "iter_0000006")
     os.remove(os.path.join(root, "iter_0000006", "state.pt"))
-    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+    from checkpoints_conversion.hf_io import CheckpointError
+
+    with pytest.raises(CheckpointError, match="not a complete checkpoint"):
         latest_checkpoint(root)
+
+
+def test_hf_latest_is_a_symlink_transformers_loads(tmp_path):
+    """``hf/latest`` replaces an old pointer file by a link; from_pretrained opens it; stale temps are swept."""
+    from helpers import make_tiny_hf_model
+    from transformers import AutoModelForCausalLM
+
+    from checkpoints_conversion.atomic import clean_stale_temps_in, publish_link
+
+    root = str(tmp_path)
+    make_tiny_hf_model(os.path.join(root, "step_0000002"), "qwen3", seed=1)
+    make_tiny_hf_model(os.path.join(root, "step_0000004"), "qwen3", seed=2)
+    with open(os.path.join(root, "latest"), "w") as f:
+        f.write("step_0000002\n")  # what older versions wrote
+    publish_link(root, "step_0000004")
+    assert os.readlink(os.path.join(root, "latest")) == "step_0000004"
+    loaded = AutoModelForCausalLM.from_pretrained(os.path.join(root, "latest"))
+    reference = AutoModelForCausalLM.from_pretrained(os.path.join(root, "step_0000004"))
+    for (name, p), (_, q) in zip(loaded.named_parameters(), reference.named_parameters()):
+        assert p.equal(q), name
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    os.makedirs(os.path.join(root, f".step_0000006.tmp-{dead.pid}-abcd"))  # an export killed mid-write
+    os.makedirs(os.path.join(root, f".step_0000008.tmp-{os.getppid()}-abcd"))  # a live writer's: kept
+    assert clean_stale_temps_in(root) == [os.path.join(root, f".step_0000006.tmp-{dead.pid}-abcd")]
+
+
+def _wait_for(cond, timeout=240, what="condition"):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # a zombie nobody reaped is gone too
+    except FileNotFoundError:
+        return True
+
+
+def _start(args, nproc=1, env_extra=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env_extra or {}))
+    return subprocess.Popen(
+        launch_command("train_rl.py", args, nproc),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _lock(out):
+    try:
+        with open(os.path.join(out, ".corew.lock")) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+@pytest.mark.e2e
+def test_double_launch_refused_then_sigterm_stops_with_last_checkpoint(tiny_bundle, tmp_path):
+    out = str(tmp_path / "run")
+    ckpt = os.path.join(out, "ckpt")
+    first = _start(_args(tiny_bundle, out, "gt", steps=400))
+    try:
+        _wait_for(lambda: os.path.exists(os.path.join(ckpt, "latest")), what="the first checkpoint")
+        holder = _lock(out)
+        assert holder["pid"] == first.pid and holder["host"] == socket.gethostname()
+        second = run_train(_args(tiny_bundle, out, "gt", steps=400))
+        assert second.returncode == 2
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
+        assert second.stderr.strip().splitlines()[-1] == (
+            f"error: --output-dir {out} is in use by another run (pid {first.pid} on host {socket.gethostname()}, "
+            f"since {since}); stop it first, or delete {out}/.corew.lock if that run is gone"
+        )
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=240)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert first.returncode == 128 + signal.SIGTERM
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    step = int(lines[-1].split("after step ")[1].split(";")[0])
+    latest = open(os.path.join(ckpt, "latest")).read().strip()
+    assert lines[-1] == (
+        f"stopped by SIGTERM after step {step}; last good checkpoint: {os.path.join(ckpt, latest)}; resume with "
+        f"--load {ckpt}"
+    )
+    assert any(line.startswith(f"SIGTERM: finishing step {step}, then stopping") for line in lines)
+    assert max(r["step"] for r in read_metrics(out)) == step  # the step it was in was finished and logged
+    assert _lock(out) is None and not os.path.exists(os.path.join(ckpt, ".corew.lock"))
+    fresh = run_train(_args(tiny_bundle, out, "gt"))  # a new run into the used directory
+    assert fresh.returncode == 2 and fresh.stderr.strip().splitlines()[-1] == (
+        f"error: --output-dir {out} already holds a run (metrics.jsonl); resume it with --load, choose another "
+        "--output-dir, or pass --overwrite to replace it"
+    )
+
+
+@pytest.mark.e2e
+def test_orphaned_rank_exits_when_its_launcher_dies(tiny_bundle, tmp_path):
+    """torchrun SIGKILLed: its rank notices within seconds, releases the run's lock and exits."""
+    from helpers import free_port
+
+    out = str(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port())]
+    log = open(tmp_path / "ranks.log", "w")
+    launcher = subprocess.Popen(
+        [*cmd, "train_rl.py", *_args(tiny_bundle, out, "gt", steps=400)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(lambda: _lock(out) is not None, what="the rank's lock")
+        rank = _lock(out)["pid"]
+        assert rank != launcher.pid
+        os.kill(launcher.pid, signal.SIGKILL)  # the launcher only, as when its job step is killed
+        launcher.wait()
+        _wait_for(lambda: _gone(rank), timeout=30, what=f"rank {rank} to exit")
+        assert _lock(out) is None  # released: a relaunch is not refused by a dead run
+        log.close()
+        said = (tmp_path / "ranks.log").read_text()
+        assert f"error: rank 0 (pid {rank}): its launcher (pid {launcher.pid}) is gone; exiting" in said, said[-3000:]
+    finally:
+        try:
+            os.killpg(launcher.pid, signal.SIGKILL)
+        except ProcessLookupError:  # every process of the group is gone: what the test wants
+            pass
+
+
+@pytest.mark.e2e
+def test_kill_during_hf_export_is_redone_on_resume(tiny_bundle, tmp_path):
+    out = str(tmp_path / "run")
+    ckpt, hf = os.path.join(out, "ckpt"), os.path.join(out, "hf")
+    extra = ["--save-hf-interval", "2", "--keep-last-checkpoints", "2"]
+    proc = run_train(_args(tiny_bundle, out, "gt", extra=extra), env_extra={"COREW_FAULT": "during_hf_export:4"})
+    assert proc.returncode == -9
+    assert open(os.path.join(ckpt, "latest")).read().strip() == "iter_0000004"  # saved before the export
+    assert os.readlink(os.path.join(hf, "latest")) == "step_0000002"
+    assert [d for d in os.listdir(hf) if d.startswith(".step_0000004.tmp-")]  # the killed export's temp
+    proc = run_train(_args(tiny_bundle, out, "gt", extra=[*extra, "--load", ckpt]))
+    _ok(proc)
+    assert "the HF export of step 4 is missing (killed while exporting?): exporting it again" in proc.stdout
+    assert sorted(os.listdir(hf)) == ["latest", "step_0000004", "step_0000006"]  # keep-last 2, no temps left
+    assert os.readlink(os.path.join(hf, "latest")) == "step_0000006"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(os.path.join(hf, "latest"))
+
+
+@pytest.mark.e2e
+def test_resume_with_a_changed_method_is_refused(tiny_bundle, tmp_path):
+    out = str(tmp_path / "run")
+    ckpt = os.path.join(out, "ckpt")
+    _ok(run_train(_args(tiny_bundle, out, "gt", steps=2)))
+    proc = run_train(_args(tiny_bundle, out, "majority_vote", steps=4, extra=["--load", ckpt]))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: checkpoint {ckpt} (step 2) was written with reward_method=gt but this run has "
+        "reward_method=majority_vote; resuming would continue another experiment (start a new run without --load)"
+    )
+    proc = run_train(_args(tiny_bundle, out, "gt", steps=4, extra=["--load", ckpt, "--global-batch-size", "8"]))
+    _ok(proc)  # a changed batch is a warning, not a refusal
+    assert (
+        f"warning: resuming checkpoint {ckpt} (step 2) with global_batch_size=8 (the checkpoint has 4)" in proc.stdout
+    )
+
+
+@pytest.mark.e2e
+def test_consecutive_nonfinite_updates_stop_the_run(tiny_bundle, tmp_path):
+    out = str(tmp_path / "run")
+    proc = run_train(
+        _args(tiny_bundle, out, "gt", steps=4, extra=["--max-consecutive-skips", "1"]),
+        env_extra={"COREW_FAULT": "nan_loss:3"},
+    )
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: 1 consecutive updates were non-finite and skipped (--max-consecutive-skips 1); stopping at step 3, "
+        f"last good checkpoint: {os.path.join(out, 'ckpt', 'iter_0000002')}"
+    )

@@ -87,6 +87,35 @@ def megatron_to_hf(checkpoint: str, hf_config_dir: str | None, out_dir: str) -> 
     return save
 
 
+INF = float("inf")
+TOOL_RANGES = {  # dest -> (low, low inclusive, high, high inclusive), as megatron_corew.validation.RANGES
+    "max_samples": (1, True, INF, False),
+    "max_prompt_length": (1, True, INF, False),
+    "k": (1, True, INF, False),
+    "temperature": (0, False, INF, False),
+    "top_p": (0, False, 1, True),
+    "seed": (0, True, 2**32 - 1, True),
+    "max_new_tokens": (1, True, INF, False),
+    "grader_workers": (0, True, INF, False),
+}
+
+
+def model_dir_problem(option: str, path: str) -> str | None:
+    """Why ``path`` is not a usable local HF model directory (a hub lookup would give a misleading error)."""
+    from megatron_corew.validation import FlagError, check_config_json, check_tokenizer_files
+
+    if not os.path.isdir(path):
+        return f"{option} {path}: directory not found (a local HF model directory)"
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return f"{option} {path} has no config.json: not an HF model directory"
+    try:
+        check_config_json(path)
+        check_tokenizer_files(option, path)
+    except FlagError as e:
+        return str(e)
+    return None
+
+
 def main(argv=None) -> int:
     from megatron_corew.rollout.tool_backend import parse_tool_args
 
@@ -101,6 +130,19 @@ def main(argv=None) -> int:
     if args.openai_url and not (args.tokenizer or args.model):
         print("error: --openai-url needs --tokenizer (prompts are rendered and tokenised here)", file=sys.stderr)
         return 2
+    from megatron_corew.utils.lifecycle import set_cpu_threads
+    from megatron_corew.validation import FlagError, check_ranges
+
+    try:
+        check_ranges(args, TOOL_RANGES)
+    except FlagError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    problem = model_dir_problem("--model", args.model) if args.model else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    set_cpu_threads()
     from transformers import AutoTokenizer
 
     from checkpoints_conversion.atomic import write_text
@@ -142,7 +184,8 @@ def main(argv=None) -> int:
             no_gt = [e.index for e in exs if e.ground_truth is None]
             if no_gt:
                 print(
-                    f"error: {path}: {len(no_gt)} row(s) without reward_model.ground_truth (first: row {no_gt[0]})",
+                    f"error: {path}: {len(no_gt)} row(s) without (or with a blank) reward_model.ground_truth "
+                    f"(first: row {no_gt[0]})",
                     file=sys.stderr,
                 )
                 return 2

@@ -11,7 +11,10 @@ returns one human-readable line per signature found, each starting with its kind
   (the majority-vote collapse: short, agreeing answers);
 * ``length_limit``: the clip ratio (responses cut at the length limit) is above ``clip_max``
   (the entropy / self-certainty collapse: repetition until the limit);
-* ``entropy_collapse``: the token entropy fell below ``entropy_frac`` of its initial mean.
+* ``entropy_collapse``: the token entropy fell below ``entropy_frac`` of its initial mean;
+* ``no_learning_signal``: in each of the last ``no_signal_steps`` steps every group's rewards were equal
+  (``reward/zero_variance_groups`` = 1): every advantage is 0 and nothing is learned (what a small model that
+  never writes ``\\boxed{}`` produces).
 
 Per-step series (reward, length, clip ratio, entropy) are compared as means over ``window`` points
 (first vs last) so one noisy step does not fire; validation accuracy is sparse and used as logged.
@@ -29,6 +32,7 @@ LABEL_ACC = ("pseudo/label_acc", "pseudo/policy_vote_acc")
 LENGTH = "rollout/response_length_mean"
 CLIP = "rollout/clip_ratio"
 ENTROPY = "train/entropy"
+ZERO_VAR = "reward/zero_variance_groups"
 
 
 def _series(rows: list[dict], key: str) -> list[tuple[float, float]]:
@@ -73,6 +77,7 @@ def collapse_signals(
     clip_max: float = 0.5,
     entropy_frac: float = 0.1,
     window: int = 3,
+    no_signal_steps: int = 5,
 ) -> list[str]:
     """Collapse signatures present in ``rows`` (metric dicts); [] when none. See the module doc."""
     signals = []
@@ -120,6 +125,15 @@ def collapse_signals(
     if ends and ends[0] > 0 and ends[1] < entropy_frac * ends[0]:
         signals.append(
             f"entropy_collapse: token entropy {ends[1]:.4g} is below {entropy_frac:.0%} of its initial {ends[0]:.4g}"
+        )
+
+    flat = [v for _, v in _series(rows, ZERO_VAR)][-no_signal_steps:]
+    if no_signal_steps and len(flat) == no_signal_steps and all(v >= 1.0 for v in flat):
+        boxed = [v for _, v in _series(rows, "rollout/boxed_rate")][-no_signal_steps:]
+        hint = f"; answers found in {sum(boxed) / len(boxed):.0%} of responses" if boxed else ""
+        signals.append(
+            f"no_learning_signal: every group had zero reward variance for the last {no_signal_steps} steps, so "
+            f"every advantage is 0 and nothing is learned{hint}"
         )
     return signals
 

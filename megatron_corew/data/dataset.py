@@ -35,6 +35,9 @@ __all__ = [
 ]
 
 
+ROLES = ("system", "user", "assistant", "tool")  # chat roles the templates render
+
+
 class DataError(ValueError):
     """A data file is missing, unreadable, or holds a row that does not fit the schema."""
 
@@ -88,7 +91,18 @@ def _check_messages(value: Any, prompt_key: str) -> list[dict]:
             raise ValueError(f"{prompt_key!r} message {j} has no string 'role' (got {role!r})")
         if not isinstance(content, str):
             raise ValueError(f"{prompt_key!r} message {j} has no string 'content' (got {type(content).__name__})")
+        if role not in ROLES:
+            raise ValueError(
+                f"{prompt_key!r} message {j} has unknown role {role!r} (expected one of {', '.join(ROLES)})"
+            )
         msgs.append({"role": role, "content": content})
+    if not any(m["role"] == "user" and m["content"].strip() for m in msgs):
+        roles = [m["role"] for m in msgs]
+        if any(m["role"] == "assistant" and m["content"].strip() for m in msgs):
+            raise ValueError(
+                f"{prompt_key!r} has the question only in an assistant turn (roles {roles}); it must be a user turn"
+            )
+        raise ValueError(f"{prompt_key!r} has no user turn with text (roles {roles})")
     return msgs
 
 
@@ -104,7 +118,7 @@ def _check_ground_truth(value: Any) -> str | None:
         return None
     if not isinstance(gt, str):
         raise ValueError(f"'reward_model.ground_truth' must be a string (got {type(gt).__name__}: {gt!r})")
-    return gt
+    return gt if gt.strip() else None  # a blank label grades nothing: unlabelled, refused where labels are read
 
 
 def render_prompt(tokenizer, messages: list[dict]) -> tuple[str, list[int]]:

@@ -16,6 +16,7 @@ import shutil
 import torch
 
 from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
+from checkpoints_conversion.hf_io import CheckpointError
 from megatron_corew.policy import parallel
 from megatron_corew.policy.parallel import broadcast_object
 from megatron_corew.utils import faults
@@ -86,36 +87,115 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
 
 
 def latest_checkpoint(load_dir: str) -> str | None:
+    """The checkpoint ``load_dir/latest`` names; None without a pointer; CheckpointError when it dangles."""
     pointer = os.path.join(load_dir, "latest")
     if not os.path.isfile(pointer):
         return None
     with open(pointer) as f:
         name = f.read().strip()
     path = os.path.join(load_dir, name)
-    if not os.path.isfile(os.path.join(path, "state.pt")):
-        raise FileNotFoundError(f"{pointer} points to {path}, which is not a complete checkpoint")
+    if not name or not os.path.isfile(os.path.join(path, "state.pt")):
+        done = sorted(d for d in os.listdir(load_dir) if d.startswith("iter_"))
+        hint = f"; the newest complete one may be {done[-1]}: write that name into {pointer}" if done else ""
+        raise CheckpointError(f"{pointer} points to {path}, which is not a complete checkpoint{hint}")
     return path
 
 
-def load_checkpoint(load_dir: str, trainer) -> dict | None:
-    """Restore model, optimizer, anchor and scheduler in place; returns the loop state or None."""
+def read_state(path: str) -> dict:
+    """``path/state.pt``; a truncated or corrupt file is a CheckpointError naming it."""
+    f = os.path.join(path, "state.pt")
+    try:
+        state = torch.load(f, weights_only=False)
+    except Exception as e:  # EOFError, UnpicklingError, RuntimeError (zip): one line, not a traceback
+        raise CheckpointError(
+            f"{f} is corrupt or truncated ({type(e).__name__}: {e}); resume an earlier checkpoint"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise CheckpointError(f"{f} is not an RL checkpoint state (no 'step')")
+    return state
+
+
+def load_checkpoint(load_dir: str, trainer, check=None) -> dict | None:
+    """Restore model, optimizer, anchor and scheduler in place; returns the loop state or None.
+    ``check(state)`` runs on the loop state before any tensor is loaded (refuse a changed experiment there)."""
     from megatron.core import dist_checkpointing
 
     path = latest_checkpoint(load_dir)
     if path is None:
         return None
-    with trainer.anchor_resident(modify=True):
-        loaded = dist_checkpointing.load(_sharded_state(trainer, is_loading=True), os.path.join(path, "model"))
-        trainer.model.module.load_state_dict(loaded["model"])
-        with torch.no_grad():
-            trainer.optimizer.load_state_dict(loaded["optimizer"])
-        if trainer.anchor is not None and "anchor" in loaded:
-            prefix = "anchor."
-            trainer.anchor.load_state_dict(
-                {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in loaded["anchor"].items()}
-            )
-    state = torch.load(os.path.join(path, "state.pt"), weights_only=False)
+    state = read_state(path)
+    if check is not None:
+        check(state)
+    try:
+        with trainer.anchor_resident(modify=True):
+            loaded = dist_checkpointing.load(_sharded_state(trainer, is_loading=True), os.path.join(path, "model"))
+            trainer.model.module.load_state_dict(loaded["model"])
+            with torch.no_grad():
+                trainer.optimizer.load_state_dict(loaded["optimizer"])
+            if trainer.anchor is not None and "anchor" in loaded:
+                prefix = "anchor."
+                trainer.anchor.load_state_dict(
+                    {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in loaded["anchor"].items()}
+                )
+    except CheckpointError:
+        raise
+    except Exception as e:  # megatron's CheckpointingException, torch's reader errors on torn shards
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
+        raise CheckpointError(
+            f"{path}/model cannot be loaded ({type(e).__name__}: {msg}); it is corrupt or truncated, or was "
+            "written for another model or optimizer"
+        ) from None
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.step_count = state["step"]
     set_rng_state(state["rng"])
     return state
+
+
+# ---------------------------------------------------------------------- the run a checkpoint belongs to
+SHAPE = ("model_type", "vocab_size", "hidden_size", "num_layers", "num_attention_heads", "num_query_groups")
+REFUSE = ("reward_method", *SHAPE, "seed", "num_prompts")  # resuming with another value is another experiment
+WARN = (
+    "kl_loss_coef",
+    "kl_anchor",
+    "teacher_alpha_start",
+    "teacher_alpha_end",
+    "teacher_update_interval",
+    "no_ema",
+    "global_batch_size",
+    "n_samples_per_prompt",
+    "train_iters",
+    "lr",
+    "min_lr",
+    "lr_warmup_fraction",
+)
+
+
+def run_settings(args, method, model_args, train_iters: int, num_prompts: int) -> dict:
+    """What defines the experiment, recorded in every checkpoint's state.pt and checked on resume."""
+    out = {k: getattr(args, k) for k in WARN if hasattr(args, k)}
+    out.update({k: getattr(model_args, k) for k in SHAPE})
+    out.update(
+        reward_method=args.reward_method,
+        kl_anchor=method.anchor,
+        seed=args.seed,
+        train_iters=train_iters,
+        num_prompts=num_prompts,
+    )
+    return out
+
+
+def compare_settings(saved: dict | None, now: dict, where: str) -> list[str]:
+    """Raise CheckpointError (one line) on a changed method, model shape, seed or data size; warnings otherwise."""
+    if not saved:
+        return [f"{where} records no run settings (written by an older version); they are not checked"]
+    for key in REFUSE:
+        if key in saved and saved[key] != now.get(key):
+            raise CheckpointError(
+                f"{where} was written with {key}={saved[key]} but this run has {key}={now.get(key)}; "
+                "resuming would continue another experiment (start a new run without --load)"
+            )
+    return [
+        f"resuming {where} with {key}={now.get(key)} (the checkpoint has {saved[key]})"
+        for key in WARN
+        if key in saved and saved[key] != now.get(key)
+    ]

@@ -9,7 +9,7 @@ import math
 import os
 import time
 
-__all__ = ["RunLogger", "load_run", "load_tensorboard", "load_jsonl", "to_rows"]
+__all__ = ["RunLogger", "truncate_jsonl", "load_run", "load_tensorboard", "load_jsonl", "to_rows"]
 
 
 class RunLogger:
@@ -21,7 +21,10 @@ class RunLogger:
         wandb_project: str | None = None,
         run_name: str | None = None,
         config: dict | None = None,
+        resume_step: int | None = None,
     ):
+        """``resume_step``: the run resumes after this step; rows logged after it by the interrupted run are
+        dropped from metrics.jsonl (and purged from tensorboard), so every step appears once."""
         self.enabled = enabled
         self.writer = None
         self.jsonl = None
@@ -37,11 +40,18 @@ class RunLogger:
                 self.wandb = wandb.init(project=wandb_project, name=run_name, config=config or {}, dir=out_dir)
         os.makedirs(out_dir, exist_ok=True)
         self.jsonl_path = os.path.join(out_dir, "metrics.jsonl")
+        if resume_step is not None:
+            dropped = truncate_jsonl(self.jsonl_path, resume_step)
+            if dropped:
+                print(f"metrics.jsonl: dropped {dropped} row(s) logged after step {resume_step} (resuming there)")
         self.jsonl = open(self.jsonl_path, "a", buffering=1)
         try:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=tensorboard_dir or os.path.join(out_dir, "tensorboard"))
+            purge = None if resume_step is None else resume_step + 1
+            self.writer = SummaryWriter(
+                log_dir=tensorboard_dir or os.path.join(out_dir, "tensorboard"), purge_step=purge
+            )
         except ImportError:  # tensorboard is an install requirement; keep jsonl logging regardless
             self.writer = None
 
@@ -65,6 +75,31 @@ class RunLogger:
             self.jsonl.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def truncate_jsonl(path: str, last_step: int) -> int:
+    """Keep the rows of ``path`` up to ``last_step`` (and drop a torn last line), atomically; returns rows dropped."""
+    from checkpoints_conversion.atomic import write_text
+
+    if not os.path.isfile(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if row.get("step", 0) > last_step:
+                dropped += 1
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        write_text(path, "".join(kept))
+    return dropped
 
 
 def load_tensorboard(logdir: str) -> dict[str, list[tuple[float, float]]]:
