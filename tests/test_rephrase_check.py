@@ -328,7 +328,7 @@ def test_check_rephrasings_tool(tmp_path, tok):
 # ----------------------------------------------------------------------------------------------------------------
 # --prompt-key reaches the paired and the validation files (train.py)
 # ----------------------------------------------------------------------------------------------------------------
-def test_prompt_key_for_paired_and_validation_files(tmp_path, tok, capsys):
+def test_prompt_key_for_paired_and_validation_files(tmp_path, tok, tiny_bundle, capsys):
     from megatron_corew import rewards
     from megatron_corew.arguments import parse_args
     from megatron_corew.train import RLRun
@@ -350,7 +350,7 @@ def test_prompt_key_for_paired_and_validation_files(tmp_path, tok, capsys):
     v = write(tmp_path / "v.parquet", ["What is 1 + 1?", "What is 2 + 2?"])
     chk = str(tmp_path / "c.jsonl")
     assert run_tool("--original", o, "--rephrased", r, "--output", chk, "--prompt-key", "question").returncode == 0
-    argv = ["--hf-checkpoint", str(tmp_path), "--train-data", o, "--train-data-rephrased", r, "--val-data", v,
+    argv = ["--hf-checkpoint", tiny_bundle["model"], "--output-dir", str(tmp_path / "run"), "--train-data", o, "--train-data-rephrased", r, "--val-data", v,
             "--prompt-key", "question", "--reward-method", "corewarding_1", "--global-batch-size", "2",
             "--train-data-rephrase-check", chk]  # fmt: skip
     a = parse_args(argv)
