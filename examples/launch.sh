@@ -202,8 +202,9 @@ CMD=("${LAUNCH[@]}" "$REPO/train_rl.py" --hf-checkpoint "$MODEL_PATH"
   --eval-interval "${EVAL_INTERVAL:-10}" --seed "${SEED:-1234}"
   "${METHOD_ARGS[@]}"
   --output-dir "$OUT" "${CKPT_ARGS[@]}" "${EXTRA[@]}")
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-echo "[launch] method=$METHOD model=$MODEL ($MODEL_PATH) nodes=$NNODES gpus/node=$GPUS_PER_NODE TP=$TP PP=$PP DP=$((WORLD / (TP * PP)))"
+# one share of the node's cores per rank (oversubscribed threads make CPU-side work several times slower)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / GPUS_PER_NODE > 0 ? $(nproc) / GPUS_PER_NODE : 1 ))}
+echo "[launch] method=$METHOD model=$MODEL ($MODEL_PATH) nodes=$NNODES gpus/node=$GPUS_PER_NODE TP=$TP PP=$PP DP=$((WORLD / (TP * PP))) OMP_NUM_THREADS=$OMP_NUM_THREADS"
 echo "[launch] ${CMD[*]}"
 if [ "$DRY_RUN" = "1" ]; then exit 0; fi
 "${CMD[@]}"
