@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_corew.algo import grpo
-from megatron_corew.policy import model_builder, parallel
+from megatron_corew.policy import model_builder, packing, parallel, vocab_parallel
 from megatron_corew.policy.config import TrainerConfig
 from megatron_corew.policy.vocab_parallel import VocabParallelStats
 from megatron_corew.policy.weights import load_hf_weights
@@ -152,6 +152,10 @@ class PolicyTrainer:
                 self.post,
                 cpu_offload=cfg.anchor_cpu_offload,
             )
+        if cfg.logits_chunk_tokens and self.post:  # the loss computes logits chunk by chunk from the hidden states
+            model_builder.defer_output_layer(self.model.module)
+            if self.anchor_copy is not None:
+                model_builder.defer_output_layer(self.anchor_copy.module)
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._fb = get_forward_backward_func()
@@ -169,20 +173,31 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------ batching
     def _local_microbatches(self, samples: list[TrainSample], loss_scale: float = 1.0) -> list[dict]:
-        """This DP rank's micro-batches: samples sorted by length, dealt round-robin to DP ranks,
-        then cut by sequence count or token budget and right-padded."""
-        ps = self.ps
+        """This DP rank's micro-batches. Padded: samples sorted by length, dealt round-robin to DP ranks, cut by
+        sequence count or token budget and right-padded. Packed: a token-balanced split over DP ranks and
+        micro-batches (:mod:`packing`), each micro-batch one row of concatenated sequences."""
+        ps, cfg = self.ps, self.cfg
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-        tokens_per_view: dict[int, int] = {}
-        for s in samples:
-            tokens_per_view[s.view] = tokens_per_view.get(s.view, 0) + len(s.response_ids)
+        weights = grpo.token_weights(
+            [len(s.response_ids) for s in samples],
+            [s.view for s in samples],
+            cfg.loss_agg_mode,
+            cfg.loss_agg_micro_batch,
+            loss_scale,
+        )
+        if cfg.micro_batch_layout == "packed":
+            lengths = [s.length for s in samples]
+            budget = cfg.max_tokens_per_gpu or cfg.micro_batch_size * max(lengths, default=1)
+            groups = packing.balanced_microbatches(lengths, dp, budget)[dp_rank]
+            multiple = cfg.tp if cfg.sequence_parallel else 1
+            return [self._pack_microbatch([samples[i] for i in g], g, weights, multiple) for g in groups]
         order = sorted(range(len(samples)), key=lambda i: (samples[i].length, i))
         mine = order[dp_rank::dp]
         groups, current = [], []
         for i in mine:
             candidate = current + [i]
-            too_many = len(candidate) > self.cfg.micro_batch_size
-            budget = self.cfg.max_tokens_per_micro_batch
+            too_many = len(candidate) > cfg.micro_batch_size
+            budget = cfg.max_tokens_per_micro_batch
             too_long = budget is not None and len(candidate) * max(samples[j].length for j in candidate) > budget
             if current and (too_many or too_long):
                 groups.append(current)
@@ -190,47 +205,64 @@ class PolicyTrainer:
             current = candidate
         if current:
             groups.append(current)
-        return [self._pad_microbatch([samples[i] for i in g], g, tokens_per_view, loss_scale) for g in groups]
+        return [self._pad_microbatch([samples[i] for i in g], g, weights) for g in groups]
 
-    def _pad_microbatch(self, batch, indices, tokens_per_view, loss_scale) -> dict:
-        width = max(s.length for s in batch)
-        b = len(batch)
-        tokens = torch.zeros((b, width), dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.float32)
-        adv = torch.zeros((b, width), dtype=torch.float32)
-        weight = torch.zeros((b, width), dtype=torch.float32)
-        rollout_logp = torch.zeros((b, width), dtype=torch.float32)
-        has_rollout_logp = all(s.rollout_logprobs is not None for s in batch)
-        for r, s in enumerate(batch):
-            seq = s.prompt_ids + s.response_ids
-            tokens[r, : len(seq)] = torch.tensor(seq)
-            # position t predicts token t+1: response tokens are predicted from len(prompt)-1 on
-            start, end = len(s.prompt_ids) - 1, len(seq) - 1
-            mask[r, start:end] = 1.0
-            adv[r, start:end] = s.advantage
-            weight[r, start:end] = loss_scale / max(tokens_per_view[s.view], 1)
+    @staticmethod
+    def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> dict:
+        """Token tensors of shape [rows, width] for ``batch``: sequence k's tokens start at flat offset
+        ``starts[k]``; its response positions (position t predicts token t+1) carry mask, advantage and weight."""
+        n = rows * width
+        tokens = torch.zeros(n, dtype=torch.long)
+        labels = torch.zeros(n, dtype=torch.long)
+        mask, adv, weight, rollout_logp = (torch.zeros(n, dtype=torch.float32) for _ in range(4))
+        has_rollout_logp = bool(batch) and all(s.rollout_logprobs is not None for s in batch)
+        first = []
+        for k, (s, i) in enumerate(zip(batch, indices)):
+            seq = torch.tensor(s.prompt_ids + s.response_ids)
+            o = starts[k]
+            tokens[o : o + len(seq)] = seq
+            labels[o : o + len(seq) - 1] = seq[1:]
+            a, b = o + len(s.prompt_ids) - 1, o + len(seq) - 1
+            first.append(a)
+            mask[a:b], adv[a:b], weight[a:b] = 1.0, s.advantage, weights[i]
             if has_rollout_logp:
-                rollout_logp[r, start:end] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-        labels = torch.zeros_like(tokens)
-        labels[:, :-1] = tokens[:, 1:]
+                rollout_logp[a:b] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
         dev = parallel.device()
+        shape = (rows, width)
         return {
-            "tokens": tokens.to(dev),
-            "labels": labels.to(dev),
-            "mask": mask.to(dev),
-            "adv": adv.to(dev),
-            "weight": weight.to(dev),
-            "rollout_logp": rollout_logp.to(dev) if has_rollout_logp else None,
-            "positions": torch.arange(width, device=dev).unsqueeze(0).expand(b, -1),
-            "indices": indices,
+            "tokens": tokens.view(shape).to(dev),
+            "labels": labels.view(shape).to(dev),
+            "mask": mask.view(shape).to(dev),
+            "adv": adv.view(shape).to(dev),
+            "weight": weight.view(shape).to(dev),
+            "rollout_logp": rollout_logp.view(shape).to(dev) if has_rollout_logp else None,
+            "rows": mask.nonzero().squeeze(1).to(dev),  # flat response positions: the only logits the loss needs
+            "indices": list(indices),
+            "first": first,  # flat position predicting each sample's first response token
             "lengths": [len(s.response_ids) for s in batch],
-            "prompt_lengths": [len(s.prompt_ids) for s in batch],
         }
+
+    def _pad_microbatch(self, batch, indices, weights) -> dict:
+        width = max(s.length for s in batch)
+        mb = self._fill(batch, indices, weights, len(batch), width, [r * width for r in range(len(batch))])
+        mb["positions"] = torch.arange(width, device=mb["tokens"].device).unsqueeze(0).expand(len(batch), -1)
+        mb["packed"] = None
+        return mb
+
+    def _pack_microbatch(self, batch, indices, weights, multiple: int) -> dict:
+        layout = packing.pack_layout([s.length for s in batch], multiple)
+        mb = self._fill(batch, indices, weights, 1, layout["total"], layout["offsets"])
+        dev = mb["tokens"].device
+        mb["positions"] = torch.tensor(layout["positions"], device=dev).unsqueeze(0)
+        mb["packed"] = model_builder.packed_seq_params(layout["cu_seqlens"], dev)
+        return mb
 
     def _run(self, model, microbatches, loss_fn, forward_only: bool):
         def forward_step(data_iterator, model_chunk):
             mb = next(data_iterator)
-            output = model_chunk(mb["tokens"], mb["positions"], None)
+            output = model_chunk(mb["tokens"], mb["positions"], None, packed_seq_params=mb["packed"])
+            if self.cfg.logits_chunk_tokens and self.post:
+                mb["output_weight"] = getattr(model_chunk, "module", model_chunk).output_layer.deferred_weight
             return output, partial(loss_fn, mb)
 
         width = max(mb["tokens"].shape[1] for mb in microbatches)
@@ -243,6 +275,28 @@ class PolicyTrainer:
             micro_batch_size=microbatches[0]["tokens"].shape[0],
             forward_only=forward_only,
         )
+
+    def _token_stats(self, mb, output, want, entropy_grad: bool = True) -> dict:
+        """{"logp", and "entropy" / "self_certainty" if in ``want``}: [rows, width] fp32 from the model output
+        (full logits, or with ``logits_chunk_tokens`` the output layer's input, only response rows, chunked)."""
+        chunk = self.cfg.logits_chunk_tokens
+        if not chunk:
+            stats = self._stats(output)
+            out = {"logp": stats.token_logprobs(mb["labels"])}
+            if "entropy" in want:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+                    out["entropy"] = stats.entropy()
+            if "self_certainty" in want:
+                out["self_certainty"] = stats.self_certainty()
+            return out
+        shape, rows = mb["mask"].shape, mb["rows"]
+        hidden = output.reshape(-1, output.shape[-1]).index_select(0, rows)
+        labels = mb["labels"].reshape(-1).index_select(0, rows)
+        res = vocab_parallel.chunked_stats(
+            hidden, mb["output_weight"], labels, self.args.vocab_size, self.cfg.temperature, chunk, want
+        )
+        full = mb["mask"].new_zeros(shape.numel())
+        return {k: full.index_copy(0, rows, v).view(shape) for k, v in res.items() if k == "logp" or k in want}
 
     def _stats(self, logits):
         return VocabParallelStats(logits, self.args.vocab_size, self.cfg.temperature)
@@ -277,18 +331,15 @@ class PolicyTrainer:
         found: dict[int, dict] = {}
 
         def loss_fn(mb, logits):
-            stats = self._stats(logits)
-            logp = stats.token_logprobs(mb["labels"])
-            ent = stats.entropy() if "entropy" in want else None
-            sc = stats.self_certainty() if "self_certainty" in want else None
+            out = self._token_stats(mb, logits, want)
+            logp = out["logp"]
+            flat = {k: v.reshape(-1) for k, v in out.items()}
             for r, idx in enumerate(mb["indices"]):
-                start = mb["prompt_lengths"][r] - 1
-                n = mb["lengths"][r]
-                row = {"logp": logp[r, start : start + n].float().cpu()}
-                if ent is not None:
-                    row["entropy"] = float(ent[r, start : start + n].mean()) if n else 0.0
-                if sc is not None:
-                    row["self_certainty"] = float(sc[r, start : start + n].mean()) if n else 0.0
+                start, n = mb["first"][r], mb["lengths"][r]
+                row = {"logp": flat["logp"][start : start + n].float().cpu()}
+                for name in ("entropy", "self_certainty"):
+                    if name in flat:
+                        row[name] = float(flat[name][start : start + n].mean()) if n else 0.0
                 found[idx] = row
             if "store" in want:
                 mb[f"{which}_logp"] = logp.detach()
@@ -322,8 +373,8 @@ class PolicyTrainer:
         sums = _StepSums()
 
         def loss_fn(mb, logits):
-            stats = self._stats(logits)
-            logp = stats.token_logprobs(mb["labels"])
+            out = self._token_stats(mb, logits, ("entropy",), entropy_grad=cfg.entropy_coef != 0)
+            logp = out["logp"]
             # One update per rollout batch: the old policy IS the current one, so ratio == 1 and
             # the clipped objective's gradient is the policy gradient (no extra forward pass).
             old = logp.detach()
@@ -333,8 +384,8 @@ class PolicyTrainer:
             kl = grpo.kl_penalty(logp, mb["anchor_logp"], cfg.kl_estimator) if use_kl else None
             if kl is not None:
                 per_token = per_token + cfg.kl_coef * kl
-            with torch.set_grad_enabled(cfg.entropy_coef != 0):
-                ent = stats.entropy()  # always logged: entropy collapse is a failure signature
+            # always logged: entropy collapse is a failure signature
+            ent = out["entropy"] if cfg.entropy_coef else out["entropy"].detach()
             if cfg.entropy_coef:
                 per_token = per_token - cfg.entropy_coef * ent
             loss = (per_token * w).sum()
