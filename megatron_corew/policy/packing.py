@@ -1,4 +1,4 @@
-"""Packed micro-batches and the token-balanced split of a step's sequences over DP ranks and micro-batches.
+"""Micro-batch layouts (padded rows, packed rows) and the token-balanced split of a step's sequences over DP ranks and micro-batches.
 
 A packed micro-batch is one row of concatenated sequences with per-sequence boundaries (``cu_seqlens``), so no
 token is padding; the model sees it as megatron's THD format (:mod:`megatron_corew.policy.model_builder`).
@@ -76,3 +76,68 @@ def pack_layout(lengths: list[int], multiple: int = 1) -> dict:
     for a, b in zip(cu[:-1], cu[1:]):
         positions.extend(range(b - a))
     return {"cu_seqlens": cu, "positions": positions, "offsets": cu[: len(lengths)], "total": padded}
+
+
+def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> dict:
+    """Token tensors of shape [rows, width] for ``batch`` (records with prompt_ids, response_ids, advantage,
+    rollout_logprobs): sequence k starts at flat offset ``starts[k]``; its response positions (position t predicts
+    token t+1) carry mask, advantage and the token weight ``weights[indices[k]]``."""
+    import torch
+
+    from megatron_corew.policy import parallel
+
+    n = rows * width
+    tokens = torch.zeros(n, dtype=torch.long)
+    labels = torch.zeros(n, dtype=torch.long)
+    mask, adv, weight, rollout_logp = (torch.zeros(n, dtype=torch.float32) for _ in range(4))
+    has_rollout_logp = bool(batch) and all(s.rollout_logprobs is not None for s in batch)
+    first = []
+    for k, (s, i) in enumerate(zip(batch, indices)):
+        seq = torch.tensor(s.prompt_ids + s.response_ids)
+        o = starts[k]
+        tokens[o : o + len(seq)] = seq
+        labels[o : o + len(seq) - 1] = seq[1:]
+        a, b = o + len(s.prompt_ids) - 1, o + len(seq) - 1
+        first.append(a)
+        mask[a:b], adv[a:b], weight[a:b] = 1.0, s.advantage, weights[i]
+        if has_rollout_logp:
+            rollout_logp[a:b] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+    dev = parallel.device()
+    shape = (rows, width)
+    return {
+        "tokens": tokens.view(shape).to(dev),
+        "labels": labels.view(shape).to(dev),
+        "mask": mask.view(shape).to(dev),
+        "adv": adv.view(shape).to(dev),
+        "weight": weight.view(shape).to(dev),
+        "rollout_logp": rollout_logp.view(shape).to(dev) if has_rollout_logp else None,
+        "rows": mask.nonzero().squeeze(1).to(dev),  # flat response positions: the only logits the loss needs
+        "indices": list(indices),
+        "first": first,  # flat position predicting each sample's first response token
+        "lengths": [len(s.response_ids) for s in batch],
+    }
+
+
+def padded_microbatch(batch, indices, weights) -> dict:
+    """Right-padded rows, one per sequence (megatron's plain causal attention)."""
+    import torch
+
+    width = max(s.length for s in batch)
+    mb = _fill(batch, indices, weights, len(batch), width, [r * width for r in range(len(batch))])
+    mb["positions"] = torch.arange(width, device=mb["tokens"].device).unsqueeze(0).expand(len(batch), -1)
+    mb["packed"] = None
+    return mb
+
+
+def packed_microbatch(batch, indices, weights, multiple: int = 1) -> dict:
+    """One row of whole sequences with THD boundaries (``mb["packed"]``, megatron's ``PackedSeqParams``)."""
+    import torch
+
+    from megatron_corew.policy import model_builder
+
+    layout = pack_layout([s.length for s in batch], multiple)
+    mb = _fill(batch, indices, weights, 1, layout["total"], layout["offsets"])
+    dev = mb["tokens"].device
+    mb["positions"] = torch.tensor(layout["positions"], device=dev).unsqueeze(0)
+    mb["packed"] = model_builder.packed_seq_params(layout["cu_seqlens"], dev)
+    return mb

@@ -1,7 +1,7 @@
 """The Megatron policy: log-prob passes and the GRPO optimizer step over TP/PP/DP.
 
 Every rank holds the whole step's samples (they are small: token ids); each data-parallel rank
-takes its share, cuts it into padded micro-batches, and runs megatron's pipeline schedule.
+takes its share, cuts it into padded or packed micro-batches (policy/packing.py), and runs megatron's pipeline schedule.
 The loss is a sum of per-token terms pre-multiplied by a *global* weight (1 / response tokens of
 the whole batch, per view), so summing micro-batch losses reproduces the full-batch loss for any
 TP / PP / DP / micro-batch layout.
@@ -190,7 +190,7 @@ class PolicyTrainer:
             budget = cfg.max_tokens_per_gpu or cfg.micro_batch_size * max(lengths, default=1)
             groups = packing.balanced_microbatches(lengths, dp, budget)[dp_rank]
             multiple = cfg.tp if cfg.sequence_parallel else 1
-            return [self._pack_microbatch([samples[i] for i in g], g, weights, multiple) for g in groups]
+            return [packing.packed_microbatch([samples[i] for i in g], g, weights, multiple) for g in groups]
         order = sorted(range(len(samples)), key=lambda i: (samples[i].length, i))
         mine = order[dp_rank::dp]
         groups, current = [], []
@@ -205,57 +205,7 @@ class PolicyTrainer:
             current = candidate
         if current:
             groups.append(current)
-        return [self._pad_microbatch([samples[i] for i in g], g, weights) for g in groups]
-
-    @staticmethod
-    def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> dict:
-        """Token tensors of shape [rows, width] for ``batch``: sequence k's tokens start at flat offset
-        ``starts[k]``; its response positions (position t predicts token t+1) carry mask, advantage and weight."""
-        n = rows * width
-        tokens = torch.zeros(n, dtype=torch.long)
-        labels = torch.zeros(n, dtype=torch.long)
-        mask, adv, weight, rollout_logp = (torch.zeros(n, dtype=torch.float32) for _ in range(4))
-        has_rollout_logp = bool(batch) and all(s.rollout_logprobs is not None for s in batch)
-        first = []
-        for k, (s, i) in enumerate(zip(batch, indices)):
-            seq = torch.tensor(s.prompt_ids + s.response_ids)
-            o = starts[k]
-            tokens[o : o + len(seq)] = seq
-            labels[o : o + len(seq) - 1] = seq[1:]
-            a, b = o + len(s.prompt_ids) - 1, o + len(seq) - 1
-            first.append(a)
-            mask[a:b], adv[a:b], weight[a:b] = 1.0, s.advantage, weights[i]
-            if has_rollout_logp:
-                rollout_logp[a:b] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-        dev = parallel.device()
-        shape = (rows, width)
-        return {
-            "tokens": tokens.view(shape).to(dev),
-            "labels": labels.view(shape).to(dev),
-            "mask": mask.view(shape).to(dev),
-            "adv": adv.view(shape).to(dev),
-            "weight": weight.view(shape).to(dev),
-            "rollout_logp": rollout_logp.view(shape).to(dev) if has_rollout_logp else None,
-            "rows": mask.nonzero().squeeze(1).to(dev),  # flat response positions: the only logits the loss needs
-            "indices": list(indices),
-            "first": first,  # flat position predicting each sample's first response token
-            "lengths": [len(s.response_ids) for s in batch],
-        }
-
-    def _pad_microbatch(self, batch, indices, weights) -> dict:
-        width = max(s.length for s in batch)
-        mb = self._fill(batch, indices, weights, len(batch), width, [r * width for r in range(len(batch))])
-        mb["positions"] = torch.arange(width, device=mb["tokens"].device).unsqueeze(0).expand(len(batch), -1)
-        mb["packed"] = None
-        return mb
-
-    def _pack_microbatch(self, batch, indices, weights, multiple: int) -> dict:
-        layout = packing.pack_layout([s.length for s in batch], multiple)
-        mb = self._fill(batch, indices, weights, 1, layout["total"], layout["offsets"])
-        dev = mb["tokens"].device
-        mb["positions"] = torch.tensor(layout["positions"], device=dev).unsqueeze(0)
-        mb["packed"] = model_builder.packed_seq_params(layout["cu_seqlens"], dev)
-        return mb
+        return [packing.padded_microbatch([samples[i] for i in g], g, weights) for g in groups]
 
     def _run(self, model, microbatches, loss_fn, forward_only: bool):
         def forward_step(data_iterator, model_chunk):
