@@ -69,6 +69,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="token budget per micro-batch (dynamic batching); overrides nothing, caps both",
     )
+    g.add_argument(
+        "--micro-batch-layout",
+        choices=("padded", "packed"),
+        default=_T.micro_batch_layout,
+        help="padded rows, or packed whole sequences (THD) token-balanced over DP ranks and micro-batches",
+    )
+    g.add_argument(
+        "--max-tokens-per-gpu",
+        type=int,
+        default=_T.max_tokens_per_gpu,
+        help="packed: token budget per micro-batch; default micro-batch-size x the longest sequence",
+    )
+    g.add_argument(
+        "--logits-chunk-tokens",
+        type=int,
+        default=_T.logits_chunk_tokens,
+        help="> 0: log-probs, entropy, self-certainty and their backward over chunks of this many tokens",
+    )
+    g.add_argument(
+        "--loss-agg-mode",
+        choices=("global-token-mean", "microbatch-token-mean"),
+        default=_T.loss_agg_mode,
+        help="token mean over the step (default) or the reference's mean of per-micro-batch token means",
+    )
+    g.add_argument(
+        "--loss-agg-micro-batch",
+        type=int,
+        default=_T.loss_agg_micro_batch,
+        help="microbatch-token-mean: sequences per reference micro-batch (the reference: 8 per GPU)",
+    )
     g.add_argument("--train-iters", type=int, default=None, help="RL steps; default: --epochs over the data")
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--lr", type=float, default=_T.lr)

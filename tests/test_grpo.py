@@ -59,3 +59,25 @@ def test_ema_alpha_schedule():
     assert ema_alpha(51, 100) == pytest.approx(mid)
     assert ema_alpha(500, 100) == pytest.approx(1e-5)
     assert ema_alpha(1, 10, 0.01, 1e-4) == pytest.approx(0.01)
+
+
+def test_microbatch_token_mean_against_float64_reference():
+    """The reference's loss: split the step's sequences (in order) into micro-batches of 8, take each micro-batch's
+    token mean of the per-token losses, average those means. Our per-token weights must give the same sum."""
+    g = torch.Generator().manual_seed(3)
+    lengths = [int(x) for x in torch.randint(1, 40, (21,), generator=g)]
+    losses = [torch.randn(n, generator=g, dtype=torch.float64) for n in lengths]
+    means = [torch.cat(losses[a : a + 8]).mean() for a in range(0, 21, 8)]  # groups of 8, 8, 5
+    reference = torch.stack(means).mean()
+    w = grpo.token_weights(lengths, [0] * 21, "microbatch-token-mean", 8)
+    ours = sum(wi * li.sum() for wi, li in zip(w, losses))
+    assert float(ours) == pytest.approx(float(reference), abs=1e-12)
+    w_global = grpo.token_weights(lengths, [0] * 21)
+    glob = sum(wi * li.sum() for wi, li in zip(w_global, losses))
+    assert float(glob) == pytest.approx(float(torch.cat(losses).mean()), abs=1e-12)
+    assert abs(float(glob) - float(reference)) > 1e-3  # the modes differ here
+    # views are aggregated separately; the scale multiplies every weight
+    w2 = grpo.token_weights([2, 3, 4], [0, 1, 1], "microbatch-token-mean", 1, scale=0.5)
+    assert w2 == pytest.approx([0.5 / 2, 0.5 / (2 * 3), 0.5 / (2 * 4)])
+    with pytest.raises(ValueError, match="loss aggregation"):
+        grpo.token_weights([1], [0], "seq-mean")

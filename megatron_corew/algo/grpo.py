@@ -10,6 +10,37 @@ from collections import defaultdict
 import torch
 
 KL_ESTIMATORS = ("k1", "k2", "k3", "low_var_kl")
+LOSS_AGG_MODES = ("global-token-mean", "microbatch-token-mean")
+
+
+def token_weights(
+    response_lengths, views, mode: str = "global-token-mean", unit: int = 8, scale: float = 1.0
+) -> list[float]:
+    """The weight (times ``scale``) of each of sample i's response tokens in the step loss sum(w * token loss).
+
+    ``global-token-mean``: 1 / (response tokens of the view), every token counts the same.
+    ``microbatch-token-mean`` (the reference's): the view's samples, in step order, form groups of ``unit``
+    sequences (the reference's micro-batch of 8 per GPU); the loss is the mean over groups of each group's token
+    mean, so a token weighs 1 / (groups x tokens of its group). The groups are fixed by the step order, never by
+    how the trainer cuts or packs its own micro-batches, so the loss is the same for every layout."""
+    if mode not in LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss aggregation mode {mode!r}; choose one of {LOSS_AGG_MODES}")
+    members = defaultdict(list)
+    for i, v in enumerate(views):
+        members[v].append(i)
+    weights = [0.0] * len(response_lengths)
+    for idx in members.values():
+        if mode == "global-token-mean":
+            total = max(sum(response_lengths[i] for i in idx), 1)
+            for i in idx:
+                weights[i] = scale / total
+            continue
+        groups = [idx[a : a + unit] for a in range(0, len(idx), unit)]
+        for g in groups:
+            total = max(sum(response_lengths[i] for i in g), 1)
+            for i in g:
+                weights[i] = scale / (len(groups) * total)
+    return weights
 
 
 def group_advantages(rewards, group_ids, norm_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:

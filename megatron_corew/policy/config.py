@@ -11,6 +11,11 @@ class TrainerConfig:
     pp: int = 1
     micro_batch_size: int = 8
     max_tokens_per_micro_batch: int | None = None
+    micro_batch_layout: str = "padded"  # padded (right-padded rows) or packed (one row of whole sequences, THD)
+    max_tokens_per_gpu: int | None = None  # packed: token budget per micro-batch (None: micro_batch_size x longest)
+    logits_chunk_tokens: int = 0  # > 0: log-prob / entropy / self-certainty over chunks of this many tokens
+    loss_agg_mode: str = "global-token-mean"  # or microbatch-token-mean (the reference's), see docs/ALGORITHMS.md
+    loss_agg_micro_batch: int = 8  # microbatch-token-mean: sequences per reference micro-batch
     lr: float = 3e-6
     min_lr: float = 0.0
     lr_warmup_fraction: float = 0.1
@@ -48,6 +53,11 @@ class TrainerConfig:
             pp=args.pipeline_model_parallel_size,
             micro_batch_size=args.micro_batch_size,
             max_tokens_per_micro_batch=args.max_tokens_per_micro_batch,
+            micro_batch_layout=args.micro_batch_layout,
+            max_tokens_per_gpu=args.max_tokens_per_gpu,
+            logits_chunk_tokens=args.logits_chunk_tokens,
+            loss_agg_mode=args.loss_agg_mode,
+            loss_agg_micro_batch=args.loss_agg_micro_batch,
             lr=args.lr,
             min_lr=args.min_lr,
             lr_warmup_fraction=args.lr_warmup_fraction,

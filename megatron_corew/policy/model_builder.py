@@ -93,7 +93,75 @@ def build_layer_spec(args: ModelArgs, use_te: bool | None = None):
         use_te = transformer_engine_available()
     if use_te:
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec(qk_layernorm=args.qk_norm)
-    return gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=args.qk_norm, normalization="RMSNorm")
+    spec = gpt_layer_specs.get_gpt_layer_local_spec(qk_layernorm=args.qk_norm, normalization="RMSNorm")
+    spec.submodules.self_attention.submodules.core_attention = _packed_local_attention()
+    return spec
+
+
+def _packed_local_attention():
+    """megatron's local ``DotProductAttention`` that also takes THD ``PackedSeqParams``: each sequence of the
+    packed row attends causally within its own ``cu_seqlens`` segment (the semantics of TE's THD attention;
+    rotary positions restart per sequence in megatron's own THD rope path)."""
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    class PackedDotProductAttention(DotProductAttention):
+        def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, **kw):
+            packed = kw.pop("packed_seq_params", None)
+            if packed is None:
+                return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, **kw)
+            cu = packed.cu_seqlens_q.tolist()  # [t, heads, dim] in, [t, 1, hidden] out, as for THD
+            parts = [
+                super(PackedDotProductAttention, self).forward(
+                    query[a:b].unsqueeze(1), key[a:b].unsqueeze(1), value[a:b].unsqueeze(1), None, attn_mask_type
+                )
+                for a, b in zip(cu[:-1], cu[1:])
+            ]
+            return torch.cat(parts, dim=0)
+
+    return PackedDotProductAttention
+
+
+def packed_seq_params(cu_seqlens: list[int], device=None):
+    """megatron's THD ``PackedSeqParams`` for one packed row (TE attention reads them on GPU; the local spec's
+    attention above reads the same boundaries)."""
+    from megatron.core import parallel_state as ps
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = torch.tensor(cu_seqlens, dtype=torch.int32, device=device)
+    longest = max(b - a for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]))
+    return PackedSeqParams(
+        qkv_format="thd",
+        cu_seqlens_q=cu,
+        cu_seqlens_kv=cu,
+        max_seqlen_q=longest,
+        max_seqlen_kv=longest,
+        cp_group=ps.get_context_parallel_group() if ps.model_parallel_is_initialized() else None,
+    )
+
+
+def defer_output_layer(model) -> None:
+    """Make ``model`` (a post-process ``GPTModel``) return the output layer's *input* [b, s, hidden] instead of
+    the logits, and keep the weight the layer would use in ``model.output_layer.deferred_weight``: the loss then
+    computes logits a chunk of tokens at a time (:func:`megatron_corew.policy.vocab_parallel.chunked_stats`).
+    The input goes through the same TP mappings as megatron's ``ColumnParallelLinear`` (copy, or the sequence-
+    parallel all-gather), so gradients reach the hidden states and the weight as they would through the layer.
+    The state dict is unchanged (the forward is overridden on the instance only)."""
+    from megatron.core.tensor_parallel.mappings import (
+        copy_to_tensor_model_parallel_region,
+        gather_from_sequence_parallel_region,
+    )
+
+    layer = model.output_layer
+
+    def forward(input_, weight=None, runtime_gather_output=None):
+        layer.deferred_weight = layer.weight if weight is None else weight
+        if layer.sequence_parallel:
+            return gather_from_sequence_parallel_region(input_, True, group=layer.tp_group), None
+        if layer.tp_group is not None and layer.tp_group.size() > 1:
+            return copy_to_tensor_model_parallel_region(input_, group=layer.tp_group), None
+        return input_, None
+
+    layer.forward = forward
 
 
 def build_gpt_model(

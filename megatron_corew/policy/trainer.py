@@ -1,7 +1,7 @@
 """The Megatron policy: log-prob passes and the GRPO optimizer step over TP/PP/DP.
 
 Every rank holds the whole step's samples (they are small: token ids); each data-parallel rank
-takes its share, cuts it into padded micro-batches, and runs megatron's pipeline schedule.
+takes its share, cuts it into padded or packed micro-batches (policy/packing.py), and runs megatron's pipeline schedule.
 The loss is a sum of per-token terms pre-multiplied by a *global* weight (1 / response tokens of
 the whole batch, per view), so summing micro-batch losses reproduces the full-batch loss for any
 TP / PP / DP / micro-batch layout.
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from megatron_corew.algo import grpo
-from megatron_corew.policy import model_builder, parallel
+from megatron_corew.policy import model_builder, packing, parallel, vocab_parallel
 from megatron_corew.policy.config import TrainerConfig
 from megatron_corew.policy.vocab_parallel import VocabParallelStats
 from megatron_corew.policy.weights import load_hf_weights
@@ -160,6 +160,10 @@ class PolicyTrainer:
                 self.post,
                 cpu_offload=cfg.anchor_cpu_offload,
             )
+        if cfg.logits_chunk_tokens and self.post:  # the loss computes logits chunk by chunk from the hidden states
+            model_builder.defer_output_layer(self.model.module)
+            if self.anchor_copy is not None:
+                model_builder.defer_output_layer(self.anchor_copy.module)
         from megatron.core.pipeline_parallel import get_forward_backward_func
 
         self._fb = get_forward_backward_func()
@@ -177,20 +181,31 @@ class PolicyTrainer:
 
     # ------------------------------------------------------------------ batching
     def _local_microbatches(self, samples: list[TrainSample], loss_scale: float = 1.0) -> list[dict]:
-        """This DP rank's micro-batches: samples sorted by length, dealt round-robin to DP ranks,
-        then cut by sequence count or token budget and right-padded."""
-        ps = self.ps
+        """This DP rank's micro-batches. Padded: samples sorted by length, dealt round-robin to DP ranks, cut by
+        sequence count or token budget and right-padded. Packed: a token-balanced split over DP ranks and
+        micro-batches (:mod:`packing`), each micro-batch one row of concatenated sequences."""
+        ps, cfg = self.ps, self.cfg
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
-        tokens_per_view: dict[int, int] = {}
-        for s in samples:
-            tokens_per_view[s.view] = tokens_per_view.get(s.view, 0) + len(s.response_ids)
+        weights = grpo.token_weights(
+            [len(s.response_ids) for s in samples],
+            [s.view for s in samples],
+            cfg.loss_agg_mode,
+            cfg.loss_agg_micro_batch,
+            loss_scale,
+        )
+        if cfg.micro_batch_layout == "packed":
+            lengths = [s.length for s in samples]
+            budget = cfg.max_tokens_per_gpu or cfg.micro_batch_size * max(lengths, default=1)
+            groups = packing.balanced_microbatches(lengths, dp, budget)[dp_rank]
+            multiple = cfg.tp if cfg.sequence_parallel else 1
+            return [packing.packed_microbatch([samples[i] for i in g], g, weights, multiple) for g in groups]
         order = sorted(range(len(samples)), key=lambda i: (samples[i].length, i))
         mine = order[dp_rank::dp]
         groups, current = [], []
         for i in mine:
             candidate = current + [i]
-            too_many = len(candidate) > self.cfg.micro_batch_size
-            budget = self.cfg.max_tokens_per_micro_batch
+            too_many = len(candidate) > cfg.micro_batch_size
+            budget = cfg.max_tokens_per_micro_batch
             too_long = budget is not None and len(candidate) * max(samples[j].length for j in candidate) > budget
             if current and (too_many or too_long):
                 groups.append(current)
@@ -198,47 +213,14 @@ class PolicyTrainer:
             current = candidate
         if current:
             groups.append(current)
-        return [self._pad_microbatch([samples[i] for i in g], g, tokens_per_view, loss_scale) for g in groups]
-
-    def _pad_microbatch(self, batch, indices, tokens_per_view, loss_scale) -> dict:
-        width = max(s.length for s in batch)
-        b = len(batch)
-        tokens = torch.zeros((b, width), dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.float32)
-        adv = torch.zeros((b, width), dtype=torch.float32)
-        weight = torch.zeros((b, width), dtype=torch.float32)
-        rollout_logp = torch.zeros((b, width), dtype=torch.float32)
-        has_rollout_logp = all(s.rollout_logprobs is not None for s in batch)
-        for r, s in enumerate(batch):
-            seq = s.prompt_ids + s.response_ids
-            tokens[r, : len(seq)] = torch.tensor(seq)
-            # position t predicts token t+1: response tokens are predicted from len(prompt)-1 on
-            start, end = len(s.prompt_ids) - 1, len(seq) - 1
-            mask[r, start:end] = 1.0
-            adv[r, start:end] = s.advantage
-            weight[r, start:end] = loss_scale / max(tokens_per_view[s.view], 1)
-            if has_rollout_logp:
-                rollout_logp[r, start:end] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
-        labels = torch.zeros_like(tokens)
-        labels[:, :-1] = tokens[:, 1:]
-        dev = parallel.device()
-        return {
-            "tokens": tokens.to(dev),
-            "labels": labels.to(dev),
-            "mask": mask.to(dev),
-            "adv": adv.to(dev),
-            "weight": weight.to(dev),
-            "rollout_logp": rollout_logp.to(dev) if has_rollout_logp else None,
-            "positions": torch.arange(width, device=dev).unsqueeze(0).expand(b, -1),
-            "indices": indices,
-            "lengths": [len(s.response_ids) for s in batch],
-            "prompt_lengths": [len(s.prompt_ids) for s in batch],
-        }
+        return [packing.padded_microbatch([samples[i] for i in g], g, weights) for g in groups]
 
     def _run(self, model, microbatches, loss_fn, forward_only: bool):
         def forward_step(data_iterator, model_chunk):
             mb = next(data_iterator)
-            output = model_chunk(mb["tokens"], mb["positions"], None)
+            output = model_chunk(mb["tokens"], mb["positions"], None, packed_seq_params=mb["packed"])
+            if self.cfg.logits_chunk_tokens and self.post:
+                mb["output_weight"] = getattr(model_chunk, "module", model_chunk).output_layer.deferred_weight
             return output, partial(loss_fn, mb)
 
         width = max(mb["tokens"].shape[1] for mb in microbatches)
@@ -251,6 +233,28 @@ class PolicyTrainer:
             micro_batch_size=microbatches[0]["tokens"].shape[0],
             forward_only=forward_only,
         )
+
+    def _token_stats(self, mb, output, want, entropy_grad: bool = True) -> dict:
+        """{"logp", and "entropy" / "self_certainty" if in ``want``}: [rows, width] fp32 from the model output
+        (full logits, or with ``logits_chunk_tokens`` the output layer's input, only response rows, chunked)."""
+        chunk = self.cfg.logits_chunk_tokens
+        if not chunk:
+            stats = self._stats(output)
+            out = {"logp": stats.token_logprobs(mb["labels"])}
+            if "entropy" in want:
+                with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+                    out["entropy"] = stats.entropy()
+            if "self_certainty" in want:
+                out["self_certainty"] = stats.self_certainty()
+            return out
+        shape, rows = mb["mask"].shape, mb["rows"]
+        hidden = output.reshape(-1, output.shape[-1]).index_select(0, rows)
+        labels = mb["labels"].reshape(-1).index_select(0, rows)
+        res = vocab_parallel.chunked_stats(
+            hidden, mb["output_weight"], labels, self.args.vocab_size, self.cfg.temperature, chunk, want
+        )
+        full = mb["mask"].new_zeros(shape.numel())
+        return {k: full.index_copy(0, rows, v).view(shape) for k, v in res.items() if k == "logp" or k in want}
 
     def _stats(self, logits):
         return VocabParallelStats(logits, self.args.vocab_size, self.cfg.temperature)
@@ -285,18 +289,15 @@ class PolicyTrainer:
         found: dict[int, dict] = {}
 
         def loss_fn(mb, logits):
-            stats = self._stats(logits)
-            logp = stats.token_logprobs(mb["labels"])
-            ent = stats.entropy() if "entropy" in want else None
-            sc = stats.self_certainty() if "self_certainty" in want else None
+            out = self._token_stats(mb, logits, want)
+            logp = out["logp"]
+            flat = {k: v.reshape(-1) for k, v in out.items()}
             for r, idx in enumerate(mb["indices"]):
-                start = mb["prompt_lengths"][r] - 1
-                n = mb["lengths"][r]
-                row = {"logp": logp[r, start : start + n].float().cpu()}
-                if ent is not None:
-                    row["entropy"] = float(ent[r, start : start + n].mean()) if n else 0.0
-                if sc is not None:
-                    row["self_certainty"] = float(sc[r, start : start + n].mean()) if n else 0.0
+                start, n = mb["first"][r], mb["lengths"][r]
+                row = {"logp": flat["logp"][start : start + n].float().cpu()}
+                for name in ("entropy", "self_certainty"):
+                    if name in flat:
+                        row[name] = float(flat[name][start : start + n].mean()) if n else 0.0
                 found[idx] = row
             if "store" in want:
                 mb[f"{which}_logp"] = logp.detach()
@@ -330,8 +331,8 @@ class PolicyTrainer:
         sums = _StepSums()
 
         def loss_fn(mb, logits):
-            stats = self._stats(logits)
-            logp = stats.token_logprobs(mb["labels"])
+            out = self._token_stats(mb, logits, ("entropy",), entropy_grad=cfg.entropy_coef != 0)
+            logp = out["logp"]
             # One update per rollout batch: the old policy IS the current one, so ratio == 1 and
             # the clipped objective's gradient is the policy gradient (no extra forward pass).
             old = logp.detach()
@@ -341,8 +342,8 @@ class PolicyTrainer:
             kl = grpo.kl_penalty(logp, mb["anchor_logp"], cfg.kl_estimator) if use_kl else None
             if kl is not None:
                 per_token = per_token + cfg.kl_coef * kl
-            with torch.set_grad_enabled(cfg.entropy_coef != 0):
-                ent = stats.entropy()  # always logged: entropy collapse is a failure signature
+            # always logged: entropy collapse is a failure signature
+            ent = out["entropy"] if cfg.entropy_coef else out["entropy"].detach()
             if cfg.entropy_coef:
                 per_token = per_token - cfg.entropy_coef * ent
             loss = (per_token * w).sum()

@@ -79,3 +79,70 @@ class VocabParallelStats:
         finite_shifted = torch.where(torch.isfinite(self.shifted), self.shifted, torch.zeros_like(self.shifted))
         mean_z = _sum_over_tp(finite_shifted.sum(dim=-1)) / self.true_vocab_size
         return self.log_z - mean_z - math.log(self.true_vocab_size)
+
+
+STATS = ("logp", "entropy", "self_certainty")
+
+
+def _chunk_stats(hidden, weight, labels, true_vocab_size, temperature, want):
+    logits = torch.matmul(hidden, weight.t())  # what megatron's ColumnParallelLinear computes
+    stats = VocabParallelStats(logits, true_vocab_size, temperature)
+    out = {"logp": stats.token_logprobs(labels)}
+    if "entropy" in want:
+        out["entropy"] = stats.entropy()
+    if "self_certainty" in want:
+        out["self_certainty"] = stats.self_certainty()
+    return out
+
+
+class _ChunkedStats(torch.autograd.Function):
+    """Forward: the statistics a chunk of tokens at a time, keeping only [tokens] results. Backward: each chunk's
+    logits are recomputed and differentiated on their own, so no more than one chunk of fp32 [chunk, vocab/TP]
+    exists at once in either direction."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, true_vocab_size, temperature, chunk, want):
+        ctx.save_for_backward(hidden, weight, labels)
+        ctx.args = (true_vocab_size, temperature, chunk, want)
+        ctx.set_materialize_grads(False)
+        n = hidden.shape[0]
+        outs = {k: hidden.new_zeros(n, dtype=torch.float32) for k in STATS}
+        for a in range(0, n, chunk):
+            part = _chunk_stats(
+                hidden[a : a + chunk], weight, labels[a : a + chunk], true_vocab_size, temperature, want
+            )
+            for k, v in part.items():
+                outs[k][a : a + chunk] = v
+        return tuple(outs[k] for k in STATS)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        hidden, weight, labels = ctx.saved_tensors
+        true_vocab_size, temperature, chunk, want = ctx.args
+        w = weight.detach().requires_grad_(True)
+        grad_hidden = torch.zeros_like(hidden)
+        for a in range(0, hidden.shape[0], chunk):
+            with torch.enable_grad():
+                h = hidden[a : a + chunk].detach().requires_grad_(True)
+                part = _chunk_stats(h, w, labels[a : a + chunk], true_vocab_size, temperature, want)
+                pairs = [(part[k], g[a : a + chunk]) for k, g in zip(STATS, grads) if g is not None and k in part]
+                if pairs:
+                    torch.autograd.backward([p for p, _ in pairs], [g for _, g in pairs])
+            if h.grad is not None:
+                grad_hidden[a : a + chunk] = h.grad
+        return grad_hidden, w.grad, None, None, None, None, None
+
+
+def chunked_stats(hidden, weight, labels, true_vocab_size, temperature=1.0, chunk=1024, want=STATS) -> dict:
+    """{"logp", "entropy", "self_certainty"} per token ([tokens] fp32) from the output layer's input ``hidden``
+    [tokens, hidden] and its vocab-parallel ``weight`` [vocab/TP, hidden], ``chunk`` tokens at a time, forward
+    and backward (statistics not in ``want`` come back as zeros)."""
+    logp, ent, sc = _ChunkedStats.apply(
+        hidden, weight, labels, true_vocab_size, temperature, max(1, chunk), tuple(want)
+    )
+    return {"logp": logp, "entropy": ent, "self_certainty": sc}
+
+
+def chunk_for_budget(budget_bytes: int, local_vocab: int) -> int:
+    """Tokens per chunk so that a chunk's fp32 logits and their two same-sized temporaries fit ``budget_bytes``."""
+    return max(1, budget_bytes // (3 * 4 * max(local_vocab, 1)))

@@ -1,0 +1,246 @@
+"""Packed vs padded micro-batches, token balance over DP ranks, and chunked log-prob memory, side by side.
+
+  python benchmarks/bench_packing.py                        # all three tables (CPU, a few minutes)
+  python benchmarks/bench_packing.py --only step --samples 64
+  python benchmarks/bench_packing.py --only memory --tokens 2048,16384
+
+1. Training-step time of the same GRPO step on a long-tailed (lognormal, 16..2048 tokens) batch: today's padded
+   layout vs packed (+ chunked statistics), alternating, one in-process trainer each, on a tiny random Qwen3.
+2. Data-parallel token imbalance (max / mean tokens per rank) of today's round-robin deal vs the LPT split.
+3. Peak memory of a log-prob pass (log-probs, entropy, self-certainty) over a 151,936-token vocabulary with a
+   tiny hidden size, unchunked vs chunked, each in a fresh process (peak RSS growth); results compared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+
+def lognormal_lengths(n: int, seed: int, lo: int = 16, hi: int = 2048, mu: float = 5.6, sigma: float = 1.0):
+    rng = random.Random(seed)
+    return [min(hi, max(lo, int(rng.lognormvariate(mu, sigma)))) for _ in range(n)]
+
+
+# ---------------------------------------------------------------- 1. step time
+def _tiny_model(path: str, vocab: int) -> str:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(
+        "qwen3",
+        vocab_size=vocab,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+    )
+    cfg.architectures = ["Qwen3ForCausalLM"]
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+    return path
+
+
+def bench_step(a) -> list[str]:
+    import torch
+
+    from checkpoints_conversion.config import load_model_args
+    from megatron_corew.policy import parallel
+    from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig, TrainSample
+
+    parallel.init_distributed(1, 1)
+    torch.set_num_threads(a.threads)
+    model = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab)
+    margs = load_model_args(model)
+    rng = random.Random(1)
+    samples = []
+    for n in lognormal_lengths(a.samples, a.seed):
+        p = min(n - 1, rng.randint(8, 64))
+        samples.append(
+            TrainSample(
+                [rng.randrange(3, a.vocab) for _ in range(p)], [rng.randrange(3, a.vocab) for _ in range(n - p)]
+            )
+        )
+        samples[-1].advantage = rng.gauss(0, 1)
+    variants = {
+        "padded (today)": dict(micro_batch_layout="padded"),
+        "packed": dict(micro_batch_layout="packed", max_tokens_per_gpu=a.max_tokens_per_gpu),
+        "packed + chunked": dict(
+            micro_batch_layout="packed", max_tokens_per_gpu=a.max_tokens_per_gpu, logits_chunk_tokens=1024
+        ),
+    }
+    trainers = {}
+    for name, kw in variants.items():
+        cfg = TrainerConfig(micro_batch_size=8, lr=1e-5, train_iters=100, need_anchor=False, **kw)
+        trainers[name] = PolicyTrainer(margs, cfg)
+    times = {name: [] for name in variants}
+    losses = {}
+    for rep in range(a.warmup + a.steps):  # alternate: a slow moment of the machine hits every variant
+        for name, tr in trainers.items():
+            t0 = time.perf_counter()
+            m = tr.train_step(samples)
+            if rep >= a.warmup:
+                times[name].append(time.perf_counter() - t0)
+            losses.setdefault(name, m["loss"])
+    total = sum(s.length for s in samples)
+    rows = [
+        f"{a.samples} sequences, lognormal lengths 16..2048 (total {total} tokens, mean {total / a.samples:.0f}, "
+        f"max {max(s.length for s in samples)}), tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab}), fp32, "
+        f"{a.threads} thread(s), median of {a.steps} steps after {a.warmup} warm-up",
+        "",
+        "| layout | micro-batches | tokens computed | step time (s) | speed-up vs padded | step-1 loss |",
+        "|---|---|---|---|---|---|",
+    ]
+    base = None
+    for name, tr in trainers.items():
+        mbs = tr._local_microbatches(samples)
+        computed = sum(mb["tokens"].numel() for mb in mbs)
+        med = sorted(times[name])[len(times[name]) // 2]
+        base = base or med
+        rows.append(f"| {name} | {len(mbs)} | {computed} | {med:.3f} | {base / med:.2f}x | {losses[name]:.9f} |")
+    return rows
+
+
+# ---------------------------------------------------------------- 2. DP balance
+def bench_balance(a) -> list[str]:
+    from megatron_corew.policy import packing
+
+    rows = [
+        f"{a.samples * 4} sequences, lognormal 16..2048; tokens per DP rank, max / mean",
+        "",
+        "| DP ranks | round-robin of sorted lengths (today) | LPT split (packed) | micro-batches per rank (packed) |",
+        "|---|---|---|---|",
+    ]
+    lengths = lognormal_lengths(a.samples * 4, a.seed)
+    for dp in (2, 4, 8, 16):
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        before = [sum(lengths[i] for i in order[r::dp]) for r in range(dp)]
+        split = packing.balanced_microbatches(lengths, dp, a.max_tokens_per_gpu)
+        after = [sum(lengths[i] for mb in r for i in mb) for r in split]
+        rows.append(
+            f"| {dp} | {packing.imbalance(before):.3f} | {packing.imbalance(after):.3f} | "
+            f"{sorted({len(r) for r in split})} |"
+        )
+    return rows
+
+
+# ---------------------------------------------------------------- 3. memory
+def _memory_child(tokens: int, chunk: int, out: str) -> None:
+    """One log-prob pass in this fresh process; writes peak RSS growth and the results."""
+    import torch
+
+    from megatron_corew.policy.vocab_parallel import VocabParallelStats, chunked_stats
+
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    vocab, hidden = 151936, 16
+    h = torch.randn(tokens, hidden, generator=g)
+    w = 0.3 * torch.randn(vocab, hidden, generator=g)
+    labels = torch.randint(0, vocab, (tokens,), generator=g)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if chunk:
+            res = chunked_stats(h, w, labels, vocab, 1.0, chunk)
+        else:
+            st = VocabParallelStats(h @ w.t(), vocab)
+            res = {"logp": st.token_logprobs(labels), "entropy": st.entropy(), "self_certainty": st.self_certainty()}
+    dt = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    torch.save({"peak_mib": (peak - base) / 1024, "seconds": dt, **res}, out)
+
+
+def _available_mib() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable"):
+                return int(line.split()[1]) / 1024
+    return float("inf")
+
+
+def bench_memory(a) -> list[str]:
+    import torch
+
+    rows = [
+        "log-probs + entropy + self-certainty, vocab 151,936, hidden 16, fp32, forward (no grad); peak RSS growth "
+        "of a fresh process",
+        "",
+        "| tokens | unchunked peak (MiB) | chunked peak (MiB), chunk | unchunked s | chunked s | max abs diff |",
+        "|---|---|---|---|---|---|",
+    ]
+    for tokens in [int(t) for t in a.tokens.split(",")]:
+        got = {}
+        for chunk in (0, a.chunk):
+            need = tokens * 151936 * 4 * 5 / 2**20  # logits, shifted and three temporaries at once (measured)
+            if not chunk and need > 0.6 * _available_mib():
+                got[chunk] = None
+                continue
+            out = os.path.join(tempfile.mkdtemp(), "res.pt")
+            cmd = [sys.executable, __file__, "--memory-child", f"{tokens},{chunk},{out}"]
+            subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
+            got[chunk] = torch.load(out)
+        c = got[a.chunk]
+        u = got[0]
+        if u is None:
+            need = tokens * 151936 * 4 * 5 / 2**30
+            rows.append(
+                f"| {tokens} | not run: needs ~{need:.0f} GiB, {_available_mib() / 1024:.0f} GiB available | "
+                f"{c['peak_mib']:.0f}, {a.chunk} | - | {c['seconds']:.1f} | - |"
+            )
+            continue
+        diff = max(float((u[k] - c[k]).abs().max()) for k in ("logp", "entropy", "self_certainty"))
+        rows.append(
+            f"| {tokens} | {u['peak_mib']:.0f} | {c['peak_mib']:.0f}, {a.chunk} | {u['seconds']:.1f} | "
+            f"{c['seconds']:.1f} | {diff:.2e} |"
+        )
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", choices=("step", "balance", "memory"), default=None)
+    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--max-tokens-per-gpu", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tokens", default="1024,16384")
+    ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--out", default=None, help="also write the tables (markdown) here")
+    ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.memory_child:
+        tokens, chunk, out = a.memory_child.split(",")
+        _memory_child(int(tokens), int(chunk), out)
+        return
+    lines = [f"bench_packing on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M UTC')}", ""]
+    for name, fn in (("step", bench_step), ("balance", bench_balance), ("memory", bench_memory)):
+        if a.only in (None, name):
+            lines += [f"## {name}", "", *fn(a), ""]
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    sys.stdout.flush()
+    os._exit(0)  # the in-process trainers hold gloo groups; skip their teardown
+
+
+if __name__ == "__main__":
+    main()
