@@ -33,6 +33,9 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "global_batch_size": (1, True, INF, False),
     "micro_batch_size": (1, True, INF, False),
     "max_tokens_per_micro_batch": (1, True, INF, False),
+    "max_tokens_per_gpu": (1, True, INF, False),
+    "logits_chunk_tokens": (0, True, INF, False),
+    "loss_agg_micro_batch": (1, True, INF, False),
     "train_iters": (1, True, INF, False),
     "epochs": (1, True, INF, False),
     "lr": (0, False, 1, True),  # above 1 no optimiser step is meaningful (1e6 silently destroys the model)
@@ -147,6 +150,10 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--save-hf-dtype does not apply without --save-hf-interval")
     if args.keep_last_checkpoints is not None and not (args.save or args.save_hf_interval):
         raise FlagError("--keep-last-checkpoints does not apply without --save or --save-hf-interval")
+    if args.max_tokens_per_gpu is not None and args.micro_batch_layout != "packed":
+        raise FlagError("--max-tokens-per-gpu does not apply without --micro-batch-layout packed")
+    if _given(args, defaults, "loss_agg_micro_batch") and args.loss_agg_mode != "microbatch-token-mean":
+        raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:
         raise FlagError("--overlap-param-gather needs --use-distributed-optimizer")
     warnings = []

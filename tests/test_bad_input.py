@@ -186,6 +186,12 @@ def test_flags_that_do_not_apply_to_the_method(setup, capsys):
         ),
         (["--val-n-samples", "4"], "--val-n-samples does not apply without --val-data"),
         (["--save-interval", "2"], "--save-interval does not apply without --save"),
+        (["--max-tokens-per-gpu", "4096"], "--max-tokens-per-gpu does not apply without --micro-batch-layout packed"),
+        (
+            ["--loss-agg-micro-batch", "4"],
+            "--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean",
+        ),
+        (["--logits-chunk-tokens", "-1"], "--logits-chunk-tokens -1 is out of range; valid: [0, inf)"),
         (
             ["--reward-method", "corewarding_1"],
             "--reward-method corewarding_1 needs --train-data-rephrased (it trains on both views of each question)",
