@@ -307,7 +307,7 @@ class RLRun:
             if eng is not None:
                 out[f"perf/{role}_tokens_per_s_cumulative"] = eng.throughput()
                 for name, tps in (eng.engine_throughputs() if hasattr(eng, "engine_throughputs") else {}).items():
-                    out[f"perf/{role}_engine{name}_tokens_per_s"] = tps
+                    out[f"perf/{role}_engine{name}_tokens_per_s_cumulative"] = tps  # since start, like eng.throughput()
         return out
 
     def _dump(self, batch: StepBatch) -> None:

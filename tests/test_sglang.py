@@ -585,7 +585,7 @@ def test_two_real_servers_behind_the_real_router(server, bundle, stubs, tmp_path
     ms = _metrics(out)
     assert [m["step"] for m in ms] == [1, 2]
     for m in ms:
-        assert m["perf/rollout_enginerouter_tokens_per_s"] > 0 and m["perf/teacher_rollout_tokens_per_s"] > 0
+        assert m["perf/rollout_enginerouter_tokens_per_s_cumulative"] > 0 and m["perf/teacher_rollout_tokens_per_s"] > 0
     assert res["pids_alive_after"] == []
 
 
