@@ -220,6 +220,30 @@ def test_paired_misaligned_index(tmp_path, tok):
     assert "row 3" in msg and "orig.parquet" in msg and "reph.parquet" in msg
 
 
+def test_paired_misaligned_without_index_or_label(tmp_path, tok):
+    """No index and no label on either side: the numbers a rephrasing keeps tell aligned from shifted files."""
+
+    def bare(q):
+        return {
+            "prompt": [{"role": "user", "content": q}],
+            "reward_model": {"ground_truth": None},
+            "extra_info": {"split": "train"},
+        }
+
+    originals = [f"What is {i} + {2 * i + 1}?" for i in range(1, 21)]
+    rewrites = [f"Tom has {i} apples and finds {2 * i + 1} more. How many now?" for i in range(1, 21)]
+    a = write(tmp_path / "orig.parquet", [bare(q) for q in originals])
+    aligned = write(tmp_path / "aligned.parquet", [bare(q) for q in rewrites])
+    assert len(load_paired_examples(a, aligned, tok)) == 20
+    shifted = write(tmp_path / "shifted.parquet", [bare(q) for q in rewrites[1:] + rewrites[:1]])  # a dropped row
+    with pytest.raises(DataError) as e:
+        load_paired_examples(a, shifted, tok)
+    assert str(e.value).startswith(f"{a} + {shifted}: the paired files look misaligned: only 0% of 20 sampled rows")
+    shuffled = [rewrites[k] for k in (7, 3, 15, 0, 11, 19, 5, 9, 13, 1, 17, 6, 2, 18, 10, 4, 14, 8, 16, 12)]
+    with pytest.raises(DataError, match="look misaligned"):
+        load_paired_examples(a, write(tmp_path / "shuffled.parquet", [bare(q) for q in shuffled]), tok)
+
+
 def test_paired_different_ground_truth(tmp_path, tok):
     a = write(
         tmp_path / "orig.parquet", [row("What is 1 + 1?", gt="2", index=0), row("What is 2 + 2?", gt="4", index=1)]

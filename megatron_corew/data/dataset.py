@@ -387,15 +387,19 @@ def load_paired_examples(
         )
     oparsed, _ = _parse_rows(opath, otab, prompt_key, "error")
     rparsed, _ = _parse_rows(rpath, rtab, prompt_key, "error")
+    compared = 0
     for (i, o), (_, r) in zip(oparsed, rparsed):
         oi, ri = o["extra_info"].get("index"), r["extra_info"].get("index")
+        og, rg = o["ground_truth"], r["ground_truth"]
+        compared += (oi is not None and ri is not None) or (og is not None and rg is not None)
         if oi is not None and ri is not None and oi != ri:
             raise DataError(
                 f"paired files are misaligned at row {i}: extra_info.index is {oi!r} in {opath} but {ri!r} in {rpath}"
             )
-        og, rg = o["ground_truth"], r["ground_truth"]
         if og is not None and rg is not None and og.strip() != rg.strip():
             raise DataError(f"paired files disagree at row {i}: ground truth {og!r} in {opath} but {rg!r} in {rpath}")
+    if not compared and rephrase_check is None:
+        _check_alignment_by_numbers(opath, rpath, oparsed, rparsed)
     flagged_rows, num_flagged, num_fallback = set(), {}, 0
     if rephrase_check is not None:
         flagged_rows, num_flagged, num_fallback = _read_rephrase_check(os.fspath(rephrase_check), oparsed, rparsed)
@@ -430,6 +434,31 @@ def load_paired_examples(
     pairs = PairedDataset(original, rephrased, dropped, num_flagged, num_fallback, len(flagged_rows))
     logger.info("%s + %s: %s", opath, rpath, pairs.summary())
     return pairs
+
+
+def _check_alignment_by_numbers(opath: str, rpath: str, oparsed, rparsed, sample: int = 200) -> None:
+    """Neither side has an index or a label to compare: a rephrasing keeps its question's numbers, so when most
+    sampled rows do not (and row i's numbers sit better at row i+1, or almost no row matches), the files are
+    misaligned. Faithful rewrites keep their numbers in ~90% of pairs (docs/REPHRASING.md)."""
+    from megatron_corew.data.question_facts import number_diff, numbers_of
+
+    n, m = len(oparsed), min(sample, len(oparsed))
+    rows = sorted({k * (n - 1) // (m - 1) for k in range(m)}) if m > 1 else []
+    rows = [k for k in rows if sum(sum(c.values()) for c in numbers_of(_question(oparsed[k][1]["messages"]))[:2])]
+    if len(rows) < 8:
+        return
+    oq = [_question(oparsed[k][1]["messages"]) for k in rows]
+    same = sum(number_diff(q, _question(rparsed[k][1]["messages"])) is None for q, k in zip(oq, rows)) / len(rows)
+    shifted = [(q, k + 1) for q, k in zip(oq, rows) if k + 1 < n]
+    next_row = sum(number_diff(q, _question(rparsed[k][1]["messages"])) is None for q, k in shifted) / max(
+        1, len(shifted)
+    )
+    if same < 0.5 and (same < 0.2 or next_row > same + 0.25):
+        raise DataError(
+            f"{opath} + {rpath}: the paired files look misaligned: only {same:.0%} of {len(rows)} sampled rows keep "
+            f"their question's numbers in the rephrasing (row i against row i+1: {next_row:.0%}); neither file has "
+            "extra_info.index or a ground truth to check; add an index, or pass --train-data-rephrase-check"
+        )
 
 
 def _question(messages: list[dict]) -> str:
