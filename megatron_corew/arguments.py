@@ -99,7 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=_T.loss_agg_micro_batch,
         help="microbatch-token-mean: sequences per reference micro-batch (the reference: 8 per GPU)",
     )
-    g.add_argument("--train-iters", type=int, default=None, help="RL steps; default: --epochs over the data")
+    g.add_argument(
+        "--train-iters",
+        type=int,
+        default=None,
+        help="RL steps (0: set up, validate and report the initial weights); default: --epochs over the data",
+    )
     g.add_argument("--epochs", type=int, default=3)
     g.add_argument("--lr", type=float, default=_T.lr)
     g.add_argument("--min-lr", type=float, default=_T.min_lr)

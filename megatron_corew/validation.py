@@ -36,7 +36,7 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "max_tokens_per_gpu": (1, True, INF, False),
     "logits_chunk_tokens": (0, True, INF, False),
     "loss_agg_micro_batch": (1, True, INF, False),
-    "train_iters": (1, True, INF, False),
+    "train_iters": (0, True, INF, False),  # 0: set up, validate, report the initial weights (result.json), exit
     "epochs": (1, True, INF, False),
     "lr": (0, False, 1, True),  # above 1 no optimiser step is meaningful (1e6 silently destroys the model)
     "min_lr": (0, True, 1, True),

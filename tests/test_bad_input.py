@@ -148,7 +148,7 @@ RANGE_CASES = [
     (["--kl-loss-coef", "-0.1"], "--kl-loss-coef -0.1 is out of range; valid: [0, inf)"),
     (["--teacher-alpha-start", "1.5"], "--teacher-alpha-start 1.5 is out of range; valid: [0, 1]"),
     (["--teacher-update-interval", "0"], "--teacher-update-interval 0 is out of range; valid: [1, inf)"),
-    (["--train-iters", "0"], "--train-iters 0 is out of range; valid: [1, inf)"),
+    (["--train-iters", "-1"], "--train-iters -1 is out of range; valid: [0, inf)"),
     (["--global-batch-size", "0"], "--global-batch-size 0 is out of range; valid: [1, inf)"),
     (["--n-samples-per-prompt", "1"], "--n-samples-per-prompt 1 is out of range; valid: [2, inf)"),
     (["--max-val-samples", "0"], "--max-val-samples 0 is out of range; valid: [1, inf)"),

@@ -700,8 +700,8 @@ def test_training_loop_grades_on_ray_reward_workers(server, bundle, stubs, tmp_p
     for m in ms:
         assert m["reward/graded_by_workers"] > 0
     dumped = [
-        json.loads(line) for step in (0, 1) for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))
-    ]  # 0-based
+        json.loads(line) for step in (1, 2) for line in open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl"))
+    ]  # dump files are numbered like metrics steps (from 1)
     assert len(dumped) == 2 * 4 * 4
     assert [d["reward"] for d in dumped] == [grade(d["response"], d["ground_truth"]) for d in dumped]
     assert sum(d["reward"] for d in dumped) > 0
