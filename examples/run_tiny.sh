@@ -3,6 +3,7 @@
 # RL run and print the held-out accuracy before and after.
 #   METHOD=gt|majority_vote|self_certainty|entropy|corewarding_1|corewarding_2  (default below)
 #   STEPS=40 NPROC=1 (NPROC=2 runs TP=2 under torchrun)  OUT=runs/tiny-$METHOD
+#   OVERWRITE=1: a rerun replaces OUT (a demo is rerun often; OVERWRITE=0 refuses a used OUT, as train_rl.py does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 METHOD=${METHOD:-corewarding_2}
@@ -12,6 +13,7 @@ LR=${LR:-1e-4}
 OUT=${OUT:-runs/tiny-$METHOD}
 ASSETS=${ASSETS:-assets/tiny}
 DRY_RUN=${DRY_RUN:-0}
+OVERWRITE=${OVERWRITE:-1}
 # the numbers are bit-reproducible for a fixed thread count (and CPU kernels: benchmarks/bench_main_job.py)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 
@@ -20,6 +22,7 @@ if [ ! -f "$ASSETS/model/config.json" ]; then
   python tools/make_tiny_task.py --out "$ASSETS"
 fi
 EXTRA=()
+if [ "$OVERWRITE" = "1" ]; then EXTRA+=(--overwrite); fi
 if [ "$METHOD" = "corewarding_1" ]; then
   EXTRA+=(--train-data-rephrased "$ASSETS/data/train_rephrased.parquet")
 fi
