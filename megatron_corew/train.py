@@ -86,14 +86,16 @@ class RLRun:
         world = parallel.world_size()
         where = "cuda" if parallel.device().type == "cuda" else "cpu"
         if cfg.backend == "embedded":
-            rollout = f"embedded HF engine in rank 0 ({where})"
-            teacher = ", teacher: a second embedded engine" if self.method.teacher else ""
+            rollout, teacher = f"embedded HF engine in rank 0 ({where})", ", teacher: a second embedded engine"
         elif cfg.urls:
-            rollout = f"SGLang, {len(cfg.urls)} attached server(s)"
-            teacher = f", teacher engines: {cfg.teacher_engines}" if self.method.teacher else ""
+            rollout, teacher = (
+                f"SGLang, {len(cfg.urls)} attached server(s)",
+                f", teacher engines: {cfg.teacher_engines}",
+            )
         else:
             rollout = f"SGLang, {cfg.num_engines} launched server(s), weight sync {cfg.weight_sync or 'tensor'}"
-            teacher = f", teacher engines: {cfg.teacher_engines}" if self.method.teacher else ""
+            teacher = f", teacher engines: {cfg.teacher_engines}"
+        teacher = teacher if self.method.teacher else ""
         precision = "bf16" if getattr(a, "bf16", False) else "fp32"
         return (
             f"[corew] {a.reward_method} ({self.method.summary or 'plugin method'}) | rollout: {rollout}{teacher} | "

@@ -443,16 +443,19 @@ def _check_alignment_by_numbers(opath: str, rpath: str, oparsed, rparsed, sample
     from megatron_corew.data.question_facts import number_diff, numbers_of
 
     n, m = len(oparsed), min(sample, len(oparsed))
-    rows = sorted({k * (n - 1) // (m - 1) for k in range(m)}) if m > 1 else []
-    rows = [k for k in rows if sum(sum(c.values()) for c in numbers_of(_question(oparsed[k][1]["messages"]))[:2])]
+    picked = sorted({k * (n - 1) // (m - 1) for k in range(m)}) if m > 1 else []
+    questions = {k: _question(oparsed[k][1]["messages"]) for k in picked}
+    rows = [k for k in picked if sum(sum(c.values()) for c in numbers_of(questions[k])[:2])]  # rows with numbers
     if len(rows) < 8:
         return
-    oq = [_question(oparsed[k][1]["messages"]) for k in rows]
-    same = sum(number_diff(q, _question(rparsed[k][1]["messages"])) is None for q, k in zip(oq, rows)) / len(rows)
-    shifted = [(q, k + 1) for q, k in zip(oq, rows) if k + 1 < n]
-    next_row = sum(number_diff(q, _question(rparsed[k][1]["messages"])) is None for q, k in shifted) / max(
-        1, len(shifted)
-    )
+
+    def kept(pairs) -> float:  # share of (original row, rephrased row) pairs whose rephrasing keeps the numbers
+        return sum(number_diff(questions[k], _question(rparsed[j][1]["messages"])) is None for k, j in pairs) / max(
+            1, len(pairs)
+        )
+
+    same = kept([(k, k) for k in rows])
+    next_row = kept([(k, k + 1) for k in rows if k + 1 < n])
     if same < 0.5 and (same < 0.2 or next_row > same + 0.25):
         raise DataError(
             f"{opath} + {rpath}: the paired files look misaligned: only {same:.0%} of {len(rows)} sampled rows keep "

@@ -295,9 +295,9 @@ class PolicyTrainer:
             for r, idx in enumerate(mb["indices"]):
                 start, n = mb["first"][r], mb["lengths"][r]
                 row = {"logp": flat["logp"][start : start + n].float().cpu()}
-                for name in ("entropy", "self_certainty"):
-                    if name in flat:
-                        row[name] = float(flat[name][start : start + n].mean()) if n else 0.0
+                for name, values in flat.items():  # the per-response means of the statistics asked for
+                    if name != "logp":
+                        row[name] = float(values[start : start + n].mean()) if n else 0.0
                 found[idx] = row
             if "store" in want:
                 mb[f"{which}_logp"] = logp.detach()
