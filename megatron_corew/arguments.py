@@ -47,7 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="check file of the pair (tools/check_rephrasings.py, or next to the rewrite_questions.py output): "
         "pairs it flagged are dropped",
     )
-    g.add_argument("--val-data", default=None, help="held-out parquet with ground truth for validation")
+    g.add_argument(
+        "--val-data",
+        nargs="+",
+        default=None,
+        metavar="[NAME=]PATH",
+        help="held-out parquet(s) with ground truth for validation; several are logged as val/NAME/... "
+        "(NAME: the file stem unless given), one keeps val/accuracy",
+    )
     g.add_argument("--max-val-samples", type=int, default=None)
     g.add_argument(
         "--val-n-samples",
@@ -216,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.rollout.config import add_rollout_args
 
     add_rollout_args(p)  # --rollout-backend {embedded,sglang}, --sglang-* flags
+    from megatron_corew import offpolicy_options
+
+    offpolicy_options.add_args(p)  # --rollout-is*, --num-steps-per-rollout, --dynamic-sampling*, --overlong-*
     return p
 
 

@@ -30,6 +30,8 @@ class Rollout:
     reward: float = 0.0
     advantage: float = 0.0
     seq_stats: dict = field(default_factory=dict)  # per-response policy statistics (entropy, self_certainty)
+    loss_mask: float = 1.0  # 0: left out of the loss (--mask-truncated-responses)
+    old_logprobs: object = None  # pi_old per response token while several steps train on it (policy/multistep.py)
 
     @property
     def example(self):
@@ -71,6 +73,7 @@ class StepBatch:
     teacher_rollouts: list[Rollout] = field(default_factory=list)  # label-only (never trained on)
     labels: list[str] = field(default_factory=list)  # pseudo-label per group (voting methods)
     indices: list[int] = field(default_factory=list)  # dataset rows of the prompts (pairs)
+    round: int = 0  # dynamic sampling: the generation round of this step (0: the first; seeds differ per round)
 
     def prompt_ids(self, prompts: list[Prompt] | None = None) -> list[list[int]]:
         """Token ids to generate from: each prompt repeated ``samples_per_prompt`` times, group by group."""

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 
-from megatron_corew import algo, data, evaluation, rewards
-from megatron_corew.policy import checkpointing, hf_export, parallel
+from megatron_corew import algo, data, evaluation, offpolicy_options, rewards
+from megatron_corew.algo import dynamic_sampling, shaping
+from megatron_corew.policy import checkpointing, hf_export, multistep, parallel
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
@@ -126,13 +127,12 @@ class RLRun:
                 f"error: {a.train_data} has {len(self.train_set)} usable prompts, fewer than "
                 f"--global-batch-size {a.global_batch_size}"
             )
-        self.val_set = (
-            data.load_examples(a.val_data, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key)
-            if a.val_data
-            else None
-        )
+        self.val_sets = {
+            name: data.load_examples(path, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key)
+            for name, path in offpolicy_options.val_sets(a.val_data)
+        }
         train = self.train_set.original if self.paired else self.train_set
-        checks = [(self.val_set, "validation (--val-data)")] + (
+        checks = [(v, "validation (--val-data)") for v in self.val_sets.values()] + (
             [(train, f"--reward-method {a.reward_method}")] if self.method.needs_ground_truth else []
         )
         for ds, who in checks:  # ground truth is needed here and nowhere else: fail before training starts
@@ -171,6 +171,18 @@ class RLRun:
     def step(self, step: int) -> dict:
         timer, metrics = StageTimer(), {}
         batch = self.new_batch(step)
+        metrics.update(self.rollout_round(batch, timer))
+        if self.args.dynamic_sampling:  # DAPO: zero-variance groups out, refilled from more prompts
+            batch = dynamic_sampling.fill(self, batch, timer, metrics)
+        with timer.stage("train"):
+            train_metrics = self.train(batch)
+        with timer.stage("weight_sync"):
+            self.sync_weights()
+        return {**metrics, **self.step_metrics(batch, train_metrics, timer)}
+
+    def rollout_round(self, batch: StepBatch, timer: StageTimer) -> dict:
+        """generate -> teacher -> statistics -> score for ``batch`` (dynamic sampling runs more rounds)."""
+        metrics = {}
         with timer.stage("generate"):
             self.generate(batch)
         if self.method.teacher:
@@ -181,11 +193,7 @@ class RLRun:
                 self.sequence_statistics(batch)
         with timer.stage("reward"):
             metrics.update(self.score(batch))
-        with timer.stage("train"):
-            train_metrics = self.train(batch)
-        with timer.stage("weight_sync"):
-            self.sync_weights()
-        return {**metrics, **self.step_metrics(batch, train_metrics, timer)}
+        return metrics
 
     def new_batch(self, step: int) -> StepBatch:
         """This step's prompts (identical on every rank: same seed, same cursor); Co-rewarding-I asks both views."""
@@ -211,14 +219,15 @@ class RLRun:
     def generate(self, batch: StepBatch) -> None:
         gens = None
         if self.engine is not None:
-            gens = self.engine.generate(batch.prompt_ids(), self._sampling(seed=self.args.seed * 100003 + batch.step))
+            seed = self.args.seed * 100003 + batch.step + 1_000_003 * batch.round
+            gens = self.engine.generate(batch.prompt_ids(), self._sampling(seed=seed))
         batch.add_rollouts(parallel.broadcast_object(gens))
 
     def teacher(self, batch: StepBatch) -> dict:
         """Co-rewarding-II: move the EMA teacher one step towards the pre-update policy, then let it answer the
         same questions (or their rephrasings); its answers only label, they are never trained on."""
         a, out = self.args, {}
-        if not a.no_ema and (batch.step + 1) % a.teacher_update_interval == 0:
+        if batch.round == 0 and not a.no_ema and (batch.step + 1) % a.teacher_update_interval == 0:
             alpha = algo.ema_alpha(batch.step + 1, self.train_iters, a.teacher_alpha_start, a.teacher_alpha_end)
             self.trainer.ema_update_anchor(alpha)
             out["train/teacher_alpha"] = alpha
@@ -228,7 +237,7 @@ class RLRun:
             if a.teacher_on_rephrased:
                 prompts = [Prompt(self.train_set[i][1], 1, k) for k, i in enumerate(batch.indices)]
             gens = self.teacher_engine.generate(
-                batch.prompt_ids(prompts), self._sampling(seed=a.seed * 7919 + batch.step)
+                batch.prompt_ids(prompts), self._sampling(seed=a.seed * 7919 + batch.step + 1_000_003 * batch.round)
             )
             batch.add_teacher_rollouts(gens)
             rewards.decode(batch.teacher_rollouts, self.tokenizer)
@@ -247,6 +256,13 @@ class RLRun:
             rewards.decode(batch.rollouts, self.tokenizer)
             options = rewards.ScoreOptions(self.args.label_matching, self.args.gt_grading, self.grader)
             metrics = rewards.score_batch(batch, self.method, options)
+            if self.args.overlong_buffer_len:  # DAPO soft overlong penalty, before the advantages
+                a = self.args
+                metrics.update(
+                    shaping.apply_overlong_penalty(
+                        batch.rollouts, a.max_response_length, a.overlong_buffer_len, a.overlong_penalty_factor
+                    )
+                )
             graded = self.grader.take_count() if self.grader is not None else 0
             if graded:
                 metrics["reward/graded_by_workers"] = graded
@@ -262,13 +278,16 @@ class RLRun:
                 self._dump(batch)
         for r, adv in zip(batch.rollouts, parallel.broadcast_object(advantages)):
             r.advantage = adv
+        if self.args.mask_truncated_responses:  # every rank: the loss mask is the trainer's input
+            metrics.update(shaping.mask_truncated(batch.rollouts))
         return metrics
 
     def train(self, batch: StepBatch) -> dict:
         """One optimizer step; a non-finite loss or gradient skips the update (counted) or stops the run."""
         a = self.args
         view_scale = 0.5 if (self.method.paired_views and a.view_loss_agg == "mean") else 1.0
-        m = self.trainer.train_step(batch.rollouts, loss_scale=view_scale)
+        keys = [r.prompt.pair_id for r in batch.rollouts]  # mini-batches of whole prompts (pairs)
+        m = multistep.train_rollout(self.trainer, batch.rollouts, a.num_steps_per_rollout, view_scale, keys)
         if not m.pop("update_ok"):
             self.skipped_updates += 1
             self.consecutive_skips += 1
@@ -315,7 +334,8 @@ class RLRun:
     def _dump(self, batch: StepBatch) -> None:
         from checkpoints_conversion.atomic import atomic_file
 
-        path = os.path.join(self.args.output_dir, "rollouts", f"step_{batch.step + 1:06d}.jsonl")  # = metrics step
+        name = f"step_{batch.step + 1:06d}" + (f"_round{batch.round}" if batch.round else "")  # = metrics step
+        path = os.path.join(self.args.output_dir, "rollouts", name + ".jsonl")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with atomic_file(path) as tmp, open(tmp, "w") as f:
             for r in batch.rollouts:
@@ -332,6 +352,11 @@ class RLRun:
                             "reward": r.reward,
                             "finish_reason": r.generation.finish_reason,
                             "weight_version": r.weight_version,
+                            **(
+                                {"response_tokens": r.length - len(r.prompt_ids)}
+                                if self.args.overlong_buffer_len
+                                else {}
+                            ),
                         }
                     )
                     + "\n"
@@ -347,19 +372,25 @@ class RLRun:
     def validate(self) -> dict:
         """Held-out accuracy graded against ground truth (rank 0): greedy pass@1 (the reference's validation) and,
         with ``--val-n-samples k``, sampled avg@k, pass@k and maj@k. Same code as ``tools/evaluate.py``."""
-        if self.val_set is None or not parallel.is_rank0():
+        if not self.val_sets or not parallel.is_rank0():
             return {}
-        a = self.args
-        n = len(self.val_set) if a.max_val_samples is None else min(len(self.val_set), a.max_val_samples)
-        return evaluation.validation_metrics(
-            self.engine,
-            self.tokenizer,
-            [self.val_set[i] for i in range(n)],
-            grading=a.gt_grading,
-            max_new_tokens=a.max_response_length,
-            n_samples=a.val_n_samples,
-            temperature=a.val_temperature,
-        )
+        a, out = self.args, {}
+        prefixes = offpolicy_options.validation_prefixes(list(self.val_sets))
+        for prefix, ds in zip(prefixes, self.val_sets.values()):
+            n = len(ds) if a.max_val_samples is None else min(len(ds), a.max_val_samples)
+            out.update(
+                evaluation.validation_metrics(
+                    self.engine,
+                    self.tokenizer,
+                    [ds[i] for i in range(n)],
+                    grading=a.gt_grading,
+                    max_new_tokens=a.max_response_length,
+                    n_samples=a.val_n_samples,
+                    temperature=a.val_temperature,
+                    prefix=prefix,
+                )
+            )
+        return {**out, **offpolicy_options.mean_over_sets(out, list(self.val_sets))}
 
     def run(self) -> dict:
         from tqdm import tqdm

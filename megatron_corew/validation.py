@@ -75,6 +75,13 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "sglang_max_restarts": (0, True, INF, False),
     "sglang_request_batch_size": (1, True, INF, False),
     "sglang_reward_workers": (0, True, INF, False),
+    # off-policy / DAPO options (offpolicy_options.py)
+    "rollout_is_threshold": (1, True, INF, False),  # a ratio bound below 1 would truncate or drop on-policy tokens
+    "rollout_is_threshold_lower": (0, True, 1, True),
+    "num_steps_per_rollout": (1, True, INF, False),
+    "dynamic_sampling_max_rounds": (0, True, INF, False),
+    "overlong_buffer_len": (0, True, INF, False),  # 0: no soft overlong penalty
+    "overlong_penalty_factor": (0, True, INF, False),
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -156,6 +163,10 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:
         raise FlagError("--overlap-param-gather needs --use-distributed-optimizer")
+    if hasattr(args, "rollout_is"):  # namespaces built without the off-policy flags skip their checks
+        from megatron_corew import offpolicy_options
+
+        offpolicy_options.check(args, defaults, FlagError)
     warnings = []
     if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):
         warnings.append("--kl-loss-type has no effect with --kl-loss-coef 0")

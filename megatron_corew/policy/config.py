@@ -44,6 +44,10 @@ class TrainerConfig:
     need_anchor: bool = True  # build the frozen reference / teacher copy
     anchor_cpu_offload: bool = False
     weight_decay_all_params: bool = False  # the reference decays biases and norms; megatron's default skips them
+    rollout_is: str = "none"  # train/rollout mismatch correction: none, tis, mis (algo/importance.py)
+    rollout_is_level: str = "token"  # token, sequence or geometric ratio
+    rollout_is_high: float = 2.0  # TIS clip C / MIS upper bound
+    rollout_is_low: float | None = None  # MIS lower bound (None: 1 / high)
 
     @classmethod
     def from_args(cls, args, train_iters: int, need_anchor: bool) -> "TrainerConfig":
@@ -86,4 +90,8 @@ class TrainerConfig:
             need_anchor=need_anchor,
             anchor_cpu_offload=args.anchor_cpu_offload,
             weight_decay_all_params=args.weight_decay_all_params,
+            rollout_is=getattr(args, "rollout_is", "none"),
+            rollout_is_level=getattr(args, "rollout_is_level", "token"),
+            rollout_is_high=getattr(args, "rollout_is_threshold", 2.0),
+            rollout_is_low=getattr(args, "rollout_is_threshold_lower", None),
         )

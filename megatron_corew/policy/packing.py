@@ -91,6 +91,8 @@ def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> 
     labels = torch.zeros(n, dtype=torch.long)
     mask, adv, weight, rollout_logp = (torch.zeros(n, dtype=torch.float32) for _ in range(4))
     has_rollout_logp = bool(batch) and all(s.rollout_logprobs is not None for s in batch)
+    old_logp = torch.zeros(n, dtype=torch.float32)  # pi_old of several steps per rollout (policy/multistep.py)
+    has_old_logp = bool(batch) and all(getattr(s, "old_logprobs", None) is not None for s in batch)
     first = []
     for k, (s, i) in enumerate(zip(batch, indices)):
         seq = torch.tensor(s.prompt_ids + s.response_ids)
@@ -102,6 +104,8 @@ def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> 
         mask[a:b], adv[a:b], weight[a:b] = 1.0, s.advantage, weights[i]
         if has_rollout_logp:
             rollout_logp[a:b] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+        if has_old_logp:
+            old_logp[a:b] = torch.as_tensor(s.old_logprobs, dtype=torch.float32)
     dev = parallel.device()
     shape = (rows, width)
     return {
@@ -111,6 +115,7 @@ def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> 
         "adv": adv.view(shape).to(dev),
         "weight": weight.view(shape).to(dev),
         "rollout_logp": rollout_logp.view(shape).to(dev) if has_rollout_logp else None,
+        "old_logp": old_logp.view(shape).to(dev) if has_old_logp else None,
         "rows": mask.nonzero().squeeze(1).to(dev),  # flat response positions: the only logits the loss needs
         "indices": list(indices),
         "first": first,  # flat position predicting each sample's first response token

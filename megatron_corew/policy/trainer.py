@@ -17,7 +17,7 @@ from functools import partial
 import torch
 import torch.distributed as dist
 
-from megatron_corew.algo import grpo
+from megatron_corew.algo import grpo, importance
 from megatron_corew.policy import model_builder, packing, parallel, vocab_parallel
 from megatron_corew.policy.config import TrainerConfig
 from megatron_corew.policy.vocab_parallel import VocabParallelStats
@@ -186,13 +186,15 @@ class PolicyTrainer:
         micro-batches (:mod:`packing`), each micro-batch one row of concatenated sequences."""
         ps, cfg = self.ps, self.cfg
         dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
+        keep = [getattr(s, "loss_mask", 1.0) for s in samples]  # 0: masked out of the loss (truncated responses)
         weights = grpo.token_weights(
-            [len(s.response_ids) for s in samples],
+            [len(s.response_ids) if k else 0 for s, k in zip(samples, keep)],
             [s.view for s in samples],
             cfg.loss_agg_mode,
             cfg.loss_agg_micro_batch,
             loss_scale,
         )
+        weights = [w * k for w, k in zip(weights, keep)]
         if cfg.micro_batch_layout == "packed":
             lengths = [s.length for s in samples]
             budget = cfg.max_tokens_per_gpu or cfg.micro_batch_size * max(lengths, default=1)
@@ -318,25 +320,28 @@ class PolicyTrainer:
             merged.update(part)
         return merged
 
-    def train_step(self, samples, loss_scale: float = 1.0) -> dict:
+    def train_step(self, samples, loss_scale: float = 1.0, step_scheduler: bool = True) -> dict:
         """One GRPO optimizer step over all samples (``TrainSample`` or any record with the same fields, such as
         ``records.Rollout``). Returns metrics, identical on every rank.
 
-        ``loss_scale`` multiplies every token weight (0.5 averages Co-rewarding-I's two views)."""
+        ``loss_scale`` multiplies every token weight (0.5 averages Co-rewarding-I's two views); samples carrying
+        ``old_logprobs`` (policy/multistep.py) are PPO-clipped against them, others against the current policy."""
         cfg = self.cfg
         mbs = self._local_microbatches(samples, loss_scale)
         use_kl = cfg.kl_coef > 0 and self.anchor is not None
         if use_kl:
             self.sequence_stats(samples, "anchor", want=("logp", "store"), microbatches=mbs)
         sums = _StepSums()
+        is_corr = importance.ISCorrection(cfg.rollout_is, cfg.rollout_is_level, cfg.rollout_is_high, cfg.rollout_is_low)
 
         def loss_fn(mb, logits):
             out = self._token_stats(mb, logits, ("entropy",), entropy_grad=cfg.entropy_coef != 0)
             logp = out["logp"]
             # One update per rollout batch: the old policy IS the current one, so ratio == 1 and
             # the clipped objective's gradient is the policy gradient (no extra forward pass).
-            old = logp.detach()
+            old = logp.detach() if mb["old_logp"] is None else mb["old_logp"]
             pg, clipped = grpo.ppo_clip_losses(logp, old, mb["adv"], cfg.clip_low, cfg.clip_high, cfg.dual_clip)
+            pg = is_corr.correct(pg, old, mb)  # x detached pi_old / pi_rollout weight (--rollout-is; none: as is)
             per_token = pg
             w = mb["weight"] * mb["mask"]
             kl = grpo.kl_penalty(logp, mb["anchor_logp"], cfg.kl_estimator) if use_kl else None
@@ -373,11 +378,12 @@ class PolicyTrainer:
             ok, grad_norm = False, float("nan")
             self.model.zero_grad_buffer()
             self.optimizer.zero_grad()
-        if ok:
+        if ok and step_scheduler:
             self.scheduler.step(1)
         self.step_count += 1
         # the last pipeline stage's TP-rank-0 ranks saw the logits; sum their parts over data parallelism
-        sums.all_reduce(contributes=self.post and self.ps.get_tensor_model_parallel_rank() == 0)
+        contributes = self.post and self.ps.get_tensor_model_parallel_rank() == 0
+        sums.all_reduce(contributes=contributes)
         tokens = max(sums["tokens"], 1.0)
         return {
             "loss": sums["loss"],
@@ -392,6 +398,7 @@ class PolicyTrainer:
             "rollout_logprob_abs_diff": (
                 sums["rollout_logp_abs_diff"] / sums["rollout_tokens"] if sums["rollout_tokens"] > 0 else math.nan
             ),
+            **is_corr.metrics(contributes),
         }
 
     def _finish_param_gather(self) -> None:
