@@ -12,10 +12,10 @@ from __future__ import annotations
 
 
 def split_keys(keys: list, n: int) -> list[list[int]]:
-    """Sample indices in ``n`` near-equal parts of consecutive distinct ``keys`` (prompts), step order kept."""
+    """Sample indices in ``n`` (at most one per prompt) near-equal parts of consecutive distinct ``keys``
+    (prompts), step order kept."""
     distinct = list(dict.fromkeys(keys))
-    if n > len(distinct):
-        raise ValueError(f"--num-steps-per-rollout {n} exceeds the {len(distinct)} prompts of this step")
+    n = min(n, len(distinct))  # a batch dynamic sampling left short of prompts takes fewer, whole-prompt steps
     base, extra = divmod(len(distinct), n)
     part_of, start = {}, 0
     for p in range(n):
@@ -45,6 +45,7 @@ def combine(results: list[dict]) -> dict:
             out[key] = values[0]
         else:
             out[key] = sum(values) / len(values)
+    out["optimizer_steps"] = len(results)
     out["pg_clipfrac_after_first"] = sum(r["pg_clipfrac"] for r in results[1:]) / max(len(results) - 1, 1)
     return out
 

@@ -35,6 +35,8 @@ class TrainSample:
     advantage: float = 0.0
     view: int = 0
     rollout_logprobs: list[float] | None = None
+    loss_mask: float = 1.0  # 0: no part in the loss (--mask-truncated-responses)
+    old_logprobs: object = None  # pi_old while several optimizer steps train on it (policy/multistep.py)
 
     @property
     def length(self) -> int:

@@ -2,7 +2,8 @@
 
 * agree: rollout log-probs = the trainer's own; train_step with each --rollout-is mode vs none (loss, weights).
 * mismatch: rollout log-probs = own + noise; each mode/level's loss (the test recomputes it in float64).
-* multistep: N=1 vs N=2 optimizer steps per rollout with a large lr: per-step clip fractions.
+* masked: samples with loss_mask 0 vs the same step without them.
+* multistep: N=1 vs N=3 optimizer steps per rollout with a large lr: per-step clip fractions.
 
 Usage: tests/workers/offpolicy_worker.py --model DIR --samples FILE --out FILE
 """
@@ -64,6 +65,15 @@ def main():
         t = trainer(rollout_is=mode, rollout_is_level=level, rollout_is_high=1.5, rollout_is_low=0.7)
         out["mismatch"][f"{mode}:{level}"] = t.train_step(samples(noisy))
         del t
+    masked = samples()
+    for i in (1, 4):
+        masked[i].loss_mask = 0.0
+    t = trainer()
+    out["masked"] = t.train_step(masked)
+    del t
+    t = trainer()
+    out["subset"] = t.train_step([s for i, s in enumerate(samples()) if i not in (1, 4)])
+    del t
     t = trainer(lr=5e-2)
     out["one_step"] = t.train_step(samples())
     del t

@@ -1,0 +1,425 @@
+"""Off-policy correction and the DAPO-era options (docs/OFF_POLICY.md): importance sampling against a float64
+reference written out here, several optimizer steps per rollout (the clip engages from step 2 on), dynamic
+sampling, the soft overlong penalty and truncation masking on hand-built batches, several validation sets, their
+flag checks, and one 2-step run with everything on (e2e)."""
+
+import json
+import math
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from helpers import REPO, WORKERS, make_tiny_hf_model, read_metrics, run_python_worker, run_train
+
+from megatron_corew.algo import dynamic_sampling, grpo, importance, shaping
+from megatron_corew.policy import packing
+from megatron_corew.records import Prompt, Rollout, StepBatch
+from megatron_corew.rollout.base import Generation
+
+
+# ---------------------------------------------------------------- importance sampling, float64 reference
+class _S:
+    def __init__(self, prompt, rollout_logprobs, adv):
+        self.prompt_ids, self.response_ids = prompt, [5] * len(rollout_logprobs)
+        self.rollout_logprobs, self.advantage = rollout_logprobs, adv
+
+    @property
+    def length(self):
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+def _reference(samples, lp, old, weights, mode, level, high, low, clip=0.2, dual=3.0):
+    """Plain float64, one token at a time: PPO-clip loss times the IS weight; returns (loss, d loss / d lp)."""
+    lp = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in lp]
+    total = torch.zeros((), dtype=torch.float64)
+    for i, s in enumerate(samples):
+        rows = [o - r for o, r in zip(old[i], s.rollout_logprobs)]
+        if level == "sequence":
+            seq = math.exp(min(max(sum(rows), -20.0), 20.0))
+        elif level == "geometric":
+            seq = math.exp(sum(rows) / len(rows))
+        for t in range(len(rows)):
+            rho = math.exp(rows[t]) if level == "token" else seq
+            if mode == "tis":
+                w = min(rho, high)
+            else:
+                w = rho if low <= rho <= high else 0.0
+            A = s.advantage
+            ratio = torch.exp(lp[i][t] - old[i][t])
+            pg = torch.maximum(-A * ratio, -A * torch.clamp(ratio, 1 - clip, 1 + clip))
+            if A < 0:
+                pg = torch.minimum(pg, torch.tensor(-A * dual, dtype=torch.float64))
+            total = total + weights[i] * w * pg
+    total.backward()
+    return total.item(), [x.grad.tolist() for x in lp]
+
+
+@pytest.mark.parametrize("mode", ["tis", "mis"])
+@pytest.mark.parametrize("level", ["token", "sequence", "geometric"])
+def test_is_loss_and_gradient_match_float64_reference(mode, level):
+    g = torch.Generator().manual_seed(3)
+    lengths, advs = [4, 7, 2, 5], [1.3, -0.7, 0.4, -1.6]
+    old = [(-torch.rand(n, generator=g, dtype=torch.float64) * 3).tolist() for n in lengths]
+    rollout = [[o + 0.4 * float(torch.randn((), generator=g)) for o in row] for row in old]
+    lp = [[o + 0.3 * float(torch.randn((), generator=g)) for o in row] for row in old]  # a later policy: clip acts
+    samples = [_S([7, 8, 9][: 1 + i % 3], r, a) for i, (r, a) in enumerate(zip(rollout, advs))]
+    weights = [0.05, 0.02, 0.1, 0.03]
+    high, low = (1.5, None) if mode == "tis" else (1.15, 0.87)
+    mb = packing.padded_microbatch(samples, list(range(4)), weights)
+
+    def grid(rows):  # per-sample token lists into the micro-batch's [rows, width] layout
+        out = torch.zeros(mb["mask"].numel(), dtype=torch.float32)
+        for k, row in enumerate(rows):
+            out[mb["first"][k] : mb["first"][k] + len(row)] = torch.tensor(row)
+        return out.view(mb["mask"].shape)
+
+    logp = grid(lp).requires_grad_(True)
+    oldt = grid(old)
+    pg, _ = grpo.ppo_clip_losses(logp, oldt, mb["adv"], 0.2, 0.2, 3.0)
+    corr = importance.ISCorrection(mode, level, high, low)
+    loss = (corr.correct(pg, oldt, mb) * mb["weight"] * mb["mask"]).sum()
+    loss.backward()
+    ref_loss, ref_grad = _reference(
+        samples,
+        lp,
+        [grid(old).view(-1)[mb["first"][k] : mb["first"][k] + n].tolist() for k, n in enumerate(lengths)],
+        weights,
+        mode,
+        level,
+        high,
+        1.0 / high if low is None else low,
+    )
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5, abs=1e-7)
+    flat = logp.grad.view(-1)
+    for k, n in enumerate(lengths):
+        got = flat[mb["first"][k] : mb["first"][k] + n].tolist()
+        assert got == pytest.approx(ref_grad[k], rel=1e-5, abs=1e-7), (k, got, ref_grad[k])
+    m = corr.metrics(contributes=True)
+    assert 0 <= m["is_masked_fraction"] <= 1 and m["is_weight_max"] <= high + 1e-6
+    if mode == "mis":  # the thresholds were chosen so that some tokens/sequences are dropped
+        assert m["is_masked_fraction"] > 0
+
+
+def test_is_ratio_one_when_engine_and_trainer_agree():
+    lp = torch.randn(2, 6)
+    mb = {"mask": torch.ones(2, 6), "rollout_logp": lp.clone(), "first": [0, 6], "lengths": [6, 6]}
+    pg = torch.randn(2, 6)
+    for mode in ("tis", "mis"):
+        for level in importance.LEVELS:
+            corr = importance.ISCorrection(mode, level, 2.0)
+            out = corr.correct(pg, lp, mb)
+            assert torch.equal(out, pg), (mode, level)  # bitwise: the weight is exactly 1
+            assert corr.metrics(True) == {"is_weight_mean": 1.0, "is_weight_max": 1.0, "is_masked_fraction": 0.0}
+    assert importance.ISCorrection().correct(pg, lp, mb) is pg and importance.ISCorrection().metrics(True) == {}
+
+
+# ---------------------------------------------------------------- trainer level (one worker process)
+@pytest.fixture(scope="module")
+def worker_results(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offpolicy")
+    model = make_tiny_hf_model(str(root / "model"), "qwen2")
+    g = torch.Generator().manual_seed(11)
+    rows = []
+    for k in range(6):
+        p, n = 3 + k % 3, 4 + (3 * k) % 7
+        rows.append(
+            {
+                "prompt": torch.randint(3, 99, (p,), generator=g).tolist(),
+                "response": torch.randint(3, 99, (n,), generator=g).tolist(),
+                "adv": [1.0, -1.0, 0.5, -0.5, 2.0, -2.0][k],
+            }
+        )
+    spath, out = str(root / "samples.json"), str(root / "out.json")
+    with open(spath, "w") as f:
+        json.dump(rows, f)
+    run_python_worker(
+        os.path.join(WORKERS, "offpolicy_worker.py"), ["--model", model, "--samples", spath, "--out", out]
+    )
+    with open(out) as f:
+        return rows, json.load(f)
+
+
+def test_trainer_is_agreement_leaves_the_step_bitwise_unchanged(worker_results):
+    _, res = worker_results
+    base = res["agree"]["none"]
+    for name, r in res["agree"].items():
+        assert r["loss"] == base["loss"] and r["digest"] == base["digest"], name
+        if name != "none":
+            assert r["is_weight_mean"] == 1.0 and r["is_weight_max"] == 1.0 and r["is_masked_fraction"] == 0.0
+
+
+def test_trainer_is_loss_on_injected_mismatch_matches_float64(worker_results):
+    rows, res = worker_results
+    own, noisy = res["own_logp"], res["noisy_logp"]
+    total = sum(len(r["response"]) for r in rows)
+    for name, m in res["mismatch"].items():
+        mode, level = name.split(":")
+        ref, dropped = 0.0, 0
+        for r, o, b in zip(rows, own, noisy):
+            d = [x - y for x, y in zip(o, b)]
+            seq = math.exp(max(min(sum(d), 20), -20)) if level == "sequence" else math.exp(sum(d) / len(d))
+            for t in range(len(d)):
+                rho = math.exp(d[t]) if level == "token" else seq
+                w = min(rho, 1.5) if mode == "tis" else (rho if 0.7 <= rho <= 1.5 else 0.0)
+                dropped += w == 0.0
+                ref += -r["adv"] * w / total  # ratio pi/pi_old is 1 on one step: the PPO term is -A
+        assert m["loss"] == pytest.approx(ref, rel=1e-5, abs=1e-7), name
+        assert m["is_masked_fraction"] == pytest.approx(dropped / total), name
+
+
+def test_masked_samples_count_as_absent(worker_results):
+    _, res = worker_results
+    assert res["masked"]["loss"] == pytest.approx(res["subset"]["loss"], rel=1e-6, abs=1e-8)
+    assert res["masked"]["grad_norm"] == pytest.approx(res["subset"]["grad_norm"], rel=1e-5)
+
+
+def test_several_steps_per_rollout_engage_the_clip(worker_results):
+    _, res = worker_results
+    steps = res["multi_steps"]
+    assert len(steps) == 3 and res["one_step"]["pg_clipfrac"] == 0.0
+    assert steps[0]["pg_clipfrac"] == 0.0  # pi_old recomputed = the weights of the first update
+    assert all(s["pg_clipfrac"] > 0 for s in steps[1:]), [s["pg_clipfrac"] for s in steps]
+    assert res["multi"]["pg_clipfrac_after_first"] > 0
+    assert sum(s["response_tokens"] for s in steps) == res["one_step"]["response_tokens"]
+    lr0, lr1 = res["multi_lr"]  # the scheduler moved once for the whole rollout batch (cosine over 10 steps)
+    assert lr0 == steps[0]["lr"] == steps[2]["lr"]
+    assert lr1 == pytest.approx(5e-2 * 0.5 * (1 + math.cos(math.pi * 1 / 10)), rel=1e-6)
+
+
+# ---------------------------------------------------------------- overlong, truncation, dynamic sampling
+def _rollout(n_tokens, finish="stop", reward=0.0, group=0, prompt=None):
+    gen = Generation([1, 2], [4] * n_tokens, [0.0] * n_tokens, finish)
+    r = Rollout(prompt or Prompt(None), group, gen)
+    r.reward = reward
+    return r
+
+
+def test_overlong_penalty_hand_built():
+    # L_max 20, buffer 5: free up to 15 tokens, then linear to -factor at 20
+    rs = [_rollout(n, reward=1.0) for n in (10, 15, 16, 18, 20)]
+    m = shaping.apply_overlong_penalty(rs, 20, 5, 1.0)
+    assert [r.reward for r in rs] == pytest.approx([1.0, 1.0, 0.8, 0.4, 0.0])
+    assert m == pytest.approx({"rollout/overlong_penalty_mean": -0.36, "rollout/overlong_penalized_fraction": 0.6})
+    assert shaping.overlong_penalty(20, 20, 5, 0.5) == -0.5 and shaping.overlong_penalty(99, 20, 0, 1.0) == 0.0
+
+
+def test_truncated_responses_masked_hand_built():
+    rs = [_rollout(3), _rollout(8, "length"), _rollout(2), _rollout(8, "length")]
+    assert shaping.mask_truncated(rs) == {"rollout/truncated_masked_fraction": 0.5}
+    assert [r.loss_mask for r in rs] == [1.0, 0.0, 1.0, 0.0]
+    # in the token weights a masked sample counts as absent: the others share 1 / (3 + 2) per token
+    keep = [r.loss_mask for r in rs]
+    w = grpo.token_weights([3 * keep[0], 0, 2, 0], [0] * 4)
+    assert [x * k for x, k in zip(w, keep)] == [0.2, 0.0, 0.2, 0.0]
+
+
+def _batch(group_rewards, step=0, view=0):
+    prompts = [Prompt(SimpleNamespace(ground_truth=None), view, k) for k in range(len(group_rewards))]
+    b = StepBatch(step, prompts, len(group_rewards[0]), indices=list(range(len(group_rewards))))
+    b.rollouts = [_rollout(2, reward=x, group=k, prompt=prompts[k]) for k, g in enumerate(group_rewards) for x in g]
+    b.labels = [f"L{k}" for k in range(len(group_rewards))]
+    return b
+
+
+def test_zero_variance_groups_hand_built():
+    assert dynamic_sampling.signal_groups([[1, 1, 1], [0, 1, 0], [0, 0, 0], [0.5, 0.5, 0.4]]) == [
+        False,
+        True,
+        False,
+        True,
+    ]
+
+
+def test_label_free_groups_all_or_none_matching_carry_no_signal():
+    from megatron_corew import rewards
+
+    # majority vote: all answers agree (all match the label) / none boxed (empty label: none match) / mixed
+    answers = [["3", "3", "3", "3"], ["", "", "", ""], ["3", "4", "3", "5"]]
+    b = _batch([[0.0] * 4] * 3)
+    for r, a in zip(b.rollouts, [a for g in answers for a in g]):
+        r.answer = a
+    b.labels = []
+    rewards.score_batch(b, rewards.get_method("majority_vote"), rewards.ScoreOptions("exact", "reference", None))
+    assert [[r.reward for r in g] for g in b.groups()] == [[1.0] * 4, [0.0] * 4, [1.0, 0.0, 1.0, 0.0]]
+    assert dynamic_sampling.signal_groups([[r.reward for r in g] for g in b.groups()]) == [False, False, True]
+
+
+class _Run:
+    """Stands in for RLRun's rollout stages only (the refill loop is the real one): round k's groups get the
+    rewards written here instead of generated ones."""
+
+    def __init__(self, rounds, max_rounds):
+        self.rounds, self.calls = rounds, 0
+        self.args = type("A", (), {"dynamic_sampling_max_rounds": max_rounds})()
+
+    def new_batch(self, step):
+        self.calls += 1
+        return _batch(self.rounds[self.calls], step)
+
+    def rollout_round(self, batch, timer):
+        return {}
+
+
+ROUNDS = [
+    [[1, 1], [0, 1], [0, 0]],  # round 0: keeps group 1
+    [[0, 0], [1, 1], [0, 0]],  # round 1: keeps nothing
+    [[1, 0], [0, 1], [1, 0]],  # round 2: three with signal, two needed
+]
+
+
+def test_dynamic_sampling_refills_and_counts():
+    m = {}
+    out = dynamic_sampling.fill(_Run(ROUNDS, 5), _batch(ROUNDS[0]), None, m)
+    assert m == {
+        "rollout/dynamic_generation_rounds": 3,
+        "rollout/dynamic_dropped_groups": 2 + 3 + 0,
+        "rollout/dynamic_kept_groups": 3,
+        "rollout/dynamic_cap_hit": 0.0,
+    }
+    assert [[r.reward for r in g] for g in out.groups()] == [[0, 1], [1, 0], [0, 1]]
+    assert [r.group for r in out.rollouts] == [0, 0, 1, 1, 2, 2]
+    assert [p.pair_id for p in out.prompts] == [1, 2 * 3 + 0, 2 * 3 + 1]  # unique across rounds
+    assert out.labels == ["L1", "L0", "L1"]
+
+
+def test_dynamic_sampling_cap_trains_on_what_is_kept():
+    m = {}
+    out = dynamic_sampling.fill(_Run(ROUNDS, 1), _batch(ROUNDS[0]), None, m)
+    assert m["rollout/dynamic_generation_rounds"] == 2 and m["rollout/dynamic_cap_hit"] == 1.0
+    assert m["rollout/dynamic_kept_groups"] == 1 and len(out.prompts) == 1
+    first = _batch([[1, 1], [0, 0], [1, 1]])
+    m = {}
+    assert dynamic_sampling.fill(_Run([None, [[0, 0]] * 3], 1), first, None, m) is first  # nothing kept
+    assert m["rollout/dynamic_kept_groups"] == 0
+
+
+def test_dynamic_sampling_views_are_separate_groups():
+    # Co-rewarding-I: pair 0's view 0 has no signal, its view 1 has: only the view-1 group stays
+    b = _batch([[1, 1], [1, 0]])
+    b.prompts = [Prompt(object(), 0, 0), Prompt(object(), 1, 0)]
+    keep = dynamic_sampling.signal_groups([[r.reward for r in g] for g in b.groups()])
+    out = dynamic_sampling.merge([(b, keep)], 2)
+    assert keep == [False, True] and [p.view for p in out.prompts] == [1]
+
+
+# ---------------------------------------------------------------- several validation sets, flags
+def test_val_sets_names_and_metrics():
+    from megatron_corew import offpolicy_options as o
+
+    assert o.val_sets(["d/math.parquet", "gsm=e/test.parquet"]) == [
+        ("math", "d/math.parquet"),
+        ("gsm", "e/test.parquet"),
+    ]
+    assert o.val_sets("v.parquet") == [("v", "v.parquet")]
+    assert o.validation_prefixes(["v"]) == ["val/"] and o.validation_prefixes(["a", "b"]) == ["val/a/", "val/b/"]
+    m = {"val/a/accuracy": 0.5, "val/b/accuracy": 0.25, "val/a/response_length": 10, "val/b/response_length": 20}
+    assert o.mean_over_sets(m, ["a", "b"]) == {"val/accuracy": 0.375, "val/response_length": 15}
+    assert o.mean_over_sets({"val/accuracy": 1}, ["v"]) == {}
+
+
+def _flag_error(bundle, tmp_path, capsys, *flags):
+    from megatron_corew.arguments import parse_args
+
+    base = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--output-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as e:
+        parse_args(base + list(flags))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_offpolicy_flag_errors(tiny_bundle, tmp_path, capsys):
+    cases = [
+        (
+            ["--rollout-is", "tis", "--rollout-is-threshold", "0.5"],
+            "--rollout-is-threshold 0.5 is out of range; valid: [1, inf)",
+        ),
+        (["--rollout-is-level", "sequence"], "--rollout-is-level does not apply without --rollout-is tis|mis"),
+        (
+            ["--rollout-is", "tis", "--rollout-is-threshold-lower", "0.5"],
+            "--rollout-is-threshold-lower does not apply to --rollout-is tis (it truncates above only)",
+        ),
+        (["--num-steps-per-rollout", "0"], "--num-steps-per-rollout 0 is out of range; valid: [1, inf)"),
+        (
+            ["--num-steps-per-rollout", "5", "--global-batch-size", "4"],
+            "--num-steps-per-rollout 5 exceeds --global-batch-size 4 (each step needs at least one prompt)",
+        ),
+        (
+            ["--dynamic-sampling-max-rounds", "2"],
+            "--dynamic-sampling-max-rounds does not apply without --dynamic-sampling",
+        ),
+        (
+            ["--overlong-penalty-factor", "0.5"],
+            "--overlong-penalty-factor does not apply without --overlong-buffer-len",
+        ),
+        (
+            ["--overlong-buffer-len", "40", "--max-response-length", "32"],
+            "--overlong-buffer-len 40 must be below --max-response-length 32",
+        ),
+        (
+            ["--val-data", "a/v.parquet", "b/v.parquet"],
+            "--val-data names v more than once; name them NAME=PATH",
+        ),
+    ]
+    for flags, message in cases:
+        assert _flag_error(tiny_bundle, tmp_path, capsys, *flags) == "error: " + message, flags
+
+
+# ---------------------------------------------------------------- a 2-step run with everything on
+@pytest.mark.e2e
+def test_two_step_run_with_every_option(tiny_bundle, tmp_path):
+    """Label-free (majority vote) with every option on; each count is recomputed from the rollout dumps."""
+    from megatron_corew.demo.tiny_bundle import is_complete
+
+    assets = os.path.join(REPO, "assets", "tiny")  # the warm-started model gets some answers right
+    model = os.path.join(assets, "model") if is_complete(assets) else tiny_bundle["model"]
+    out = str(tmp_path / "run")
+    L, B = 18, 8
+    args = [
+        "--hf-checkpoint", model, "--train-data", tiny_bundle["train"],
+        "--val-data", tiny_bundle["val"], f"again={tiny_bundle['val']}", "--max-val-samples", "4",
+        "--reward-method", "majority_vote", "--global-batch-size", "4", "--n-samples-per-prompt", "4",
+        "--max-response-length", str(L), "--max-prompt-length", "128", "--micro-batch-size", "8", "--lr", "1e-3",
+        "--train-iters", "2", "--eval-interval", "1", "--output-dir", out, "--no-progress-bar", "--rollout-dump",
+        "--rollout-is", "mis", "--rollout-is-level", "geometric", "--num-steps-per-rollout", "2",
+        "--dynamic-sampling", "--dynamic-sampling-max-rounds", "2",
+        "--overlong-buffer-len", str(B), "--overlong-penalty-factor", "0.5", "--mask-truncated-responses",
+    ]  # fmt: skip
+    proc = run_train(args)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows: dict = {}
+    for r in read_metrics(out):  # the final validation is a row of its own at the last step
+        rows.setdefault(r["step"], {}).update(r)
+    for step in (1, 2):
+        m = rows[step]
+        d = os.path.join(out, "rollouts")
+        rounds = [json.loads(x) for x in open(os.path.join(d, f"step_{step:06d}.jsonl"))]
+        # overlong: reward = correctness + 0.5 * min(0, L - B - n) / B, written out per response
+        pen = [0.5 * min(0, L - B - r["response_tokens"]) / B for r in rounds]
+        assert m["rollout/overlong_penalty_mean"] == pytest.approx(sum(pen) / len(pen))
+        for r, p in zip(rounds, pen):
+            assert r["reward"] - p == pytest.approx(round(r["reward"] - p)) and round(r["reward"] - p) in (0, 1)
+        trunc = sum(r["finish_reason"] == "length" for r in rounds) / len(rounds)
+        assert m["rollout/truncated_masked_fraction"] == trunc == m["rollout/clip_ratio"]
+        # dynamic sampling: the zero-variance groups of every round's dump are the dropped ones
+        zero = kept = 0
+        n_rounds = int(m["rollout/dynamic_generation_rounds"])
+        for k in range(n_rounds):
+            name = f"step_{step:06d}" + (f"_round{k}" if k else "") + ".jsonl"
+            groups: dict = {}
+            for r in (json.loads(x) for x in open(os.path.join(d, name))):
+                groups.setdefault(r["pair_id"], set()).add(r["reward"])
+            zero += sum(len(v) == 1 for v in groups.values())
+            kept += sum(len(v) > 1 for v in groups.values())
+        assert not os.path.exists(os.path.join(d, f"step_{step:06d}_round{n_rounds}.jsonl"))
+        assert m["rollout/dynamic_dropped_groups"] == zero
+        assert m["rollout/dynamic_kept_groups"] == min(kept, 4)
+        assert m["rollout/dynamic_cap_hit"] == float(kept < 4)
+        assert 0 <= m["train/is_masked_fraction"] <= 1 and math.isfinite(m["train/is_weight_mean"])
+        assert "train/pg_clipfrac_after_first" in m
+    for step in (0, 1, 2):
+        v = rows[step]
+        assert v["val/accuracy"] == pytest.approx((v["val/val/accuracy"] + v["val/again/accuracy"]) / 2)
+        assert v["val/val/accuracy"] == v["val/again/accuracy"]  # the same file twice: the same greedy answers
