@@ -423,3 +423,37 @@ def test_two_step_run_with_every_option(tiny_bundle, tmp_path):
         v = rows[step]
         assert v["val/accuracy"] == pytest.approx((v["val/val/accuracy"] + v["val/again/accuracy"]) / 2)
         assert v["val/val/accuracy"] == v["val/again/accuracy"]  # the same file twice: the same greedy answers
+
+
+@pytest.mark.e2e
+def test_sigkill_and_resume_with_dynamic_sampling_is_exact(tiny_bundle, tmp_path):
+    """Refill rounds move the sampler's cursor; it is checkpointed after the step, so the resumed run draws the
+    same prompts (same counts, losses and final weights) as the uninterrupted one."""
+    from megatron_corew.demo.tiny_bundle import is_complete
+
+    assets = os.path.join(REPO, "assets", "tiny")
+    model = os.path.join(assets, "model") if is_complete(assets) else tiny_bundle["model"]
+
+    def args(out, extra=()):
+        return [
+            "--hf-checkpoint", model, "--train-data", tiny_bundle["train"], "--reward-method", "gt",
+            "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "16",
+            "--max-prompt-length", "128", "--micro-batch-size", "8", "--lr", "1e-3", "--train-iters", "4",
+            "--eval-interval", "0", "--output-dir", out, "--no-progress-bar", "--save", os.path.join(out, "ckpt"),
+            "--save-interval", "2", "--dynamic-sampling", "--num-steps-per-rollout", "2", "--rollout-is", "tis",
+            *extra,
+        ]  # fmt: skip
+
+    full, crashed = str(tmp_path / "full"), str(tmp_path / "crashed")
+    assert run_train(args(full)).returncode == 0
+    proc = run_train(args(crashed), env_extra={"COREW_FAULT": "after_step:3"})
+    assert proc.returncode == -9  # SIGKILL after step 3: the checkpoint of step 2 is the latest
+    assert run_train(args(crashed, ["--load", os.path.join(crashed, "ckpt")])).returncode == 0
+    keys = ("train/loss", "reward/mean", "rollout/dynamic_generation_rounds", "rollout/dynamic_dropped_groups")
+    a = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
+    b = {r["step"]: r for r in read_metrics(crashed) if "train/loss" in r}  # step 3 twice: the rerun's wins
+    assert sum(a[s]["rollout/dynamic_generation_rounds"] for s in a) > len(a)  # refills did happen
+    for step in range(1, 5):
+        assert all(a[step][k] == b[step][k] for k in keys), step
+    ra, rb = (json.load(open(os.path.join(d, "result.json"))) for d in (full, crashed))
+    assert ra["policy_sha256"] == rb["policy_sha256"]
