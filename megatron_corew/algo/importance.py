@@ -97,8 +97,12 @@ class ISCorrection:
             return {}
         sums, mx = (self.sums, self.max) if contributes else (self.sums.zero_(), self.max.zero_())
         if dist.is_initialized() and dist.get_world_size() > 1:
+            from megatron_corew.policy import parallel
+
+            sums, mx = sums.to(parallel.device()), mx.to(parallel.device())  # NCCL reduces device tensors only
             dist.all_reduce(sums)
             dist.all_reduce(mx, op=dist.ReduceOp.MAX)
+            sums, mx = sums.cpu(), mx.cpu()
         tokens = max(sums[2].item(), 1.0)
         return {
             "is_weight_mean": sums[0].item() / tokens,
