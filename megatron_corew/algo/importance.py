@@ -96,13 +96,10 @@ class ISCorrection:
         if self.mode == "none":
             return {}
         sums, mx = (self.sums, self.max) if contributes else (self.sums.zero_(), self.max.zero_())
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            from megatron_corew.policy import parallel
+        from megatron_corew.policy import parallel  # lazy: the functions above stay pure torch
 
-            sums, mx = sums.to(parallel.device()), mx.to(parallel.device())  # NCCL reduces device tensors only
-            dist.all_reduce(sums)
-            dist.all_reduce(mx, op=dist.ReduceOp.MAX)
-            sums, mx = sums.cpu(), mx.cpu()
+        parallel.all_reduce_host(sums)
+        parallel.all_reduce_host(mx, op=dist.ReduceOp.MAX)
         tokens = max(sums[2].item(), 1.0)
         return {
             "is_weight_mean": sums[0].item() / tokens,

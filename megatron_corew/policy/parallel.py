@@ -80,6 +80,16 @@ def device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+def all_reduce_host(tensor: torch.Tensor, op=None, group=None) -> torch.Tensor:
+    """All-reduce a small host tensor in place on every backend: NCCL reduces only device tensors, so the values
+    travel through the device and back (a no-op copy on CPU). One process: unchanged."""
+    if dist.is_initialized() and dist.get_world_size(group) > 1:
+        on_device = tensor.to(device())
+        dist.all_reduce(on_device, op=op if op is not None else dist.ReduceOp.SUM, group=group)
+        tensor.copy_(on_device)
+    return tensor
+
+
 def broadcast_object(obj, src: int = 0):
     """Broadcast a picklable object from global rank src to every rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

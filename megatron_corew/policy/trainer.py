@@ -60,8 +60,7 @@ class _StepSums:
     def all_reduce(self, contributes: bool) -> None:
         if not contributes:
             self.values.zero_()
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(self.values)
+        parallel.all_reduce_host(self.values)
 
 
 def lr_scheduler(optimizer, cfg: TrainerConfig):
@@ -416,8 +415,7 @@ class PolicyTrainer:
         for buffer in self.model.buffers:
             if not bool(torch.isfinite(buffer.grad_data).all()):
                 bad[0] = 1.0
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        parallel.all_reduce_host(bad, op=dist.ReduceOp.MAX)
         return bad.item() == 0.0
 
     # ------------------------------------------------------------------ anchor
