@@ -75,6 +75,8 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "sglang_max_restarts": (0, True, INF, False),
     "sglang_request_batch_size": (1, True, INF, False),
     "sglang_reward_workers": (0, True, INF, False),
+    "sglang_base_gpu_id": (0, True, INF, False),
+    "peak_flops": (0, False, INF, False),
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -302,4 +304,6 @@ def validate(args, defaults: dict) -> list[str]:
     check_layout(args)
     check_paths(args)
     check_servers(args)
+    if getattr(args, "colocate", False) and getattr(args, "sglang_urls", None):
+        warnings.append("--colocate with --sglang-urls: the attached servers must run with --enable-memory-saver")
     return warnings
