@@ -21,10 +21,13 @@ def _urls(engine) -> list[str]:
     return [engine.fleet.url(i) for i in range(len(engine.fleet))]
 
 
-def _call(engine, action: str, tags, timeout: float) -> None:
+def _check(tags) -> None:
     bad = [t for t in tags if t not in TAGS]
     if bad:
         raise ValueError(f"unknown SGLang memory tag(s) {bad}; valid: {list(TAGS)}")
+
+
+def _call(engine, action: str, tags, timeout: float) -> None:
     for url in _urls(engine):
         resp = http_json("POST", f"{url}/{action}_memory_occupation", {"tags": list(tags)}, timeout=timeout, retries=1)
         expect_success(resp, f"{url}/{action}_memory_occupation {list(tags)}")
@@ -33,6 +36,7 @@ def _call(engine, action: str, tags, timeout: float) -> None:
 def release(engine, tags, timeout: float = 120.0) -> None:
     """Free the tagged GPU memory of every server of ``engine``. Released weights are gone (no CPU backup): the
     engines are marked as holding unknown weights, so the next push or generation loads a full set first."""
+    _check(tags)
     with engine.state.lock:
         _call(engine, "release", tags, timeout)
         if WEIGHTS in tags:
@@ -41,5 +45,6 @@ def release(engine, tags, timeout: float = 120.0) -> None:
 
 def resume(engine, tags, timeout: float = 120.0) -> None:
     """Re-allocate the tagged memory of every server of ``engine`` (resumed weights hold no values until loaded)."""
+    _check(tags)
     with engine.state.lock:
         _call(engine, "resume", tags, timeout)
