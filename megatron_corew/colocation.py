@@ -38,7 +38,8 @@ class Colocation:
         from megatron_corew.policy.train_offload import TrainStateOffload
 
         self.active = offload_train or colocate
-        self.offload = TrainStateOffload(trainer.model, trainer.optimizer) if self.active else None
+        # trainer None: the engines alone follow the phases (tests of the engine side)
+        self.offload = TrainStateOffload(trainer.model, trainer.optimizer) if self.active and trainer else None
         backend = getattr(rollout_cfg, "backend", "embedded")
         device = getattr(rollout_cfg, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
         self.engine_memory = colocate and backend == "sglang" and device == "cuda"
@@ -53,7 +54,7 @@ class Colocation:
             log(f"[colocate] {why}; only the trainer state is offloaded between phases")
         self.engines: list = []
         self.engine_tags: set[str] = {"weights", "kv_cache"}  # engines start with everything allocated
-        self.phase = "train"
+        self.phase: str | None = None  # as built: trainer on the device, engines with everything
 
     def attach(self, *engines) -> None:
         """The engines whose memory follows the phases (one per fleet: a shared teacher view is its policy's)."""
@@ -73,10 +74,8 @@ class Colocation:
         if drop:
             for e in self.engines:
                 memory.release(e, drop)
-        if phase == "rollout":
-            self.offload.offload()
-        else:
-            self.offload.onload()
+        if self.offload is not None:
+            self.offload.offload() if phase == "rollout" else self.offload.onload()
         if add:
             for e in self.engines:
                 memory.resume(e, add)
@@ -91,7 +90,8 @@ class Colocation:
         try:
             yield
         finally:
-            self.enter(before)
+            if before is not None:
+                self.enter(before)
 
     def end_step(self, timer: StageTimer) -> None:
         """After train + sync: the trainer leaves the device and the engines get it back for the next step."""

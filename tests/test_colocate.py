@@ -95,14 +95,16 @@ def test_memory_tags_are_checked_before_any_call():
         memory.release(None, ["kv"])  # no engine is touched (it would fail on None)
 
 
-def _run(bundle, out, steps, extra=()):
+def _run(bundle, out, steps, extra=(), nproc=1):
     args = [
         "--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", "corewarding_2",
         "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "8", "--lr", "1e-3",
         "--train-iters", str(steps), "--eval-interval", "0", "--no-progress-bar", "--output-dir", out,
         "--peak-flops", "1e12", *extra,
     ]  # fmt: skip
-    proc = run_train(args)
+    if nproc > 1:
+        args += ["--tensor-model-parallel-size", str(nproc)]
+    proc = run_train(args, nproc=nproc)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = [r for r in read_metrics(out) if "train/loss" in r]
     return rows, json.load(open(os.path.join(out, "result.json"))), proc.stdout + proc.stderr
@@ -114,12 +116,12 @@ def _same(a, b):
 
 
 @pytest.mark.e2e
-def test_colocated_loop_is_bitwise_invisible(tiny_bundle, tmp_path):
+@pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)], ids=["tp1", "tp2"])
+def test_colocated_loop_is_bitwise_invisible(tiny_bundle, tmp_path, nproc):
     ckpt = str(tmp_path / "ckpt")
-    co_rows, co, log = _run(
-        tiny_bundle, str(tmp_path / "co"), 3, ["--colocate", "--save", ckpt, "--save-interval", "1"]
-    )
-    plain_rows, plain, _ = _run(tiny_bundle, str(tmp_path / "plain"), 3)
+    co_args = ["--colocate", "--save", ckpt, "--save-interval", "1"]
+    co_rows, co, log = _run(tiny_bundle, str(tmp_path / "co"), 3, co_args, nproc)
+    plain_rows, plain, _ = _run(tiny_bundle, str(tmp_path / "plain"), 3, nproc=nproc)
     assert "[colocate] the embedded engine has no memory of its own" in log
     assert _same(co_rows, plain_rows)
     assert (co["policy_sha256"], co["anchor_sha256"]) == (plain["policy_sha256"], plain["anchor_sha256"])
@@ -134,6 +136,63 @@ def test_colocated_loop_is_bitwise_invisible(tiny_bundle, tmp_path):
     os.remove(os.path.join(ckpt, "iter_0000003", "state.pt"))
     with open(os.path.join(ckpt, "latest"), "w") as f:
         f.write("iter_0000002\n")
-    res_rows, res, _ = _run(tiny_bundle, str(tmp_path / "resumed"), 3, ["--colocate", "--load", ckpt])
+    res_rows, res, _ = _run(tiny_bundle, str(tmp_path / "resumed"), 3, ["--colocate", "--load", ckpt], nproc)
     assert _same(res_rows[-1:], plain_rows[-1:])
     assert (res["policy_sha256"], res["anchor_sha256"]) == (plain["policy_sha256"], plain["anchor_sha256"])
+
+
+@pytest.mark.sglang
+def test_phases_release_resume_and_refill_a_real_cpu_server(tmp_path):
+    """The engine side of the phases against a real SGLang server on CPU. A CPU server frees nothing (its memory
+    saver is a no-op without CUDA and torch_memory_saver): this checks the calls and their tags, that released
+    weights count as gone, and that the push in the sync phase is what the next generation serves (greedy ids
+    equal transformers' on the pushed weights)."""
+    import torch
+    from helpers import make_tiny_bundle
+    from sglang_stubs import write_stubs
+    from test_sglang import sglang_status
+    from transformers import AutoModelForCausalLM
+
+    from megatron_corew.colocation import Colocation
+    from megatron_corew.rollout.base import SamplingParams
+    from megatron_corew.rollout.embedded import EmbeddedEngine
+    from megatron_corew.rollout.sglang import fleet as sf
+    from megatron_corew.rollout.sglang import http as sh
+    from megatron_corew.rollout.sglang import server as ss
+    from megatron_corew.rollout.sglang.engine import SGLangEngine
+
+    ok, reason = sglang_status()
+    if not ok:
+        pytest.skip(reason)
+    b = make_tiny_bundle(str(tmp_path / "bundle"))
+    moved = str(tmp_path / "moved")
+    hf = AutoModelForCausalLM.from_pretrained(b["model"], dtype=torch.float32)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    hf.save_pretrained(moved)
+    spec = ss.ServerSpec(
+        model_path=b["model"], extra_pythonpath=[write_stubs(str(tmp_path / "stubs"))], log_path=str(tmp_path / "log")
+    )
+    fleet = sf.LocalFleet([spec], sh.HTTPConfig(), startup_timeout=400).start()
+    try:
+        eng = SGLangEngine(fleet, model_path=b["model"], eos_token_ids=[2], weight_sync="tensor")
+        colo = Colocation(None, offload_train=False, colocate=True, rollout_cfg=None, log=lambda *_: None)
+        colo.engine_memory = True  # what CUDA would decide; on CPU the server's release/resume free nothing
+        colo.attach(eng, eng)  # one fleet: attached once
+        assert colo.engines == [eng]
+        prompts, greedy = [[5, 6, 7], [9, 10, 11, 12]], SamplingParams(max_new_tokens=8, greedy=True)
+        before = [g.response_ids for g in eng.generate(prompts, greedy)]
+        colo.enter("train")  # weights + kv_cache released: the engine's weights count as unknown
+        assert colo.engine_tags == set() and [tag for _, tag in eng.state.loaded] == [None]
+        colo.enter("sync")  # weights resumed, then the push loads a full set
+        assert colo.engine_tags == {"weights"}
+        eng.update_weights(list(hf.state_dict().items()), 1)
+        colo.enter("rollout")
+        assert colo.engine_tags == {"weights", "kv_cache"}
+        after = [g.response_ids for g in eng.generate(prompts, greedy)]
+        ref = [g.response_ids for g in EmbeddedEngine(moved, [2]).generate(prompts, greedy)]
+        assert after == ref and after != before
+    finally:
+        fleet.shutdown()
