@@ -17,8 +17,17 @@
 #   GLOBAL_BATCH (128) N_SAMPLES (8) PROMPT_LEN (512) RESPONSE_LEN (3072) LR (3e-6) EPOCHS (3)
 #   TEMPERATURE (1.0) EVAL_INTERVAL (10) SEED (1234) KL_COEF (per method) SAVE_INTERVAL (20)
 #   OUT (runs/$MODEL-$METHOD)  SAVE_DIR (ckpt/$MODEL-$METHOD)  RESUME (auto: --load SAVE_DIR if it has a checkpoint; 0: never)
-#   EXTRA_ARGS    extra train_rl.py flags as one string (e.g. "--rollout-backend sglang"); positional args are appended too
-#   DRY_RUN=1     check inputs, print the command, exit 0 without running
+#   EXTRA_ARGS    extra train_rl.py flags as one string (e.g. "--entropy-coef 0.001"); positional args are appended too
+#   Rollout placement (GPU path; the CPU_TINY variant and the tests use the embedded engine):
+#   ROLLOUT_BACKEND  sglang (default: an SGLang fleet launched by rank 0) | embedded (HF engine inside rank 0)
+#   ROLLOUT_GPUS     N: disaggregated on one node, the node's last N GPUs serve, the others train (default 0:
+#                    colocated, the engines share the trainer's GPUs of node 0 and time-share them, --colocate)
+#   ROLLOUT_NODES    K: disaggregated over nodes, the last K of NNODES serve through the Ray fleet (the raylets are
+#                    started as examples/slurm/ray_rollout_fleet.sbatch starts them; RAY_ADDRESS, default auto)
+#   SGLANG_TP (preset TP)  SGLANG_MEM_FRACTION (0.7 colocated: the engines release it all while training; 0.85 else)
+#   A --rollout-backend, --sglang-urls or --sglang-use-ray in EXTRA_ARGS / the arguments: the user places the
+#   engines and launch.sh adds no rollout flags of its own.
+#   DRY_RUN=1     check inputs, print the placement and the command, exit 0 without running
 #   ALLOW_MISSING=1 (with DRY_RUN=1) skip the checks that need real files / GPUs
 #   CPU_TINY=1    run METHOD on the bundled tiny task on CPU for STEPS (2) steps with a small batch
 #                 (global batch 4, G=4, response 48; NPROC=1 plain python, NPROC>1 torchrun with TP=NPROC).
@@ -123,6 +132,7 @@ if [ "$CPU_TINY" = "1" ]; then
     --eval-interval "${EVAL_INTERVAL:-10}" --seed "${SEED:-1234}" --output-dir "$OUT" --no-progress-bar
     "${METHOD_ARGS[@]}" "${EXTRA[@]}")
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+  echo "[launch] placement: CPU, $NPROC rank(s) train; rollouts from the embedded HF engine inside rank 0"
   echo "[launch] ${CMD[*]}"
   if [ "$DRY_RUN" = "1" ]; then exit 0; fi
   "${CMD[@]}"
@@ -170,6 +180,64 @@ case "$NNODES$GPUS_PER_NODE$TP$PP" in *[!0-9]*) die "NNODES, GPUS_PER_NODE, TP a
 WORLD=$((NNODES * GPUS_PER_NODE))
 [ $((WORLD % (TP * PP))) -eq 0 ] || die "world size $WORLD (NNODES=$NNODES x GPUS_PER_NODE=$GPUS_PER_NODE) is not divisible by TP*PP=$((TP * PP))"
 
+# -------------------------------------------------------------------- rollout placement (train vs serve GPUs)
+ROLLOUT_BACKEND=${ROLLOUT_BACKEND:-sglang}
+ROLLOUT_GPUS=${ROLLOUT_GPUS:-0}
+ROLLOUT_NODES=${ROLLOUT_NODES:-0}
+SGLANG_TP=${SGLANG_TP:-$TP}
+case "$ROLLOUT_GPUS$ROLLOUT_NODES$SGLANG_TP" in *[!0-9]*) die "ROLLOUT_GPUS, ROLLOUT_NODES and SGLANG_TP must be integers" ;; esac
+TRAIN_NODES=$NNODES
+TRAIN_GPUS=$GPUS_PER_NODE
+ROLLOUT_ARGS=()
+user_placed=0
+for tok in "${EXTRA[@]}"; do
+  case "$tok" in --rollout-backend|--rollout-backend=*|--sglang-urls|--sglang-urls=*|--sglang-use-ray) user_placed=1 ;; esac
+done
+gpu_ranges() {  # gpu_ranges FIRST COUNT EACH -> "0-1, 2-3"
+  local out="" g
+  for ((g = $1; g < $1 + $2; g += $3)); do out+="${out:+, }$g$([ "$3" -gt 1 ] && echo "-$((g + $3 - 1))")"; done
+  echo "$out"
+}
+if [ "$user_placed" = "1" ]; then
+  PLACEMENT="as the given rollout flags say (launch.sh adds none)"
+elif [ "$ROLLOUT_BACKEND" = "embedded" ]; then
+  PLACEMENT="all GPUs train; rollouts from the embedded HF engine inside rank 0 (GPU 0)"
+  ROLLOUT_ARGS=(--rollout-backend embedded)
+elif [ "$ROLLOUT_BACKEND" != "sglang" ]; then
+  die "unknown ROLLOUT_BACKEND '$ROLLOUT_BACKEND'; pick sglang or embedded"
+elif [ "$ROLLOUT_GPUS" -gt 0 ] && [ "$ROLLOUT_NODES" -gt 0 ]; then
+  die "ROLLOUT_GPUS and ROLLOUT_NODES both set; name serving GPUs of one node or serving nodes, not both"
+elif [ "$ROLLOUT_NODES" -gt 0 ]; then
+  [ "$ROLLOUT_NODES" -lt "$NNODES" ] || die "ROLLOUT_NODES=$ROLLOUT_NODES leaves no training node of NNODES=$NNODES"
+  [ $((GPUS_PER_NODE % SGLANG_TP)) -eq 0 ] || die "SGLANG_TP=$SGLANG_TP does not divide GPUS_PER_NODE=$GPUS_PER_NODE"
+  TRAIN_NODES=$((NNODES - ROLLOUT_NODES))
+  MEM=${SGLANG_MEM_FRACTION:-0.85}
+  ENGINES=$((ROLLOUT_NODES * GPUS_PER_NODE / SGLANG_TP))
+  PLACEMENT="disaggregated: nodes 0-$((TRAIN_NODES - 1)) train ($((TRAIN_NODES * GPUS_PER_NODE)) GPUs); the last $ROLLOUT_NODES node(s) serve $ENGINES SGLang engine(s) of TP $SGLANG_TP through the Ray fleet (RAY_ADDRESS ${RAY_ADDRESS:-auto}), mem fraction $MEM, weights by NCCL"
+  ROLLOUT_ARGS=(--rollout-backend sglang --sglang-use-ray --sglang-ray-address "${RAY_ADDRESS:-auto}"
+    --sglang-num-engines "$ENGINES" --sglang-tp-size "$SGLANG_TP" --sglang-mem-fraction-static "$MEM"
+    --sglang-weight-sync distributed --sglang-dist-master-addr "$MASTER_ADDR")
+elif [ "$ROLLOUT_GPUS" -gt 0 ]; then
+  [ "$NNODES" -eq 1 ] || die "ROLLOUT_GPUS splits one node; with NNODES=$NNODES name serving nodes with ROLLOUT_NODES"
+  [ "$ROLLOUT_GPUS" -lt "$GPUS_PER_NODE" ] || die "ROLLOUT_GPUS=$ROLLOUT_GPUS leaves no training GPU of GPUS_PER_NODE=$GPUS_PER_NODE"
+  [ $((ROLLOUT_GPUS % SGLANG_TP)) -eq 0 ] || die "SGLANG_TP=$SGLANG_TP does not divide ROLLOUT_GPUS=$ROLLOUT_GPUS"
+  TRAIN_GPUS=$((GPUS_PER_NODE - ROLLOUT_GPUS))
+  MEM=${SGLANG_MEM_FRACTION:-0.85}
+  ENGINES=$((ROLLOUT_GPUS / SGLANG_TP))
+  PLACEMENT="disaggregated on one node: GPUs 0-$((TRAIN_GPUS - 1)) train; GPUs $TRAIN_GPUS-$((GPUS_PER_NODE - 1)) serve $ENGINES SGLang engine(s) of TP $SGLANG_TP (GPUs $(gpu_ranges "$TRAIN_GPUS" "$ROLLOUT_GPUS" "$SGLANG_TP")), mem fraction $MEM, weights by CUDA IPC"
+  ROLLOUT_ARGS=(--rollout-backend sglang --sglang-num-engines "$ENGINES" --sglang-tp-size "$SGLANG_TP"
+    --sglang-base-gpu-id "$TRAIN_GPUS" --sglang-mem-fraction-static "$MEM")
+else
+  [ $((GPUS_PER_NODE % SGLANG_TP)) -eq 0 ] || die "SGLANG_TP=$SGLANG_TP does not divide GPUS_PER_NODE=$GPUS_PER_NODE"
+  MEM=${SGLANG_MEM_FRACTION:-0.7}
+  ENGINES=$((GPUS_PER_NODE / SGLANG_TP))
+  PLACEMENT="colocated on node 0: GPUs 0-$((GPUS_PER_NODE - 1)) train and serve $ENGINES SGLang engine(s) of TP $SGLANG_TP (GPUs $(gpu_ranges 0 "$GPUS_PER_NODE" "$SGLANG_TP")), mem fraction $MEM; phases time-share the GPUs (--colocate: trainer state and teacher offloaded while generating, engines release weights + KV cache while training), weights by CUDA IPC"
+  ROLLOUT_ARGS=(--rollout-backend sglang --sglang-num-engines "$ENGINES" --sglang-tp-size "$SGLANG_TP"
+    --sglang-mem-fraction-static "$MEM" --colocate --anchor-cpu-offload)
+fi
+WORLD=$((TRAIN_NODES * TRAIN_GPUS))
+[ $((WORLD % (TP * PP))) -eq 0 ] || die "training world size $WORLD ($TRAIN_NODES node(s) x $TRAIN_GPUS GPU(s)) is not divisible by TP*PP=$((TP * PP))"
+
 need_model "$MODEL_PATH"
 set_data_args DATA_DIR
 if [ "$SKIP_CHECKS" != "1" ]; then
@@ -179,11 +247,11 @@ if [ "$SKIP_CHECKS" != "1" ]; then
   command -v torchrun > /dev/null 2>&1 || die "torchrun not found on PATH (install torch)"
 fi
 
-if [ "$NNODES" -gt 1 ]; then
-  LAUNCH=(torchrun --nnodes "$NNODES" --nproc_per_node "$GPUS_PER_NODE" --rdzv-backend c10d
+if [ "$TRAIN_NODES" -gt 1 ]; then
+  LAUNCH=(torchrun --nnodes "$TRAIN_NODES" --nproc_per_node "$TRAIN_GPUS" --rdzv-backend c10d
     --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "$RDZV_ID")
 else
-  LAUNCH=(torchrun --standalone --nnodes 1 --nproc_per_node "$GPUS_PER_NODE")
+  LAUNCH=(torchrun --standalone --nnodes 1 --nproc_per_node "$TRAIN_GPUS")
 fi
 CKPT_ARGS=(--save "$SAVE_DIR" --save-interval "$SAVE_INTERVAL")
 if [ "$RESUME" = "auto" ] && [ -f "$SAVE_DIR/latest" ]; then
@@ -201,10 +269,11 @@ CMD=("${LAUNCH[@]}" "$REPO/train_rl.py" --hf-checkpoint "$MODEL_PATH"
   --lr "${LR:-3e-6}" --epochs "${EPOCHS:-3}" --rollout-temperature "${TEMPERATURE:-1.0}" --rollout-top-p 1.0
   --eval-interval "${EVAL_INTERVAL:-10}" --seed "${SEED:-1234}"
   "${METHOD_ARGS[@]}"
-  --output-dir "$OUT" "${CKPT_ARGS[@]}" "${EXTRA[@]}")
+  --output-dir "$OUT" "${CKPT_ARGS[@]}" "${ROLLOUT_ARGS[@]}" "${EXTRA[@]}")
 # one share of the node's cores per rank (oversubscribed threads make CPU-side work several times slower)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / GPUS_PER_NODE > 0 ? $(nproc) / GPUS_PER_NODE : 1 ))}
-echo "[launch] method=$METHOD model=$MODEL ($MODEL_PATH) nodes=$NNODES gpus/node=$GPUS_PER_NODE TP=$TP PP=$PP DP=$((WORLD / (TP * PP))) OMP_NUM_THREADS=$OMP_NUM_THREADS"
+echo "[launch] method=$METHOD model=$MODEL ($MODEL_PATH) nodes=$TRAIN_NODES gpus/node=$TRAIN_GPUS TP=$TP PP=$PP DP=$((WORLD / (TP * PP))) OMP_NUM_THREADS=$OMP_NUM_THREADS"
+echo "[launch] placement: $PLACEMENT"
 echo "[launch] ${CMD[*]}"
 if [ "$DRY_RUN" = "1" ]; then exit 0; fi
 "${CMD[@]}"

@@ -226,7 +226,32 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_corew import offpolicy_options
 
     offpolicy_options.add_args(p)  # --rollout-is*, --num-steps-per-rollout, --dynamic-sampling*, --overlong-*
+    add_colocate_args(p)
     return p
+
+
+def add_colocate_args(p) -> None:
+    """Time-sharing the GPUs between training and generation (megatron_corew/colocation.py), and perf metrics."""
+    g = p.add_argument_group("colocation and performance (slime's names)")
+    g.add_argument(
+        "--offload-train",
+        action="store_true",
+        help="between train phases move the trainer's weights, gradient buffers and optimizer state to (pinned) "
+        "host memory, and back before the policy's next use",
+    )
+    g.add_argument(
+        "--colocate",
+        action="store_true",
+        help="rollout engines share the trainer's GPUs: implies --offload-train; SGLang engines (CUDA) also release "
+        "their weights and KV cache while the trainer trains and resume them to generate",
+    )
+    g.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="peak dense FLOP/s of one device for perf/train_mfu (default: utils/perf.py's table by GPU name; "
+        "on CPU without it the MFU is not logged)",
+    )
 
 
 def _plugins(argv: list[str]) -> list[str]:

@@ -12,11 +12,12 @@ import os
 
 from megatron_corew import algo, data, evaluation, offpolicy_options, rewards
 from megatron_corew.algo import dynamic_sampling, shaping
+from megatron_corew.colocation import Colocation
 from megatron_corew.policy import checkpointing, hf_export, multistep, parallel
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
-from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle
+from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf
 from megatron_corew.validation import hf_export_root
 
 
@@ -56,6 +57,11 @@ class RLRun:
         need_anchor = a.kl_loss_coef > 0 or self.method.needs_anchor_model
         self.trainer = PolicyTrainer(self.model_args, TrainerConfig.from_args(a, self.train_iters, need_anchor))
         self.rollout_cfg = factory.RolloutConfig.from_args(a)
+        self.colocation = Colocation(  # --colocate / --offload-train: offloaded before the engines start
+            self.trainer, offload_train=a.offload_train, colocate=a.colocate, rollout_cfg=self.rollout_cfg, log=log0
+        )
+        self.colocation.enter("rollout")
+        self.perf = perf.PerfMeter(a, self.model_args, parallel.world_size(), self.rollout_cfg, a.kl_loss_coef > 0)
         self.engine = self.teacher_engine = None
         if parallel.is_rank0():
             self.engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "policy")
@@ -63,6 +69,7 @@ class RLRun:
                 self.teacher_engine = factory.create_engine(
                     self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "teacher", policy_engine=self.engine
                 )
+        self.colocation.attach(self.engine, self.teacher_engine)
         self.grader = rewards.remote_grader(self.engine)
         self.start_step = self.weight_version = self.skipped_updates = self.consecutive_skips = 0
         self.stop = lifecycle.StopOnSignal()
@@ -154,6 +161,7 @@ class RLRun:
             for warning in checkpointing.compare_settings(state.get("run"), self.run_settings(), where):
                 log0("warning: " + warning)
 
+        self.colocation.enter("sync")  # the trainer loads and pushes
         state = checkpointing.load_checkpoint(load_dir, self.trainer, check=check)
         if state is None:
             return
@@ -169,7 +177,7 @@ class RLRun:
 
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> dict:
-        timer, metrics = StageTimer(), {}
+        timer, metrics = self.colocation.timer(), {}
         batch = self.new_batch(step)
         metrics.update(self.rollout_round(batch, timer))
         if self.args.dynamic_sampling:  # DAPO: zero-variance groups out, refilled from more prompts
@@ -178,6 +186,7 @@ class RLRun:
             train_metrics = self.train(batch)
         with timer.stage("weight_sync"):
             self.sync_weights()
+        self.colocation.end_step(timer)
         return {**metrics, **self.step_metrics(batch, train_metrics, timer)}
 
     def rollout_round(self, batch: StepBatch, timer: StageTimer) -> dict:
@@ -229,9 +238,12 @@ class RLRun:
         a, out = self.args, {}
         if batch.round == 0 and not a.no_ema and (batch.step + 1) % a.teacher_update_interval == 0:
             alpha = algo.ema_alpha(batch.step + 1, self.train_iters, a.teacher_alpha_start, a.teacher_alpha_end)
+            self.colocation.enter("train")  # the EMA reads the policy's fp32 main params
             self.trainer.ema_update_anchor(alpha)
             out["train/teacher_alpha"] = alpha
+            self.colocation.enter("sync")
             self.sync_teacher()
+            self.colocation.enter("rollout")
         if self.teacher_engine is not None:
             prompts = batch.prompts
             if a.teacher_on_rephrased:
@@ -315,6 +327,9 @@ class RLRun:
         out = dict(train_metrics)
         out.update(timer.seconds)
         out["perf/time_step"] = timer.total()
+        out.update(self.perf.metrics(batch, out))
+        out.update(getattr(timer, "memory", {}))
+        out.update(self.colocation.step_metrics())
         if self.trainer.anchor is not None:  # 0 with --anchor-cpu-offload: the copy lives in host memory
             out["mem/anchor_device_bytes"] = self.trainer.anchor_device_bytes
         generated = sum(r.length for r in batch.rollouts)
@@ -372,7 +387,10 @@ class RLRun:
     def validate(self) -> dict:
         """Held-out accuracy graded against ground truth (rank 0): greedy pass@1 (the reference's validation) and,
         with ``--val-n-samples k``, sampled avg@k, pass@k and maj@k. Same code as ``tools/evaluate.py``."""
-        if not self.val_sets or not parallel.is_rank0():
+        if not self.val_sets:
+            return {}
+        self.colocation.enter("rollout")  # every rank: the trainer leaves the engines' GPUs
+        if not parallel.is_rank0():
             return {}
         a, out = self.args, {}
         prefixes = offpolicy_options.validation_prefixes(list(self.val_sets))
@@ -441,26 +459,29 @@ class RLRun:
         if a.save_hf_interval:
             self.save_hf(self.train_iters)
         self.logger.close()
+        with self.colocation.hold("train"):
+            digests = self.trainer.weights_digest("policy"), self.trainer.weights_digest("anchor")
         return {
             "before": first_val.get("val/accuracy"),
             "after": final_val.get("val/accuracy"),
             "steps": self.train_iters,
-            "policy_sha256": self.trainer.weights_digest("policy"),
-            "anchor_sha256": self.trainer.weights_digest("anchor"),
+            "policy_sha256": digests[0],
+            "anchor_sha256": digests[1],
         }
 
     def save_hf(self, step: int) -> None:
         import torch
 
         a = self.args
-        path = hf_export.save_hf_checkpoint(
-            self.trainer.model,
-            self.model_args,
-            hf_export_root(a),
-            step,
-            dtype=getattr(torch, a.save_hf_dtype) if a.save_hf_dtype else None,
-            keep_last=a.keep_last_checkpoints,
-        )
+        with self.colocation.hold("train"):
+            path = hf_export.save_hf_checkpoint(
+                self.trainer.model,
+                self.model_args,
+                hf_export_root(a),
+                step,
+                dtype=getattr(torch, a.save_hf_dtype) if a.save_hf_dtype else None,
+                keep_last=a.keep_last_checkpoints,
+            )
         log0(f"exported HF checkpoint {path}")
 
     def restore_lost_export(self) -> None:
@@ -475,6 +496,10 @@ class RLRun:
             self.save_hf(step)
 
     def save(self, step: int) -> None:
+        with self.colocation.hold("train"):
+            self._save(step)
+
+    def _save(self, step: int) -> None:
         self.last_checkpoint = self.trainer.save(
             self.args.save,
             step,

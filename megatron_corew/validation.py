@@ -82,6 +82,8 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "dynamic_sampling_max_rounds": (0, True, INF, False),
     "overlong_buffer_len": (0, True, INF, False),  # 0: no soft overlong penalty
     "overlong_penalty_factor": (0, True, INF, False),
+    "sglang_base_gpu_id": (0, True, INF, False),
+    "peak_flops": (0, False, INF, False),
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -313,4 +315,6 @@ def validate(args, defaults: dict) -> list[str]:
     check_layout(args)
     check_paths(args)
     check_servers(args)
+    if getattr(args, "colocate", False) and getattr(args, "sglang_urls", None):
+        warnings.append("--colocate with --sglang-urls: the attached servers must run with --enable-memory-saver")
     return warnings

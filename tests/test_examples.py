@@ -71,6 +71,11 @@ KNOBS = [
     "DRY_RUN_NODES",
     "TEACHER_ALPHA_START",
     "TEACHER_ALPHA_END",
+    "ROLLOUT_BACKEND",
+    "ROLLOUT_GPUS",
+    "ROLLOUT_NODES",
+    "SGLANG_MEM_FRACTION",
+    "RAY_ADDRESS",
 ]
 
 
@@ -380,3 +385,73 @@ def test_cpu_tiny_runs_two_steps(method, small_bundle, tmp_path):
             assert 0.0 <= r["reward/mean"] <= 1.0
     assert any("val/accuracy" in r for r in rows)
     assert glob.glob(str(out / "tensorboard" / "events.out.tfevents.*"))
+
+
+# ---------------------------------------------------------------- rollout placement (dry run; GPUS_PER_NODE simulates)
+def placement(stdout: str) -> str:
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("[launch] placement: ")]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
+def test_placement_cpu_tiny_is_the_embedded_engine():
+    proc = sh("gt.sh", CPU_TINY=1, DRY_RUN=1, ALLOW_MISSING=1, ASSETS="/nonexistent/tiny")
+    assert proc.returncode == 0, proc.stderr
+    assert "CPU, 1 rank(s) train; rollouts from the embedded HF engine inside rank 0" in placement(proc.stdout)
+    args = parse_trainer(printed_command(proc.stdout))
+    assert args.rollout_backend == "embedded" and not args.colocate
+
+
+@pytest.mark.parametrize("sglang_tp,engines,ranges", [(None, 2, "GPUs 0-1, 2-3"), ("1", 4, "GPUs 0, 1, 2, 3")])
+def test_placement_one_node_colocated_by_default(sglang_tp, engines, ranges):
+    env = dict(METHOD="corewarding_2", DRY_RUN=1, ALLOW_MISSING=1, GPUS_PER_NODE=4, TP=2)
+    if sglang_tp:
+        env["SGLANG_TP"] = sglang_tp
+    proc = sh("launch.sh", **env)
+    assert proc.returncode == 0, proc.stderr
+    where = placement(proc.stdout)
+    assert f"colocated on node 0: GPUs 0-3 train and serve {engines} SGLang engine(s)" in where and ranges in where
+    assert "mem fraction 0.7" in where and "--colocate" in where
+    argv = printed_command(proc.stdout)
+    assert value(argv, "--nproc_per_node") == "4"
+    args = parse_trainer(argv)
+    assert args.rollout_backend == "sglang" and args.colocate and args.anchor_cpu_offload
+    assert args.sglang_num_engines == engines and args.sglang_tp_size == (sglang_tp or "2")
+    assert args.sglang_mem_fraction_static == "0.7" and args.sglang_base_gpu_id == 0
+
+
+def test_placement_disaggregated_on_one_node():
+    proc = sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, GPUS_PER_NODE=8, TP=2, ROLLOUT_GPUS=2, SGLANG_TP=1)
+    assert proc.returncode == 0, proc.stderr
+    where = placement(proc.stdout)
+    assert "disaggregated on one node: GPUs 0-5 train; GPUs 6-7 serve 2 SGLang engine(s) of TP 1" in where
+    assert "DP=3" in proc.stdout
+    argv = printed_command(proc.stdout)
+    assert value(argv, "--nproc_per_node") == "6"
+    args = parse_trainer(argv)
+    assert not args.colocate and args.sglang_base_gpu_id == 6 and args.sglang_num_engines == 2
+    assert args.sglang_mem_fraction_static == "0.85"
+
+
+def test_placement_disaggregated_over_nodes():
+    proc = sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, NNODES=4, ROLLOUT_NODES=1, RAY_ADDRESS="h:6379")
+    assert proc.returncode == 0, proc.stderr
+    assert "nodes 0-2 train (24 GPUs); the last 1 node(s) serve 4 SGLang engine(s) of TP 2" in placement(proc.stdout)
+    argv = printed_command(proc.stdout)
+    assert value(argv, "--nnodes") == "3"
+    args = parse_trainer(argv)
+    assert args.sglang_use_ray and args.sglang_ray_address == "h:6379" and args.sglang_weight_sync == "distributed"
+    assert not args.colocate
+
+
+def test_placement_user_rollout_flags_win_and_bad_splits_fail():
+    proc = sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, EXTRA_ARGS="--rollout-backend embedded")
+    assert "as the given rollout flags say" in placement(proc.stdout)
+    args = parse_trainer(printed_command(proc.stdout))
+    assert args.rollout_backend == "embedded" and not args.colocate and args.sglang_num_engines == 1
+    embedded = sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, ROLLOUT_BACKEND="embedded")
+    assert not parse_trainer(printed_command(embedded.stdout)).colocate
+    check_fails(sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, ROLLOUT_GPUS=8), "leaves no training GPU")
+    check_fails(sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, ROLLOUT_GPUS=3, SGLANG_TP=2), "does not divide ROLLOUT_GPUS=3")
+    check_fails(sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, ROLLOUT_GPUS=2, TP=4, SGLANG_TP=1), "not divisible by TP*PP=4")
+    check_fails(sh("gt.sh", DRY_RUN=1, ALLOW_MISSING=1, ROLLOUT_BACKEND="vllm"), "unknown ROLLOUT_BACKEND 'vllm'")

@@ -4,11 +4,11 @@
 # `bash tools/gpu_wheelhouse.sh`). Each stage has its own time limit and a failing stage does not stop
 # the next; everything lands in $OUT (default gpu_results/): session.log, gpu_train_step.json and
 # the tiny run's metrics. Total under ~8 minutes so a second try fits the 15-minute device budget.
-#   STAGES="env tiny bench" (default: all)   BENCH_ARGS="--shapes qwen2.5-1.5b"   TINY_STEPS=10
+#   STAGES="env tiny bench colocate" (default: all)   BENCH_ARGS="--shapes qwen2.5-1.5b"   TINY_STEPS=10
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
-STAGES=${STAGES:-"env tiny bench"}
+STAGES=${STAGES:-"env tiny bench colocate"}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 
@@ -47,4 +47,68 @@ if has bench; then
   timeout 330 python benchmarks/gpu_train_step.py --json "$OUT/gpu_train_step.json" ${BENCH_ARGS:-} \
     || echo "benchmark failed or timed out (rc $?)"
 fi
+# ============================================================ colocate (issue 19)
+# A colocated 2-step Co-rewarding-II run of the Qwen2.5-1.5B shape (random bf16 weights, the tiny task's
+# tokenizer and prompts) on this GPU with --colocate: an SGLang engine on the trainer's GPU when SGLang and
+# torch_memory_saver are installed (release/resume by tag exercised around the train phase), else the embedded
+# engine (then only the trainer offload runs, and the summary says so). Device memory before/after each phase
+# (mem/*) and perf/* of both steps: $OUT/colocate.json; the run's log: $OUT/colocate.log. Model and run dir stay
+# in /tmp (too big to come back). Own time limits; a failure does not stop the next section.
+# CPU rehearsal: STAGES=colocate COLOCATE_SHAPE=tiny OUT=/tmp/gs bash tools/gpu_session.sh
+if has colocate; then
+  stage "colocate (issue 19): colocated 2-step run, ${COLOCATE_SHAPE:-qwen2.5-1.5b} shape"
+  (
+    set -e
+    CO=${TMPDIR:-/tmp}/corew_colocate
+    rm -rf "$CO" && mkdir -p "$CO"
+    timeout 180 python - "$CO" <<'EOF'
+import json, os, sys
+import torch
+sys.path[:0] = ["tests", "benchmarks"]
+from helpers import make_tiny_bundle
+from gpu_train_step import write_config
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+root = sys.argv[1]
+bundle = make_tiny_bundle(os.path.join(root, "tiny"), num_train=16, num_val=4)
+model_dir = write_config(os.environ.get("COLOCATE_SHAPE", "qwen2.5-1.5b"), root)
+torch.manual_seed(0)
+model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir), torch_dtype=torch.bfloat16)
+model.save_pretrained(model_dir)
+AutoTokenizer.from_pretrained(bundle["model"]).save_pretrained(model_dir)
+json.dump({"model": model_dir, "train": bundle["train"]}, open(os.path.join(root, "inputs.json"), "w"))
+EOF
+    MODEL_DIR=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['model'])" "$CO/inputs.json")
+    TRAIN=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['train'])" "$CO/inputs.json")
+    if python -c "import sglang, torch_memory_saver" 2> /dev/null; then
+      BACKEND=sglang
+      ROLL=(--rollout-backend sglang --sglang-mem-fraction-static 0.4 --sglang-dtype bfloat16)
+    else
+      BACKEND=embedded
+      ROLL=(--rollout-backend embedded)
+      echo "SGLang or torch_memory_saver is not installed here: embedded engine; SGLang release/resume NOT exercised"
+    fi
+    rc=0
+    timeout 360 python train_rl.py --hf-checkpoint "$MODEL_DIR" --train-data "$TRAIN" --reward-method corewarding_2 \
+      --bf16 --global-batch-size 4 --n-samples-per-prompt 4 --max-response-length 64 --train-iters 2 \
+      --eval-interval 0 --no-progress-bar --output-dir "$CO/run" --overwrite --colocate --anchor-cpu-offload \
+      "${ROLL[@]}" > "$OUT/colocate.log" 2>&1 || rc=$?
+    python - "$CO/run/metrics.jsonl" "$OUT/colocate.json" "$BACKEND" "$rc" <<'EOF'
+import json, os, sys
+import torch
+src, dst, backend, rc = sys.argv[1:]
+rows = [json.loads(line) for line in open(src)] if os.path.exists(src) else []
+keep = [{k: v for k, v in r.items() if k.startswith(("mem/", "perf/", "train/loss", "step"))} for r in rows]
+out = {"backend": backend, "sglang_release_resume_exercised": backend == "sglang" and rc == "0", "rc": int(rc),
+       "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None, "steps": keep}
+json.dump(out, open(dst, "w"), indent=1)
+for r in keep:
+    print({k: (round(v / 2**30, 2) if k.startswith("mem/") else round(v, 4)) for k, v in r.items()
+           if k.startswith("mem/") or k in ("perf/train_mfu", "perf/tokens_per_s_per_gpu", "perf/time_step")})
+EOF
+    tail -5 "$OUT/colocate.log"
+    [ "$rc" = 0 ] || echo "colocated run failed (rc $rc): see $OUT/colocate.log"
+  ) || echo "colocate section failed (rc $?)"
+fi
+# ============================================================ end colocate (issue 19)
+
 stage "done"

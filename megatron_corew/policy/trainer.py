@@ -467,7 +467,8 @@ class PolicyTrainer:
             for name, t in export_hf_weights(self._model(which), self.args):
                 h.update(name.encode())
                 h.update(str(t.dtype).encode())
-                h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # bf16 too
+                # bytes of a copy (bf16 too): a numpy view would make the parameter's storage unresizable (offload)
+                h.update(t.detach().cpu().reshape(-1).view(torch.uint8).clone().numpy().tobytes())
         return h.hexdigest() if parallel.is_rank0() else None
 
     def save(self, save_dir: str, step: int, loop_state: dict, keep_last: int | None = None) -> str:

@@ -118,6 +118,12 @@ class RolloutConfig:
     ray_address: str | None = _setting(None, "existing Ray cluster (default: a local one)", "--sglang-ray-address")
     reward_workers: int = _setting(0, "Ray reward-grading workers", "--sglang-reward-workers")
     tp_size: int = _setting(1, "SGLang --tp-size: tensor-parallel GPUs per server", "--sglang-tp-size")
+    base_gpu_id: int = _setting(
+        0,
+        "first GPU of the launched engines (engine i: GPUs base + i x tp...); disaggregated on one node: the "
+        "GPU after the trainer's",
+        "--sglang-base-gpu-id",
+    )
     server_args: list[str] = _setting(
         [], "SGLang server flags: the declared --sglang-X values, then --sglang-server-args, then the pass-through"
     )
@@ -191,6 +197,7 @@ def add_rollout_args(parser):
     add("use_ray", action="store_true")
     add("ray_address")
     add("reward_workers", type=int)
+    add("base_gpu_id", type=int)
     for flag in PASSTHROUGH:
         g.add_argument(f"--sglang-{flag}", default=None, help=f"SGLang {PASSTHROUGH[flag]}")
     for flag in PASSTHROUGH_SWITCHES:

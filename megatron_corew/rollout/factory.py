@@ -134,7 +134,8 @@ def _build_sglang(cfg: RolloutConfig, model_dir: str, eos: list[int], role: str)
             base_port += cfg.num_engines
         specs = []
         for i in range(n):
-            gpu_flags = ["--base-gpu-id", str(i * tp)] if device == "cuda" and n > 1 else []
+            first = cfg.base_gpu_id + i * tp
+            gpu_flags = ["--base-gpu-id", str(first)] if device == "cuda" and (n > 1 or first) else []
             specs.append(
                 ServerSpec(
                     model_path=os.path.abspath(model_dir),
