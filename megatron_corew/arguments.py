@@ -216,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     from megatron_corew.rollout.config import add_rollout_args
 
     add_rollout_args(p)  # --rollout-backend {embedded,sglang}, --sglang-* flags
+    from megatron_corew.rollout.pipeline import add_pipeline_args
+
+    add_pipeline_args(p)  # --async-rollout, --max-staleness, --teacher-prefetch (docs/ASYNC.md)
     return p
 
 

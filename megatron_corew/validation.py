@@ -75,6 +75,7 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "sglang_max_restarts": (0, True, INF, False),
     "sglang_request_batch_size": (1, True, INF, False),
     "sglang_reward_workers": (0, True, INF, False),
+    "max_staleness": (0, True, INF, False),  # 0: --async-rollout runs the synchronous schedule
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -156,6 +157,9 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:
         raise FlagError("--overlap-param-gather needs --use-distributed-optimizer")
+    from megatron_corew.rollout.pipeline import check_pipeline_args
+
+    check_pipeline_args(args, method, lambda dest: _given(args, defaults, dest))
     warnings = []
     if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):
         warnings.append("--kl-loss-type has no effect with --kl-loss-coef 0")
