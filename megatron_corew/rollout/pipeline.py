@@ -182,8 +182,13 @@ class RolloutPipeline:
         if not self.rank0 or not state:
             return
         saved = {int(s): [Generation(**g) for g in gens] for s, gens in state.get("policy", {}).items()}
-        keep = {s: g for s, g in saved.items() if s >= start_step and self.max_staleness}
-        if len(keep) != len(saved) or not self.max_staleness and saved:
+        trainer = self.run.weight_version  # at start_step; step s trains with version trainer + (s - start_step)
+        keep = {
+            s: gens
+            for s, gens in saved.items()
+            if s >= start_step and all(trainer + s - start_step - g.weight_version <= self.max_staleness for g in gens)
+        }
+        if len(keep) != len(saved):  # e.g. resumed with a smaller --max-staleness: regenerated from these weights
             print(f"rollout pipeline: {len(saved) - len(keep)} saved rollout batch(es) not reused", flush=True)
         for s, gens in keep.items():
             fut: Future = Future()
