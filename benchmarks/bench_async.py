@@ -1,7 +1,7 @@
 """Step time of Co-rewarding-II: synchronous vs --async-rollout vs --async-rollout --teacher-prefetch.
 
     python benchmarks/bench_async.py                        # tiny model, two SGLang CPU servers (policy + teacher)
-    python benchmarks/bench_async.py --steps 8 --max-response-length 64 --device cuda --out results/async_gpu.md
+    python benchmarks/bench_async.py --backend embedded --steps 6 --out gpu_results/async_gpu.md   # lent GPU
 
 Each mode is one train_rl.py run that launches its own policy and teacher SGLang server (--sglang-teacher-engines
 1); the table compares the mean step time of steps 2..N (step 1 has nothing to overlap with) side by side with
@@ -38,9 +38,10 @@ def run_mode(a, name: str, flags: list[str], root: str, stubs: str | None) -> di
     cmd += ["--max-prompt-length", "128", "--max-response-length", str(a.max_response_length)]
     cmd += ["--micro-batch-size", "16", "--lr", "1e-4", "--train-iters", str(a.steps), "--eval-interval", "0"]
     cmd += ["--output-dir", out, "--overwrite", "--no-progress-bar", "--seed", "1234"]
-    cmd += ["--rollout-backend", "sglang", "--sglang-num-engines", "1", "--sglang-teacher-engines", "1"]
-    cmd += ["--sglang-startup-timeout", "600", "--sglang-device", a.device]
-    cmd += ["--sglang-extra-pythonpath", stubs] if stubs else []
+    if a.backend == "sglang":
+        cmd += ["--rollout-backend", "sglang", "--sglang-num-engines", "1", "--sglang-teacher-engines", "1"]
+        cmd += ["--sglang-startup-timeout", "600", "--sglang-device", a.device]
+        cmd += ["--sglang-extra-pythonpath", stubs] if stubs else []
     cmd += flags
     env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS=str(a.threads))
     t0 = time.perf_counter()
@@ -81,13 +82,20 @@ def main(argv=None) -> int:
     p.add_argument("--global-batch-size", type=int, default=4)
     p.add_argument("--n-samples", type=int, default=4)
     p.add_argument("--max-response-length", type=int, default=32)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="where the SGLang servers run")
+    p.add_argument(
+        "--backend",
+        choices=["sglang", "embedded"],
+        default="sglang",
+        help="embedded: policy and teacher are HF engines in the trainer process (the GPU session's wheels have no "
+        "SGLang)",
+    )
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the trainer")
     p.add_argument("--timeout", type=int, default=900, help="seconds per mode")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "async_cpu.md"))
     a = p.parse_args(argv)
     stubs = None
-    if a.device == "cpu":
+    if a.device == "cpu" and a.backend == "sglang":
         sys.path.insert(0, os.path.join(REPO, "tests"))
         from sglang_stubs import write_stubs
 
@@ -109,14 +117,22 @@ def main(argv=None) -> int:
             f"| {r['wall_s']:.0f} |"
         )
     table = "\n".join(lines)
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     machine = (
         f"{platform.node()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s) visible, "
-        f"device {a.device}, trainer OMP_NUM_THREADS={a.threads}; load average {load_before[0]:.1f} before, "
+        f"{a.backend} rollouts (SGLang device {a.device}), GPU {gpu}, trainer OMP_NUM_THREADS={a.threads}; load average {load_before[0]:.1f} before, "
         f"{load_after[0]:.1f} after (1 min)"
     )
     setup = (
         f"Co-rewarding-II, {a.model}, {a.steps} steps, {a.global_batch_size} prompts x {a.n_samples} samples, "
-        f"up to {a.max_response_length} new tokens; one policy + one teacher SGLang server per run"
+        f"up to {a.max_response_length} new tokens; "
+        + (
+            "one policy + one teacher SGLang server per run"
+            if a.backend == "sglang"
+            else "policy and teacher as embedded HF engines in rank 0"
+        )
     )
     print(table)
     print(machine)

@@ -162,3 +162,21 @@ def _defaults():
     from megatron_corew.arguments import _defaults
 
     return _defaults()
+
+
+@pytest.mark.dist
+def test_two_ranks_receive_the_pipelined_batch_by_broadcast(tiny_bundle, tmp_path):
+    """TP 2 (torchrun, 2 ranks): rank 0 generates ahead, rank 1 gets each batch when its step needs it; staleness
+    0 is the synchronous 2-rank run bitwise, staleness 1 trains step 2 on version-0 rollouts on both ranks."""
+    tp = ["--tensor-model-parallel-size", "2"]
+    sync, k0, k1 = (str(tmp_path / n) for n in ("sync", "k0", "k1"))
+    _ok(run_train(_args(tiny_bundle, sync, "gt", steps=2, extra=tp), nproc=2))
+    _ok(
+        run_train(
+            _args(tiny_bundle, k0, "gt", steps=2, extra=tp + ["--async-rollout", "--max-staleness", "0"]), nproc=2
+        )
+    )
+    _same_run(sync, k0, 2)
+    _ok(run_train(_args(tiny_bundle, k1, "gt", steps=2, extra=tp + ["--async-rollout"]), nproc=2))
+    assert {r["weight_version"] for r in _dump(k1, 2)} == {0}
+    assert [r["rollout/staleness_max"] for r in read_metrics(k1) if "train/loss" in r] == [0, 1]

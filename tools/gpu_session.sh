@@ -47,4 +47,14 @@ if has bench; then
   timeout 330 python benchmarks/gpu_train_step.py --json "$OUT/gpu_train_step.json" ${BENCH_ARGS:-} \
     || echo "benchmark failed or timed out (rc $?)"
 fi
+# ---- async (issue 13) ------------------------------------------------------------------------------------
+# Rollout pipelining step times on the GPU: Co-rewarding-II synchronous vs --async-rollout vs + --teacher-prefetch
+# (embedded engines: the wheelhouse has no SGLang). Not in the default STAGES: run with STAGES="env async".
+if has async; then
+  stage "async rollout pipelining: sync vs async vs async + teacher prefetch (Co-rewarding-II, embedded on cuda)"
+  timeout 300 python benchmarks/bench_async.py --backend embedded --steps ${ASYNC_STEPS:-6} \
+    --max-response-length ${ASYNC_RESPONSE_LENGTH:-128} --timeout 90 --out "$OUT/async_gpu.md" \
+    || echo "async benchmark failed or timed out (rc $?)"
+fi
+# ---- end async (issue 13) --------------------------------------------------------------------------------
 stage "done"
