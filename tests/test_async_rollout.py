@@ -180,3 +180,55 @@ def test_two_ranks_receive_the_pipelined_batch_by_broadcast(tiny_bundle, tmp_pat
     _ok(run_train(_args(tiny_bundle, k1, "gt", steps=2, extra=tp + ["--async-rollout"]), nproc=2))
     assert {r["weight_version"] for r in _dump(k1, 2)} == {0}
     assert [r["rollout/staleness_max"] for r in read_metrics(k1) if "train/loss" in r] == [0, 1]
+
+
+@pytest.mark.e2e
+def test_resume_with_a_smaller_staleness_bound_regenerates_the_saved_rollouts(tiny_bundle, tmp_path):
+    """A staleness-1 checkpoint holds step 3's rollouts from version 1; resumed with --max-staleness 0 they
+    would lag by 1, so they are dropped (one line) and step 3 samples from the checkpoint's version 2."""
+    out = str(tmp_path / "run")
+    save = ["--save", os.path.join(out, "ckpt"), "--save-interval", "2", "--async-rollout"]
+    proc = run_train(_args(tiny_bundle, out, "gt", steps=3, extra=save), {"COREW_FAULT": "after_step:2"})
+    assert proc.returncode == -9
+    proc = run_train(
+        _args(tiny_bundle, out, "gt", steps=3, extra=save + ["--max-staleness", "0", "--load", out + "/ckpt"])
+    )
+    _ok(proc)
+    assert "rollout pipeline: 1 saved rollout batch(es) not reused" in proc.stdout
+    assert {r["weight_version"] for r in _dump(out, 3)} == {2}
+    assert [r["rollout/staleness_max"] for r in read_metrics(out) if "train/loss" in r] == [0, 1, 0]
+
+
+def test_rollouts_beyond_the_bound_stop_the_step(tiny_bundle):
+    """A real embedded engine still at version 0 while the trainer is at 2: with --max-staleness 1 the step
+    refuses to train (one line naming the step and both versions); at the bound it passes and logs the lag."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from megatron_corew.data import load_examples
+    from megatron_corew.records import Prompt, StepBatch
+    from megatron_corew.rollout.base import SamplingParams
+    from megatron_corew.rollout.embedded import EmbeddedEngine
+    from megatron_corew.rollout.pipeline import RolloutPipeline
+
+    tok = AutoTokenizer.from_pretrained(tiny_bundle["model"])
+    ds = load_examples(tiny_bundle["train"], tok, 128)
+    run = SimpleNamespace(
+        args=SimpleNamespace(async_rollout=True, max_staleness=1, teacher_prefetch=False),
+        method=SimpleNamespace(teacher=False),
+        engine=EmbeddedEngine(tiny_bundle["model"], eos_token_ids=[2]),
+        sampler=EpochSampler(len(ds), 2, seed=0),
+        train_iters=1,  # nothing is started ahead
+        weight_version=2,
+        rollout_sampling=lambda step, role="policy": SamplingParams(max_new_tokens=4, seed=step),
+    )
+    batch = StepBatch(1, [Prompt(ds[i], 0, k) for k, i in enumerate(run.sampler.next_batch())], 2)
+    pipe = RolloutPipeline(run)
+    with pytest.raises(
+        RuntimeError, match=r"step 2: rollouts made from weight version 0 lag the trainer \(version 2\)"
+    ):
+        pipe.rollouts(batch)
+    run.weight_version = 1
+    assert pipe.rollouts(batch)["rollout/staleness_max"] == 1
+    pipe.close()
