@@ -17,6 +17,7 @@ from megatron_corew.policy import checkpointing, hf_export, multistep, parallel
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
+from megatron_corew.rollout.pipeline import RolloutPipeline
 from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf
 from megatron_corew.validation import hf_export_root
 
@@ -74,6 +75,7 @@ class RLRun:
         self.start_step = self.weight_version = self.skipped_updates = self.consecutive_skips = 0
         self.stop = lifecycle.StopOnSignal()
         self.last_checkpoint = None
+        self.pipeline = RolloutPipeline(self) if a.async_rollout or a.teacher_prefetch else None  # docs/ASYNC.md
         if a.load:
             self._resume(a.load)
         self.logger = RunLogger(
@@ -170,6 +172,8 @@ class RLRun:
         self.sampler.load_state_dict(state["sampler"])
         self.weight_version = state.get("weight_version", self.start_step)
         self.skipped_updates = state.get("skipped_updates", 0)
+        if self.pipeline is not None:
+            self.pipeline.load_state_dict(state.get("rollout_pipeline"), self.start_step)
         self.sync_weights()
         if self.method.teacher:
             self.sync_teacher()
@@ -193,7 +197,7 @@ class RLRun:
         """generate -> teacher -> statistics -> score for ``batch`` (dynamic sampling runs more rounds)."""
         metrics = {}
         with timer.stage("generate"):
-            self.generate(batch)
+            metrics.update(self.generate(batch))
         if self.method.teacher:
             with timer.stage("teacher_generate"):
                 metrics.update(self.teacher(batch))
@@ -204,9 +208,10 @@ class RLRun:
             metrics.update(self.score(batch))
         return metrics
 
-    def new_batch(self, step: int) -> StepBatch:
-        """This step's prompts (identical on every rank: same seed, same cursor); Co-rewarding-I asks both views."""
-        indices = self.sampler.next_batch()
+    def new_batch(self, step: int, indices: list[int] | None = None) -> StepBatch:
+        """This step's prompts (identical on every rank: same seed, same cursor); Co-rewarding-I asks both views.
+        ``indices``: a batch peeked ahead (the pipeline's), the sampler is not moved."""
+        indices = self.sampler.next_batch() if indices is None else indices
         if not self.paired:
             prompts = [Prompt(self.train_set[i], 0, k) for k, i in enumerate(indices)]
         else:
@@ -225,17 +230,31 @@ class RLRun:
             seed=seed,
         )
 
-    def generate(self, batch: StepBatch) -> None:
+    def rollout_sampling(self, step: int, role: str = "policy", round: int = 0):
+        """Seeds per step, role and dynamic-sampling round: a resumed or pipelined run samples what the
+        synchronous one does."""
+        base = self.args.seed * (100003 if role == "policy" else 7919) + step
+        return self._sampling(seed=base + 1_000_003 * round)
+
+    def generate(self, batch: StepBatch) -> dict:
+        if self.pipeline is not None:  # --async-rollout: started up to --max-staleness steps ahead
+            return self.pipeline.rollouts(batch)
         gens = None
         if self.engine is not None:
-            seed = self.args.seed * 100003 + batch.step + 1_000_003 * batch.round
-            gens = self.engine.generate(batch.prompt_ids(), self._sampling(seed=seed))
+            gens = self.engine.generate(batch.prompt_ids(), self.rollout_sampling(batch.step, round=batch.round))
         batch.add_rollouts(parallel.broadcast_object(gens))
+        return {}
+
+    def teacher_prompt_ids(self, batch: StepBatch) -> list[list[int]]:
+        if not self.args.teacher_on_rephrased:
+            return batch.prompt_ids()
+        return batch.prompt_ids([Prompt(self.train_set[i][1], 1, k) for k, i in enumerate(batch.indices)])
 
     def teacher(self, batch: StepBatch) -> dict:
         """Co-rewarding-II: move the EMA teacher one step towards the pre-update policy, then let it answer the
         same questions (or their rephrasings); its answers only label, they are never trained on."""
         a, out = self.args, {}
+        early = self.pipeline.teacher_rollouts(batch) if self.pipeline is not None else None  # --teacher-prefetch
         if batch.round == 0 and not a.no_ema and (batch.step + 1) % a.teacher_update_interval == 0:
             alpha = algo.ema_alpha(batch.step + 1, self.train_iters, a.teacher_alpha_start, a.teacher_alpha_end)
             self.colocation.enter("train")  # the EMA reads the policy's fp32 main params
@@ -245,14 +264,14 @@ class RLRun:
             self.sync_teacher()
             self.colocation.enter("rollout")
         if self.teacher_engine is not None:
-            prompts = batch.prompts
-            if a.teacher_on_rephrased:
-                prompts = [Prompt(self.train_set[i][1], 1, k) for k, i in enumerate(batch.indices)]
-            gens = self.teacher_engine.generate(
-                batch.prompt_ids(prompts), self._sampling(seed=a.seed * 7919 + batch.step + 1_000_003 * batch.round)
-            )
-            batch.add_teacher_rollouts(gens)
+            if early is None:
+                early = self.teacher_engine.generate(
+                    self.teacher_prompt_ids(batch), self.rollout_sampling(batch.step, "teacher", batch.round)
+                )
+            batch.add_teacher_rollouts(early)
             rewards.decode(batch.teacher_rollouts, self.tokenizer)
+        if self.pipeline is not None:
+            out.update(self.pipeline.after_teacher(batch, "train/teacher_alpha" in out))
         return out
 
     def sequence_statistics(self, batch: StepBatch) -> None:
@@ -379,9 +398,13 @@ class RLRun:
 
     # ------------------------------------------------------------------ sync, validate, save
     def sync_weights(self) -> None:
+        if self.pipeline is not None:  # the sync policy: in-flight generations finish on the old weights first
+            self.pipeline.drain()
         self.trainer.push_weights(self.engine, self.weight_version)
 
     def sync_teacher(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.drain_teacher()
         self.trainer.push_weights(self.teacher_engine, self.weight_version, which="anchor")
 
     def validate(self) -> dict:
@@ -450,6 +473,8 @@ class RLRun:
             self.stop.check(done, parallel.broadcast_object(self.stop.signum is not None))  # every rank agrees
         self.stop.uninstall()
         bar.close()
+        if self.pipeline is not None:
+            self.pipeline.close()
         final_val = self.validate()
         if final_val:
             self.logger.log(self.train_iters, final_val)
@@ -508,6 +533,7 @@ class RLRun:
                 "weight_version": self.weight_version,
                 "skipped_updates": self.skipped_updates,
                 "run": self.run_settings(),
+                **({"rollout_pipeline": self.pipeline.state_dict()} if self.pipeline is not None else {}),
             },
             keep_last=self.args.keep_last_checkpoints,
         )

@@ -84,6 +84,7 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "overlong_penalty_factor": (0, True, INF, False),
     "sglang_base_gpu_id": (0, True, INF, False),
     "peak_flops": (0, False, INF, False),
+    "max_staleness": (0, True, INF, False),  # 0: --async-rollout runs the synchronous schedule
 }
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
@@ -169,6 +170,9 @@ def check_applicable(args, defaults: dict) -> list[str]:
         from megatron_corew import offpolicy_options
 
         offpolicy_options.check(args, defaults, FlagError)
+    from megatron_corew.rollout.pipeline import check_pipeline_args
+
+    check_pipeline_args(args, method, lambda dest: _given(args, defaults, dest))
     warnings = []
     if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):
         warnings.append("--kl-loss-type has no effect with --kl-loss-coef 0")

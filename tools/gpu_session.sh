@@ -111,4 +111,14 @@ EOF
 fi
 # ============================================================ end colocate (issue 19)
 
+# ---- async (issue 13) ------------------------------------------------------------------------------------
+# Rollout pipelining step times on the GPU: Co-rewarding-II synchronous vs --async-rollout vs + --teacher-prefetch
+# (embedded engines: the wheelhouse has no SGLang). Not in the default STAGES: run with STAGES="env async".
+if has async; then
+  stage "async rollout pipelining: sync vs async vs async + teacher prefetch (Co-rewarding-II, embedded on cuda)"
+  timeout 300 python benchmarks/bench_async.py --backend embedded --steps ${ASYNC_STEPS:-6} \
+    --max-response-length ${ASYNC_RESPONSE_LENGTH:-128} --timeout 90 --out "$OUT/async_gpu.md" \
+    || echo "async benchmark failed or timed out (rc $?)"
+fi
+# ---- end async (issue 13) --------------------------------------------------------------------------------
 stage "done"

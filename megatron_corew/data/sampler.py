@@ -69,6 +69,17 @@ class EpochSampler:
             self.cursor = 0
         return batch
 
+    def peek(self, ahead: int = 0) -> list[int]:
+        """The batch ``next_batch()`` returns after ``ahead`` more calls, without moving: a pipeline prefetches
+        prompts this way, so the checkpointed cursor counts consumed batches only."""
+        epoch, cursor = self.epoch, self.cursor
+        try:
+            for _ in range(ahead):
+                self.next_batch()
+            return self.next_batch()
+        finally:
+            self.epoch, self.cursor = epoch, cursor
+
     def state_dict(self) -> dict:
         return {
             "epoch": self.epoch,

@@ -1,0 +1,236 @@
+"""Rollout pipelining (issue 13, docs/ASYNC.md): --async-rollout with --max-staleness 0 is the synchronous run
+bitwise; with staleness 1 step 1 trains on version-0 rollouts, every dumped sample is within the bound, and a
+SIGKILL + resume equals the uninterrupted async run; --teacher-prefetch runs and logs its label staleness (and
+changes nothing when the teacher does not move, --no-ema). Embedded engine on CPU (same interface as SGLang)."""
+
+import json
+import os
+
+import pytest
+from helpers import read_metrics, run_train
+
+from megatron_corew.data import EpochSampler
+
+
+def test_sampler_peek_is_what_next_batch_returns_and_does_not_move():
+    """Peeked batches across an epoch boundary equal a second sampler's plain next_batch() sequence."""
+    ref = EpochSampler(10, 3, seed=5)
+    expected = [ref.next_batch() for _ in range(7)]  # 3 batches per epoch: crosses two boundaries
+    s = EpochSampler(10, 3, seed=5)
+    s.next_batch()
+    state = s.state_dict()
+    assert [s.peek(i) for i in range(6)] == expected[1:7]
+    assert s.state_dict() == state  # the checkpointed cursor counts consumed batches only
+    assert [s.next_batch() for _ in range(6)] == expected[1:7]
+
+
+def _args(bundle, out, method="corewarding_2", steps=4, extra=()):
+    return [
+        "--hf-checkpoint",
+        bundle["model"],
+        "--train-data",
+        bundle["train"],
+        "--reward-method",
+        method,
+        "--global-batch-size",
+        "4",
+        "--n-samples-per-prompt",
+        "4",
+        "--max-response-length",
+        "12",
+        "--max-prompt-length",
+        "128",
+        "--micro-batch-size",
+        "8",
+        "--lr",
+        "1e-3",
+        "--train-iters",
+        str(steps),
+        "--eval-interval",
+        "0",
+        "--output-dir",
+        out,
+        "--no-progress-bar",
+        "--rollout-dump",
+        *extra,
+    ]
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
+def _dump(out, step):
+    with open(os.path.join(out, "rollouts", f"step_{step:06d}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _same_run(a, b, steps):
+    """Every metric of run a (perf/* are wall-clock) in run b, dumps byte-equal, final weights equal."""
+    ra, rb = read_metrics(a), read_metrics(b)
+    assert len(ra) == len(rb)
+    for x, y in zip(ra, rb):
+        for k, v in x.items():
+            if not k.startswith("perf/") and k not in ("time", "wall_time", "timestamp"):
+                assert y.get(k) == v, (x["step"], k, v, y.get(k))
+    for s in range(1, steps + 1):
+        assert open(os.path.join(a, "rollouts", f"step_{s:06d}.jsonl")).read() == (
+            open(os.path.join(b, "rollouts", f"step_{s:06d}.jsonl")).read()
+        )
+    da, db = (json.load(open(os.path.join(d, "result.json"))) for d in (a, b))
+    assert (da["policy_sha256"], da["anchor_sha256"]) == (db["policy_sha256"], db["anchor_sha256"])
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["gt", "corewarding_2"])
+def test_staleness_zero_is_the_synchronous_run_bitwise(tiny_bundle, tmp_path, method):
+    sync, k0 = str(tmp_path / "sync"), str(tmp_path / "k0")
+    _ok(run_train(_args(tiny_bundle, sync, method, steps=3)))
+    _ok(run_train(_args(tiny_bundle, k0, method, steps=3, extra=["--async-rollout", "--max-staleness", "0"])))
+    _same_run(sync, k0, 3)
+    assert all(r["rollout/staleness_max"] == 0 for r in read_metrics(k0) if "train/loss" in r)
+
+
+@pytest.mark.e2e
+def test_staleness_one_versions_and_sigkill_resume_is_exact(tiny_bundle, tmp_path):
+    full, crashed, sync = str(tmp_path / "full"), str(tmp_path / "crashed"), str(tmp_path / "sync")
+    save = lambda out: ["--save", os.path.join(out, "ckpt"), "--save-interval", "2"]  # noqa: E731
+    extra = ["--async-rollout", "--max-staleness", "1"]
+    _ok(run_train(_args(tiny_bundle, full, steps=6, extra=extra + save(full))))
+    # the versions each step trains on, read from the dumps: step 1 from version 0, then one behind the trainer
+    # (step s is trained by the weights of s-1 updates and samples from those of s-2)
+    versions = {s: sorted({r["weight_version"] for r in _dump(full, s)}) for s in range(1, 7)}
+    assert versions == {1: [0], 2: [0], 3: [1], 4: [2], 5: [3], 6: [4]}
+    for s, vs in versions.items():
+        assert all(0 <= (s - 1) - v <= 1 for v in vs)  # within --max-staleness 1
+    rows = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
+    assert [rows[s]["rollout/staleness_max"] for s in range(1, 7)] == [0, 1, 1, 1, 1, 1]
+    # synchronous: step 2 samples from version 1, so the async schedule really trains off-policy
+    _ok(run_train(_args(tiny_bundle, sync, steps=2)))
+    assert {r["weight_version"] for r in _dump(sync, 2)} == {1}
+
+    proc = run_train(_args(tiny_bundle, crashed, steps=6, extra=extra + save(crashed)), {"COREW_FAULT": "after_step:4"})
+    assert proc.returncode == -9  # SIGKILL, with step 5's rollouts in flight
+    _ok(run_train(_args(tiny_bundle, crashed, steps=6, extra=extra + save(crashed) + ["--load", crashed + "/ckpt"])))
+    assert [r["step"] for r in read_metrics(crashed) if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
+    _same_run(full, crashed, 6)
+
+
+@pytest.mark.e2e
+def test_teacher_prefetch_synchronous_logs_label_staleness(tiny_bundle, tmp_path):
+    """Every step's labels come from the teacher before that step's EMA update: staleness 1 with an update each
+    step, 0 on the steps without one (--teacher-update-interval 2); with --no-ema the run is the plain one."""
+    out = str(tmp_path / "prefetch")
+    _ok(run_train(_args(tiny_bundle, out, extra=["--teacher-prefetch", "--teacher-update-interval", "2"])))
+    rows = [r for r in read_metrics(out) if "train/loss" in r]
+    assert [r["rollout/teacher_label_staleness"] for r in rows] == [0, 1, 0, 1]
+    assert all(r["rollout/staleness_max"] == 0 for r in rows)  # policy rollouts stay synchronous
+    plain, pre = str(tmp_path / "plain"), str(tmp_path / "pre")
+    _ok(run_train(_args(tiny_bundle, plain, steps=3, extra=["--no-ema"])))
+    _ok(run_train(_args(tiny_bundle, pre, steps=3, extra=["--no-ema", "--teacher-prefetch"])))
+    _same_run(plain, pre, 3)
+
+
+def test_pipeline_flags_refused_where_they_do_not_apply(tiny_bundle, tmp_path):
+    from megatron_corew.arguments import parse_args
+
+    base = ["--hf-checkpoint", tiny_bundle["model"], "--train-data", tiny_bundle["train"]]
+    base += ["--output-dir", str(tmp_path / "o")]
+    cases = [
+        (["--max-staleness", "2"], "--max-staleness does not apply without --async-rollout"),
+        (["--async-rollout", "--max-staleness", "-1"], "--max-staleness"),
+        (["--teacher-prefetch"], "--teacher-prefetch does not apply to --reward-method gt"),
+        (["--async-rollout", "--dynamic-sampling"], "--async-rollout and --dynamic-sampling do not combine"),
+        (["--async-rollout", "--colocate"], "--async-rollout and --colocate do not combine"),
+    ]
+    for extra, _msg in cases:
+        with pytest.raises(SystemExit):
+            parse_args(base + extra)
+    from megatron_corew.validation import FlagError, check_applicable
+
+    for extra, msg in [c for i, c in enumerate(cases) if i != 1]:  # case 1 is a range error, not applicability
+        args = _parsed(base + extra)
+        with pytest.raises(FlagError, match=msg):
+            check_applicable(args, _defaults())
+
+
+def _parsed(argv):
+    from megatron_corew.arguments import build_parser
+
+    return build_parser().parse_args(argv)
+
+
+def _defaults():
+    from megatron_corew.arguments import _defaults
+
+    return _defaults()
+
+
+@pytest.mark.dist
+def test_two_ranks_receive_the_pipelined_batch_by_broadcast(tiny_bundle, tmp_path):
+    """TP 2 (torchrun, 2 ranks): rank 0 generates ahead, rank 1 gets each batch when its step needs it; staleness
+    0 is the synchronous 2-rank run bitwise, staleness 1 trains step 2 on version-0 rollouts on both ranks."""
+    tp = ["--tensor-model-parallel-size", "2"]
+    sync, k0, k1 = (str(tmp_path / n) for n in ("sync", "k0", "k1"))
+    _ok(run_train(_args(tiny_bundle, sync, "gt", steps=2, extra=tp), nproc=2))
+    _ok(
+        run_train(
+            _args(tiny_bundle, k0, "gt", steps=2, extra=tp + ["--async-rollout", "--max-staleness", "0"]), nproc=2
+        )
+    )
+    _same_run(sync, k0, 2)
+    _ok(run_train(_args(tiny_bundle, k1, "gt", steps=2, extra=tp + ["--async-rollout"]), nproc=2))
+    assert {r["weight_version"] for r in _dump(k1, 2)} == {0}
+    assert [r["rollout/staleness_max"] for r in read_metrics(k1) if "train/loss" in r] == [0, 1]
+
+
+@pytest.mark.e2e
+def test_resume_with_a_smaller_staleness_bound_regenerates_the_saved_rollouts(tiny_bundle, tmp_path):
+    """A staleness-1 checkpoint holds step 3's rollouts from version 1; resumed with --max-staleness 0 they
+    would lag by 1, so they are dropped (one line) and step 3 samples from the checkpoint's version 2."""
+    out = str(tmp_path / "run")
+    save = ["--save", os.path.join(out, "ckpt"), "--save-interval", "2", "--async-rollout"]
+    proc = run_train(_args(tiny_bundle, out, "gt", steps=3, extra=save), {"COREW_FAULT": "after_step:2"})
+    assert proc.returncode == -9
+    proc = run_train(
+        _args(tiny_bundle, out, "gt", steps=3, extra=save + ["--max-staleness", "0", "--load", out + "/ckpt"])
+    )
+    _ok(proc)
+    assert "rollout pipeline: 1 saved rollout batch(es) not reused" in proc.stdout
+    assert {r["weight_version"] for r in _dump(out, 3)} == {2}
+    assert [r["rollout/staleness_max"] for r in read_metrics(out) if "train/loss" in r] == [0, 1, 0]
+
+
+def test_rollouts_beyond_the_bound_stop_the_step(tiny_bundle):
+    """A real embedded engine still at version 0 while the trainer is at 2: with --max-staleness 1 the step
+    refuses to train (one line naming the step and both versions); at the bound it passes and logs the lag."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from megatron_corew.data import load_examples
+    from megatron_corew.records import Prompt, StepBatch
+    from megatron_corew.rollout.base import SamplingParams
+    from megatron_corew.rollout.embedded import EmbeddedEngine
+    from megatron_corew.rollout.pipeline import RolloutPipeline
+
+    tok = AutoTokenizer.from_pretrained(tiny_bundle["model"])
+    ds = load_examples(tiny_bundle["train"], tok, 128)
+    run = SimpleNamespace(
+        args=SimpleNamespace(async_rollout=True, max_staleness=1, teacher_prefetch=False),
+        method=SimpleNamespace(teacher=False),
+        engine=EmbeddedEngine(tiny_bundle["model"], eos_token_ids=[2]),
+        sampler=EpochSampler(len(ds), 2, seed=0),
+        train_iters=1,  # nothing is started ahead
+        weight_version=2,
+        rollout_sampling=lambda step, role="policy": SamplingParams(max_new_tokens=4, seed=step),
+    )
+    batch = StepBatch(1, [Prompt(ds[i], 0, k) for k, i in enumerate(run.sampler.next_batch())], 2)
+    pipe = RolloutPipeline(run)
+    with pytest.raises(
+        RuntimeError, match=r"step 2: rollouts made from weight version 0 lag the trainer \(version 2\)"
+    ):
+        pipe.rollouts(batch)
+    run.weight_version = 1
+    assert pipe.rollouts(batch)["rollout/staleness_max"] == 1
+    pipe.close()
