@@ -7,7 +7,6 @@ runs the Megatron step. What a reward method needs is read from its ``MethodSpec
 
 from __future__ import annotations
 
-import json
 import os
 
 from megatron_corew import algo, data, evaluation, offpolicy_options, rewards
@@ -18,7 +17,8 @@ from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
 from megatron_corew.rollout.pipeline import RolloutPipeline
-from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf
+from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf, rollout_dump
+from megatron_corew.utils.nonfinite import NonFiniteGuard
 from megatron_corew.validation import hf_export_root
 
 
@@ -72,7 +72,8 @@ class RLRun:
                 )
         self.colocation.attach(self.engine, self.teacher_engine)
         self.grader = rewards.remote_grader(self.engine)
-        self.start_step = self.weight_version = self.skipped_updates = self.consecutive_skips = 0
+        self.start_step = self.weight_version = 0
+        self.nonfinite = NonFiniteGuard(args.on_nonfinite, getattr(args, "max_consecutive_skips", 0), log0)
         self.stop = lifecycle.StopOnSignal()
         self.last_checkpoint = None
         self.pipeline = RolloutPipeline(self) if a.async_rollout or a.teacher_prefetch else None  # docs/ASYNC.md
@@ -171,7 +172,7 @@ class RLRun:
         self.last_checkpoint = checkpointing.latest_checkpoint(load_dir)
         self.sampler.load_state_dict(state["sampler"])
         self.weight_version = state.get("weight_version", self.start_step)
-        self.skipped_updates = state.get("skipped_updates", 0)
+        self.nonfinite.skipped = state.get("skipped_updates", 0)
         if self.pipeline is not None:
             self.pipeline.load_state_dict(state.get("rollout_pipeline"), self.start_step)
         self.sync_weights()
@@ -319,26 +320,8 @@ class RLRun:
         view_scale = 0.5 if (self.method.paired_views and a.view_loss_agg == "mean") else 1.0
         keys = [r.prompt.pair_id for r in batch.rollouts]  # mini-batches of whole prompts (pairs)
         m = multistep.train_rollout(self.trainer, batch.rollouts, a.num_steps_per_rollout, view_scale, keys)
-        if not m.pop("update_ok"):
-            self.skipped_updates += 1
-            self.consecutive_skips += 1
-            message = (
-                f"step {batch.step + 1}: non-finite loss or gradient (loss {m['loss']}, grad norm "
-                f"{m['grad_norm']}); the update was not applied"
-            )
-            if a.on_nonfinite == "stop":
-                raise FloatingPointError(message + "; stopping (--on-nonfinite stop), last checkpoint is intact")
-            limit = getattr(a, "max_consecutive_skips", 0)
-            if limit and self.consecutive_skips >= limit:
-                raise FloatingPointError(
-                    f"{self.consecutive_skips} consecutive updates were non-finite and skipped (--max-consecutive-"
-                    f"skips {limit}); stopping at step {batch.step + 1}, last good checkpoint: "
-                    f"{self.last_checkpoint or 'none'}"
-                )
-            log0("warning: " + message + " (skipped; --on-nonfinite skip)")
-        else:
-            self.consecutive_skips = 0
-        m["skipped_updates"] = self.skipped_updates
+        self.nonfinite.check(m.pop("update_ok"), m, batch.step, self.last_checkpoint)
+        m["skipped_updates"] = self.nonfinite.skipped
         self.weight_version += 1
         return {f"train/{k}": v for k, v in m.items()}
 
@@ -351,50 +334,11 @@ class RLRun:
         out.update(self.colocation.step_metrics())
         if self.trainer.anchor is not None:  # 0 with --anchor-cpu-offload: the copy lives in host memory
             out["mem/anchor_device_bytes"] = self.trainer.anchor_device_bytes
-        generated = sum(r.length for r in batch.rollouts)
-        out["perf/tokens_per_s"] = generated / out["perf/time_step"]
-        if timer.seconds.get("perf/time_generate"):  # this step's rate; the engine's own is since start
-            out["perf/rollout_tokens_per_s"] = generated / timer.seconds["perf/time_generate"]
-        if batch.teacher_rollouts and timer.seconds.get("perf/time_teacher_generate"):
-            teacher = sum(r.length for r in batch.teacher_rollouts)
-            out["perf/teacher_rollout_tokens_per_s"] = teacher / timer.seconds["perf/time_teacher_generate"]
-        for role, eng in (("rollout", self.engine), ("teacher_rollout", self.teacher_engine)):
-            if eng is not None:
-                out[f"perf/{role}_tokens_per_s_cumulative"] = eng.throughput()
-                for name, tps in (eng.engine_throughputs() if hasattr(eng, "engine_throughputs") else {}).items():
-                    out[f"perf/{role}_engine{name}_tokens_per_s_cumulative"] = tps  # since start, like eng.throughput()
+        out.update(perf.rate_metrics(batch, timer.seconds, out["perf/time_step"], self.engine, self.teacher_engine))
         return out
 
     def _dump(self, batch: StepBatch) -> None:
-        from checkpoints_conversion.atomic import atomic_file
-
-        name = f"step_{batch.step + 1:06d}" + (f"_round{batch.round}" if batch.round else "")  # = metrics step
-        path = os.path.join(self.args.output_dir, "rollouts", name + ".jsonl")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with atomic_file(path) as tmp, open(tmp, "w") as f:
-            for r in batch.rollouts:
-                f.write(
-                    json.dumps(
-                        {
-                            "step": batch.step + 1,
-                            "index": r.example.index,
-                            "view": r.view,
-                            "pair_id": r.prompt.pair_id,
-                            "label": batch.labels[r.group],
-                            "ground_truth": r.example.ground_truth,
-                            "response": r.text,
-                            "reward": r.reward,
-                            "finish_reason": r.generation.finish_reason,
-                            "weight_version": r.weight_version,
-                            **(
-                                {"response_tokens": r.length - len(r.prompt_ids)}
-                                if self.args.overlong_buffer_len
-                                else {}
-                            ),
-                        }
-                    )
-                    + "\n"
-                )
+        rollout_dump.write(self.args.output_dir, batch, token_counts=bool(self.args.overlong_buffer_len))
 
     # ------------------------------------------------------------------ sync, validate, save
     def sync_weights(self) -> None:
@@ -531,7 +475,7 @@ class RLRun:
             {
                 "sampler": self.sampler.state_dict(),
                 "weight_version": self.weight_version,
-                "skipped_updates": self.skipped_updates,
+                "skipped_updates": self.nonfinite.skipped,
                 "run": self.run_settings(),
                 **({"rollout_pipeline": self.pipeline.state_dict()} if self.pipeline is not None else {}),
             },

@@ -121,3 +121,20 @@ class PerfMeter:
             recompute=self.recompute,
             anchor_forward=self.use_kl,
         )
+
+
+def rate_metrics(batch, seconds: dict, step_seconds: float, engine=None, teacher_engine=None) -> dict:
+    """This step's token rates (whole step, generate, teacher generate) and each engine's own rate since start."""
+    generated = sum(r.length for r in batch.rollouts)
+    out = {"perf/tokens_per_s": generated / step_seconds}
+    if seconds.get("perf/time_generate"):  # this step's rate; the engine's own is since start
+        out["perf/rollout_tokens_per_s"] = generated / seconds["perf/time_generate"]
+    if batch.teacher_rollouts and seconds.get("perf/time_teacher_generate"):
+        teacher = sum(r.length for r in batch.teacher_rollouts)
+        out["perf/teacher_rollout_tokens_per_s"] = teacher / seconds["perf/time_teacher_generate"]
+    for role, eng in (("rollout", engine), ("teacher_rollout", teacher_engine)):
+        if eng is not None:
+            out[f"perf/{role}_tokens_per_s_cumulative"] = eng.throughput()
+            for name, tps in (eng.engine_throughputs() if hasattr(eng, "engine_throughputs") else {}).items():
+                out[f"perf/{role}_engine{name}_tokens_per_s_cumulative"] = tps  # since start, like eng.throughput()
+    return out
