@@ -25,6 +25,7 @@ and Ray's session files go to a fresh directory under /tmp.
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 import time
@@ -240,6 +241,9 @@ class RayRolloutManager(Fleet):
 
         t0 = time.monotonic()
         self._ray = ray = init_ray(self.address, temp_dir=self.temp_dir)
+        # registered after ray.init, so it runs before Ray's own exit handler disconnects (then a ray.get in
+        # shutdown would silently start a second local Ray at exit)
+        atexit.register(self.shutdown)
         bundle = {"CPU": self.cpus_per_engine}
         if self.gpus_per_engine:
             bundle["GPU"] = self.gpus_per_engine
@@ -302,7 +306,10 @@ class RayRolloutManager(Fleet):
         if self.router:
             self.router.stop()
             self.router = None
-        if ray is None:
+        if ray is None or not ray.is_initialized():
+            # Ray is gone already: it took this driver's actors with it, and each server follows its actor
+            # (PR_SET_PDEATHSIG); any ray call here would auto-start a new local Ray
+            self.actors, self.reward_workers, self.grader, self.pg = [], [], None, None
             return
         for a in self.actors:
             try:
