@@ -30,7 +30,8 @@
 #   DRY_RUN=1     check inputs, print the placement and the command, exit 0 without running
 #   ALLOW_MISSING=1 (with DRY_RUN=1) skip the checks that need real files / GPUs
 #   CPU_TINY=1    run METHOD on the bundled tiny task on CPU for STEPS (2) steps with a small batch
-#                 (global batch 4, G=4, response 48; NPROC=1 plain python, NPROC>1 torchrun with TP=NPROC).
+#                 (global batch 4, G=4, response 48; NPROC=1 plain python, NPROC>1 torchrun with TP=NPROC;
+#                 NNODES>1: one launcher per node, c10d rendezvous, TP=NNODES*NPROC).
 #                 ASSETS (assets/tiny; built by tools/make_tiny_task.py if missing) gives
 #                 ASSETS/model and ASSETS/data/{train,train_rephrased,val}.parquet; MODEL_PATH /
 #                 TRAIN_DATA / TRAIN_DATA_REPHRASED / VAL_DATA override single files.
@@ -124,6 +125,11 @@ if [ "$CPU_TINY" = "1" ]; then
   if [ "$NPROC" -gt 1 ]; then
     LAUNCH=(torchrun --standalone --nnodes 1 --nproc_per_node "$NPROC")
     PAR_ARGS=(--tensor-model-parallel-size "$NPROC")
+  fi
+  if [ "${NNODES:-1}" -gt 1 ]; then  # one launcher per node (examples/slurm/node.sh train): TP over all ranks
+    LAUNCH=(torchrun --nnodes "$NNODES" --nproc_per_node "$NPROC" --rdzv-backend c10d
+      --rdzv-endpoint "${MASTER_ADDR:-127.0.0.1}:${MASTER_PORT:-29500}" --rdzv-id "${RDZV_ID:-corew-tiny-$METHOD}")
+    PAR_ARGS=(--tensor-model-parallel-size $((NNODES * NPROC)))
   fi
   CMD=("${LAUNCH[@]}" "$REPO/train_rl.py" --hf-checkpoint "$MODEL_PATH" "${PAR_ARGS[@]}" "${DATA_ARGS[@]}"
     --reward-method "$METHOD" --global-batch-size "${GLOBAL_BATCH:-4}" --n-samples-per-prompt "${N_SAMPLES:-4}"

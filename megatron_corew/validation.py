@@ -311,6 +311,22 @@ def check_servers(args) -> None:
                 ) from None
 
 
+def check_ray_resource(args) -> None:
+    """``--sglang-ray-resource NAME[=AMOUNT]`` applies to Ray-owned engines only and must parse (whether the cluster
+    offers it is checked when rank 0 connects, before the placement group would wait out its timeout)."""
+    spec = getattr(args, "sglang_ray_resource", None)
+    if spec is None:
+        return
+    if getattr(args, "rollout_backend", None) != "sglang" or not args.sglang_use_ray or args.sglang_urls:
+        raise FlagError("--sglang-ray-resource does not apply without --rollout-backend sglang --sglang-use-ray")
+    from megatron_corew.rollout.sglang.ray_fleet import parse_resource
+
+    try:
+        parse_resource(spec)
+    except ValueError as e:
+        raise FlagError(f"--sglang-ray-resource {e}") from None
+
+
 def validate(args, defaults: dict) -> list[str]:
     """All start-up checks; raises :class:`FlagError`, returns warnings to print once."""
     check_ranges(args)
@@ -321,4 +337,5 @@ def validate(args, defaults: dict) -> list[str]:
     check_servers(args)
     if getattr(args, "colocate", False) and getattr(args, "sglang_urls", None):
         warnings.append("--colocate with --sglang-urls: the attached servers must run with --enable-memory-saver")
+    check_ray_resource(args)
     return warnings

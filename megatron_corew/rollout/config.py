@@ -117,6 +117,13 @@ class RolloutConfig:
     use_ray: bool = _setting(False, "engines owned by the Ray rollout manager", "--sglang-use-ray")
     ray_address: str | None = _setting(None, "existing Ray cluster (default: a local one)", "--sglang-ray-address")
     reward_workers: int = _setting(0, "Ray reward-grading workers", "--sglang-reward-workers")
+    ray_resource: str | None = _setting(
+        None,
+        "NAME or NAME=AMOUNT: every engine's Ray bundle also asks for AMOUNT (default 0.001) of the custom resource "
+        "NAME, so engines only run on nodes started with ray start --resources '{\"NAME\": 1}' (node:IP names one "
+        "node); needs --sglang-use-ray",
+        "--sglang-ray-resource",
+    )
     tp_size: int = _setting(1, "SGLang --tp-size: tensor-parallel GPUs per server", "--sglang-tp-size")
     base_gpu_id: int = _setting(
         0,
@@ -198,6 +205,7 @@ def add_rollout_args(parser):
     add("ray_address")
     add("reward_workers", type=int)
     add("base_gpu_id", type=int)
+    add("ray_resource")
     for flag in PASSTHROUGH:
         g.add_argument(f"--sglang-{flag}", default=None, help=f"SGLang {PASSTHROUGH[flag]}")
     for flag in PASSTHROUGH_SWITCHES:

@@ -162,6 +162,7 @@ def _build_sglang(cfg: RolloutConfig, model_dir: str, eos: list[int], role: str)
                 address=cfg.ray_address,
                 num_reward_workers=cfg.reward_workers,
                 log_dir=log_dir,
+                resource=cfg.ray_resource,
             )
             fleet.start()
         else:

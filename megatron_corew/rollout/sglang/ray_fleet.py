@@ -9,18 +9,23 @@ decides where each engine runs:
   (so ``CUDA_VISIBLE_DEVICES`` from Ray reaches it) and reports its URL, pid and node;
 * ``PACK`` (default) keeps the engines together, ``SPREAD`` puts them on different nodes; with
   ``address=None`` a local Ray is started, so one machine needs no Ray setup at all;
+* ``resource`` (``--sglang-ray-resource NAME[=AMOUNT]``) adds a custom Ray resource to every engine bundle,
+  so engines only land on nodes started with it (``ray start --resources '{"NAME": 1}'``; Ray's built-in
+  ``node:IP`` names one node); a cluster offering none of it fails at start-up, not after the placement timeout;
 * ``restart(i)`` restarts engine i's server through its actor (or a fresh actor if the actor
   itself died); ``SGLangEngine`` then re-pushes the weights it kept;
 * a pool of ``RewardWorker`` actors grades already-extracted answers in parallel with
   ``megatron_corew.rewards.grading.workers.grade_answers`` (the inline grader's function and timeout rule);
 * ``throughput_report(engine)``: per-engine tokens/s, requests, restarts, node and pid.
 
-Ray 2.60 turns on token auth by default: ``RAY_AUTH_MODE=disabled`` is set, and Ray's session
-files go to a fresh directory under /tmp.
+Each actor starts its server at the raylet's niceness (Ray nices its workers to 15), so the server competes for
+the CPU like one launched by hand. Ray 2.60 turns on token auth by default: ``RAY_AUTH_MODE=disabled`` is set,
+and Ray's session files go to a fresh directory under /tmp.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import tempfile
 import time
@@ -30,6 +35,45 @@ from megatron_corew.rollout.sglang.engine import SGLangEngine
 from megatron_corew.rollout.sglang.fleet import Fleet
 from megatron_corew.rollout.sglang.http import EngineDownError, HTTPConfig, log_event
 from megatron_corew.rollout.sglang.server import RouterProcess, ServerProcess, ServerSpec
+
+RESERVED_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+DEFAULT_RESOURCE_AMOUNT = 0.001  # any number of engines per node offering the resource (Ray's unit is 1e-4)
+
+
+def parse_resource(text: str) -> tuple[str, float]:
+    """``NAME`` or ``NAME=AMOUNT`` (per engine) -> (name, amount); ValueError naming what is wrong."""
+    name, sep, amount = text.partition("=")
+    name = name.strip()
+    if not name or any(c.isspace() for c in name) or "," in name:
+        raise ValueError(f"'{text}' is not a Ray resource name (expected NAME or NAME=AMOUNT, e.g. rollout_node)")
+    if name in RESERVED_RESOURCES:
+        raise ValueError(
+            f"'{name}' is a built-in Ray resource set by the engine's own CPU/GPU request; name a custom one"
+        )
+    if not sep:
+        return name, DEFAULT_RESOURCE_AMOUNT
+    try:
+        value = float(amount)
+    except ValueError:
+        raise ValueError(f"'{text}': the amount '{amount}' is not a number") from None
+    if not (0 < value < float("inf")):
+        raise ValueError(f"'{text}': the amount must be > 0 and finite")
+    return name, value
+
+
+def check_cluster_offers(ray, name: str, amount: float, count: int) -> None:
+    """The cluster has ``count * amount`` of ``name`` in total (else the placement group would wait until its
+    timeout): raises ValueError listing the custom resources the cluster does offer."""
+    total = ray.cluster_resources()
+    if total.get(name, 0.0) + 1e-9 >= amount * count:
+        return
+    offered = sorted(k for k in total if k not in RESERVED_RESOURCES and not k.startswith("node:__internal"))
+    have = f"the cluster offers {total[name]:g}" if name in total else "no node of the cluster offers it"
+    raise ValueError(
+        f"--sglang-ray-resource {name}: {count} engine(s) need {amount * count:g} of it but {have} "
+        f"(custom/node resources: {', '.join(offered) or 'none'}); start the rollout nodes with "
+        f"ray start --resources '{{\"{name}\": 1}}'"
+    )
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, temp_dir: str | None = None):
@@ -57,6 +101,12 @@ class _EngineActor:
     def __init__(self, spec_kwargs: dict):
         import ray
 
+        # Ray starts its workers at niceness 15 (its worker_niceness default) and the server would inherit it: on a
+        # busy node its scheduler then gets a few percent of a core. Start it at the raylet's (parent's) priority.
+        try:
+            os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, os.getppid()))
+        except OSError:
+            pass  # an unprivileged user cannot lower the niceness; the server then runs at Ray's
         spec = ServerSpec(**spec_kwargs)
         if spec.host == "auto":
             spec.host = ray.util.get_node_ip_address()
@@ -70,6 +120,7 @@ class _EngineActor:
             "pid": self.proc.pid,
             "instance_id": self.proc.instance_id,
             "node": ray.util.get_node_ip_address(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "starts": self.proc.starts,
         }
 
@@ -128,6 +179,7 @@ class RayRolloutManager(Fleet):
         strategy: str = "PACK",
         log_dir: str | None = None,
         temp_dir: str | None = None,
+        resource: str | None = None,
     ):
         self.specs = specs
         self.http = http or HTTPConfig()
@@ -140,6 +192,7 @@ class RayRolloutManager(Fleet):
         self.cpus_per_engine = cpus_per_engine if cpus_per_engine is not None else (1.0 if on_gpu else 0.25)
         self.cpus_per_reward_worker = cpus_per_reward_worker
         self.strategy = strategy
+        self.resource = parse_resource(resource) if resource else None
         self.log_dir = log_dir
         self.tp_sizes = [s.tp_size for s in specs]
         self.actors: list = []
@@ -188,9 +241,15 @@ class RayRolloutManager(Fleet):
 
         t0 = time.monotonic()
         self._ray = ray = init_ray(self.address, temp_dir=self.temp_dir)
+        # registered after ray.init, so it runs before Ray's own exit handler disconnects (then a ray.get in
+        # shutdown would silently start a second local Ray at exit)
+        atexit.register(self.shutdown)
         bundle = {"CPU": self.cpus_per_engine}
         if self.gpus_per_engine:
             bundle["GPU"] = self.gpus_per_engine
+        if self.resource:
+            check_cluster_offers(ray, *self.resource, len(self.specs))
+            bundle[self.resource[0]] = self.resource[1]
         bundles = [dict(bundle) for _ in self.specs] + [{"CPU": self.cpus_per_reward_worker}] * self.num_reward_workers
         self.pg = placement_group(bundles, strategy=self.strategy)
         try:
@@ -206,7 +265,9 @@ class RayRolloutManager(Fleet):
                 [a.start.remote(self.startup_timeout) for a in self.actors], timeout=self.startup_timeout + 60
             )
             for i, info in enumerate(self.infos):
-                log_event(f"ray engine {i}: {info['url']} pid {info['pid']} on node {info['node']}")
+                log_event(
+                    f"ray engine {i}: {info['url']} pid {info['pid']} on node {info['node']} id {info['node_id']}"
+                )
             worker_cls = ray.remote(_RewardWorker)
             base = len(self.specs)
             self.reward_workers = [
@@ -245,7 +306,10 @@ class RayRolloutManager(Fleet):
         if self.router:
             self.router.stop()
             self.router = None
-        if ray is None:
+        if ray is None or not ray.is_initialized():
+            # Ray is gone already: it took this driver's actors with it, and each server follows its actor
+            # (PR_SET_PDEATHSIG); any ray call here would auto-start a new local Ray
+            self.actors, self.reward_workers, self.grader, self.pg = [], [], None, None
             return
         for a in self.actors:
             try:

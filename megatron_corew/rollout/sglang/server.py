@@ -57,6 +57,23 @@ def _parse_flags(tokens: list[str]) -> list[tuple[str, str | None]]:
     return out
 
 
+# torchrun's per-rank variables: SGLang's own torch.distributed init reads them (with TORCHELASTIC_USE_AGENT_STORE
+# it joins the launcher's store as a client) and waits forever for a world it is not part of
+TRAINER_DIST_VARS = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+)
+
+
 @dataclass
 class ServerSpec:
     model_path: str
@@ -97,6 +114,8 @@ class ServerSpec:
         env = dict(os.environ)
         for k in ("SGLANG_RETURN_ORIGINAL_LOGPROB",):
             env.pop(k, None)
+        for k in [k for k in env if k in TRAINER_DIST_VARS or k.startswith("TORCHELASTIC_")]:
+            env.pop(k)  # a server started under torchrun (or by a Ray it started) must not join the trainer's group
         env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
         if self.device == "cpu":
             env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's is_cpu() is False

@@ -91,12 +91,17 @@ def init_custom_process_group(
     """A process group between this trainer process and the engines that is independent of the
     trainer's own default group (same construction as SGLang/verl use on the engine side)."""
     from datetime import timedelta
+    from urllib.parse import urlparse
 
-    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
+    from torch.distributed import TCPStore
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world
 
     timeout = timedelta(seconds=timeout_s)
-    store, rank, world_size = next(rendezvous(init_method, rank, world_size, timeout=timeout))
-    store.set_timeout(timeout)
+    # the store is built here, not by torch's rendezvous(init_method): under torchrun that makes every rank a
+    # client of the launcher's agent store (TORCHELASTIC_USE_AGENT_STORE), so rank 0 hosts nothing and the
+    # engines and the trainer wait for each other until the timeout
+    addr = urlparse(init_method)
+    store = TCPStore(addr.hostname, addr.port, world_size, rank == 0, timeout, multi_tenant=True)
     store = PrefixStore(group_name, store)
     # works with or without the trainer's own default group (checked with gloo on torch 2.13)
     pg, _ = _new_process_group_helper(
