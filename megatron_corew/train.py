@@ -11,7 +11,7 @@ import json
 import os
 
 from megatron_corew import algo, data, evaluation, rewards
-from megatron_corew.policy import checkpointing, hf_export, parallel
+from megatron_corew.policy import checkpointing, hf_export, parallel, weight_push
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
@@ -64,6 +64,7 @@ class RLRun:
                 )
         self.grader = rewards.remote_grader(self.engine)
         self.start_step = self.weight_version = self.skipped_updates = self.consecutive_skips = 0
+        self.sync_stats: dict = {}
         self.stop = lifecycle.StopOnSignal()
         self.last_checkpoint = None
         if a.load:
@@ -170,6 +171,7 @@ class RLRun:
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> dict:
         timer, metrics = StageTimer(), {}
+        self.sync_stats = {"policy": None, "anchor": None} if self.method.teacher else {"policy": None}
         batch = self.new_batch(step)
         with timer.stage("generate"):
             self.generate(batch)
@@ -209,9 +211,10 @@ class RLRun:
         )
 
     def generate(self, batch: StepBatch) -> None:
-        gens = None
-        if self.engine is not None:
-            gens = self.engine.generate(batch.prompt_ids(), self._sampling(seed=self.args.seed * 100003 + batch.step))
+        params = self._sampling(seed=self.args.seed * 100003 + batch.step)  # a restarted engine gets a re-push:
+        gens = weight_push.generate(
+            self.trainer, self.engine, "policy", lambda: self.engine.generate(batch.prompt_ids(), params)
+        )
         batch.add_rollouts(parallel.broadcast_object(gens))
 
     def teacher(self, batch: StepBatch) -> dict:
@@ -223,13 +226,14 @@ class RLRun:
             self.trainer.ema_update_anchor(alpha)
             out["train/teacher_alpha"] = alpha
             self.sync_teacher()
+        prompts = batch.prompts
+        if a.teacher_on_rephrased:
+            prompts = [Prompt(self.train_set[i][1], 1, k) for k, i in enumerate(batch.indices)]
+        params, eng = self._sampling(seed=a.seed * 7919 + batch.step), self.teacher_engine
+        gens = weight_push.generate(
+            self.trainer, eng, "anchor", lambda: eng.generate(batch.prompt_ids(prompts), params)
+        )
         if self.teacher_engine is not None:
-            prompts = batch.prompts
-            if a.teacher_on_rephrased:
-                prompts = [Prompt(self.train_set[i][1], 1, k) for k, i in enumerate(batch.indices)]
-            gens = self.teacher_engine.generate(
-                batch.prompt_ids(prompts), self._sampling(seed=a.seed * 7919 + batch.step)
-            )
             batch.add_teacher_rollouts(gens)
             rewards.decode(batch.teacher_rollouts, self.tokenizer)
         return out
@@ -296,6 +300,7 @@ class RLRun:
         out = dict(train_metrics)
         out.update(timer.seconds)
         out["perf/time_step"] = timer.total()
+        out.update(weight_push.metrics(self.sync_stats))  # seconds and bytes of this step's pushes (all stages)
         if self.trainer.anchor is not None:  # 0 with --anchor-cpu-offload: the copy lives in host memory
             out["mem/anchor_device_bytes"] = self.trainer.anchor_device_bytes
         generated = sum(r.length for r in batch.rollouts)
@@ -339,10 +344,10 @@ class RLRun:
 
     # ------------------------------------------------------------------ sync, validate, save
     def sync_weights(self) -> None:
-        self.trainer.push_weights(self.engine, self.weight_version)
+        self.sync_stats["policy"] = self.trainer.push_weights(self.engine, self.weight_version)
 
     def sync_teacher(self) -> None:
-        self.trainer.push_weights(self.teacher_engine, self.weight_version, which="anchor")
+        self.sync_stats["anchor"] = self.trainer.push_weights(self.teacher_engine, self.weight_version, which="anchor")
 
     def validate(self) -> dict:
         """Held-out accuracy graded against ground truth (rank 0): greedy pass@1 (the reference's validation) and,
