@@ -49,9 +49,7 @@ def make_model(path: str, shape: str, layers: int | None) -> str:
     dims = dict(SHAPES[shape])
     if layers:
         dims["num_hidden_layers"] = layers
-    cfg = Qwen2Config(
-        vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096, eos_token_id=2, **dims
-    )
+    cfg = Qwen2Config(vocab_size=151936, tie_word_embeddings=True, max_position_embeddings=4096, eos_token_id=2, **dims)
     cfg.architectures = ["Qwen2ForCausalLM"]
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
@@ -94,7 +92,7 @@ def worker(a) -> None:
         eng = engines.get("policy" if which == "policy" else "teacher")
         if eng is not None:
             eng.layout = layout
-            eng._engine_dtype = None if cast else "auto"  # auto: sent as the trainer holds it (the old path)
+            eng._engine_dtype = a.engine_dtype if cast else "auto"  # auto: sent as the trainer holds it (old path)
         res = trainer.push_weights(eng, len(rows) + 1, which=which)
         rows.append({"label": label, "role": "policy" if which == "policy" else "teacher", **res})
 
@@ -103,14 +101,23 @@ def worker(a) -> None:
             run("funnel (old)", which, "funnel", cast=False)
             run("funnel + cast", which, "funnel")
             run("sharded", which, "sharded")
-    # delta: base push, one emulated Adam first step (|update| = lr everywhere), EMA at alpha, delta push
-    run("sharded (delta base)", "anchor", "sharded")
+    # delta: the last sharded teacher push is the base; one emulated Adam first step (|update| = lr everywhere), EMA at alpha, delta push
+    from megatron_corew.policy.weights import stage_tensors
+
+    before = {n: t.clone() for n, t in stage_tensors(trainer.anchor, args, torch.bfloat16)}
     g = torch.Generator(device=parallel.device()).manual_seed(1 + parallel.rank())
     with torch.no_grad():
         for p in trainer.model.module.parameters():
             p.add_(torch.randn(p.shape, generator=g, device=p.device).sign() * cfg.lr)
     trainer.ema_update_anchor(a.alpha)
+    changed = [0, 0, 0, 0]  # bf16 elements changed, elements, tensors changed, tensors
+    for n, t in stage_tensors(trainer.anchor, args, torch.bfloat16):
+        diff = int((t.view(torch.int16) != before[n].view(torch.int16)).sum())
+        changed = [changed[0] + diff, changed[1] + t.numel(), changed[2] + (diff > 0), changed[3] + 1]
     run(f"sharded + delta (alpha {a.alpha:g})", "anchor", "sharded")
+    parts = [None] * parallel.world_size()
+    torch.distributed.all_gather_object(parts, changed)
+    rows[-1]["changed"] = [sum(p[i] for p in parts) for i in range(4)]
     if parallel.is_rank0():
         with open(a.out, "w") as f:
             json.dump({"rows": rows, "world": parallel.world_size()}, f)
@@ -121,18 +128,27 @@ def table(rows: list[dict]) -> str:
     """Median seconds per (label, role) over repeats; bytes; per-rank bytes (to engines / p2p to rank 0)."""
     import statistics
 
-    out = ["| layout | role | seconds | bytes to engines | per rank: bytes to engines (p2p to rank 0) |", "|---" * 5 + "|"]
+    out = [
+        "| layout | role | seconds | bytes to engines | per rank: bytes to engines (p2p to rank 0) |",
+        "|---" * 5 + "|",
+    ]
     seen: dict = {}
     for r in rows:
         seen.setdefault((r["label"], r["role"]), []).append(r)
     for (label, role), rs in seen.items():
         secs = statistics.median(r["seconds"] for r in rs)
         per = ", ".join(
-            f"r{p['rank']} {p['bytes'] / 2**20:.0f} MiB" + (f" ({p['p2p_bytes'] / 2**20:.0f})" if p["p2p_bytes"] else "")
+            f"r{p['rank']} {p['bytes'] / 2**20:.0f} MiB"
+            + (f" ({p['p2p_bytes'] / 2**20:.0f})" if p["p2p_bytes"] else "")
             for p in rs[-1]["per_rank"]
         )
-        skipped = rs[-1].get("skipped_bytes", 0)
-        note = f" (skipped {skipped / 2**20:.0f} MiB unchanged)" if skipped else ""
+        skipped, changed = rs[-1].get("skipped_bytes", 0), rs[-1].get("changed")
+        note = f" (skipped {skipped / 2**10:.1f} KiB of unchanged tensors)" if "delta" in label else ""
+        if changed:
+            note += (
+                f"; bf16 elements changed by the EMA step: {100 * changed[0] / changed[1]:.2f}%, tensors with any "
+                f"change: {changed[2]}/{changed[3]}"
+            )
         out.append(f"| {label} | {role} | {secs:.2f} | {rs[-1]['bytes'] / 2**20:.0f} MiB{note} | {per} |")
     return "\n".join(out)
 
@@ -146,6 +162,14 @@ def main() -> None:
     ap.add_argument("--bucket-mb", type=float, default=512)
     ap.add_argument("--alpha", type=float, default=1e-2)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument(
+        "--engine",
+        choices=["auto", "sglang", "fake"],
+        default="auto",
+        help="receiving servers: real SGLang (auto: when the SGLang interpreter imports it) or the fake HTTP "
+        "endpoint of tests/sglang_stubs.py (same API, transformers behind it)",
+    )
+    ap.add_argument("--engine-dtype", default="bfloat16", help=argparse.SUPPRESS)
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--results", default=None, help="markdown output (default benchmarks/results/weight_sync_DEV.md)")
     ap.add_argument("--json", default=None)
@@ -163,19 +187,26 @@ def main() -> None:
     from megatron_corew.rollout.sglang import fleet as sf
     from megatron_corew.rollout.sglang import http as sh
     from megatron_corew.rollout.sglang import server as ss
+    from megatron_corew.rollout.sglang.http import free_port
 
     gpu = torch.cuda.is_available()
     work = a.work_dir or tempfile.mkdtemp(prefix="bench_wsync_")
     model = make_model(os.path.join(work, f"{a.shape}-{a.layers or 'full'}"), a.shape, a.layers)
-    stubs = []
-    if not gpu:
-        sys.path.insert(0, os.path.join(REPO, "tests"))
-        from sglang_stubs import write_stubs
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from sglang_stubs import write_fake_sglang, write_stubs
 
+    engine, python, stubs = a.engine, ss.default_sglang_python(), []
+    if engine == "auto":
+        probe = subprocess.run([python, "-c", "import sglang.srt"], capture_output=True)
+        engine = "sglang" if probe.returncode == 0 else "fake"
+    if engine == "fake":
+        python, stubs = sys.executable, [write_fake_sglang(os.path.join(work, "fake"))]
+    elif not gpu:
         stubs = [write_stubs(os.path.join(work, "stubs"))]
     specs = [
         ss.ServerSpec(
             model_path=model,
+            python=python,
             device="cuda" if gpu else "cpu",
             extra_pythonpath=stubs,
             log_path=os.path.join(work, f"engine{i}.log"),
@@ -188,10 +219,18 @@ def main() -> None:
     fleet = sf.LocalFleet(specs, sh.HTTPConfig(), startup_timeout=900).start()
     out = a.json or os.path.join(work, "rows.json")
     try:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(a.pp), "--master_port", "0"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(a.pp),
+            "--master_port",
+            str(free_port()),
+        ]
         cmd += [os.path.abspath(__file__), "--worker", "--model", model, "--out", out, "--pp", str(a.pp)]
         cmd += ["--urls", *[fleet.url(i) for i in range(a.engines)], "--alpha", str(a.alpha)]
-        cmd += ["--bucket-mb", str(a.bucket_mb), "--repeats", str(a.repeats)]
+        cmd += ["--bucket-mb", str(a.bucket_mb), "--repeats", str(a.repeats), "--engine-dtype", a.engine_dtype]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")]))
         subprocess.run(cmd, check=True, env=env, cwd=REPO)
     finally:
@@ -200,7 +239,9 @@ def main() -> None:
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})"
     head = (
         f"# Weight sync: funnel vs sharded ({a.shape}{f', {a.layers} layers' if a.layers else ''}, PP={a.pp}, "
-        f"{'NCCL' if gpu else 'gloo'}, {a.engines} SGLang server(s), bf16 engine)\n\n"
+        f"{'NCCL' if gpu else 'gloo'}, {a.engines} "
+        f"{'real SGLang server(s)' if engine == 'sglang' else 'FAKE receiving endpoint(s) (no SGLang here)'}"
+        f", bf16 engine)\n\n"
         f"{device}, {os.cpu_count()} cores, {datetime.date.today()}; `python benchmarks/bench_weight_sync.py "
         f"{' '.join(sys.argv[1:])}`. Trainer weights are fp32{' (bf16 params on GPU)' if gpu else ''}; "
         f"bucket {a.bucket_mb:g} MiB; seconds are one push as rank 0 sees it (median of {a.repeats}).\n\n"

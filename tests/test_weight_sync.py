@@ -191,3 +191,16 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
         for x, y in zip(g["logprobs"], _teacher_forced(res["teacher_export"], p, g["ids"], torch.bfloat16))
     )
     assert all(g["tag"] == "teacher-2" for g in res["teacher_served"]) and tworst < 5e-2, tworst
+
+
+def test_step_metrics_name_both_roles_and_zero_when_not_pushed():
+    from megatron_corew.policy.weight_push import metrics
+
+    got = metrics({"policy": {"seconds": 1.5, "bytes": 10}, "anchor": None})
+    assert got == {
+        "perf/weight_sync_policy_s": 1.5,
+        "perf/weight_sync_policy_bytes": 10,
+        "perf/weight_sync_teacher_s": 0.0,
+        "perf/weight_sync_teacher_bytes": 0,
+    }
+    assert metrics({"policy": None}) == {"perf/weight_sync_policy_s": 0.0, "perf/weight_sync_policy_bytes": 0}
