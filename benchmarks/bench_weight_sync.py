@@ -96,6 +96,8 @@ def worker(a) -> None:
         res = trainer.push_weights(eng, len(rows) + 1, which=which)
         rows.append({"label": label, "role": "policy" if which == "policy" else "teacher", **res})
 
+    for which in ("policy", "anchor"):  # warm-up (not recorded): first-push costs of the server and shared memory
+        trainer.push_weights(engines.get("policy" if which == "policy" else "teacher"), 0, which=which)
     for _ in range(a.repeats):
         for which in ("policy", "anchor"):
             run("funnel (old)", which, "funnel", cast=False)
@@ -173,6 +175,7 @@ def main() -> None:
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--results", default=None, help="markdown output (default benchmarks/results/weight_sync_DEV.md)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--render", default=None, help="only re-render the table of a previous run's --json rows")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--urls", nargs="+", help=argparse.SUPPRESS)
@@ -190,6 +193,8 @@ def main() -> None:
     from megatron_corew.rollout.sglang.http import free_port
 
     gpu = torch.cuda.is_available()
+    if a.render:
+        return write_results(a, json.load(open(a.render))["rows"], gpu, "sglang", "(re-rendered from a saved run)")
     work = a.work_dir or tempfile.mkdtemp(prefix="bench_wsync_")
     model = make_model(os.path.join(work, f"{a.shape}-{a.layers or 'full'}"), a.shape, a.layers)
     sys.path.insert(0, os.path.join(REPO, "tests"))
@@ -236,22 +241,61 @@ def main() -> None:
     finally:
         fleet.shutdown()
     rows = json.load(open(out))["rows"]
+    write_results(a, rows, gpu, engine, f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+def summary(rows: list[dict]) -> str:
+    """Sharded vs the old funnel, per role: time and bytes ratios (first repeat's bytes, median seconds)."""
+    import statistics
+
+    def pick(label, role):
+        rs = [r for r in rows if r["label"] == label and r["role"] == role]
+        return (statistics.median(r["seconds"] for r in rs), rs[-1]["bytes"]) if rs else None
+
+    lines = []
+    for role in ("policy", "teacher"):
+        old, new = pick("funnel (old)", role), pick("sharded", role)
+        if old and new:
+            lines.append(
+                f"- {role}: sharded {new[0]:.2f} s vs funnel (old) {old[0]:.2f} s ({old[0] / max(new[0], 1e-9):.1f}x), "
+                f"{new[1] / old[1]:.2f}x the bytes; rank 0 sends "
+                f"{[p for p in rows if p['label'] == 'sharded' and p['role'] == role][-1]['per_rank'][0]['bytes'] / new[1]:.0%}"
+                f" of the image instead of all of it"
+            )
+    return "\n".join(lines)
+
+
+def write_results(a, rows, gpu, engine, when: str) -> None:
+    import torch
+
     device = torch.cuda.get_device_name(0) if gpu else f"CPU ({platform.processor() or platform.machine()})"
     head = (
         f"# Weight sync: funnel vs sharded ({a.shape}{f', {a.layers} layers' if a.layers else ''}, PP={a.pp}, "
         f"{'NCCL' if gpu else 'gloo'}, {a.engines} "
         f"{'real SGLang server(s)' if engine == 'sglang' else 'FAKE receiving endpoint(s) (no SGLang here)'}"
         f", bf16 engine)\n\n"
-        f"{device}, {os.cpu_count()} cores, {datetime.date.today()}; `python benchmarks/bench_weight_sync.py "
-        f"{' '.join(sys.argv[1:])}`. Trainer weights are fp32{' (bf16 params on GPU)' if gpu else ''}; "
-        f"bucket {a.bucket_mb:g} MiB; seconds are one push as rank 0 sees it (median of {a.repeats}).\n\n"
+        f"{device}, {os.cpu_count()} cores (shared with other jobs: {when}), {datetime.date.today()}; "
+        f"`python benchmarks/bench_weight_sync.py {' '.join(sys.argv[1:])}`. Trainer weights are fp32"
+        f"{' (bf16 params on GPU)' if gpu else ''}; bucket {a.bucket_mb:g} MiB; seconds are one push as rank 0 "
+        f"sees it (median of {a.repeats}).\n\n"
     )
-    text = head + table(rows) + "\n"
+    text = head + table(rows) + "\n\n" + summary(rows) + "\n\n" + NOTES
     print(text)
     path = a.results or os.path.join(HERE, "results", f"weight_sync_{'gpu' if gpu else 'cpu'}.md")
     with open(path, "w") as f:
         f.write(text)
     print(f"wrote {path}")
+
+
+NOTES = """Reading the rows:
+- the bytes halve because the fp32 copies are cast to the engine's bf16 before they travel (both layouts now);
+  the sharded layout also takes the stage-1 tensors off rank 0 (no point-to-point hop, no serial turn-taking);
+- seconds on this CPU are dominated by the server's load into its parameters and by other jobs on the two cores,
+  so single pushes are noisy; bytes are exact;
+- delta sync is tensor-granular (SGLang loads whole parameters by name): an EMA step at alpha 1e-2 changes a
+  small fraction of the bf16 elements, but almost every tensor has at least one changed element, so the delta push
+  sends nearly everything. Only a sub-tensor patch on the engine side would turn the element fraction into bytes.
+"""
 
 
 if __name__ == "__main__":
