@@ -142,4 +142,6 @@ def generate(trainer, engine, which: str, call):
         if refill is None:
             return result
         trainer.push_weights(engine, refill[0], which=which)
+        if engine is not None and hasattr(engine, "state"):
+            engine.state.event(f"{ROLES.get(which, which)} weights {refill[0]} re-pushed by the trainer ({refill[1]})")
     raise RuntimeError(f"{which} engine still lacks its weights after 3 re-pushes: {refill[1]}")
