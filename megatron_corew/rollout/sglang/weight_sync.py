@@ -9,8 +9,10 @@
 
 Generation is paused and the prefix cache flushed around an update, and the server is told a weight version
 (``"<role>-<version>"``) that it reports back on every sample. What a role should serve is a ``DiskWeights``
-(a checkpoint directory) or ``MemoryWeights`` (a CPU copy), so a restarted engine, or the other role's turn on a
-shared engine, can be refilled without the trainer.
+(a checkpoint directory) or ``MemoryWeights`` (a CPU copy, kept only where a role swap needs it or when asked), so
+the other role's turn on a shared engine can be refilled without the trainer; without a copy a restarted engine
+raises ``RefillNeeded`` and the trainer re-pushes. ``sharded_plan`` / ``finish_sharded`` open and close the
+sharded layout's update (``stage_sender.py``, docs/WEIGHT_SYNC.md).
 """
 
 from __future__ import annotations
