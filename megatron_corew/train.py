@@ -12,7 +12,7 @@ import os
 from megatron_corew import algo, data, evaluation, offpolicy_options, rewards
 from megatron_corew.algo import dynamic_sampling, shaping
 from megatron_corew.colocation import Colocation
-from megatron_corew.policy import checkpointing, hf_export, multistep, parallel
+from megatron_corew.policy import checkpointing, hf_export, multistep, parallel, weight_push
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
@@ -74,6 +74,7 @@ class RLRun:
         self.grader = rewards.remote_grader(self.engine)
         self.start_step = self.weight_version = 0
         self.nonfinite = NonFiniteGuard(args.on_nonfinite, getattr(args, "max_consecutive_skips", 0), log0)
+        self.sync_stats: dict = {}
         self.stop = lifecycle.StopOnSignal()
         self.last_checkpoint = None
         self.pipeline = RolloutPipeline(self) if a.async_rollout or a.teacher_prefetch else None  # docs/ASYNC.md
@@ -183,6 +184,7 @@ class RLRun:
     # ------------------------------------------------------------------ one step
     def step(self, step: int) -> dict:
         timer, metrics = self.colocation.timer(), {}
+        self.sync_stats = {"policy": None, "anchor": None} if self.method.teacher else {"policy": None}
         batch = self.new_batch(step)
         metrics.update(self.rollout_round(batch, timer))
         if self.args.dynamic_sampling:  # DAPO: zero-variance groups out, refilled from more prompts
@@ -240,9 +242,10 @@ class RLRun:
     def generate(self, batch: StepBatch) -> dict:
         if self.pipeline is not None:  # --async-rollout: started up to --max-staleness steps ahead
             return self.pipeline.rollouts(batch)
-        gens = None
-        if self.engine is not None:
-            gens = self.engine.generate(batch.prompt_ids(), self.rollout_sampling(batch.step, round=batch.round))
+        params = self.rollout_sampling(batch.step, round=batch.round)  # a restarted engine gets a re-push:
+        gens = weight_push.generate(
+            self.trainer, self.engine, "policy", lambda: self.engine.generate(batch.prompt_ids(), params)
+        )
         batch.add_rollouts(parallel.broadcast_object(gens))
         return {}
 
@@ -264,11 +267,12 @@ class RLRun:
             self.colocation.enter("sync")
             self.sync_teacher()
             self.colocation.enter("rollout")
+        if self.pipeline is None or not self.pipeline.teacher_prefetch:  # every rank takes part (re-push)
+            params, eng = self.rollout_sampling(batch.step, "teacher", batch.round), self.teacher_engine
+            early = weight_push.generate(
+                self.trainer, eng, "anchor", lambda: eng.generate(self.teacher_prompt_ids(batch), params)
+            )
         if self.teacher_engine is not None:
-            if early is None:
-                early = self.teacher_engine.generate(
-                    self.teacher_prompt_ids(batch), self.rollout_sampling(batch.step, "teacher", batch.round)
-                )
             batch.add_teacher_rollouts(early)
             rewards.decode(batch.teacher_rollouts, self.tokenizer)
         if self.pipeline is not None:
@@ -332,6 +336,7 @@ class RLRun:
         out.update(self.perf.metrics(batch, out))
         out.update(getattr(timer, "memory", {}))
         out.update(self.colocation.step_metrics())
+        out.update(weight_push.metrics(self.sync_stats))  # seconds and bytes of this step's pushes (all stages)
         if self.trainer.anchor is not None:  # 0 with --anchor-cpu-offload: the copy lives in host memory
             out["mem/anchor_device_bytes"] = self.trainer.anchor_device_bytes
         out.update(perf.rate_metrics(batch, timer.seconds, out["perf/time_step"], self.engine, self.teacher_engine))
@@ -344,12 +349,12 @@ class RLRun:
     def sync_weights(self) -> None:
         if self.pipeline is not None:  # the sync policy: in-flight generations finish on the old weights first
             self.pipeline.drain()
-        self.trainer.push_weights(self.engine, self.weight_version)
+        self.sync_stats["policy"] = self.trainer.push_weights(self.engine, self.weight_version)
 
     def sync_teacher(self) -> None:
         if self.pipeline is not None:
             self.pipeline.drain_teacher()
-        self.trainer.push_weights(self.teacher_engine, self.weight_version, which="anchor")
+        self.sync_stats["anchor"] = self.trainer.push_weights(self.teacher_engine, self.weight_version, which="anchor")
 
     def validate(self) -> dict:
         """Held-out accuracy graded against ground truth (rank 0): greedy pass@1 (the reference's validation) and,

@@ -737,6 +737,8 @@ def test_killed_server_is_restarted_then_a_dead_one_fails_the_step(server, bundl
     events = "\n".join(res["events"])
     # step 1: the engine died; it was restarted and the step-1 policy weights re-pushed
     assert "is down: restarting it and re-pushing policy weights policy-1" in events, events
+    # no host copy by default (--sglang-keep-weights auto): every rank re-pushed the trainer's weights
+    assert "policy weights 1 re-pushed by the trainer" in events, events
     assert "engine 0: back up as" in events
     assert "is down and no restart is left" in events
     assert res["restart_step_seconds"] < 300 + 120, res["restart_step_seconds"]

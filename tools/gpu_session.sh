@@ -4,11 +4,12 @@
 # `bash tools/gpu_wheelhouse.sh`). Each stage has its own time limit and a failing stage does not stop
 # the next; everything lands in $OUT (default gpu_results/): session.log, gpu_train_step.json and
 # the tiny run's metrics. Total under ~8 minutes so a second try fits the 15-minute device budget.
-#   STAGES="env tiny bench colocate" (default: all)   BENCH_ARGS="--shapes qwen2.5-1.5b"   TINY_STEPS=10
+#   STAGES="env tiny bench colocate wsync" (default)   also: packing, async   BENCH_ARGS="--shapes qwen2.5-1.5b"
+#   TINY_STEPS=10
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
-STAGES=${STAGES:-"env tiny bench colocate"}
+STAGES=${STAGES:-"env tiny bench colocate wsync"}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 
@@ -121,4 +122,18 @@ if has async; then
     || echo "async benchmark failed or timed out (rc $?)"
 fi
 # ---- end async (issue 13) --------------------------------------------------------------------------------
+# ---------------------------------------------------------------- weight sync (issue 19) -- begin
+# Funnel vs sharded weight sync for the Qwen2.5-1.5B shape (random init) into a bf16 engine; PP=2 needs two GPUs
+# (two NCCL ranks cannot share one), so one GPU measures PP=1 (cast, delta, CUDA IPC). Real SGLang when installed,
+# otherwise the fake receiving endpoint of tests/sglang_stubs.py (the results file says which).
+if has wsync; then
+  stage "weight sync: funnel vs sharded, qwen2.5-1.5b shape (benchmarks/bench_weight_sync.py)"
+  NGPU=$(nvidia-smi -L 2>/dev/null | wc -l)
+  WSYNC_PP=$([ "${NGPU:-1}" -ge 2 ] && echo 2 || echo 1)
+  timeout 300 python benchmarks/bench_weight_sync.py --shape qwen2.5-1.5b --pp "$WSYNC_PP" \
+    --work-dir "$OUT/wsync_work" --results "$OUT/weight_sync_gpu.md" --json "$OUT/weight_sync_gpu.json" \
+    || echo "weight-sync benchmark failed or timed out (rc $?)"
+  rm -rf "$OUT/wsync_work"  # the random 1.5B checkpoint: not worth bringing back
+fi
+# ---------------------------------------------------------------- weight sync (issue 19) -- end
 stage "done"

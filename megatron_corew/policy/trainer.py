@@ -441,18 +441,13 @@ class PolicyTrainer:
         """The anchor's weights on their devices for a block that reads ``which`` (nothing to do for the policy)."""
         return self.anchor_resident() if which == "anchor" else nullcontext()
 
-    def push_weights(self, engine, version: int, which: str = "policy") -> None:
-        """Export the policy (or the anchor) as HF tensors into ``engine``. The export is collective: ranks
-        without an engine, or runs without one, still walk it."""
-        from megatron_corew.policy.weights import export_hf_weights
+    def push_weights(self, engine, version: int, which: str = "policy") -> dict:
+        """Push the policy (or the anchor) as HF tensors into ``engine`` (policy/weight_push.py). Collective: ranks
+        without an engine, or runs without one, still take part. Returns seconds and bytes of the push."""
+        from megatron_corew.policy import weight_push
 
         with self._resident(which):
-            tensors = export_hf_weights(self._model(which), self.args)
-            if engine is not None:
-                engine.update_weights(tensors, version)
-            else:
-                for _ in tensors:
-                    pass
+            return weight_push.push(self._model(which), self.args, engine, version, which)
 
     def weights_digest(self, which: str = "policy") -> str | None:
         """sha256 over the exported HF tensors (names, dtypes, bytes) on rank 0: equal digests = equal weights."""

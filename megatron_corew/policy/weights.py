@@ -69,37 +69,51 @@ def _tp_gather(t: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
+def is_stage_sender() -> bool:
+    """The rank that pushes its pipeline stage's tensors: data-parallel rank 0, tensor-parallel rank 0."""
+    ps = _parallel()
+    return ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
+
+
 @torch.no_grad()
-def export_hf_weights(model, args, dtype: torch.dtype | None = None):
+def stage_tensors(model, args, dtype: torch.dtype | None = None):
+    """Yield (hf_name, full tensor) of this rank's pipeline stage: TP shards are all-gathered within the stage, so
+    every TP rank of the stage must walk it (data-parallel rank 0 only: the other replicas hold the same)."""
+    model = unwrap(model)
+    offset = layer_offset(model)
+    for name, param in model.named_parameters():
+        if name == "output_layer.weight" and args.tie_word_embeddings:
+            continue  # the tied copy on the last stage: exported once, from the embedding
+        kind, names = hf_names(name, args, offset)
+        for hf_name, t in hf_from_shards(kind, names, _tp_gather(param.data), args):
+            yield hf_name, (t.to(dtype) if dtype is not None else t)
+
+
+@torch.no_grad()
+def export_hf_weights(model, args, dtype: torch.dtype | None = None, sent: dict | None = None):
     """Yield (hf_name, full tensor) on global rank 0; other ranks must also exhaust the generator.
 
     Pipeline stages take turns: within a stage the TP shards are all-gathered, and the stage's
-    (data-parallel 0, TP 0) rank sends the merged tensors to rank 0 point to point."""
+    (data-parallel 0, TP 0) rank sends the merged tensors to rank 0 point to point (``sent["bytes"]`` counts
+    what this rank sent there)."""
     ps = _parallel()
     model = unwrap(model)
     pp = ps.get_pipeline_model_parallel_world_size()
     stage = ps.get_pipeline_model_parallel_rank()
-    is_sender = ps.get_data_parallel_rank() == 0 and ps.get_tensor_model_parallel_rank() == 0
+    is_sender = is_stage_sender()
     pp_ranks = dist.get_process_group_ranks(ps.get_pipeline_model_parallel_group()) if pp > 1 else None
     me = parallel.rank()
 
-    def local_tensors():
-        offset = layer_offset(model)
-        for name, param in model.named_parameters():
-            if name == "output_layer.weight" and args.tie_word_embeddings:
-                continue  # the tied copy on the last stage: exported once, from the embedding
-            kind, names = hf_names(name, args, offset)
-            for hf_name, t in hf_from_shards(kind, names, _tp_gather(param.data), args):
-                yield hf_name, (t.to(dtype) if dtype is not None else t)
-
     for s in range(pp):
         if ps.get_data_parallel_rank() == 0 and stage == s:
-            for hf_name, t in local_tensors():
+            for hf_name, t in stage_tensors(model, args, dtype):
                 if me == 0:
                     yield hf_name, t
                 elif is_sender:
                     dist.send_object_list([(hf_name, tuple(t.shape), t.dtype)], dst=pp_ranks[0])
                     dist.send(t.contiguous(), dst=pp_ranks[0])
+                    if sent is not None:
+                        sent["bytes"] = sent.get("bytes", 0) + t.numel() * t.element_size()
             if is_sender and me != 0:
                 dist.send_object_list([None], dst=pp_ranks[0])
         elif me == 0 and s != stage:

@@ -78,8 +78,23 @@ class RolloutConfig:
     )
     keep_weights: str = _setting(
         "auto",
-        "keep the last pushed weights to refill a restarted engine (auto: when engines can restart)",
+        "keep a host copy of the last pushed weights on rank 0 to refill a restarted engine (auto: only where a "
+        "role swap needs it, the shared teacher; otherwise a restarted engine gets a re-push from the trainer)",
         "--sglang-keep-weights",
+    )
+    # weight sync layout (issue 19, docs/WEIGHT_SYNC.md)
+    sync_layout: str = _setting(
+        "sharded",
+        "sharded: each pipeline stage's sender pushes its own stage's tensors to the engines (tensor sync without "
+        "a host copy); funnel: every tensor through global rank 0 (always used for disk/distributed sync, kept "
+        "copies and the embedded engine)",
+        "--weight-sync-layout",
+    )
+    sync_delta: str = _setting(
+        "off",
+        "send only tensors whose wire bytes changed since the engines' last push of that role (sharded layout): "
+        "off, teacher (the Co-rewarding-II EMA teacher) or all",
+        "--weight-sync-delta",
     )
     python: str | None = _setting(
         None, "interpreter that runs the servers (default: .venv-sglang/bin/python if present)", "--sglang-python"
@@ -184,6 +199,8 @@ def add_rollout_args(parser):
     add("bucket_mb", type=float)
     add("sync_dir")
     add("keep_weights", choices=["auto", "on", "off"])
+    add("sync_layout", choices=["sharded", "funnel"])
+    add("sync_delta", choices=["off", "teacher", "all"])
     add("python")
     add("extra_pythonpath", action="append")
     add("device")

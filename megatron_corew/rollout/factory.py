@@ -170,7 +170,7 @@ def _build_sglang(cfg: RolloutConfig, model_dir: str, eos: list[int], role: str)
                 specs, http, startup_timeout=cfg.startup_timeout, use_router=use_router, log_dir=log_dir
             ).start()
         default_sync = "tensor"
-    keep = {"on": True, "off": False}.get(cfg.keep_weights)
+    keep = cfg.keep_weights == "on"  # auto: only shared role views keep a copy (role_view); restarts re-push
     try:
         return SGLangEngine(
             fleet,
@@ -187,6 +187,8 @@ def _build_sglang(cfg: RolloutConfig, model_dir: str, eos: list[int], role: str)
             dist_backend=cfg.dist_backend,
             dist_master_addr=cfg.dist_master_addr,
             pause_during_sync=not cfg.no_pause,
+            layout=cfg.sync_layout,
+            delta=cfg.sync_delta == "all" or (cfg.sync_delta == "teacher" and role == "teacher"),
         )
     except BaseException:
         fleet.shutdown()

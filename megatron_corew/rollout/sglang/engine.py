@@ -54,11 +54,18 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         dist_backend: str | None = None,
         dist_master_addr: str = "127.0.0.1",
         pause_during_sync: bool = True,
+        layout: str = "sharded",
+        delta: bool = False,
+        engine_dtype: str | None = None,
         _state: FleetState | None = None,
         _shared: bool = False,
     ):
         if weight_sync not in ("tensor", "distributed", "disk"):
             raise ValueError(f"unknown weight sync mode {weight_sync!r}")
+        if layout not in ("sharded", "funnel"):
+            raise ValueError(f"unknown weight sync layout {layout!r}")
+        self.layout, self.delta, self._engine_dtype = layout, bool(delta), engine_dtype
+        self._delta_tag: str | None = None
         self.fleet = fleet
         self.state = _state or FleetState(fleet)
         self.model_path = model_path
@@ -103,6 +110,9 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
             dist_backend=self.dist_backend,
             dist_master_addr=self.dist_master_addr,
             pause_during_sync=self.pause_during_sync,
+            layout=self.layout,
+            delta=self.delta,
+            engine_dtype=self._engine_dtype,
             _state=self.state,
             _shared=True,
         )
@@ -143,6 +153,19 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
                 except SGLangHTTPError:
                     row["server_last_gen_throughput"] = None
         return rows
+
+    @property
+    def wire_dtype(self) -> str | None:
+        """The dtype the engines serve in ("bfloat16", "float32", ...): weights are cast to it before they
+        travel. From ``--sglang-dtype`` or the first engine's /get_server_info; None ("auto"): sent as exported."""
+        if self._engine_dtype is None:
+            try:
+                info = http_json("GET", self.fleet.url(0) + "/get_server_info", timeout=self.http.control_timeout)
+                self._engine_dtype = str(info.get("dtype") or "auto")
+            except SGLangHTTPError:
+                self._engine_dtype = "auto"
+        names = {"float": "float32", "float32": "float32", "bfloat16": "bfloat16", "half": "float16"}
+        return names.get(self._engine_dtype, "float16" if self._engine_dtype == "float16" else None)
 
     def health(self) -> bool:
         return all(self.fleet.alive(i) for i in range(len(self.fleet)))

@@ -9,8 +9,10 @@
 
 Generation is paused and the prefix cache flushed around an update, and the server is told a weight version
 (``"<role>-<version>"``) that it reports back on every sample. What a role should serve is a ``DiskWeights``
-(a checkpoint directory) or ``MemoryWeights`` (a CPU copy), so a restarted engine, or the other role's turn on a
-shared engine, can be refilled without the trainer.
+(a checkpoint directory) or ``MemoryWeights`` (a CPU copy, kept only where a role swap needs it or when asked), so
+the other role's turn on a shared engine can be refilled without the trainer; without a copy a restarted engine
+raises ``RefillNeeded`` and the trainer re-pushes. ``sharded_plan`` / ``finish_sharded`` open and close the
+sharded layout's update (``stage_sender.py``, docs/WEIGHT_SYNC.md).
 """
 
 from __future__ import annotations
@@ -25,7 +27,13 @@ from typing import Iterator
 import torch
 
 from megatron_corew.rollout.sglang.http import SGLangError, SGLangHTTPError, expect_success, free_port, http_json
+from megatron_corew.rollout.sglang.stage_sender import SyncPlan, buckets
 from megatron_corew.rollout.sglang.transport import dtype_name, init_custom_process_group, serialize_named_tensors
+
+
+class RefillNeeded(SGLangError):
+    """An engine came back (restart) without this role's weights and no copy was kept: the trainer must push
+    them again (``policy.weight_push.generate``: all ranks re-push, then rank 0 retries)."""
 
 
 class DiskWeights:
@@ -51,9 +59,9 @@ class WeightSync:
         t0 = time.perf_counter()
         if isinstance(w, DiskWeights):
             if not w.path:
-                raise SGLangError(
-                    f"engine {i} needs {self.role} weights {w.tag} again but no copy was kept "
-                    f"(--sglang-keep-weights off)"
+                raise RefillNeeded(
+                    f"engine {i} needs {self.role} weights {w.tag} again and no copy was kept "
+                    f"(--sglang-keep-weights): the trainer re-pushes them"
                 )
             self._push_disk([i], w.path, w.tag)
         elif self.weight_sync == "tensor":
@@ -145,16 +153,7 @@ class WeightSync:
         self._mark_loaded(engines, tag)
 
     def _buckets(self, it: Iterator[tuple[str, torch.Tensor]]):
-        bucket, size = [], 0
-        for name, t in it:
-            nbytes = t.numel() * t.element_size()
-            if bucket and size + nbytes > self.bucket_bytes:
-                yield bucket
-                bucket, size = [], 0
-            bucket.append((name, t))
-            size += nbytes
-        if bucket:
-            yield bucket
+        return buckets(it, self.bucket_bytes)
 
     def _push_stream(self, engines: list[int], it, tag: str, keep: bool | None = None, mode: str | None = None):
         """Tensor or distributed push of a (name, tensor) stream, bucket by bucket. Returns a CPU
@@ -257,6 +256,75 @@ class WeightSync:
             raise SGLangError("update_weights_from_distributed did not return in time")
         if errors:
             raise errors[0]
+
+    # ------------------------------------------------------------------ sharded (one sender per pipeline stage)
+    def sharded_plan(self, version: int) -> SyncPlan | None:
+        """Open a sharded update on every engine (pause, begin) and say how stage senders reach them; None when
+        this push must go through rank 0 instead: another transport than ``tensor``, or a host copy to keep
+        (shared role views, ``--sglang-keep-weights on``). Holds the fleet lock until ``finish_sharded``."""
+        if self.layout != "sharded" or self.weight_sync != "tensor" or self.keep_weights or self.shared:
+            return None
+        tag = f"{self.role}-{int(version)}"
+        self.state.lock.acquire()
+        try:
+            self._restarts_left = self.max_restarts
+            engines = list(range(len(self.fleet)))
+            self._ensure_alive(engines)
+            holds_last = all(self.state.loaded[i] == (self.fleet.instance_id(i), self.weights.tag) for i in engines)
+            base = self.weights.tag if (self.delta and holds_last and self._delta_tag == self.weights.tag) else None
+            for i in engines:
+                self.state.loaded[i] = (self.state.loaded[i][0], None)
+            if self.pause_during_sync:
+                self._call_all(engines, lambda i: self._post(i, "/pause_generation", {"mode": "retract"}))
+            self._call_all(engines, lambda i: self._begin_update(i))
+        except BaseException:
+            self.state.lock.release()
+            raise
+        return SyncPlan(
+            role=self.role,
+            tag=tag,
+            urls=[self.fleet.url(i) for i in engines],
+            tp_sizes=list(self.fleet.tp_sizes),
+            bucket_bytes=self.bucket_bytes,
+            wire_dtype=self.wire_dtype,
+            http=self.http,
+            delta=self.delta,
+            delta_base=base,
+        )
+
+    def finish_sharded(self, plan: SyncPlan, version: int, ok: bool) -> None:
+        """After every stage sender reported back: close the update, then (all stages succeeded) flush the
+        cache and set the version in one empty bucket, and continue generation."""
+        engines = list(range(len(self.fleet)))
+        try:
+            try:
+                if ok:
+                    data, _keep = serialize_named_tensors([])
+                    self._call_all(
+                        engines,
+                        lambda i: self._post(
+                            i,
+                            "/update_weights_from_tensor",
+                            {
+                                "serialized_named_tensors": [data] * self.fleet.tp_sizes[i],
+                                "flush_cache": True,
+                                "weight_version": plan.tag,
+                            },
+                            timeout=self.http.sync_timeout,
+                            what="update_weights_from_tensor (version)",
+                        ),
+                    )
+            finally:
+                self._call_all(engines, lambda i: self._post(i, "/end_weight_update", {}))
+                if self.pause_during_sync:
+                    self._call_all(engines, lambda i: self._post(i, "/continue_generation", {}))
+            if ok:
+                self._mark_loaded(engines, plan.tag)
+                self.weights = DiskWeights("", plan.tag)  # no copy: a restarted engine gets a re-push
+                self._delta_tag = plan.tag if plan.delta else None
+                self.weight_version = int(version)
+        finally:
+            self.state.lock.release()
 
     # ------------------------------------------------------------------ distributed group
     def _ensure_dist_group(self) -> None:
