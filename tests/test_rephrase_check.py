@@ -356,7 +356,7 @@ def test_prompt_key_for_paired_and_validation_files(tmp_path, tok, tiny_bundle, 
     a = parse_args(argv)
     run = SimpleNamespace(args=a, method=rewards.get_method(a.reward_method), tokenizer=tok)
     RLRun._load_data(run)  # before the fix: missing column 'prompt' for the paired and validation files
-    assert len(run.train_set) == 3 and [e.prompt_text for e in run.val_set][1].endswith(
+    assert len(run.train_set) == 3 and [e.prompt_text for e in next(iter(run.val_sets.values()))][1].endswith(
         "What is 2 + 2?<|im_end|>\n<|im_start|>assistant\n"
     )
     assert "paired data: 3 of 6 pairs kept; dropped: 3 flagged by the rephrasing check" in capsys.readouterr().out
