@@ -153,12 +153,21 @@ def _memory_child(tokens: int, chunk: int, out: str) -> None:
     labels = torch.randint(0, vocab, (tokens,), generator=g)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    with torch.no_grad():
-        if chunk:
-            res = chunked_stats(h, w, labels, vocab, 1.0, chunk)
-        else:
-            st = VocabParallelStats(h @ w.t(), vocab)
-            res = {"logp": st.token_logprobs(labels), "entropy": st.entropy(), "self_certainty": st.self_certainty()}
+    try:
+        with torch.no_grad():
+            if chunk:
+                res = chunked_stats(h, w, labels, vocab, 1.0, chunk)
+            else:
+                st = VocabParallelStats(h @ w.t(), vocab)
+                res = {
+                    "logp": st.token_logprobs(labels),
+                    "entropy": st.entropy(),
+                    "self_certainty": st.self_certainty(),
+                }
+    except (RuntimeError, MemoryError) as e:  # the address-space limit: this pass does not fit
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        torch.save({"error": str(e).splitlines()[0][:200], "peak_mib": (peak - base) / 1024}, out)
+        return
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     torch.save({"peak_mib": (peak - base) / 1024, "seconds": dt, **res}, out)
@@ -182,24 +191,28 @@ def bench_memory(a) -> list[str]:
         "| tokens | unchunked peak (MiB) | chunked peak (MiB), chunk | unchunked s | chunked s | max abs diff |",
         "|---|---|---|---|---|---|",
     ]
+    # every pass runs in a fresh process under an address-space limit (RLIMIT_AS): what is free now minus a margin
+    # for the other jobs on this machine, so a pass that does not fit fails there, alone, with a clear error
+    limit = int(min(a.memory_limit_gib * 2**30 if a.memory_limit_gib else float("inf"),
+                    (_available_mib() - 3 * 1024) * 2**20))  # fmt: skip
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     for tokens in [int(t) for t in a.tokens.split(",")]:
         got = {}
         for chunk in (0, a.chunk):
-            need = tokens * 151936 * 4 * 5 / 2**20  # logits, shifted and three temporaries at once (measured)
-            if not chunk and need > 0.6 * _available_mib():
-                got[chunk] = None
-                continue
             out = os.path.join(tempfile.mkdtemp(), "res.pt")
             cmd = [sys.executable, __file__, "--memory-child", f"{tokens},{chunk},{out}"]
-            subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
-            got[chunk] = torch.load(out)
-        c = got[a.chunk]
-        u = got[0]
-        if u is None:
-            need = tokens * 151936 * 4 * 5 / 2**30
+            env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+            proc = subprocess.run(cmd, env=env, preexec_fn=cap)
+            got[chunk] = torch.load(out) if os.path.exists(out) else {"error": f"exit code {proc.returncode}"}
+        c, u = got[a.chunk], got[0]
+        need = tokens * 151936 * 4 * 5 / 2**30  # logits, shifted and three temporaries at once (measured at 1k)
+        if "error" in u:
             rows.append(
-                f"| {tokens} | not run: needs ~{need:.0f} GiB, {_available_mib() / 1024:.0f} GiB available | "
-                f"{c['peak_mib']:.0f}, {a.chunk} | - | {c['seconds']:.1f} | - |"
+                f"| {tokens} | did not fit: {u['error']} under a {limit / 2**30:.1f} GiB address-space limit "
+                f"(estimate ~{need:.0f} GiB) | {c['peak_mib']:.0f}, {a.chunk} | - | {c['seconds']:.1f} | - |"
             )
             continue
         diff = max(float((u[k] - c[k]).abs().max()) for k in ("logp", "entropy", "self_certainty"))
@@ -207,6 +220,7 @@ def bench_memory(a) -> list[str]:
             f"| {tokens} | {u['peak_mib']:.0f} | {c['peak_mib']:.0f}, {a.chunk} | {u['seconds']:.1f} | "
             f"{c['seconds']:.1f} | {diff:.2e} |"
         )
+    rows += ["", f"Address-space limit per pass: {limit / 2**30:.1f} GiB (free memory at the start minus 3 GiB)."]
     return rows
 
 
@@ -222,6 +236,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokens", default="1024,16384")
     ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--memory-limit-gib", type=float, default=None, help="cap of the passes' address space")
     ap.add_argument("--out", default=None, help="also write the tables (markdown) here")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

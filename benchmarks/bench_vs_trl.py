@@ -301,7 +301,7 @@ def run_workload(name: str, a, work_dir: str) -> tuple[list[tuple[str, dict]], d
     common = ["--model", model, "--train-data", a.train_data, "--seed", str(a.seed)]
     for k in ("B", "G", "max_len", "lr", "mbs"):
         common += [f"--{k.replace('_', '-')}", str(spec[k])]
-    systems = [("TRL GRPOTrainer", "trl", [f"--trl-config={a.trl_config}"])]
+    systems = [(f"TRL GRPOTrainer ({label})", "trl", [f"--trl-config={cfg}"]) for label, cfg in a.trl_variants]
     systems += [(f"ours ({label})", "ours", [f"--extra={flags}"]) for label, flags in a.ours_variants]
     workers = []
     try:
@@ -380,7 +380,15 @@ def main(argv=None) -> int:
         metavar="LABEL=FLAGS",
         help='our configurations, each a label and extra train_rl.py flags (default: "defaults=")',
     )
-    p.add_argument("--trl-config", default="{}", help="extra GRPOConfig fields as JSON")
+    p.add_argument(
+        "--trl-variant",
+        action="append",
+        default=None,
+        metavar="LABEL=JSON",
+        help='TRL configurations, each a label and extra GRPOConfig fields as JSON (default: "defaults={}"); the '
+        "first is the reference of the vs-TRL column",
+    )
+    p.add_argument("--trl-config", default="{}", help=argparse.SUPPRESS)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, one round, no results file")
     p.add_argument("--work-dir", default=None, help="where workers write (default: a temp dir)")
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks/results/vs_trl.md"))
@@ -402,6 +410,7 @@ def main(argv=None) -> int:
         print('bench_vs_trl: TRL is not installed (pip install -e ".[bench]"); nothing to compare, skipping')
         return 0
     a.ours_variants = [tuple(v.split("=", 1)) for v in (a.ours_variant or ["defaults="])]
+    a.trl_variants = [tuple(v.split("=", 1)) for v in (a.trl_variant or ["defaults={}"])]
     names = ["smoke"] if a.smoke else a.workloads.split(",")
     if a.smoke:
         a.rounds, a.warmup = 1, 0
