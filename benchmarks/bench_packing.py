@@ -64,16 +64,22 @@ def bench_step(a) -> list[str]:
 
     parallel.init_distributed(1, 1)
     torch.set_num_threads(a.threads)
-    model = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab)
+    if a.shape == "tiny":
+        model, hf_source, vocab = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab), None, a.vocab
+        shape = f"tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab})"
+    else:  # a real shape, megatron's random init (only config.json is written; the GPU section of gpu_session.sh)
+        from benchmarks.gpu_train_step import SHAPES, write_config
+
+        model, hf_source, vocab = write_config(a.shape, tempfile.mkdtemp()), False, SHAPES[a.shape]["vocab_size"]
+        shape = f"{a.shape} shape (random init)"
     margs = load_model_args(model)
+    cuda = torch.cuda.is_available()
     rng = random.Random(1)
     samples = []
     for n in lognormal_lengths(a.samples, a.seed):
         p = min(n - 1, rng.randint(8, 64))
         samples.append(
-            TrainSample(
-                [rng.randrange(3, a.vocab) for _ in range(p)], [rng.randrange(3, a.vocab) for _ in range(n - p)]
-            )
+            TrainSample([rng.randrange(3, vocab) for _ in range(p)], [rng.randrange(3, vocab) for _ in range(n - p)])
         )
         samples[-1].advantage = rng.gauss(0, 1)
     variants = {
@@ -85,22 +91,27 @@ def bench_step(a) -> list[str]:
     }
     trainers = {}
     for name, kw in variants.items():
-        cfg = TrainerConfig(micro_batch_size=8, lr=1e-5, train_iters=100, need_anchor=False, **kw)
-        trainers[name] = PolicyTrainer(margs, cfg)
+        cfg = TrainerConfig(
+            micro_batch_size=a.micro_batch_size, lr=1e-5, train_iters=100, need_anchor=False, bf16=a.bf16, **kw
+        )
+        trainers[name] = PolicyTrainer(margs, cfg, hf_source=hf_source)
     times = {name: [] for name in variants}
     losses = {}
     for rep in range(a.warmup + a.steps):  # alternate: a slow moment of the machine hits every variant
         for name, tr in trainers.items():
             t0 = time.perf_counter()
             m = tr.train_step(samples)
+            if cuda:
+                torch.cuda.synchronize()
             if rep >= a.warmup:
                 times[name].append(time.perf_counter() - t0)
             losses.setdefault(name, m["loss"])
     total = sum(s.length for s in samples)
     rows = [
         f"{a.samples} sequences, lognormal lengths 16..2048 (total {total} tokens, mean {total / a.samples:.0f}, "
-        f"max {max(s.length for s in samples)}), tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab}), fp32, "
-        f"{a.threads} thread(s), median of {a.steps} steps after {a.warmup} warm-up",
+        f"max {max(s.length for s in samples)}), {shape}, {'bf16' if a.bf16 else 'fp32'}, "
+        f"{torch.cuda.get_device_name(0) if cuda else f'{a.threads} CPU thread(s)'}, micro-batch "
+        f"{a.micro_batch_size} (padded), median of {a.steps} steps after {a.warmup} warm-up",
         "",
         "| layout | micro-batches | tokens computed | step time (s) | speed-up vs padded | step-1 loss |",
         "|---|---|---|---|---|---|",
@@ -229,6 +240,9 @@ def main(argv=None):
     ap.add_argument("--only", choices=("step", "balance", "memory"), default=None)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--shape", default="tiny", help="tiny, or a shape of benchmarks/gpu_train_step.py (GPU)")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--micro-batch-size", type=int, default=8, help="sequences per padded micro-batch")
     ap.add_argument("--max-tokens-per-gpu", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
