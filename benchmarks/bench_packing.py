@@ -217,7 +217,11 @@ def bench_memory(a) -> list[str]:
             cmd = [sys.executable, __file__, "--memory-child", f"{tokens},{chunk},{out}"]
             env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
             proc = subprocess.run(cmd, env=env, preexec_fn=cap)
-            got[chunk] = torch.load(out) if os.path.exists(out) else {"error": f"exit code {proc.returncode}"}
+            if os.path.exists(out):
+                got[chunk] = torch.load(out)
+            else:  # -9: the kernel's OOM killer (other jobs hold the rest of the memory), before the limit was hit
+                why = "killed (SIGKILL, out of memory)" if proc.returncode == -9 else f"exit code {proc.returncode}"
+                got[chunk] = {"error": why}
         c, u = got[a.chunk], got[0]
         need = tokens * 151936 * 4 * 5 / 2**30  # logits, shifted and three temporaries at once (measured at 1k)
         if "error" in u:
