@@ -46,6 +46,35 @@ WORKLOADS = {
     "smoke": dict(B=2, G=4, max_len=16, eos_scale=None, lr=1e-4, mbs=4),
 }
 PROTO = "@@bench "
+NOTES = """
+Shared settings: the same checkpoint and training prompts (the same chat-rendered token ids, checked), B prompts x G
+samples, the same maximum response length, temperature 1, top-p 1 (TRL: top-k 0), KL off (`--kl-loss-coef 0` /
+`beta=0`), one optimizer step per rollout batch (no old-policy log-prob pass in either), micro-batch 64, the same
+lr, clip 0.2, weight decay 0.01, grad clip 1, fp32, CPU, and the same reward: our ground-truth grader
+(`rewards.grading.grade`) is TRL's `reward_func`. Workloads: fixed = the tiny task (responses ~18 tokens, narrow);
+variable = the tiny checkpoint with its EOS row of `lm_head` scaled by 0.3, so that the model goes on after its
+answer until a rarer EOS (lengths: median ~46, p90 ~115, ~5% reach the 384 limit). lr 1e-6 there keeps the length
+distribution steady over the run.
+
+How to read it: samples/s = B x G x steps / their total step time; response tokens/s = generated tokens / the same
+time; step, generate, reward, train and other are means per step. Ours: `perf/time_generate`, `perf/time_reward`,
+`perf/time_train` of `RLRun.step`, other = the rest (weight sync into the engine). TRL: `_generate_single_turn`
+(generate), `_calculate_rewards` (reward), the rest of `_generate_and_score_completions` (other: tokenize, decode,
+pad, advantages), and the remainder of the optimizer step from `on_step_begin` to `on_step_end` (train: forward,
+backward, optimizer). Logging is outside both.
+
+Variants: TRL (defaults) is `GRPOTrainer` with the shared settings above (plain `generate`, padded training);
+TRL (continuous batching) adds `use_transformers_continuous_batching=True` (transformers' paged continuous-batching
+generation). Ours (defaults) is `train_rl.py` with its default layout (embedded engine in batches of
+`--rollout-batch-size 64`, padded micro-batches); ours (fast) adds `--rollout-drop-finished --rollout-batch-size 128
+--micro-batch-layout packed`: finished sequences leave the decode batch, all 128 samples decode together, and
+training packs whole sequences into rows (no padding). These flags are not the default because they change the
+samples of a seeded run (a smaller decode batch rounds its matmuls differently, and one batch of 128 draws from the
+sampler in another order); default seeded runs stay bitwise identical.
+
+This machine is shared (2 cores, load 6-25 while measuring): a step's wall time varies by 2x from one moment to
+the next. The systems take turns step by step, so both meet the same load on average; read the ratios.
+"""
 
 
 # ---------------------------------------------------------------- shared set-up
@@ -432,7 +461,9 @@ def main(argv=None) -> int:
             f"# bench_vs_trl.py: our RL step vs TRL GRPOTrainer, {started}\n\n"
             f"Machine: {load_before} at the start, {os.getloadavg()[0]:.1f} at the end (shared with other jobs).\n"
             f"Software: {versions()}. Command: `{cmd.strip()}`; {a.threads} torch thread(s) per worker, "
-            f"{a.warmup} warm-up step(s), then {a.rounds} steps per system taken in turns.\n\n" + "\n".join(sections)
+            f"{a.warmup} warm-up step(s), then {a.rounds} steps per system taken in turns.\n\n"
+            + "\n".join(sections)
+            + NOTES
         )
     print(f"wrote {a.out}")
     return 0
