@@ -49,5 +49,6 @@ setup(
     extras_require={
         "test": ["pytest", "pytest-timeout", "math-verify", "champ-dataset", "reasoning-gym", "ruff==0.17.6"],
         "gpu": ["transformer-engine[pytorch]"],
+        "bench": ["trl>=1.16", "accelerate", "datasets"],  # benchmarks/bench_vs_trl.py only
     },
 )

@@ -64,16 +64,22 @@ def bench_step(a) -> list[str]:
 
     parallel.init_distributed(1, 1)
     torch.set_num_threads(a.threads)
-    model = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab)
+    if a.shape == "tiny":
+        model, hf_source, vocab = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab), None, a.vocab
+        shape = f"tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab})"
+    else:  # a real shape, megatron's random init (only config.json is written; the GPU section of gpu_session.sh)
+        from benchmarks.gpu_train_step import SHAPES, write_config
+
+        model, hf_source, vocab = write_config(a.shape, tempfile.mkdtemp()), False, SHAPES[a.shape]["vocab_size"]
+        shape = f"{a.shape} shape (random init)"
     margs = load_model_args(model)
+    cuda = torch.cuda.is_available()
     rng = random.Random(1)
     samples = []
     for n in lognormal_lengths(a.samples, a.seed):
         p = min(n - 1, rng.randint(8, 64))
         samples.append(
-            TrainSample(
-                [rng.randrange(3, a.vocab) for _ in range(p)], [rng.randrange(3, a.vocab) for _ in range(n - p)]
-            )
+            TrainSample([rng.randrange(3, vocab) for _ in range(p)], [rng.randrange(3, vocab) for _ in range(n - p)])
         )
         samples[-1].advantage = rng.gauss(0, 1)
     variants = {
@@ -85,22 +91,27 @@ def bench_step(a) -> list[str]:
     }
     trainers = {}
     for name, kw in variants.items():
-        cfg = TrainerConfig(micro_batch_size=8, lr=1e-5, train_iters=100, need_anchor=False, **kw)
-        trainers[name] = PolicyTrainer(margs, cfg)
+        cfg = TrainerConfig(
+            micro_batch_size=a.micro_batch_size, lr=1e-5, train_iters=100, need_anchor=False, bf16=a.bf16, **kw
+        )
+        trainers[name] = PolicyTrainer(margs, cfg, hf_source=hf_source)
     times = {name: [] for name in variants}
     losses = {}
     for rep in range(a.warmup + a.steps):  # alternate: a slow moment of the machine hits every variant
         for name, tr in trainers.items():
             t0 = time.perf_counter()
             m = tr.train_step(samples)
+            if cuda:
+                torch.cuda.synchronize()
             if rep >= a.warmup:
                 times[name].append(time.perf_counter() - t0)
             losses.setdefault(name, m["loss"])
     total = sum(s.length for s in samples)
     rows = [
         f"{a.samples} sequences, lognormal lengths 16..2048 (total {total} tokens, mean {total / a.samples:.0f}, "
-        f"max {max(s.length for s in samples)}), tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab}), fp32, "
-        f"{a.threads} thread(s), median of {a.steps} steps after {a.warmup} warm-up",
+        f"max {max(s.length for s in samples)}), {shape}, {'bf16' if a.bf16 else 'fp32'}, "
+        f"{torch.cuda.get_device_name(0) if cuda else f'{a.threads} CPU thread(s)'}, micro-batch "
+        f"{a.micro_batch_size} (padded), median of {a.steps} steps after {a.warmup} warm-up",
         "",
         "| layout | micro-batches | tokens computed | step time (s) | speed-up vs padded | step-1 loss |",
         "|---|---|---|---|---|---|",
@@ -153,12 +164,21 @@ def _memory_child(tokens: int, chunk: int, out: str) -> None:
     labels = torch.randint(0, vocab, (tokens,), generator=g)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    with torch.no_grad():
-        if chunk:
-            res = chunked_stats(h, w, labels, vocab, 1.0, chunk)
-        else:
-            st = VocabParallelStats(h @ w.t(), vocab)
-            res = {"logp": st.token_logprobs(labels), "entropy": st.entropy(), "self_certainty": st.self_certainty()}
+    try:
+        with torch.no_grad():
+            if chunk:
+                res = chunked_stats(h, w, labels, vocab, 1.0, chunk)
+            else:
+                st = VocabParallelStats(h @ w.t(), vocab)
+                res = {
+                    "logp": st.token_logprobs(labels),
+                    "entropy": st.entropy(),
+                    "self_certainty": st.self_certainty(),
+                }
+    except (RuntimeError, MemoryError) as e:  # the address-space limit: this pass does not fit
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        torch.save({"error": str(e).splitlines()[0][:200], "peak_mib": (peak - base) / 1024}, out)
+        return
     dt = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     torch.save({"peak_mib": (peak - base) / 1024, "seconds": dt, **res}, out)
@@ -182,24 +202,32 @@ def bench_memory(a) -> list[str]:
         "| tokens | unchunked peak (MiB) | chunked peak (MiB), chunk | unchunked s | chunked s | max abs diff |",
         "|---|---|---|---|---|---|",
     ]
+    # every pass runs in a fresh process under an address-space limit (RLIMIT_AS): what is free now minus a margin
+    # for the other jobs on this machine, so a pass that does not fit fails there, alone, with a clear error
+    limit = int(min(a.memory_limit_gib * 2**30 if a.memory_limit_gib else float("inf"),
+                    (_available_mib() - 3 * 1024) * 2**20))  # fmt: skip
+
+    def cap():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
     for tokens in [int(t) for t in a.tokens.split(",")]:
         got = {}
         for chunk in (0, a.chunk):
-            need = tokens * 151936 * 4 * 5 / 2**20  # logits, shifted and three temporaries at once (measured)
-            if not chunk and need > 0.6 * _available_mib():
-                got[chunk] = None
-                continue
             out = os.path.join(tempfile.mkdtemp(), "res.pt")
             cmd = [sys.executable, __file__, "--memory-child", f"{tokens},{chunk},{out}"]
-            subprocess.run(cmd, check=True, env=dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1"))
-            got[chunk] = torch.load(out)
-        c = got[a.chunk]
-        u = got[0]
-        if u is None:
-            need = tokens * 151936 * 4 * 5 / 2**30
+            env = dict(os.environ, PYTHONPATH=REPO, OMP_NUM_THREADS="1")
+            proc = subprocess.run(cmd, env=env, preexec_fn=cap)
+            if os.path.exists(out):
+                got[chunk] = torch.load(out)
+            else:  # -9: the kernel's OOM killer (other jobs hold the rest of the memory), before the limit was hit
+                why = "killed (SIGKILL, out of memory)" if proc.returncode == -9 else f"exit code {proc.returncode}"
+                got[chunk] = {"error": why}
+        c, u = got[a.chunk], got[0]
+        need = tokens * 151936 * 4 * 5 / 2**30  # logits, shifted and three temporaries at once (measured at 1k)
+        if "error" in u:
             rows.append(
-                f"| {tokens} | not run: needs ~{need:.0f} GiB, {_available_mib() / 1024:.0f} GiB available | "
-                f"{c['peak_mib']:.0f}, {a.chunk} | - | {c['seconds']:.1f} | - |"
+                f"| {tokens} | did not fit: {u['error']} under a {limit / 2**30:.1f} GiB address-space limit "
+                f"(estimate ~{need:.0f} GiB) | {c['peak_mib']:.0f}, {a.chunk} | - | {c['seconds']:.1f} | - |"
             )
             continue
         diff = max(float((u[k] - c[k]).abs().max()) for k in ("logp", "entropy", "self_certainty"))
@@ -207,6 +235,7 @@ def bench_memory(a) -> list[str]:
             f"| {tokens} | {u['peak_mib']:.0f} | {c['peak_mib']:.0f}, {a.chunk} | {u['seconds']:.1f} | "
             f"{c['seconds']:.1f} | {diff:.2e} |"
         )
+    rows += ["", f"Address-space limit per pass: {limit / 2**30:.1f} GiB (free memory at the start minus 3 GiB)."]
     return rows
 
 
@@ -215,6 +244,9 @@ def main(argv=None):
     ap.add_argument("--only", choices=("step", "balance", "memory"), default=None)
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--shape", default="tiny", help="tiny, or a shape of benchmarks/gpu_train_step.py (GPU)")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--micro-batch-size", type=int, default=8, help="sequences per padded micro-batch")
     ap.add_argument("--max-tokens-per-gpu", type=int, default=8192)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
@@ -222,6 +254,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tokens", default="1024,16384")
     ap.add_argument("--chunk", type=int, default=128)
+    ap.add_argument("--memory-limit-gib", type=float, default=None, help="cap of the passes' address space")
     ap.add_argument("--out", default=None, help="also write the tables (markdown) here")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)

@@ -162,6 +162,8 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--keep-last-checkpoints does not apply without --save or --save-hf-interval")
     if args.max_tokens_per_gpu is not None and args.micro_batch_layout != "packed":
         raise FlagError("--max-tokens-per-gpu does not apply without --micro-batch-layout packed")
+    if getattr(args, "rollout_drop_finished", False) and args.rollout_backend != "embedded":
+        raise FlagError("--rollout-drop-finished does not apply to --rollout-backend sglang (it batches continuously)")
     if _given(args, defaults, "loss_agg_micro_batch") and args.loss_agg_mode != "microbatch-token-mean":
         raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:

@@ -188,6 +188,10 @@ def test_flags_that_do_not_apply_to_the_method(setup, capsys):
         (["--save-interval", "2"], "--save-interval does not apply without --save"),
         (["--max-tokens-per-gpu", "4096"], "--max-tokens-per-gpu does not apply without --micro-batch-layout packed"),
         (
+            ["--rollout-backend", "sglang", "--rollout-drop-finished"],
+            "--rollout-drop-finished does not apply to --rollout-backend sglang (it batches continuously)",
+        ),
+        (
             ["--loss-agg-micro-batch", "4"],
             "--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean",
         ),

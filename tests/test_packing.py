@@ -109,7 +109,7 @@ def test_chunked_stats_only_wanted_and_budget():
 
 
 # ---------------------------------------------------------------- packed vs padded training (worker processes)
-LENGTHS = [3, 500, 17, 120, 40, 8, 260, 64, 5, 33]
+LENGTHS = [3, 500, 17, 120, 40, 8, 260, 64, 5, 33, 40, 8, 40]  # repeats: equal lengths attend as one batch
 
 
 def _samples(path, seed=0, views=2):
@@ -190,7 +190,7 @@ def test_microbatch_token_mean_against_float64(archs, tmp_path):
         archs["qwen3"],
         extra=["--loss-agg-mode", "microbatch-token-mean", "--mbs", "3", "--entropy-coef", "0"],
         variants="padded:0,packed:0",
-        views=1,  # 10 sequences: reference groups of 8 and 2
+        views=1,  # 13 sequences: reference groups of 8 and 5
     )
     ref = 0.0
     for view in (0,):

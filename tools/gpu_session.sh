@@ -3,13 +3,15 @@
 # from the repository root through the device tool with carry ["gpu_wheels"] (made here first by
 # `bash tools/gpu_wheelhouse.sh`). Each stage has its own time limit and a failing stage does not stop
 # the next; everything lands in $OUT (default gpu_results/): session.log, gpu_train_step.json and
-# the tiny run's metrics. Total under ~8 minutes so a second try fits the 15-minute device budget.
-#   STAGES="env tiny bench colocate wsync" (default)   also: packing, async   BENCH_ARGS="--shapes qwen2.5-1.5b"
-#   TINY_STEPS=10
+# the tiny run's metrics.
+#   STAGES="env tiny bench packing colocate wsync" (default; also: async)   BENCH_ARGS="--shapes qwen2.5-1.5b"
+#   TINY_STEPS=10. The default stages' own time limits add up to more than one try: a first session runs the
+#   default with the device tool's timeout_s ~540 (what did not finish is in session.log), a rerun picks the rest
+#   by STAGES=...
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_results}
-STAGES=${STAGES:-"env tiny bench colocate wsync"}
+STAGES=${STAGES:-"env tiny bench packing colocate wsync"}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/session.log") 2>&1
 
@@ -136,4 +138,18 @@ if has wsync; then
   rm -rf "$OUT/wsync_work"  # the random 1.5B checkpoint: not worth bringing back
 fi
 # ---------------------------------------------------------------- weight sync (issue 19) -- end
+# ---------------------------------------------------------------- packing (issue 12)
+# Packed micro-batches (Transformer Engine THD when TE is present) vs padded: GRPO step time of the Qwen2.5-1.5B
+# shape (random init, bf16) on 32 long-tailed sequences (lognormal 16..2048 tokens), and the data-parallel token
+# imbalance (max / mean) before and after balancing. About 2 minutes; its own time limits and results files
+# ($OUT/packing_step.md, $OUT/packing_balance.md); a failure here is logged and the script goes on.
+if has packing; then
+  stage "packing (issue 12): packed (THD) vs padded step, Qwen2.5-1.5B shape, bf16"
+  timeout 180 python benchmarks/bench_packing.py --only step --shape qwen2.5-1.5b --bf16 --samples 32 \
+    --micro-batch-size 4 --max-tokens-per-gpu 16384 --steps 2 --warmup 1 --out "$OUT/packing_step.md" \
+    || echo "packing step benchmark failed or timed out (rc $?)"
+  timeout 60 python benchmarks/bench_packing.py --only balance --out "$OUT/packing_balance.md" \
+    || echo "packing balance table failed (rc $?)"
+fi
+# ---------------------------------------------------------------- end of packing (issue 12)
 stage "done"

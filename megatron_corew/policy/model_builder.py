@@ -110,12 +110,18 @@ def _packed_local_attention():
             if packed is None:
                 return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, **kw)
             cu = packed.cu_seqlens_q.tolist()  # [t, heads, dim] in, [t, 1, hidden] out, as for THD
-            parts = [
-                super(PackedDotProductAttention, self).forward(
-                    query[a:b].unsqueeze(1), key[a:b].unsqueeze(1), value[a:b].unsqueeze(1), None, attn_mask_type
+            segments = list(zip(cu[:-1], cu[1:]))
+            by_length: dict[int, list[int]] = {}
+            for i, (a, b) in enumerate(segments):
+                by_length.setdefault(b - a, []).append(i)
+            parts: list = [None] * len(segments)
+            for group in by_length.values():  # sequences of one length attend as one batch: [s, b, heads, dim]
+                q, k, v = (
+                    torch.stack([x[segments[i][0] : segments[i][1]] for i in group], dim=1) for x in (query, key, value)
                 )
-                for a, b in zip(cu[:-1], cu[1:])
-            ]
+                out = super(PackedDotProductAttention, self).forward(q, k, v, None, attn_mask_type)
+                for j, i in enumerate(group):
+                    parts[i] = out[:, j : j + 1]
             return torch.cat(parts, dim=0)
 
     return PackedDotProductAttention

@@ -35,6 +35,7 @@ class EmbeddedEngine(RolloutEngine):
         max_batch_size: int = 64,
         dtype: torch.dtype = torch.float32,
         device: str | None = None,
+        drop_finished: bool = False,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -45,6 +46,7 @@ class EmbeddedEngine(RolloutEngine):
             raise ValueError(f"{model_dir}: no eos_token_id in config; cannot stop generation")
         self.pad = pad_token_id if pad_token_id is not None else min(self.eos)
         self.max_batch_size = max_batch_size
+        self.drop_finished = drop_finished  # faster on long-tailed lengths; smaller batches round differently
         self.weight_version = 0
         self.stats = {"tokens": 0, "seconds": 0.0}
         self._param_names = set(self.model.state_dict().keys())
@@ -76,6 +78,9 @@ class EmbeddedEngine(RolloutEngine):
         return out
 
     def _generate_batch(self, prompts, params: SamplingParams, gen: torch.Generator) -> list[Generation]:
+        """Left-padded prompts decoded together. The sampled tokens and their log-probs are kept in [rows, steps]
+        tensors (one vector update per step, no per-row Python work); with ``drop_finished`` the rows that have
+        stopped leave the decode batch (KV cache, mask and positions shrink with it)."""
         from transformers import DynamicCache
 
         n = len(prompts)
@@ -88,11 +93,15 @@ class EmbeddedEngine(RolloutEngine):
         ids, mask = ids.to(self.device), mask.to(self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        responses = [[] for _ in range(n)]
-        logprobs = [[] for _ in range(n)]
-        finished = torch.zeros(n, dtype=torch.bool, device=self.device)
+        steps = params.max_new_tokens
+        tokens = torch.full((n, steps), self.pad, dtype=torch.long, device=self.device)
+        token_logps = torch.zeros((n, steps), dtype=torch.float32, device=self.device)
+        lengths = torch.zeros(n, dtype=torch.long, device=self.device)
+        eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.device)
+        rows = torch.arange(n, device=self.device)  # decode-batch row -> prompt index
+        finished = torch.zeros(n, dtype=torch.bool, device=self.device)  # per decode-batch row
         step_ids, step_pos = ids, positions
-        for _ in range(params.max_new_tokens):
+        for t in range(steps):
             out = self.model(
                 input_ids=step_ids,
                 attention_mask=mask,
@@ -113,26 +122,35 @@ class EmbeddedEngine(RolloutEngine):
                 token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
             token_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
             token = torch.where(finished, torch.full_like(token, self.pad), token)
-            for r in torch.nonzero(~finished).flatten().tolist():
-                responses[r].append(int(token[r]))
-                logprobs[r].append(float(token_logp[r]))
-                if int(token[r]) in self.eos:
-                    finished[r] = True
+            live = ~finished
+            tokens[rows, t] = token  # a finished row writes pad past its length: never read
+            token_logps[rows, t] = token_logp.float()
+            lengths[rows] += live.long()
+            finished = finished | (live & torch.isin(token, eos))
             if bool(finished.all()):
                 break
             step_ids = token.unsqueeze(-1)
             step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=mask.device)], dim=-1)
-        return [
-            Generation(
-                prompt_ids=list(p),
-                response_ids=responses[r],
-                logprobs=logprobs[r],
-                finish_reason="stop" if responses[r] and responses[r][-1] in self.eos else "length",
-                weight_version=self.weight_version,
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)], dim=-1)
+            if self.drop_finished and int(finished.sum()) * 4 >= len(rows):  # a quarter stopped: shrink the batch
+                keep = torch.nonzero(~finished).flatten()
+                cache.batch_select_indices(keep)
+                rows, finished, mask = rows[keep], finished[keep], mask[keep]
+                step_ids, step_pos = step_ids[keep], step_pos[keep]
+        tokens, token_logps, lengths = tokens.cpu(), token_logps.cpu(), lengths.cpu().tolist()
+        out = []
+        for r, p in enumerate(prompts):
+            response = tokens[r, : lengths[r]].tolist()
+            out.append(
+                Generation(
+                    prompt_ids=list(p),
+                    response_ids=response,
+                    logprobs=token_logps[r, : lengths[r]].tolist(),
+                    finish_reason="stop" if response and response[-1] in self.eos else "length",
+                    weight_version=self.weight_version,
+                )
             )
-            for r, p in enumerate(prompts)
-        ]
+        return out
 
     def throughput(self) -> float:
         return self.stats["tokens"] / max(self.stats["seconds"], 1e-9)

@@ -88,7 +88,13 @@ def create_engine(
         from megatron_corew.rollout.embedded import EmbeddedEngine
 
         pad = tokenizer.pad_token_id if tokenizer is not None else None
-        return EmbeddedEngine(model_dir, eos_token_ids=eos, pad_token_id=pad, max_batch_size=cfg.batch_size)
+        return EmbeddedEngine(
+            model_dir,
+            eos_token_ids=eos,
+            pad_token_id=pad,
+            max_batch_size=cfg.batch_size,
+            drop_finished=cfg.drop_finished,
+        )
     if cfg.backend != "sglang":
         raise ValueError(f"unknown rollout backend {cfg.backend!r}")
     if role == "teacher" and str(cfg.teacher_engines) == "shared":
