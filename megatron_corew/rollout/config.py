@@ -88,7 +88,7 @@ class RolloutConfig:
         "role swap needs it, the shared teacher; otherwise a restarted engine gets a re-push from the trainer)",
         "--sglang-keep-weights",
     )
-    # weight sync layout (issue 19, docs/WEIGHT_SYNC.md)
+    # weight sync layout (docs/WEIGHT_SYNC.md)
     sync_layout: str = _setting(
         "sharded",
         "sharded: each pipeline stage's sender pushes its own stage's tensors to the engines (tensor sync without "
