@@ -242,6 +242,10 @@ def test_sharded_distributed_sync_tp2_pp2_into_real_servers(tmp_path):
     funnel = {r["rank"]: r for r in res["policy_funnel"]["per_rank"]}
     assert res["policy_funnel"]["layout"] == "funnel" and funnel[0]["bytes"] == total
     assert funnel[2]["p2p_bytes"] == sum(sizes[n] for n in stage1)
+    # each server formed three groups (stage 0's, stage 1's, rank 0's funnel group) and held them at once: the
+    # second sharded push reused the stage groups (SGLang's own log lines)
+    for n in ("policy0", "policy1"):
+        assert open(tmp_path / f"{n}.log").read().count("init custom process group") == 3, n
     samples = json.load(open(spath))
     prompts = [r["prompt"] for r in samples[:4]]
     ref = _reference(res["export"], prompts, 12, [2])
@@ -249,6 +253,7 @@ def test_sharded_distributed_sync_tp2_pp2_into_real_servers(tmp_path):
     for g, (ids, lps) in zip(res["served"], ref):
         assert g["tag"] == "policy-2" and g["ids"] == ids, (g["ids"], ids)
         worst = max([worst] + [abs(x - y) for x, y in zip(g["logprobs"], lps)])
+    print(f"distributed sharded: rank 0 sent {rows[0]['bytes']} B, stage 1 {rows[2]['bytes']} B, worst |dlogp| {worst}")
     assert worst < 1e-4, worst
     moved = max(
         abs(x - y)

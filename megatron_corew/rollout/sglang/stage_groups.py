@@ -8,9 +8,10 @@ naming that group, while the sender broadcasts the bucket's tensors on it. SGLan
 
 Why one group per engine and not one per stage spanning all engines: a server handles one weight request at a
 time, in arrival order. With a stage group spanning two servers, server A could serve stage 0's bucket while server
-B serves stage 1's, and each broadcast would wait for the other server forever. With per-engine groups a server's
-current request only waits for its own sender, whose broadcasts to all its engines are in flight at once
-(``async_op``), so no cycle can form. docs/WEIGHT_SYNC.md.
+B serves stage 1's, and each broadcast would wait for the other server forever. With per-engine groups, and each
+sender sending a bucket to one engine at a time (at most one request of its own in flight, and it is broadcasting
+for it), a server's current request waits only for a sender that is already sending: no cycle can form, and the
+sender never runs two NCCL communicators at once. docs/WEIGHT_SYNC.md.
 """
 
 from __future__ import annotations
@@ -109,35 +110,30 @@ class DistStageSender(StageSender):
 
         dev = "cuda" if self.plan.dist_backend == "nccl" else "cpu"
         tensors = [t.detach().to(dev).contiguous() for _, t in bucket]
-        errors: list = []
-        threads = []
-        for url, (name, _) in zip(self.plan.urls, self.groups):
-            payload = {
-                "names": [n for n, _ in bucket],
-                "dtypes": [dtype_name(t.dtype) for t in tensors],
-                "shapes": [list(t.shape) for t in tensors],
-                "group_name": name,
-                "flush_cache": False,
-            }
-            th = threading.Thread(target=self._call, args=(url, "/update_weights_from_distributed", payload, errors))
+        meta = {
+            "names": [n for n, _ in bucket],
+            "dtypes": [dtype_name(t.dtype) for t in tensors],
+            "shapes": [list(t.shape) for t in tensors],
+            "flush_cache": False,
+        }
+        # one engine at a time: this sender then has one request in flight, and it is broadcasting for it
+        for url, (name, pg) in zip(self.plan.urls, self.groups):
+            errors: list = []
+            th = threading.Thread(
+                target=self._call, args=(url, "/update_weights_from_distributed", dict(meta, group_name=name), errors)
+            )
             th.start()
-            threads.append(th)
-        try:
-            # every engine's broadcasts in flight at once: no engine waits on another
-            works = [dist.broadcast(t, src=0, group=pg, async_op=True) for _, pg in self.groups for t in tensors]
-            for w in works:
-                w.wait()
-        except Exception:
-            for url in self.plan.urls:
+            try:
+                for t in tensors:
+                    dist.broadcast(t, src=0, group=pg)
+            except Exception:
                 drop(url)
-            raise
-        finally:
-            for th in threads:
+                raise
+            finally:
                 th.join(self.plan.http.sync_timeout + 30)
-        if errors or any(th.is_alive() for th in threads):
-            for url in self.plan.urls:
+            if errors or th.is_alive():
                 drop(url)
-            raise SGLangError(f"update_weights_from_distributed failed: {errors or 'timeout'}")
+                raise SGLangError(f"update_weights_from_distributed into {url} failed: {errors or 'timeout'}")
 
 
 def drop(url: str) -> None:
