@@ -8,7 +8,8 @@ torchrun job at TP=2 x PP=2 trains two real megatron steps and pushes through th
 sent only stage 0's tensors (names and bytes, from the HF export), the stage-1 sender the rest, the other TP ranks
 nothing; the funnel layout sent everything from rank 0; the servers' greedy ids and log-probs equal transformers on
 the saved HF export of the trained weights; the teacher travelled as bf16 (exactly half the fp32 bytes) and its
-server matches transformers in bf16; the delta push sent fewer or equal bytes.
+server matches transformers in bf16; the delta push sent fewer or equal bytes. The same at TP=2 x PP=2 with
+``--sglang-weight-sync distributed`` (gloo groups per stage sender and engine) into two fp32 servers.
 """
 
 from __future__ import annotations
@@ -191,6 +192,75 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
         for x, y in zip(g["logprobs"], _teacher_forced(res["teacher_export"], p, g["ids"], torch.bfloat16))
     )
     assert all(g["tag"] == "teacher-2" for g in res["teacher_served"]) and tworst < 5e-2, tworst
+
+
+@pytest.mark.sglang
+def test_sharded_distributed_sync_tp2_pp2_into_real_servers(tmp_path):
+    """``--sglang-weight-sync distributed`` (gloo): each stage sender broadcasts on its own groups with the two
+    servers (which also keep rank 0's funnel group); rank 0 sent only stage 0's tensors; served = transformers."""
+    from helpers import make_tiny_bundle, random_samples, run_python_worker
+    from sglang_stubs import write_stubs
+    from test_sglang import sglang_status
+
+    from megatron_corew.rollout.sglang import fleet as sf
+    from megatron_corew.rollout.sglang import http as sh
+    from megatron_corew.rollout.sglang import server as ss
+
+    ok, reason = sglang_status()
+    if not ok:
+        pytest.skip(reason)
+    bundle = make_tiny_bundle(str(tmp_path / "bundle"))
+    stubs = write_stubs(str(tmp_path / "stubs"))
+    specs = [
+        ss.ServerSpec(model_path=bundle["model"], extra_pythonpath=[stubs], log_path=str(tmp_path / f"{n}.log"), name=n)
+        for n in ("policy0", "policy1")
+    ]
+    fleet = sf.LocalFleet(specs, sh.HTTPConfig(), startup_timeout=600).start()
+    try:
+        spath, out = str(tmp_path / "samples.json"), str(tmp_path / "res.json")
+        with open(spath, "w") as f:
+            json.dump(random_samples(8, vocab=512, seed=3), f)
+        worker = os.path.join(HERE, "workers", "weight_sync_worker.py")
+        argv = ["--model", bundle["model"], "--samples", spath, "--out", out, "--tp", "2", "--pp", "2"]
+        argv += ["--policy-urls", fleet.url(0), fleet.url(1), "--weight-sync", "distributed"]
+        run_python_worker(worker, argv, nproc=4, timeout=1500)
+    finally:
+        fleet.shutdown()
+    res = json.load(open(out))
+    sizes = res["tensor_bytes_fp32"]
+    stage0 = {n for n in sizes if n.startswith("model.embed_tokens") or n.startswith("model.layers.0.")}
+    stage1 = set(sizes) - stage0
+    assert stage1 and all(n.startswith(("model.layers.1.", "model.norm", "lm_head")) for n in stage1)
+    total = sum(sizes.values())
+    for key in ("policy_step1", "policy_sharded"):  # the second push reuses the groups of the first
+        assert res[key]["layout"] == "sharded", res[key]["layout"]
+        rows = {r["rank"]: r for r in res[key]["per_rank"]}
+        assert set(rows[0]["names"]) == stage0 and set(rows[2]["names"]) == stage1
+        assert rows[0]["bytes"] == sum(sizes[n] for n in stage0) and rows[2]["bytes"] == sum(sizes[n] for n in stage1)
+        assert rows[1]["bytes"] == rows[3]["bytes"] == 0 and res[key]["bytes"] == total
+        assert all(r["p2p_bytes"] == 0 for r in rows.values())  # nothing went through rank 0
+    funnel = {r["rank"]: r for r in res["policy_funnel"]["per_rank"]}
+    assert res["policy_funnel"]["layout"] == "funnel" and funnel[0]["bytes"] == total
+    assert funnel[2]["p2p_bytes"] == sum(sizes[n] for n in stage1)
+    # each server formed three groups (stage 0's, stage 1's, rank 0's funnel group) and held them at once: the
+    # second sharded push reused the stage groups (SGLang's own log lines)
+    for n in ("policy0", "policy1"):
+        assert open(tmp_path / f"{n}.log").read().count("init custom process group") == 3, n
+    samples = json.load(open(spath))
+    prompts = [r["prompt"] for r in samples[:4]]
+    ref = _reference(res["export"], prompts, 12, [2])
+    worst = 0.0
+    for g, (ids, lps) in zip(res["served"], ref):
+        assert g["tag"] == "policy-2" and g["ids"] == ids, (g["ids"], ids)
+        worst = max([worst] + [abs(x - y) for x, y in zip(g["logprobs"], lps)])
+    print(f"distributed sharded: rank 0 sent {rows[0]['bytes']} B, stage 1 {rows[2]['bytes']} B, worst |dlogp| {worst}")
+    assert worst < 1e-4, worst
+    moved = max(
+        abs(x - y)
+        for g, p in zip(res["served"], prompts)
+        for x, y in zip(g["logprobs"], _teacher_forced(bundle["model"], p, g["ids"], torch.float32))
+    )
+    assert moved > 1e-3, moved  # the step really changed the served weights
 
 
 def test_step_metrics_name_both_roles_and_zero_when_not_pushed():

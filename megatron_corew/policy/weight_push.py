@@ -5,8 +5,11 @@ Two layouts (docs/WEIGHT_SYNC.md):
 * ``sharded``: rank 0 opens the update on its engines and broadcasts a ``SyncPlan``; every pipeline stage's sender
   (data-parallel 0, tensor-parallel 0; TP shards are gathered inside the stage) posts its own stage's tensors
   straight to the engines; one all-reduce of what each sent is the barrier, after which rank 0 sets the version.
-* ``funnel``: every tensor through global rank 0 (stages send point to point), for the embedded engine, disk and
-  distributed sync and engines that keep a host copy.
+* ``funnel``: every tensor through global rank 0 (stages send point to point), for the embedded engine, disk
+  sync and engines that keep a host copy.
+
+Sharded pushes travel by ``tensor`` (shared memory / CUDA IPC) or ``distributed`` sync (each sender's own
+process group with every engine, ``rollout/sglang/stage_groups.py``).
 
 Either way floating tensors are cast to the engine's dtype before they travel (an fp32 teacher into a bf16 engine
 travels as bf16). ``push`` returns seconds and bytes (summed over stage senders) and per-rank rows.
@@ -54,9 +57,9 @@ def push(model, args, engine, version: int, which: str = "policy") -> dict:
         raise RuntimeError(f"weight sync of {ROLES.get(which, which)} could not start: {plan}")
     mine = {"bytes": 0, "tensors": 0, "p2p_bytes": 0, "failed": 0}
     if layout == "sharded":
-        from megatron_corew.rollout.sglang.stage_sender import StageSender
+        from megatron_corew.rollout.sglang.stage_groups import make_sender
 
-        sender = StageSender(plan) if is_stage_sender() else None
+        sender = make_sender(plan) if is_stage_sender() else None
         tensors = stage_tensors(model, args) if _data_parallel_rank() == 0 else iter(())
         try:
             if sender is not None:

@@ -91,9 +91,9 @@ class RolloutConfig:
     # weight sync layout (docs/WEIGHT_SYNC.md)
     sync_layout: str = _setting(
         "sharded",
-        "sharded: each pipeline stage's sender pushes its own stage's tensors to the engines (tensor sync without "
-        "a host copy); funnel: every tensor through global rank 0 (always used for disk/distributed sync, kept "
-        "copies and the embedded engine)",
+        "sharded: each pipeline stage's sender pushes its own stage's tensors to the engines (tensor or "
+        "distributed sync without a host copy); funnel: every tensor through global rank 0 (always used for disk "
+        "sync, kept copies and the embedded engine)",
         "--weight-sync-layout",
     )
     sync_delta: str = _setting(

@@ -36,6 +36,10 @@ class SyncPlan:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     delta: bool = False
     delta_base: str | None = None  # the tag the engines hold now, if it is this role's last push
+    mode: str = "tensor"  # "distributed": buckets travel on each sender's own process groups (stage_groups.py)
+    instances: list[str] | None = None  # engine instance ids: a changed one (restart) needs a new group
+    dist_backend: str = "gloo"
+    dist_master_addr: str = "127.0.0.1"  # where engines reach global rank 0 (other senders find their own)
 
 
 def buckets(it, bucket_bytes: int):

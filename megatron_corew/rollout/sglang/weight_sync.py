@@ -260,9 +260,9 @@ class WeightSync:
     # ------------------------------------------------------------------ sharded (one sender per pipeline stage)
     def sharded_plan(self, version: int) -> SyncPlan | None:
         """Open a sharded update on every engine (pause, begin) and say how stage senders reach them; None when
-        this push must go through rank 0 instead: another transport than ``tensor``, or a host copy to keep
+        this push must go through rank 0 instead: ``disk`` sync, or a host copy to keep
         (shared role views, ``--sglang-keep-weights on``). Holds the fleet lock until ``finish_sharded``."""
-        if self.layout != "sharded" or self.weight_sync != "tensor" or self.keep_weights or self.shared:
+        if self.layout != "sharded" or self.weight_sync == "disk" or self.keep_weights or self.shared:
             return None
         tag = f"{self.role}-{int(version)}"
         self.state.lock.acquire()
@@ -290,6 +290,10 @@ class WeightSync:
             http=self.http,
             delta=self.delta,
             delta_base=base,
+            mode=self.weight_sync,
+            instances=[self.fleet.instance_id(i) for i in engines],
+            dist_backend=self.dist_backend,
+            dist_master_addr=self.dist_master_addr,
         )
 
     def finish_sharded(self, plan: SyncPlan, version: int, ok: bool) -> None:
