@@ -438,6 +438,10 @@ def main(argv=None) -> int:
     if importlib.util.find_spec("trl") is None:
         print('bench_vs_trl: TRL is not installed (pip install -e ".[bench]"); nothing to compare, skipping')
         return 0
+    for path, flag in ((os.path.join(a.model, "config.json"), "--model"), (a.train_data, "--train-data")):
+        if not os.path.exists(path):
+            print(f"bench_vs_trl: {flag}: {path} does not exist (python tools/make_tiny_task.py --out assets/tiny)")
+            return 2
     a.ours_variants = [tuple(v.split("=", 1)) for v in (a.ours_variant or ["defaults="])]
     a.trl_variants = [tuple(v.split("=", 1)) for v in (a.trl_variant or ["defaults={}"])]
     names = ["smoke"] if a.smoke else a.workloads.split(",")

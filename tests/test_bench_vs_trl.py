@@ -27,9 +27,10 @@ def test_without_trl_one_line_and_exit_0(monkeypatch, capsys):
 
 @pytest.mark.e2e
 @pytest.mark.skipif(importlib.util.find_spec("trl") is None, reason='TRL not installed (pip install -e ".[bench]")')
-def test_smoke_runs_both_systems(tmp_path):
+def test_smoke_runs_both_systems(tmp_path, tiny_bundle):
     proc = subprocess.run(
         [sys.executable, BENCH, "--smoke", "--work-dir", str(tmp_path), "--ours-variant", "defaults="]
+        + ["--model", tiny_bundle["model"], "--train-data", tiny_bundle["train"]]
         + ["--ours-variant", "fast=--rollout-drop-finished --micro-batch-layout packed"],
         capture_output=True,
         text=True,
