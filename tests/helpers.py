@@ -208,6 +208,19 @@ def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_va
     return out
 
 
+def tiny_run_args(bundle: dict, out: str | None = None, method: str = "corewarding_2", steps: int | None = 2, extra=()):
+    """train_rl.py flags of the small e2e runs: B 4 x G 4, 8 response tokens, lr 1e-3, no validation; ``steps``
+    or ``out`` None leaves that flag to the caller."""
+    args = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--reward-method", method,
+            "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "8",
+            "--lr", "1e-3", "--eval-interval", "0", "--no-progress-bar"]  # fmt: skip
+    if steps is not None:
+        args += ["--train-iters", str(steps)]
+    if out is not None:
+        args += ["--output-dir", out]
+    return args + list(extra)
+
+
 def run_train(args: list[str], env_extra: dict | None = None, nproc: int = 1, timeout: int = 600):
     """Run train_rl.py as a user would (torchrun when ``nproc`` > 1), in its own session."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO, **(env_extra or {}))

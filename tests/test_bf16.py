@@ -9,7 +9,7 @@ import math
 import os
 
 import pytest
-from helpers import read_metrics, run_train
+from helpers import read_metrics, run_train, tiny_run_args
 
 pytestmark = pytest.mark.e2e
 
@@ -19,31 +19,7 @@ pytestmark = pytest.mark.e2e
 )
 def test_bf16_corewarding2_runs_with_fp32_teacher(tiny_bundle, tmp_path, layout):
     out = str(tmp_path / "run")
-    args = [
-        "--hf-checkpoint",
-        tiny_bundle["model"],
-        "--train-data",
-        tiny_bundle["train"],
-        "--reward-method",
-        "corewarding_2",
-        "--global-batch-size",
-        "4",
-        "--n-samples-per-prompt",
-        "4",
-        "--max-response-length",
-        "8",
-        "--lr",
-        "1e-3",
-        "--train-iters",
-        "2",
-        "--eval-interval",
-        "0",
-        "--no-progress-bar",
-        "--bf16",
-        "--output-dir",
-        out,
-        *layout,
-    ]
+    args = tiny_run_args(tiny_bundle, out, extra=["--bf16", *layout])
     proc = run_train(args, nproc=2 if layout else 1)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rows = [r for r in read_metrics(out) if "train/loss" in r]

@@ -6,34 +6,11 @@ import math
 import os
 
 import pytest
-from helpers import read_metrics, run_train
+from helpers import read_metrics, run_train, tiny_run_args
 
 
 def _args(bundle, out, extra=()):
-    return [
-        "--hf-checkpoint",
-        bundle["model"],
-        "--train-data",
-        bundle["train"],
-        "--reward-method",
-        "gt",
-        "--global-batch-size",
-        "4",
-        "--n-samples-per-prompt",
-        "4",
-        "--max-response-length",
-        "8",
-        "--lr",
-        "1e-3",
-        "--train-iters",
-        "3",
-        "--eval-interval",
-        "0",
-        "--no-progress-bar",
-        "--output-dir",
-        out,
-        *extra,
-    ]
+    return tiny_run_args(bundle, out, method="gt", steps=3, extra=extra)
 
 
 @pytest.mark.e2e

@@ -9,7 +9,7 @@ import os
 
 import pytest
 import torch
-from helpers import read_metrics, run_train
+from helpers import read_metrics, run_train, tiny_run_args
 
 from megatron_corew.policy.offload import HostOffload
 
@@ -36,30 +36,7 @@ def test_host_offload_releases_restores_and_writes_back():
 
 
 def _run(bundle, out, steps, extra=(), nproc=1):
-    args = [
-        "--hf-checkpoint",
-        bundle["model"],
-        "--train-data",
-        bundle["train"],
-        "--reward-method",
-        "corewarding_2",
-        "--global-batch-size",
-        "4",
-        "--n-samples-per-prompt",
-        "4",
-        "--max-response-length",
-        "8",
-        "--lr",
-        "1e-3",
-        "--train-iters",
-        str(steps),
-        "--eval-interval",
-        "0",
-        "--no-progress-bar",
-        "--output-dir",
-        out,
-        *extra,
-    ]
+    args = tiny_run_args(bundle, out, steps=steps, extra=extra)
     if nproc > 1:
         args += ["--tensor-model-parallel-size", str(nproc)]
     proc = run_train(args, nproc=nproc)

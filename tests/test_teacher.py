@@ -5,7 +5,7 @@ import json
 import os
 
 import pytest
-from helpers import make_tiny_hf_model, random_samples, run_train, run_worker
+from helpers import make_tiny_hf_model, random_samples, run_train, run_worker, tiny_run_args
 
 
 @pytest.mark.dist
@@ -20,25 +20,7 @@ def test_ema_teacher_matches_float64_reference(tmp_path, nproc, layout):
 @pytest.mark.e2e
 def test_no_ema_keeps_initial_teacher_bitwise(tmp_path, tiny_bundle):
     bundle = tiny_bundle
-    common = [
-        "--hf-checkpoint",
-        bundle["model"],
-        "--train-data",
-        bundle["train"],
-        "--reward-method",
-        "corewarding_2",
-        "--global-batch-size",
-        "4",
-        "--n-samples-per-prompt",
-        "4",
-        "--max-response-length",
-        "8",
-        "--lr",
-        "1e-3",
-        "--eval-interval",
-        "0",
-        "--no-progress-bar",
-    ]
+    common = tiny_run_args(bundle, steps=None)
     results = {}
     for name, extra in [
         ("initial", ["--train-iters", "0"]),
