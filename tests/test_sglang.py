@@ -852,3 +852,35 @@ if __name__ == "__main__":
         _rlrun_worker(sys.argv[2])
     else:
         raise SystemExit("usage: python tests/test_sglang.py rlrun CONFIG.json")
+
+
+def test_server_whose_chosen_port_was_taken_restarts_on_a_new_one(tmp_path):
+    """A free port chosen for a server can be taken before the server binds it (another server's internal ports,
+    seen once in a full run): the start-up wait picks a new port and starts again. SGLang stands in as a small
+    script (real processes, real HTTP): its first start fails to bind like SGLang does, its second serves /health."""
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import http.server, os, sys\n"
+        "port = int(sys.argv[sys.argv.index('--port') + 1])\n"
+        f"marker = {str(tmp_path / 'started_once')!r}\n"
+        "if not os.path.exists(marker):\n"
+        "    open(marker, 'w').close()\n"
+        "    print(f\"ERROR: [Errno 98] error while attempting to bind on address ('127.0.0.1', {port}): address already in use\", flush=True)\n"
+        "    sys.exit(3)\n"
+        "class H(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200); self.send_header('Content-Type', 'application/json'); self.end_headers()\n"
+        "        self.wfile.write(b'{}')\n"
+        "http.server.HTTPServer(('127.0.0.1', port), H).serve_forever()\n"
+    )
+    fake.chmod(0o755)
+    proc = ss.ServerProcess(ss.ServerSpec("model", python=str(fake), log_path=str(tmp_path / "server.log")))
+    proc.start()
+    first = proc.spec.port
+    try:
+        proc.wait_ready(60)
+        assert proc.starts == 2 and proc.running() and proc.spec.port != first
+        assert "address already in use" in open(tmp_path / "server.log").read()
+    finally:
+        proc.stop()

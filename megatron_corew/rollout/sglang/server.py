@@ -222,23 +222,32 @@ class ServerProcess(_ManagedProcess):
         self.spec = spec
         self.instance_id: str | None = None
         self.starts = 0
+        self.auto_port = spec.port == 0  # ours to change if another process takes it before the server binds it
 
     @property
     def url(self) -> str:
         return self.spec.url
 
+    def _pick_port(self) -> None:
+        self.spec.port = free_port(self.spec.host if self.spec.host not in ("0.0.0.0", "") else "127.0.0.1")
+
     def start(self) -> None:
         if self.spec.port == 0:
-            self.spec.port = free_port(self.spec.host if self.spec.host not in ("0.0.0.0", "") else "127.0.0.1")
+            self._pick_port()
         self._spawn(self.spec.command(), self.spec.environment())
         self.instance_id = uuid.uuid4().hex
         self.starts += 1
 
     def wait_ready(self, timeout: float) -> float:
         """Poll /health until the server answers 200 (it answers 503 while starting)."""
-        t0 = time.monotonic()
+        t0, port_retries = time.monotonic(), 2
         while time.monotonic() - t0 < timeout:
             if not self.running():
+                if self.auto_port and port_retries and "address already in use" in self.log_tail(60):
+                    port_retries -= 1  # a free port chosen for us was taken (another server's internal ports)
+                    self._pick_port()
+                    self.start()
+                    continue
                 raise EngineDownError(
                     f"{self.name}: server process exited with code {self.proc.returncode} during "
                     f"start-up; last log lines ({self.log_path}):\n{self.log_tail()}"
@@ -312,9 +321,14 @@ class RouterProcess(_ManagedProcess):
             str(self.metrics_port),
         ]
         self._spawn(cmd, dict(os.environ))
-        t0 = time.monotonic()
+        t0, port_retries = time.monotonic(), 2
         while time.monotonic() - t0 < timeout:
             if not self.running():
+                if self.auto_port and port_retries and "address already in use" in self.log_tail(60):
+                    port_retries -= 1  # a free port chosen for us was taken (another server's internal ports)
+                    self._pick_port()
+                    self.start()
+                    continue
                 raise EngineDownError(f"router exited with code {self.proc.returncode}:\n{self.log_tail()}")
             for path in ("/readiness", "/health"):
                 try:
