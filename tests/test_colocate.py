@@ -67,18 +67,14 @@ def test_train_flops_by_hand():
     assert out["perf/tokens_per_s_per_gpu"] == (6 + 4) / 2.0 / 2
     assert out["perf/train_mfu"] == pytest.approx(3 * fwd / 0.5 / 2 / 1e3)
     assert "perf/train_mfu" not in perf.step_perf(
-        **{
-            **dict(
-                model_args=m,
-                train_lengths=lengths,
-                generated_tokens=0,
-                step_seconds=1.0,
-                train_seconds=1.0,
-                gpus=1,
-                ranks=1,
-            ),
-            "peak": None,
-        }
+        model_args=m,
+        train_lengths=lengths,
+        generated_tokens=0,
+        step_seconds=1.0,
+        train_seconds=1.0,
+        gpus=1,
+        ranks=1,
+        peak=None,
     )
 
 

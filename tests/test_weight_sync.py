@@ -112,8 +112,10 @@ def _teacher_forced(model_dir, prompt, response, dtype):
     return [float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(response)]
 
 
-@pytest.mark.sglang
-def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
+def _run_sync_worker(tmp_path, servers, worker_flags):
+    """Start real SGLang servers (``servers``: (name, server args)), run the 4-rank TP=2 x PP=2 weight_sync_worker
+    against them (``worker_flags(urls)``: its URL / mode flags), and split the HF names by pipeline stage.
+    Returns (bundle, samples path, result, fp32 bytes per name, stage-0 names, stage-1 names)."""
     from helpers import make_tiny_bundle, random_samples, run_python_worker
     from sglang_stubs import write_stubs
     from test_sglang import sglang_status
@@ -135,7 +137,7 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
             name=name,
             server_args=args,
         )
-        for name, args in (("policy0", []), ("policy1", []), ("teacher", ["--dtype", "bfloat16"]))
+        for name, args in servers
     ]
     fleet = sf.LocalFleet(specs, sh.HTTPConfig(), startup_timeout=600).start()
     try:
@@ -144,7 +146,7 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
             json.dump(random_samples(8, vocab=512, seed=3), f)
         worker = os.path.join(HERE, "workers", "weight_sync_worker.py")
         argv = ["--model", bundle["model"], "--samples", spath, "--out", out, "--tp", "2", "--pp", "2"]
-        argv += ["--policy-urls", fleet.url(0), fleet.url(1), "--teacher-url", fleet.url(2)]
+        argv += worker_flags([fleet.url(i) for i in range(len(specs))])
         run_python_worker(worker, argv, nproc=4, timeout=1500)
     finally:
         fleet.shutdown()
@@ -154,6 +156,37 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
     stage0 = {n for n in sizes if n.startswith("model.embed_tokens") or n.startswith("model.layers.0.")}
     stage1 = set(sizes) - stage0
     assert stage1 and all(n.startswith(("model.layers.1.", "model.norm", "lm_head")) for n in stage1)
+    return bundle, spath, res, sizes, stage0, stage1
+
+
+def _check_served(res, spath, bundle) -> tuple[list[str], float]:
+    """What the servers generated equals transformers on the saved export of the trained weights (greedy ids,
+    log-probs within 1e-4), and differs from the initial model's (the step really changed the served weights).
+    Returns the prompts and the worst log-prob difference."""
+    samples = json.load(open(spath))
+    prompts = [r["prompt"] for r in samples[:4]]
+    ref = _reference(res["export"], prompts, 12, [2])
+    worst = 0.0
+    for g, (ids, lps) in zip(res["served"], ref):
+        assert g["tag"] == "policy-2" and g["ids"] == ids, (g["ids"], ids)
+        worst = max([worst] + [abs(x - y) for x, y in zip(g["logprobs"], lps)])
+    assert worst < 1e-4, worst
+    moved = max(
+        abs(x - y)
+        for g, p in zip(res["served"], prompts)
+        for x, y in zip(g["logprobs"], _teacher_forced(bundle["model"], p, g["ids"], torch.float32))
+    )
+    assert moved > 1e-3, moved
+    return prompts, worst
+
+
+@pytest.mark.sglang
+def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
+    bundle, spath, res, sizes, stage0, stage1 = _run_sync_worker(
+        tmp_path,
+        [("policy0", []), ("policy1", []), ("teacher", ["--dtype", "bfloat16"])],
+        lambda urls: ["--policy-urls", urls[0], urls[1], "--teacher-url", urls[2]],
+    )
     rows = {r["rank"]: r for r in res["policy_sharded"]["per_rank"]}
     assert set(rows[0]["names"]) == stage0 and set(rows[2]["names"]) == stage1, (rows[0]["names"], rows[2]["names"])
     assert rows[0]["bytes"] == sum(sizes[n] for n in stage0) and rows[2]["bytes"] == sum(sizes[n] for n in stage1)
@@ -170,21 +203,7 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
     assert delta["bytes"] + delta["skipped_bytes"] == total // 2
     print(f"teacher push at alpha 1e-2 (bf16): full {total // 2} B, delta sent {delta['bytes']} B")
 
-    # what the servers generate equals transformers on the saved export of the trained weights
-    samples = json.load(open(spath))
-    prompts = [r["prompt"] for r in samples[:4]]
-    ref = _reference(res["export"], prompts, 12, [2])
-    worst = 0.0
-    for g, (ids, lps) in zip(res["served"], ref):
-        assert g["tag"] == "policy-2" and g["ids"] == ids, (g["ids"], ids)
-        worst = max([worst] + [abs(x - y) for x, y in zip(g["logprobs"], lps)])
-    assert worst < 1e-4, worst
-    moved = max(
-        abs(x - y)
-        for g, p in zip(res["served"], prompts)
-        for x, y in zip(g["logprobs"], _teacher_forced(bundle["model"], p, g["ids"], torch.float32))
-    )
-    assert moved > 1e-3, moved  # the step really changed the served weights
+    prompts, _ = _check_served(res, spath, bundle)
     # the bf16 teacher server: teacher-forced log-probs of its own tokens under transformers in bf16
     tworst = max(
         abs(x - y)
@@ -198,39 +217,11 @@ def test_sharded_sync_tp2_pp2_into_real_servers(tmp_path):
 def test_sharded_distributed_sync_tp2_pp2_into_real_servers(tmp_path):
     """``--sglang-weight-sync distributed`` (gloo): each stage sender broadcasts on its own groups with the two
     servers (which also keep rank 0's funnel group); rank 0 sent only stage 0's tensors; served = transformers."""
-    from helpers import make_tiny_bundle, random_samples, run_python_worker
-    from sglang_stubs import write_stubs
-    from test_sglang import sglang_status
-
-    from megatron_corew.rollout.sglang import fleet as sf
-    from megatron_corew.rollout.sglang import http as sh
-    from megatron_corew.rollout.sglang import server as ss
-
-    ok, reason = sglang_status()
-    if not ok:
-        pytest.skip(reason)
-    bundle = make_tiny_bundle(str(tmp_path / "bundle"))
-    stubs = write_stubs(str(tmp_path / "stubs"))
-    specs = [
-        ss.ServerSpec(model_path=bundle["model"], extra_pythonpath=[stubs], log_path=str(tmp_path / f"{n}.log"), name=n)
-        for n in ("policy0", "policy1")
-    ]
-    fleet = sf.LocalFleet(specs, sh.HTTPConfig(), startup_timeout=600).start()
-    try:
-        spath, out = str(tmp_path / "samples.json"), str(tmp_path / "res.json")
-        with open(spath, "w") as f:
-            json.dump(random_samples(8, vocab=512, seed=3), f)
-        worker = os.path.join(HERE, "workers", "weight_sync_worker.py")
-        argv = ["--model", bundle["model"], "--samples", spath, "--out", out, "--tp", "2", "--pp", "2"]
-        argv += ["--policy-urls", fleet.url(0), fleet.url(1), "--weight-sync", "distributed"]
-        run_python_worker(worker, argv, nproc=4, timeout=1500)
-    finally:
-        fleet.shutdown()
-    res = json.load(open(out))
-    sizes = res["tensor_bytes_fp32"]
-    stage0 = {n for n in sizes if n.startswith("model.embed_tokens") or n.startswith("model.layers.0.")}
-    stage1 = set(sizes) - stage0
-    assert stage1 and all(n.startswith(("model.layers.1.", "model.norm", "lm_head")) for n in stage1)
+    bundle, spath, res, sizes, stage0, stage1 = _run_sync_worker(
+        tmp_path,
+        [("policy0", []), ("policy1", [])],
+        lambda urls: ["--policy-urls", urls[0], urls[1], "--weight-sync", "distributed"],
+    )
     total = sum(sizes.values())
     for key in ("policy_step1", "policy_sharded"):  # the second push reuses the groups of the first
         assert res[key]["layout"] == "sharded", res[key]["layout"]
@@ -246,21 +237,8 @@ def test_sharded_distributed_sync_tp2_pp2_into_real_servers(tmp_path):
     # second sharded push reused the stage groups (SGLang's own log lines)
     for n in ("policy0", "policy1"):
         assert open(tmp_path / f"{n}.log").read().count("init custom process group") == 3, n
-    samples = json.load(open(spath))
-    prompts = [r["prompt"] for r in samples[:4]]
-    ref = _reference(res["export"], prompts, 12, [2])
-    worst = 0.0
-    for g, (ids, lps) in zip(res["served"], ref):
-        assert g["tag"] == "policy-2" and g["ids"] == ids, (g["ids"], ids)
-        worst = max([worst] + [abs(x - y) for x, y in zip(g["logprobs"], lps)])
+    _, worst = _check_served(res, spath, bundle)
     print(f"distributed sharded: rank 0 sent {rows[0]['bytes']} B, stage 1 {rows[2]['bytes']} B, worst |dlogp| {worst}")
-    assert worst < 1e-4, worst
-    moved = max(
-        abs(x - y)
-        for g, p in zip(res["served"], prompts)
-        for x, y in zip(g["logprobs"], _teacher_forced(bundle["model"], p, g["ids"], torch.float32))
-    )
-    assert moved > 1e-3, moved  # the step really changed the served weights
 
 
 def test_step_metrics_name_both_roles_and_zero_when_not_pushed():

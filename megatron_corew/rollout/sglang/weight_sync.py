@@ -22,7 +22,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 
@@ -152,9 +151,6 @@ class WeightSync:
             )
         self._mark_loaded(engines, tag)
 
-    def _buckets(self, it: Iterator[tuple[str, torch.Tensor]]):
-        return buckets(it, self.bucket_bytes)
-
     def _push_stream(self, engines: list[int], it, tag: str, keep: bool | None = None, mode: str | None = None):
         """Tensor or distributed push of a (name, tensor) stream, bucket by bucket. Returns a CPU
         copy of everything pushed when weights are kept (restart refill / role swap)."""
@@ -175,7 +171,7 @@ class WeightSync:
             self._call_all(engines, lambda i: self._begin_update(i))
             try:
                 pending = None
-                for bucket in self._buckets(it):
+                for bucket in buckets(it, self.bucket_bytes):
                     if kept is not None:
                         kept.extend((n, t.detach().to("cpu", copy=True)) for n, t in bucket)
                     if pending is not None:
