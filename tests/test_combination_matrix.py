@@ -1,0 +1,125 @@
+"""The combination matrix (tools/combination_matrix.py, docs/COMBINATIONS.md).
+
+Default tier: the pairwise design covers every pair of values of any two factors (checked against an enumeration
+written here) and holds no refused pair; a hand-checked small design. e2e (2-rank cells also dist): each design cell
+launched as a user would either trains (finite metrics, reward variance and a non-zero gradient) or is refused in one
+line naming its flags; the twin runs give the same loss and gradient norm."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from tools import combination_matrix as cm
+from tools.pairwise import all_pairs
+
+# cells that fail on this tree: id -> the one-line reproduction (python tools/combination_matrix.py --only ID)
+KNOWN_FAILURES: dict[str, str] = {}
+
+
+def test_pairwise_design_covers_every_pair():
+    rows, excluded = all_pairs(cm.FACTORS, cm.forbidden)
+    for (f1, vs1), (f2, vs2) in itertools.combinations(cm.FACTORS.items(), 2):
+        for v1, v2 in itertools.product(vs1, vs2):
+            covered = any(r[f1] == v1 and r[f2] == v2 for r in rows)
+            assert covered != (((f1, v1), (f2, v2)) in excluded), (f1, v1, f2, v2)
+    for r in rows:
+        assert list(r) == list(cm.FACTORS) and all(r[f] in cm.FACTORS[f] for f in r)
+        assert not any(cm.forbidden({a: r[a], b: r[b]}) for a, b in itertools.combinations(r, 2)), r
+    assert all_pairs(cm.FACTORS, cm.forbidden)[0] == rows  # deterministic
+    assert len(rows) <= 24  # 4 layouts x 4 methods need 16; the matrix's time budget allows a few more
+
+
+def test_refused_pairs_are_the_documented_refusals():
+    """Written out by hand from megatron_corew/rollout/pipeline.py's checks: prefetch needs a teacher; pipelined
+    rollouts (async or prefetch) refuse dynamic sampling and --colocate."""
+    _, excluded = all_pairs(cm.FACTORS, cm.forbidden)
+    want = {(("prefetch", "on"), ("method", m)) for m in ("gt", "corewarding_1", "entropy")}
+    want |= {(("async", s), ("dynamic", "on")) for s in ("s1", "s2")}
+    want |= {(("async", s), ("offload", "colocate")) for s in ("s1", "s2")}
+    want |= {(("prefetch", "on"), ("dynamic", "on")), (("prefetch", "on"), ("offload", "colocate"))}
+    assert set(excluded) == want
+    _, refusals = cm.design()
+    assert {c.pair for c in refusals} == want
+    for c in refusals:  # each refusal cell refuses for its pair only
+        others = [(a, b) for a, b in itertools.combinations(c.values.items(), 2) if (a, b) != c.pair]
+        assert not any(cm.forbidden(dict(p)) for p in others), c.id
+
+
+def test_pairwise_small_example():
+    """Three two-valued factors: the greedy fill gives the 4-row orthogonal array (worked out by hand in order:
+    000, then 0 1 -> C 1, 1 0 -> C 1, 1 1 -> C 0); with (A 1, B 1) forbidden that pair is excluded, not covered."""
+    f = {"A": [0, 1], "B": [0, 1], "C": [0, 1]}
+    rows, excluded = all_pairs(f)
+    assert [tuple(r.values()) for r in rows] == [(0, 0, 0), (0, 1, 1), (1, 0, 1), (1, 1, 0)]
+    assert excluded == {}
+    rows, excluded = all_pairs(f, lambda r: "no" if r.get("A") == 1 and r.get("B") == 1 else None)
+    assert list(excluded) == [(("A", 1), ("B", 1))]
+    assert not any(r["A"] == 1 and r["B"] == 1 for r in rows)
+    assert {(r["A"], r["C"]) for r in rows} == {(0, 0), (0, 1), (1, 0), (1, 1)}
+
+
+def test_classify_refusal_and_failures(tmp_path):
+    """The classifier on hand-written outputs: one error line and exit 2 is a refusal; a traceback, two error
+    lines or a timeout are failures."""
+    cell = cm.design()[0][0]
+    assert cm.classify(cell, 2, "warn\nerror: --x does not apply to --y\n", str(tmp_path))[0] == "refused"
+    assert cm.classify(cell, 2, "error: a\nerror: b\n", str(tmp_path))[0].startswith("FAIL")
+    assert cm.classify(cell, 1, "Traceback (most recent call last):\nValueError: x\n", str(tmp_path))[0].startswith(
+        "FAIL: traceback"
+    )
+    assert cm.classify(cell, None, "", str(tmp_path))[0] == "FAIL: timeout"
+
+
+# ------------------------------------------------------------------------------------------------- the runs (e2e)
+DESIGN, REFUSALS = cm.design()
+ALL_CELLS = DESIGN + cm.extra_cells() + REFUSALS
+_RESULTS: dict[str, cm.Result] = {}
+
+
+@pytest.fixture(scope="module")
+def matrix_bundle(request, tmp_path_factory):
+    """The warm-started bundle of the tests when conftest offers it, else a small tools/make_tiny_task.py one."""
+    try:
+        return request.getfixturevalue("warm_bundle")
+    except pytest.FixtureLookupError:
+        pass
+    from megatron_corew.demo.tiny_bundle import make_tiny_task
+
+    out = str(tmp_path_factory.mktemp("matrix") / "tiny")
+    make_tiny_task(out, sft_steps=500, num_train=256, num_val=16, num_samples=4, threads=1, log=lambda *a: None)
+    return cm.task_bundle(out)
+
+
+def _result(cell: cm.Cell, bundle: dict, root) -> cm.Result:
+    key = cell.id + cell.tag
+    if key not in _RESULTS:
+        _RESULTS[key] = cm.run_cell(cell, bundle, str(root))
+    return _RESULTS[key]
+
+
+def _marks(cell: cm.Cell) -> list:
+    marks = [pytest.mark.e2e] + ([pytest.mark.dist] if cell.nproc > 1 else [])
+    if cell.id in KNOWN_FAILURES:
+        marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[cell.id]))
+    return marks
+
+
+@pytest.mark.parametrize("cell", [pytest.param(c, id=c.id, marks=_marks(c)) for c in ALL_CELLS])
+def test_cell(cell, matrix_bundle, tmp_path_factory):
+    r = _result(cell, matrix_bundle, tmp_path_factory.getbasetemp() / "cells")
+    assert r.outcome == cell.expect, f"{r.outcome}: {r.line}\n{cm.reproduction(cell)}"
+
+
+@pytest.mark.e2e
+@pytest.mark.dist
+@pytest.mark.parametrize("twin", cm.TWINS, ids=[t.factor for t in cm.TWINS])
+def test_twin(twin, matrix_bundle, tmp_path_factory):
+    root = tmp_path_factory.getbasetemp() / "cells"
+    results = [_result(c, matrix_bundle, root) for c in DESIGN if c.values[twin.factor] == twin.base_value]
+    base = cm.twin_base(twin, results)
+    assert base is not None, f"no design cell with {twin.factor} {twin.base_value} trained"
+    other = _result(cm.twin_cell(twin, base.cell), matrix_bundle, root)
+    ok, why = cm.compare(twin, base, other)
+    assert ok, f"{twin.name}: {why}\n{cm.reproduction(base.cell)}\n{cm.reproduction(other.cell)}"

@@ -1,0 +1,460 @@
+"""The combination matrix: train_rl.py launched as a user would (torchrun for 2 ranks) on a pairwise design over the
+features a user turns on together, each run classified as trained, refused or failed, plus twin runs where an
+independent check exists (packed vs padded, async staleness 0 vs synchronous, --offload-train vs plain).
+
+    python tools/combination_matrix.py                        # every cell, table to stdout and docs/COMBINATIONS.md
+    python tools/combination_matrix.py --only DP2 --no-doc    # cells whose id contains DP2
+
+A cell is "trained" when it exits 0 with finite metrics, some step with non-zero reward variance (from its
+--rollout-dump, not the run's own metrics) and a non-zero gradient on every such step; "refused" when it exits 2
+with one error line naming the flags of the combination (a documented refusal). Anything else is a failure.
+The bundle is the warm-started tiny task (tools/make_tiny_task.py), built when --bundle does not hold one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tools.pairwise import all_pairs  # noqa: E402
+
+# factor -> value -> train_rl.py flags
+FLAGS: dict[str, dict[str, list[str]]] = {
+    "layout": {"padded": ["--micro-batch-layout", "padded"], "packed": ["--micro-batch-layout", "packed"]},
+    "is": {"none": [], "tis": ["--rollout-is", "tis"], "mis": ["--rollout-is", "mis"]},
+    "async": {
+        "off": [],
+        "s1": ["--async-rollout", "--max-staleness", "1"],
+        "s2": ["--async-rollout", "--max-staleness", "2"],
+    },
+    "prefetch": {"off": [], "on": ["--teacher-prefetch"]},
+    "dynamic": {"off": [], "on": ["--dynamic-sampling"]},
+    "steps_per_rollout": {"1": [], "2": ["--num-steps-per-rollout", "2"]},
+    "offload": {"off": [], "offload": ["--offload-train"], "colocate": ["--colocate"]},
+    "parallel": {
+        "TP1": [],
+        "TP2": ["--tensor-model-parallel-size", "2"],
+        "PP2": ["--pipeline-model-parallel-size", "2"],
+        "DP2": ["--use-distributed-optimizer"],
+    },
+    "method": {m: ["--reward-method", m] for m in ("gt", "corewarding_1", "corewarding_2", "entropy")},
+}
+FACTORS = {name: list(values) for name, values in FLAGS.items()}
+# values outside the pairwise design, used by twins and extra cells only
+EXTRA_FLAGS = {
+    ("async", "s0"): ["--async-rollout", "--max-staleness", "0"],
+    ("parallel", "TP2+SP"): ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+}
+TEACHER_METHODS = ("corewarding_2",)
+STEPS = 3  # train iterations per cell: staleness 2 first shows at step 3
+TIMEOUT_S = 300
+RUN_FLAGS = ["--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "24",
+             "--lr", "1e-3", "--eval-interval", "0", "--no-progress-bar", "--rollout-dump", "--seed", "1234"]  # fmt: skip
+
+
+def forbidden(row: dict) -> str | None:
+    """The documented start-up refusals among the factors (megatron_corew/rollout/pipeline.py); pairwise."""
+    ahead = row.get("async", "off") != "off" or row.get("prefetch") == "on"
+    if row.get("prefetch") == "on" and "method" in row and row["method"] not in TEACHER_METHODS:
+        return "--teacher-prefetch needs a method with an EMA teacher"
+    if ahead and row.get("dynamic") == "on":
+        return "pipelined rollouts and --dynamic-sampling do not combine (refill rounds are generated on demand)"
+    if ahead and row.get("offload") == "colocate":
+        return "pipelined rollouts and --colocate do not combine (the engines give their memory to the trainer)"
+    return None
+
+
+@dataclass
+class Cell:
+    """One configuration: a value per factor, what it should do, and extra flags (twins, extra cells)."""
+
+    values: dict
+    expect: str = "trained"  # or "refused"
+    note: str = ""
+    tag: str = ""  # "twin of <id>" / "extra" / "" for design rows
+    pair: tuple = ()  # a refusal cell: the excluded pair ((factor, value), (factor, value)) it sets
+
+    @property
+    def id(self) -> str:
+        v = self.values
+        parts = [v["layout"], v["is"], "sync" if v["async"] == "off" else v["async"]]
+        parts += ["pf"] if v["prefetch"] == "on" else []
+        parts += ["ds"] if v["dynamic"] == "on" else []
+        parts += [f"n{v['steps_per_rollout']}"]
+        parts += [] if v["offload"] == "off" else [v["offload"]]
+        return "-".join(parts + [v["parallel"], v["method"]])
+
+    @property
+    def nproc(self) -> int:
+        return 1 if self.values["parallel"] == "TP1" else 2
+
+    def flags(self) -> list[str]:
+        out = []
+        for f, v in self.values.items():
+            out += FLAGS[f][v] if v in FLAGS[f] else EXTRA_FLAGS[(f, v)]
+        return out
+
+
+def design() -> tuple[list[Cell], list[Cell]]:
+    """The pairwise rows (expected to train) and one refusal cell per excluded pair (the first design value of
+    every other factor, the pair set)."""
+    rows, excluded = all_pairs(FACTORS, forbidden)
+    cells = [Cell(r) for r in rows]
+    refusals = []
+    for pair, why in excluded.items():
+        row = dict(pair)
+        for f, vs in FACTORS.items():  # the first value of each other factor that refuses nothing else
+            if f not in row:
+                row[f] = next(v for v in vs if not any(forbidden({a: row[a], f: v}) for a in row))
+        refusals.append(Cell({f: row[f] for f in FACTORS}, expect="refused", note=why, pair=pair))
+    return cells, refusals
+
+
+def extra_cells() -> list[Cell]:
+    """Single configurations outside the factors that users combine: TP 2 with --sequence-parallel."""
+    base = {f: vs[0] for f, vs in FACTORS.items()}
+    return [Cell({**base, "parallel": "TP2+SP", "layout": "packed"}, tag="extra")]
+
+
+# ----------------------------------------------------------------------------------------------- running one cell
+def task_bundle(directory: str) -> dict:
+    """The paths of a tools/make_tiny_task.py bundle (keys as the tests' bundles: model, train, train_rephrased)."""
+    return {
+        "model": os.path.join(directory, "model"),
+        "train": os.path.join(directory, "data", "train.parquet"),
+        "train_rephrased": os.path.join(directory, "data", "train_rephrased.parquet"),
+    }
+
+
+def train_args(cell: Cell, bundle: dict, out_dir: str, steps: int = STEPS) -> list[str]:
+    args = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--output-dir", out_dir]
+    if cell.values["method"] == "corewarding_1":
+        args += ["--train-data-rephrased", bundle["train_rephrased"]]
+    return args + ["--train-iters", str(steps)] + RUN_FLAGS + cell.flags()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(nproc: int, args: list[str]) -> list[str]:
+    if nproc == 1:
+        return [sys.executable, "train_rl.py", *args]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(_free_port()), "train_rl.py", *args]  # fmt: skip
+
+
+def reproduction(cell: Cell, bundle: dict | None = None, out_dir: str = "runs/cell") -> str:
+    """The one-line command a user runs to see the cell's outcome."""
+    head = ["python"] if cell.nproc == 1 else ["torchrun", "--nproc_per_node", str(cell.nproc)]
+    return shlex.join(head + ["train_rl.py", *train_args(cell, bundle or task_bundle("assets/tiny"), out_dir)])
+
+
+@dataclass
+class Result:
+    cell: Cell
+    outcome: str  # trained / refused / FAIL: <why>
+    seconds: float
+    steps: list = field(default_factory=list)  # per step: reward mean, reward std, loss, grad norm
+    line: str = ""  # the refusal line or the last error line
+    out_dir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == self.cell.expect
+
+
+def _run(cmd: list[str], timeout: int) -> tuple[int | None, str]:
+    """Run in its own session with output to a file; kill the whole group at the end (no stray ranks)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        log.seek(0)
+        return rc, log.read()
+
+
+ERROR_LINE = re.compile(r"^(?:\S+: )?error: .+")
+
+
+def _error_lines(output: str) -> list[str]:
+    seen = []
+    for line in output.splitlines():
+        line = line.strip()
+        if ERROR_LINE.match(line) and line not in seen:
+            seen.append(line)
+    return seen
+
+
+def read_steps(out_dir: str) -> list[dict]:
+    """Per trained step: the logged loss / grad norm and, from the rollout dump, the reward mean and the largest
+    within-group reward standard deviation (a group: the samples of one prompt and view)."""
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        metrics = [json.loads(line) for line in f]
+    steps = []
+    for m in metrics:
+        s = int(m["step"])
+        groups: dict = {}
+        dumps = sorted(n for n in os.listdir(os.path.join(out_dir, "rollouts")) if n.startswith(f"step_{s:06d}"))
+        for name in dumps:
+            with open(os.path.join(out_dir, "rollouts", name)) as f:
+                for line in f:
+                    r = json.loads(line)
+                    groups.setdefault((name, r["index"], r["view"]), []).append(float(r["reward"]))
+        std = max((_std(g) for g in groups.values()), default=0.0)
+        rewards = [x for g in groups.values() for x in g]
+        steps.append(
+            {
+                "step": s,
+                "reward_mean": sum(rewards) / max(len(rewards), 1),
+                "reward_std_max": std,
+                "loss": m.get("train/loss"),
+                "grad_norm": m.get("train/grad_norm"),
+                "nonfinite": [k for k, v in m.items() if isinstance(v, float) and not math.isfinite(v)],
+                "responses": [r for name in dumps for r in _responses(out_dir, name)],
+                "metrics": m,
+            }
+        )
+    return steps
+
+
+def _std(xs: list[float]) -> float:
+    mu = sum(xs) / len(xs)
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / len(xs))
+
+
+def _responses(out_dir: str, name: str) -> list[str]:
+    with open(os.path.join(out_dir, "rollouts", name)) as f:
+        return [json.loads(line)["response"] for line in f]
+
+
+def classify(cell: Cell, rc: int | None, output: str, out_dir: str, steps: int = STEPS) -> tuple[str, list, str]:
+    errors = _error_lines(output)
+    last = errors[-1] if errors else ""
+    if rc is None:
+        return "FAIL: timeout", [], last
+    if "Traceback" in output:
+        tb = [ln for ln in output.splitlines() if ln and not ln.startswith(" ") and "Error" in ln]
+        return f"FAIL: traceback (rc {rc})", [], (tb[-1] if tb else last)[:300]
+    if rc == 2:
+        if len(errors) != 1:
+            return f"FAIL: exit 2 with {len(errors)} error lines", [], last
+        return "refused", [], errors[0]
+    if rc != 0:
+        return f"FAIL: exit {rc}", [], last
+    try:
+        got = read_steps(out_dir)
+    except (OSError, ValueError, KeyError) as e:
+        return f"FAIL: unreadable metrics or rollout dump ({e})", [], last
+    if len(got) != steps:
+        return f"FAIL: {len(got)} of {steps} steps logged", got, last
+    for s in got:
+        if s["nonfinite"] or s["grad_norm"] is None or not math.isfinite(s["grad_norm"]):
+            return f"FAIL: non-finite metrics at step {s['step']} ({', '.join(s['nonfinite'][:3])})", got, last
+        if s["reward_std_max"] > 0 and s["grad_norm"] == 0:
+            return f"FAIL: zero gradient at step {s['step']} despite reward variance", got, last
+        if s["metrics"].get("train/skipped_updates", 0):
+            return f"FAIL: skipped update at step {s['step']}", got, last
+    if not any(s["reward_std_max"] > 0 and s["grad_norm"] > 0 for s in got):
+        return "FAIL: no step with reward variance and a gradient (no evidence)", got, last
+    return "trained", got, last
+
+
+def run_cell(cell: Cell, bundle: dict, out_root: str, steps: int = STEPS, timeout: int = TIMEOUT_S) -> Result:
+    out_dir = os.path.join(out_root, cell.id + (f"~{cell.tag.split()[0]}" if cell.tag else ""))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    t0 = time.monotonic()
+    rc, output = _run(launch(cell.nproc, train_args(cell, bundle, out_dir, steps)), timeout)
+    seconds = time.monotonic() - t0
+    outcome, got, line = classify(cell, rc, output, out_dir, steps)
+    if cell.expect == "refused" and outcome == "refused":
+        wanted = [FLAGS[f][v][0] for f, v in cell.pair if FLAGS[f][v][0] not in line]
+        if wanted:
+            outcome = f"FAIL: refusal line does not name {' '.join(wanted)}"
+    if not outcome.startswith(("trained", "refused")):
+        with open(out_dir + ".log", "w") as f:
+            f.write(output)
+    return Result(cell, outcome, seconds, got, line, out_dir)
+
+
+# ------------------------------------------------------------------------------------------------------ the twins
+@dataclass
+class Twin:
+    """An independent check: the same run with one factor changed must give the same numbers."""
+
+    name: str
+    factor: str
+    base_value: str
+    twin_value: str
+    bitwise: bool
+    tolerance: float = 0.0
+
+
+TWINS = [
+    Twin("packed vs padded", "layout", "packed", "padded", bitwise=False, tolerance=1e-5),
+    Twin("async staleness 0 vs synchronous", "async", "off", "s0", bitwise=True),
+    Twin("--offload-train vs plain", "offload", "offload", "off", bitwise=True),
+]
+
+
+def twin_base(twin: Twin, results: list[Result]) -> Result | None:
+    """The first trained design cell with the base value (without refill rounds or colocation for the async twin,
+    which could not take --async-rollout)."""
+    for r in results:
+        v = r.cell.values
+        if r.cell.tag or r.outcome != "trained" or v[twin.factor] != twin.base_value:
+            continue
+        if twin.factor == "async" and (v["dynamic"] == "on" or v["offload"] == "colocate" or v["prefetch"] == "on"):
+            continue
+        return r
+    return None
+
+
+def compare(twin: Twin, a: Result, b: Result) -> tuple[bool, str]:
+    """Loss and grad norm of every step whose rollouts are identical in both runs (all of them for a bitwise
+    twin); the compared steps must carry a gradient and reward variance."""
+    if b.outcome != "trained":
+        return False, f"twin {b.outcome}"
+    worst, compared = 0.0, []
+    for x, y in zip(a.steps, b.steps):
+        if x["responses"] != y["responses"]:
+            if twin.bitwise:
+                return False, f"step {x['step']}: rollouts differ"
+            break  # a weight difference within tolerance may change a later sample: stop comparing there
+        if not (x["grad_norm"] > 0 and x["reward_std_max"] > 0):
+            continue
+        for k in ("loss", "grad_norm"):
+            d = abs(x[k] - y[k])
+            worst = max(worst, d)
+            if (twin.bitwise and x[k] != y[k]) or d > twin.tolerance * max(1.0, abs(x[k])):
+                return False, f"step {x['step']} {k}: {x[k]!r} vs {y[k]!r}"
+        compared.append(x["step"])
+    if not compared:
+        return False, "no compared step with a gradient and reward variance"
+    how = "bitwise" if twin.bitwise else f"max |diff| {worst:.1e} <= {twin.tolerance:g}"
+    return True, f"steps {','.join(map(str, compared))} equal ({how})"
+
+
+def twin_cell(twin: Twin, base: Cell) -> Cell:
+    return Cell({**base.values, twin.factor: twin.twin_value}, tag=f"twin of {base.id}")
+
+
+# ------------------------------------------------------------------------------------------------------- the table
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def table(results: list[Result], twins: list, header: str, bundle: dict | None = None) -> str:
+    lines = [header, "", "| # | configuration | ranks | expected | outcome | reward mean / max group std | grad norm | s |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for i, r in enumerate(results, 1):
+        rew = " ".join(f"{s['reward_mean']:.2f}/{s['reward_std_max']:.2f}" for s in r.steps) or "-"
+        grad = " ".join(_fmt(s["grad_norm"]) for s in r.steps) or "-"
+        name = r.cell.id + (f" ({r.cell.tag})" if r.cell.tag else "")
+        outcome = r.outcome if r.ok else f"**{r.outcome}**"
+        if r.line and not r.outcome == "trained":
+            outcome += f": `{r.line.replace('|', '/')}`"
+        lines.append(
+            f"| {i} | {name} | {r.cell.nproc} | {r.cell.expect} | {outcome} | {rew} | {grad} | {r.seconds:.0f} |"
+        )
+    lines += ["", "Twin checks:", "", "| check | base | result |", "|---|---|---|"]
+    for twin, a, _b, ok, why in twins:
+        lines.append(f"| {twin.name} | {a.cell.id} | {'equal' if ok else '**DIFFERENT**'}: {why} |")
+    fails = [r for r in results if not r.ok]
+    lines += ["", f"Failures: {len(fails)}", ""]
+    for r in fails:
+        lines.append(f"- {r.cell.id}: {r.outcome} `{r.line}`\n  `{reproduction(r.cell)}`")
+    return "\n".join(lines) + "\n"
+
+
+DOC_HEAD = """# Combination matrix
+
+`tools/combination_matrix.py` runs `train_rl.py` as a user would (torchrun for 2 ranks) on a pairwise design
+(`tools/pairwise.py`: every pair of values of any two factors appears in at least one row) over
+
+{factors}
+
+on the warm-started tiny task (`tools/make_tiny_task.py`; reproductions below assume `assets/tiny`), {steps} steps of 4 prompts x 4 samples each. Pairs that
+start-up refuses by design are not in the rows; each is one refusal cell instead, which must exit 2 with one line
+naming the flags. A trained cell must exit 0 with finite metrics, reward variance within some prompt's samples
+(read from its `--rollout-dump`) and a non-zero gradient on every step that has it. Twin checks rerun a trained
+cell with one factor changed and compare loss and gradient norm. The tests are `tests/test_combination_matrix.py`.
+
+Regenerate: `python tools/combination_matrix.py` (writes this file).
+"""
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--bundle", default="assets/tiny", help="tools/make_tiny_task.py bundle; built when missing")
+    p.add_argument("--out", default="runs/combinations", help="run directories of the cells")
+    p.add_argument("--only", default=None, help="run only the cells whose id contains this text")
+    p.add_argument("--doc", default="docs/COMBINATIONS.md")
+    p.add_argument("--no-doc", action="store_true", help="print the table only")
+    a = p.parse_args(argv)
+
+    from megatron_corew.demo.tiny_bundle import is_complete, make_tiny_task
+
+    if not is_complete(a.bundle):
+        make_tiny_task(a.bundle)
+    bundle = task_bundle(a.bundle)
+    cells, refusals = design()
+    todo = [c for c in cells + extra_cells() + refusals if not a.only or a.only in c.id]
+    t0 = time.monotonic()
+    results = []
+    for c in todo:
+        r = run_cell(c, bundle, a.out)
+        results.append(r)
+        print(f"{len(results):3d}/{len(todo)} {c.id:60s} {r.outcome} ({r.seconds:.0f}s) {r.line}", flush=True)
+    twins = []
+    for twin in TWINS:
+        base = twin_base(twin, results)
+        if base is None:
+            continue
+        b = run_cell(twin_cell(twin, base.cell), bundle, a.out)
+        results.append(b)
+        ok, why = compare(twin, base, b)
+        twins.append((twin, base, b, ok, why))
+        print(f"twin {twin.name}: {'equal' if ok else 'DIFFERENT'} ({why})", flush=True)
+    total = time.monotonic() - t0
+    factors = "\n".join(f"- {f}: {', '.join(vs)}" for f, vs in FACTORS.items())
+    load = os.getloadavg()[0]
+    head = DOC_HEAD.format(factors=factors, steps=STEPS) + (
+        f"\n{len(results)} runs, {total / 60:.1f} min wall on {os.cpu_count()} CPU cores "
+        f"(load average {load:.1f} at the end), {time.strftime('%Y-%m-%d')}, `tools/combination_matrix.py`.\n"
+    )
+    text = table(results, twins, head, bundle)
+    print(text)
+    if not a.no_doc and not a.only:
+        with open(os.path.join(REPO, a.doc), "w") as f:
+            f.write(text)
+    return 0 if all(r.ok for r in results) and all(t[3] for t in twins) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
