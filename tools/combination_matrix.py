@@ -17,6 +17,7 @@ import json
 import math
 import os
 import re
+import resource
 import shlex
 import shutil
 import signal
@@ -125,9 +126,16 @@ def design() -> tuple[list[Cell], list[Cell]]:
 
 
 def extra_cells() -> list[Cell]:
-    """Single configurations outside the factors that users combine: TP 2 with --sequence-parallel."""
+    """Configurations beyond pairs that users run: TP 2 with --sequence-parallel; packed + TIS on DP 2 with refill
+    rounds and two optimizer steps per batch (few sequences per rank and micro-batch)."""
     base = {f: vs[0] for f, vs in FACTORS.items()}
-    return [Cell({**base, "parallel": "TP2+SP", "layout": "packed"}, tag="extra")]
+    return [
+        Cell({**base, "parallel": "TP2+SP", "layout": "packed"}, tag="extra"),
+        Cell(
+            {**base, "layout": "packed", "is": "tis", "dynamic": "on", "steps_per_rollout": "2", "parallel": "DP2"},
+            tag="extra",
+        ),  # fmt: skip
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- running one cell
@@ -138,6 +146,30 @@ def task_bundle(directory: str) -> dict:
         "train": os.path.join(directory, "data", "train.parquet"),
         "train_rephrased": os.path.join(directory, "data", "train_rephrased.parquet"),
     }
+
+
+def tiny_task(directory: str) -> dict:
+    from megatron_corew.demo.tiny_bundle import is_complete, make_tiny_task
+
+    if not is_complete(directory):
+        make_tiny_task(directory)
+    return task_bundle(directory)
+
+
+def warm_bundle(out_root: str) -> dict:
+    """The tests' warm-started bundle (tests/helpers.py ``make_warm_bundle``, the ``warm_bundle`` fixture): the
+    matrix the tests run and the table this tool writes see the same model. Built once under ``out_root``."""
+    sys.path.insert(0, os.path.join(REPO, "tests"))
+    from helpers import make_warm_bundle
+
+    root = os.path.abspath(os.path.join(out_root, "warm_bundle"))
+    names = {"model": "model", **{k: f"{k}.parquet" for k in ("train", "train_rephrased", "val")}}
+    if not os.path.exists(os.path.join(root, "train_rephrased.parquet")):
+        shutil.rmtree(root + ".tmp", ignore_errors=True)
+        make_warm_bundle(root + ".tmp")
+        shutil.rmtree(root, ignore_errors=True)
+        os.rename(root + ".tmp", root)
+    return {k: os.path.join(root, v) for k, v in names.items()}
 
 
 def train_args(cell: Cell, bundle: dict, out_dir: str, steps: int = STEPS) -> list[str]:
@@ -161,9 +193,11 @@ def launch(nproc: int, args: list[str]) -> list[str]:
 
 
 def reproduction(cell: Cell, bundle: dict | None = None, out_dir: str = "runs/cell") -> str:
-    """The one-line command a user runs to see the cell's outcome."""
+    """The one-line command a user runs to see the cell's outcome (paths of the bundle the default run builds)."""
     head = ["python"] if cell.nproc == 1 else ["torchrun", "--nproc_per_node", str(cell.nproc)]
-    return shlex.join(head + ["train_rl.py", *train_args(cell, bundle or task_bundle("assets/tiny"), out_dir)])
+    w = "runs/combinations/warm_bundle/"
+    default = {"model": w + "model", "train": w + "train.parquet", "train_rephrased": w + "train_rephrased.parquet"}
+    return shlex.join(head + ["train_rl.py", *train_args(cell, bundle or default, out_dir)])
 
 
 @dataclass
@@ -171,6 +205,7 @@ class Result:
     cell: Cell
     outcome: str  # trained / refused / FAIL: <why>
     seconds: float
+    cpu_s: float = 0.0
     steps: list = field(default_factory=list)  # per step: reward mean, reward std, loss, grad norm
     line: str = ""  # the refusal line or the last error line
     out_dir: str = ""
@@ -181,7 +216,10 @@ class Result:
 
 
 def _run(cmd: list[str], timeout: int) -> tuple[int | None, str]:
-    """Run in its own session with output to a file; kill the whole group at the end (no stray ranks)."""
+    """Run in its own session with output to a file; kill the whole group at the end (no stray ranks). The run's
+    CPU seconds (all its processes) are in :data:`LAST_CPU_S`: wall time depends on the machine's load, this not."""
+    global LAST_CPU_S
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
@@ -195,10 +233,13 @@ def _run(cmd: list[str], timeout: int) -> tuple[int | None, str]:
             except ProcessLookupError:
                 pass
             proc.wait()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        LAST_CPU_S = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         log.seek(0)
         return rc, log.read()
 
 
+LAST_CPU_S = 0.0
 ERROR_LINE = re.compile(r"^(?:\S+: )?error: .+")
 
 
@@ -299,7 +340,7 @@ def run_cell(cell: Cell, bundle: dict, out_root: str, steps: int = STEPS, timeou
     if not outcome.startswith(("trained", "refused")):
         with open(out_dir + ".log", "w") as f:
             f.write(output)
-    return Result(cell, outcome, seconds, got, line, out_dir)
+    return Result(cell, outcome, seconds, LAST_CPU_S, got, line, out_dir)
 
 
 # ------------------------------------------------------------------------------------------------------ the twins
@@ -322,17 +363,18 @@ TWINS = [
 ]
 
 
-def twin_base(twin: Twin, results: list[Result]) -> Result | None:
-    """The first trained design cell with the base value (without refill rounds or colocation for the async twin,
+def twin_candidate(twin: Twin, cell: Cell) -> bool:
+    """A design cell with the twin's base value (without refill rounds, colocation or prefetch for the async twin,
     which could not take --async-rollout)."""
-    for r in results:
-        v = r.cell.values
-        if r.cell.tag or r.outcome != "trained" or v[twin.factor] != twin.base_value:
-            continue
-        if twin.factor == "async" and (v["dynamic"] == "on" or v["offload"] == "colocate" or v["prefetch"] == "on"):
-            continue
-        return r
-    return None
+    v = cell.values
+    if cell.tag or v[twin.factor] != twin.base_value:
+        return False
+    return twin.factor != "async" or (v["dynamic"], v["offload"], v["prefetch"]) == ("off", "off", "off")
+
+
+def twin_base(twin: Twin, results: list[Result]) -> Result | None:
+    """The first trained candidate."""
+    return next((r for r in results if r.outcome == "trained" and twin_candidate(twin, r.cell)), None)
 
 
 def compare(twin: Twin, a: Result, b: Result) -> tuple[bool, str]:
@@ -370,8 +412,10 @@ def _fmt(x) -> str:
 
 
 def table(results: list[Result], twins: list, header: str, bundle: dict | None = None) -> str:
-    lines = [header, "", "| # | configuration | ranks | expected | outcome | reward mean / max group std | grad norm | s |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    cols = (
+        "# | configuration | ranks | expected | outcome | reward mean / max group std per step | grad norm | s | CPU s"
+    )
+    lines = [header, "", f"| {cols} |", "|---" * (cols.count("|") + 1) + "|"]
     for i, r in enumerate(results, 1):
         rew = " ".join(f"{s['reward_mean']:.2f}/{s['reward_std_max']:.2f}" for s in r.steps) or "-"
         grad = " ".join(_fmt(s["grad_norm"]) for s in r.steps) or "-"
@@ -380,7 +424,7 @@ def table(results: list[Result], twins: list, header: str, bundle: dict | None =
         if r.line and not r.outcome == "trained":
             outcome += f": `{r.line.replace('|', '/')}`"
         lines.append(
-            f"| {i} | {name} | {r.cell.nproc} | {r.cell.expect} | {outcome} | {rew} | {grad} | {r.seconds:.0f} |"
+            f"| {i} | {name} | {r.cell.nproc} | {r.cell.expect} | {outcome} | {rew} | {grad} | {r.seconds:.0f} | {r.cpu_s:.0f} |"
         )
     lines += ["", "Twin checks:", "", "| check | base | result |", "|---|---|---|"]
     for twin, a, _b, ok, why in twins:
@@ -389,6 +433,10 @@ def table(results: list[Result], twins: list, header: str, bundle: dict | None =
     lines += ["", f"Failures: {len(fails)}", ""]
     for r in fails:
         lines.append(f"- {r.cell.id}: {r.outcome} `{r.line}`\n  `{reproduction(r.cell)}`")
+    lines += [
+        "",
+        "One cell again: `python tools/combination_matrix.py --only ID` (every cell whose id contains ID, and its twin).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -399,9 +447,9 @@ DOC_HEAD = """# Combination matrix
 
 {factors}
 
-on the warm-started tiny task (`tools/make_tiny_task.py`; reproductions below assume `assets/tiny`), {steps} steps of 4 prompts x 4 samples each. Pairs that
-start-up refuses by design are not in the rows; each is one refusal cell instead, which must exit 2 with one line
-naming the flags. A trained cell must exit 0 with finite metrics, reward variance within some prompt's samples
+on the warm-started tiny task (`make_warm_bundle` in `tests/helpers.py`, the tests' `warm_bundle`), {steps} steps of
+4 prompts x 4 samples each. Pairs that start-up refuses by design are not in the rows; each is one refusal cell
+instead, which must exit 2 with one line naming the flags. A trained cell must exit 0 with finite metrics, reward variance within some prompt's samples
 (read from its `--rollout-dump`) and a non-zero gradient on every step that has it. Twin checks rerun a trained
 cell with one factor changed and compare loss and gradient norm. The tests are `tests/test_combination_matrix.py`.
 
@@ -411,18 +459,18 @@ Regenerate: `python tools/combination_matrix.py` (writes this file).
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--bundle", default="assets/tiny", help="tools/make_tiny_task.py bundle; built when missing")
+    p.add_argument(
+        "--bundle",
+        default=None,
+        help="a tools/make_tiny_task.py bundle (built when missing); default: the tests' warm bundle, built under OUT",
+    )
     p.add_argument("--out", default="runs/combinations", help="run directories of the cells")
     p.add_argument("--only", default=None, help="run only the cells whose id contains this text")
     p.add_argument("--doc", default="docs/COMBINATIONS.md")
     p.add_argument("--no-doc", action="store_true", help="print the table only")
     a = p.parse_args(argv)
 
-    from megatron_corew.demo.tiny_bundle import is_complete, make_tiny_task
-
-    if not is_complete(a.bundle):
-        make_tiny_task(a.bundle)
-    bundle = task_bundle(a.bundle)
+    bundle = warm_bundle(a.out) if a.bundle is None else tiny_task(a.bundle)
     cells, refusals = design()
     todo = [c for c in cells + extra_cells() + refusals if not a.only or a.only in c.id]
     t0 = time.monotonic()
@@ -441,12 +489,12 @@ def main(argv=None) -> int:
         ok, why = compare(twin, base, b)
         twins.append((twin, base, b, ok, why))
         print(f"twin {twin.name}: {'equal' if ok else 'DIFFERENT'} ({why})", flush=True)
-    total = time.monotonic() - t0
+    total, cpu = time.monotonic() - t0, sum(r.cpu_s for r in results)
     factors = "\n".join(f"- {f}: {', '.join(vs)}" for f, vs in FACTORS.items())
     load = os.getloadavg()[0]
     head = DOC_HEAD.format(factors=factors, steps=STEPS) + (
-        f"\n{len(results)} runs, {total / 60:.1f} min wall on {os.cpu_count()} CPU cores "
-        f"(load average {load:.1f} at the end), {time.strftime('%Y-%m-%d')}, `tools/combination_matrix.py`.\n"
+        f"\n{len(results)} runs: {total / 60:.1f} min wall on {os.cpu_count()} CPU cores at load average {load:.1f} "
+        f"(other jobs running), {cpu / 60:.1f} CPU-minutes of the runs' processes, {time.strftime('%Y-%m-%d')}.\n"
     )
     text = table(results, twins, head, bundle)
     print(text)
