@@ -8,6 +8,9 @@ line naming its flags; the twin runs give the same loss and gradient norm."""
 from __future__ import annotations
 
 import itertools
+import json
+import math
+import os
 
 import pytest
 
@@ -118,3 +121,44 @@ def test_twin(twin, warm_bundle, tmp_path_factory):
     other = _result(cm.twin_cell(twin, base.cell), warm_bundle, root)
     ok, why = cm.compare(twin, base, other)
     assert ok, f"{twin.name}: {why}\n{cm.reproduction(base.cell)}\n{cm.reproduction(other.cell)}"
+
+
+def _fake_run(root, grads, rewards, losses=None):
+    """A run directory as train_rl.py writes it: metrics.jsonl and one rollout dump per step (one prompt)."""
+    os.makedirs(os.path.join(root, "rollouts"))
+    with open(os.path.join(root, "metrics.jsonl"), "w") as f:
+        for s, g in enumerate(grads, 1):
+            f.write(json.dumps({"step": s, "train/grad_norm": g, "train/loss": (losses or grads)[s - 1]}) + "\n")
+            with open(os.path.join(root, "rollouts", f"step_{s:06d}.jsonl"), "w") as d:
+                for r in rewards[s - 1]:
+                    d.write(json.dumps({"index": 0, "view": 0, "reward": r, "response": "x"}) + "\n")
+    return str(root)
+
+
+def test_classify_trained_runs(tmp_path):
+    """Hand-made run directories: reward variance with a gradient trains; reward variance with a zero gradient,
+    a NaN, or no step with any reward variance are failures."""
+    cell = cm.design()[0][0]
+    good = _fake_run(tmp_path / "a", [0.0, 0.5], [[1, 1], [0, 1]])
+    outcome, steps, _ = cm.classify(cell, 0, "", good, steps=2)
+    assert outcome == "trained" and [s["reward_std_max"] for s in steps] == [0.0, 0.5]
+    zero = _fake_run(tmp_path / "b", [0.5, 0.0], [[0, 1], [0, 1]])
+    assert cm.classify(cell, 0, "", zero, steps=2)[0] == "FAIL: zero gradient at step 2 despite reward variance"
+    nan = _fake_run(tmp_path / "c", [0.5, float("nan")], [[0, 1], [0, 1]])
+    assert cm.classify(cell, 0, "", nan, steps=2)[0].startswith("FAIL: non-finite metrics at step 2")
+    flat = _fake_run(tmp_path / "d", [0.1, 0.1], [[1, 1], [0, 0]])
+    assert cm.classify(cell, 0, "", flat, steps=2)[0].startswith("FAIL: no step with reward variance")
+    assert cm.classify(cell, 0, "", good, steps=3)[0] == "FAIL: 2 of 3 steps logged"
+
+
+def test_compare_twins(tmp_path):
+    """Bitwise twins differ at one ulp; tolerance twins pass within it and stop at the first differing rollout."""
+    cell = cm.design()[0][0]
+    a = _fake_run(tmp_path / "a", [0.5, 0.25], [[0, 1], [0, 1]])
+    b = _fake_run(tmp_path / "b", [0.5, math.nextafter(0.25, 1)], [[0, 1], [0, 1]])
+    ra, rb = (cm.Result(cell, "trained", 0.0, 0.0, cm.read_steps(d)) for d in (a, b))
+    bitwise, tolerant = cm.TWINS[1], cm.TWINS[0]
+    assert bitwise.bitwise and not tolerant.bitwise
+    assert cm.compare(bitwise, ra, rb) == (False, "step 2 loss: 0.25 vs 0.25000000000000006")
+    assert cm.compare(tolerant, ra, rb)[0]
+    assert cm.compare(bitwise, ra, ra) == (True, "steps 1,2 equal (bitwise)")
