@@ -31,10 +31,11 @@ import torch
 from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
 from megatron_corew.rollout.sglang.fleet import Fleet, FleetState, RestartPolicy
 from megatron_corew.rollout.sglang.http import EngineDownError, HTTPConfig, SGLangError, SGLangHTTPError, http_json
+from megatron_corew.rollout.sglang.partial import PartialRollouts
 from megatron_corew.rollout.sglang.weight_sync import DiskWeights, MemoryWeights, WeightSync
 
 
-class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
+class SGLangEngine(PartialRollouts, RestartPolicy, WeightSync, RolloutEngine):
     """The RolloutEngine over a fleet of SGLang servers (see the module docstring)."""
 
     def __init__(
@@ -236,6 +237,7 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         tag = f"{self.role}-{int(version)}"
         t0 = time.perf_counter()
         try:
+            self._refuse_while_partial()
             with self.state.lock:
                 self._restarts_left = self.max_restarts
                 resident = [i for i in range(len(self.fleet))]
