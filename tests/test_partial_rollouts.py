@@ -155,6 +155,7 @@ def test_embedded_interrupted_equals_uninterrupted_with_unchanged_weights(embedd
         pending = embedded.interrupt()
         done += embedded.collect(0)
     done = sorted(done, key=lambda r: r.rid)
+    assert not pending and [r.rid for r in done] == [r.rid for r in ref]
     assert max(r.interruptions for r in done) >= 2
     assert any(0 < len(r.response_ids) for r in done)
     for a, b in zip(done, ref):
@@ -180,11 +181,19 @@ def test_embedded_resume_after_weight_update_uses_the_new_weights(embedded, tiny
     assert _check_sync_point(model, new, stopped, kept, done, 0, 1) >= 1
 
 
-def test_embedded_refuses_a_weight_update_while_decoding(embedded):
-    embedded.submit(_requests(200))
+def test_embedded_returns_requests_as_they_finish_and_refuses_updates_while_decoding(embedded):
+    reqs = _requests(200)
+    short = Request(
+        rid=9, prompt_ids=[5, 6], params=SamplingParams(temperature=T, top_p=TOP_P, max_new_tokens=2), seed=1
+    )
+    short.keep([7], [-1.0], version=0)  # a resumed request: one token kept, one more to decode
+    embedded.submit(reqs + [short])  # one batch: the short one leaves it after one token
+    first = embedded.collect(timeout=120)
+    assert [r.rid for r in first] == [9] and short.finish_reason is not None and len(short.response_ids) == 2
     with pytest.raises(RuntimeError, match="interrupt"):
         embedded.update_weights([], version=5)
-    assert embedded.interrupt()
+    stopped = embedded.interrupt()
+    assert len(stopped) + len(embedded.collect(0)) == len(PROMPTS) and stopped
     assert embedded.weight_version == 0
 
 

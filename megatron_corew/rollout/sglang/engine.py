@@ -3,7 +3,8 @@
 ``SGLangEngine.generate`` sends ``input_ids`` (never text) with ``return_logprob``, one contiguous share of the
 prompts per engine (or per router); a sample whose reported weight version is not the one expected fails the call.
 ``update_weights`` pushes one full set of weights (``weight_sync.py``); a dead engine is restarted and refilled
-within a bounded number of restarts (``fleet.RestartPolicy``).
+within a bounded number of restarts (``fleet.RestartPolicy``). The interruptible API (``submit`` / ``collect`` /
+``interrupt``, partial rollouts) is ``partial.PartialRollouts``.
 
 Log-probs: SGLang's ``output_token_logprobs`` (default, ``SGLANG_RETURN_ORIGINAL_LOGPROB`` unset)
 are ``log softmax(logits / T)`` taken before top-p/top-k truncation (sampler.py: the softmax of
