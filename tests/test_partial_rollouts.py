@@ -215,7 +215,9 @@ def sglang_server(tiny_bundle, tmp_path_factory):
 @pytest.mark.sglang
 def test_sglang_abort_keeps_prefix_and_resumes_under_new_weights(sglang_server, tiny_bundle):
     """SGLang's /pause_generation (abort) returns the tokens and log-probs so far; the resumed request is a new
-    /generate from prompt + kept tokens on the updated server, its tokens stamped with the new version."""
+    /generate from prompt + kept tokens on the updated server, its tokens stamped with the new version. A request
+    still queued in the client when the interrupt comes is handed back with nothing kept and decoded entirely under
+    the new weights."""
     from megatron_corew.rollout.sglang import fleet as sf
     from megatron_corew.rollout.sglang import http as sh
     from megatron_corew.rollout.sglang.engine import SGLangEngine
@@ -228,10 +230,13 @@ def test_sglang_abort_keeps_prefix_and_resumes_under_new_weights(sglang_server, 
         eos_token_ids=[2],
         weight_sync="tensor",
     )
+    engine.partial_workers = 3  # the fourth request waits in the client: the interrupt must hand it back unsent
     new = _perturbed(model)
-    stopped, _ = _interrupt_mid_response(engine, _requests(200), 1.0)
+    stopped, finished = _interrupt_mid_response(engine, _requests(200), 1.0)
     assert stopped, "every request finished before the interrupt"
     kept = {r.rid: (list(r.response_ids), list(r.logprobs), list(r.token_versions)) for r in stopped}
+    if not finished:  # none freed a slot: the fourth was never sent
+        assert kept[3] == ([], [], [])
     engine.update_weights(new.items(), version=1)
     engine.submit(stopped)
     done = _drain(engine, len(stopped))

@@ -29,10 +29,10 @@ from megatron_corew.rollout.sglang.http import SGLangError, SGLangHTTPError, htt
 class _InFlight:
     """What the mixin keeps between calls: the calls in flight and the requests they returned."""
 
-    def __init__(self):
+    def __init__(self, workers: int):
         self.cond = threading.Condition()
-        self.pool = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sglang-partial")
-        self.calls: dict[int, Future] = {}  # id(request) -> its /generate call
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sglang-partial")
+        self.calls: dict[int, tuple[Request, Future]] = {}  # id(request) -> the request and its /generate call
         self.finished: list[Request] = []
         self.stopped: list[Request] = []
         self.errors: list[str] = []
@@ -43,14 +43,16 @@ class PartialRollouts:
     """The interruptible API of ``SGLangEngine`` (it provides ``fleet``, ``state``, ``http``, ``eos``, ``weights``,
     ``weight_version``, ``stats``, ``_sampling_params`` and ``_ensure_ready``)."""
 
+    partial_workers = 64  # /generate calls open at once; further requests queue in the client until one answers
+
     def _inflight(self) -> _InFlight:
         if getattr(self, "_partial", None) is None:
-            self._partial = _InFlight()
+            self._partial = _InFlight(self.partial_workers)
         return self._partial
 
     def partial_busy(self) -> bool:
         st = getattr(self, "_partial", None)
-        return st is not None and any(not f.done() for f in st.calls.values())
+        return st is not None and any(not f.done() for _, f in st.calls.values())
 
     def submit(self, requests: list[Request]) -> None:
         st = self._inflight()
@@ -70,7 +72,7 @@ class PartialRollouts:
                     continue
                 e = -1 if self.fleet.router_url else st.next_engine % len(self.fleet)
                 st.next_engine += 1
-                st.calls[id(r)] = st.pool.submit(self._partial_call, r, e, tag, version)
+                st.calls[id(r)] = (r, st.pool.submit(self._partial_call, r, e, tag, version))
             st.cond.notify_all()
 
     def collect(self, timeout: float | None = None) -> list[Request]:
@@ -90,12 +92,17 @@ class PartialRollouts:
     def interrupt(self) -> list[Request]:
         st = self._inflight()
         engines = list(range(len(self.fleet)))
+        with st.cond:  # calls still queued in the pool never reach a server
+            for key, (r, f) in list(st.calls.items()):
+                if f.cancel():
+                    st.stopped.append(r)
+                    del st.calls[key]
         if st.calls:
             self._call_all(engines, lambda i: self._post(i, "/pause_generation", {"mode": "abort"}))
             self._call_all(engines, lambda i: self._post(i, "/continue_generation", {}))
             while True:
                 with st.cond:
-                    calls = list(st.calls.values())
+                    calls = [f for _, f in st.calls.values()]
                 if not wait(calls, timeout=0.5).not_done:
                     break
                 # a call that reached its server after the pause is running now: abort it too
