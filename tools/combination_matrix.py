@@ -468,39 +468,46 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=None, help="run only the cells whose id contains this text")
     p.add_argument("--doc", default="docs/COMBINATIONS.md")
     p.add_argument("--no-doc", action="store_true", help="print the table only")
+    p.add_argument("--timeout", type=int, default=TIMEOUT_S, help="seconds per run before it counts as a hang")
     a = p.parse_args(argv)
 
     bundle = warm_bundle(a.out) if a.bundle is None else tiny_task(a.bundle)
     cells, refusals = design()
     todo = [c for c in cells + extra_cells() + refusals if not a.only or a.only in c.id]
     t0 = time.monotonic()
-    results = []
+    results, twins = [], []
+
+    def report(final: bool) -> str:
+        """The table so far (rewritten after every run, so an interrupted matrix keeps what it measured)."""
+        total, cpu = time.monotonic() - t0, sum(r.cpu_s for r in results)
+        factors = "\n".join(f"- {f}: {', '.join(vs)}" for f, vs in FACTORS.items())
+        head = DOC_HEAD.format(factors=factors, steps=STEPS) + (
+            f"\n{len(results)} runs{'' if final else ' so far (interrupted)'}: {total / 60:.1f} min wall on "
+            f"{os.cpu_count()} CPU cores at load average {os.getloadavg()[0]:.0f} (other jobs running), "
+            f"{cpu / 60:.1f} CPU-minutes of the runs' processes, {time.strftime('%Y-%m-%d')}.\n"
+        )
+        text = table(results, twins, head, bundle)
+        if not a.no_doc and not a.only:
+            with open(os.path.join(REPO, a.doc), "w") as f:
+                f.write(text)
+        return text
+
     for c in todo:
-        r = run_cell(c, bundle, a.out)
+        r = run_cell(c, bundle, a.out, timeout=a.timeout)
         results.append(r)
         print(f"{len(results):3d}/{len(todo)} {c.id:60s} {r.outcome} ({r.seconds:.0f}s) {r.line}", flush=True)
-    twins = []
+        report(final=False)
     for twin in TWINS:
         base = twin_base(twin, results)
         if base is None:
             continue
-        b = run_cell(twin_cell(twin, base.cell), bundle, a.out)
+        b = run_cell(twin_cell(twin, base.cell), bundle, a.out, timeout=a.timeout)
         results.append(b)
         ok, why = compare(twin, base, b)
         twins.append((twin, base, b, ok, why))
         print(f"twin {twin.name}: {'equal' if ok else 'DIFFERENT'} ({why})", flush=True)
-    total, cpu = time.monotonic() - t0, sum(r.cpu_s for r in results)
-    factors = "\n".join(f"- {f}: {', '.join(vs)}" for f, vs in FACTORS.items())
-    load = os.getloadavg()[0]
-    head = DOC_HEAD.format(factors=factors, steps=STEPS) + (
-        f"\n{len(results)} runs: {total / 60:.1f} min wall on {os.cpu_count()} CPU cores at load average {load:.1f} "
-        f"(other jobs running), {cpu / 60:.1f} CPU-minutes of the runs' processes, {time.strftime('%Y-%m-%d')}.\n"
-    )
-    text = table(results, twins, head, bundle)
-    print(text)
-    if not a.no_doc and not a.only:
-        with open(os.path.join(REPO, a.doc), "w") as f:
-            f.write(text)
+        report(final=False)
+    print(report(final=True))
     return 0 if all(r.ok for r in results) and all(t[3] for t in twins) else 1
 
 
