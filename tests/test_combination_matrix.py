@@ -18,13 +18,7 @@ from tools import combination_matrix as cm
 from tools.pairwise import all_pairs
 
 # cells that fail on this tree: id -> the one-line reproduction (python tools/combination_matrix.py --only ID)
-KNOWN_FAILURES = {
-    "packed-none-sync-n1-TP2+SP-gt": "AssertionError: sequence parallel not supported by torch LayerNorm "
-    "(torchrun --nproc_per_node 2 train_rl.py ... --tensor-model-parallel-size 2 --sequence-parallel)",
-    "packed40-tis-sync-n1-DP2-gt": "ValueError: --rollout-is needs the engine's behaviour log-probs, and this engine "
-    "returned none (torchrun --nproc_per_node 2 train_rl.py ... --use-distributed-optimizer --micro-batch-layout "
-    "packed --max-tokens-per-gpu 40 --rollout-is tis)",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 def test_pairwise_design_covers_every_pair():
