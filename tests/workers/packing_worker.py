@@ -18,6 +18,7 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--sp", action="store_true", help="--sequence-parallel (needs --tp > 1)")
     ap.add_argument("--mbs", type=int, default=4)
     ap.add_argument("--max-tokens-per-gpu", type=int, default=700)
     ap.add_argument("--variants", default="padded:0,packed:0")
@@ -46,6 +47,7 @@ def main():
         cfg = TrainerConfig(
             tp=a.tp,
             pp=a.pp,
+            sequence_parallel=a.sp,
             micro_batch_size=a.mbs,
             micro_batch_layout=layout,
             max_tokens_per_gpu=a.max_tokens_per_gpu,
