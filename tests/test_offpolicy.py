@@ -266,6 +266,24 @@ def test_several_steps_per_rollout_engage_the_clip(worker_results):
     assert lr1 == pytest.approx(5e-2 * 0.5 * (1 + math.cos(math.pi * 1 / 10)), rel=1e-6)
 
 
+def test_multistep_metrics_are_token_weighted():
+    """Mini-batch steps of 10 and 30 loss tokens: a token mean of the rollout batch weighs each step by its tokens
+    (hand-computed), the grad norm is the mean over steps, counts add up."""
+    from megatron_corew.policy import multistep
+
+    a = {"loss": 1.0, "entropy": 2.0, "pg_clipfrac": 0.0, "grad_norm": 1.0, "lr": 0.1, "update_ok": True}
+    b = {"loss": 3.0, "entropy": 4.0, "pg_clipfrac": 0.4, "grad_norm": 3.0, "lr": 0.1, "update_ok": True}
+    a.update(loss_tokens=10, response_tokens=12, rollout_logprob_abs_diff=0.1, is_weight_max=1.5)
+    b.update(loss_tokens=30, response_tokens=36, rollout_logprob_abs_diff=0.5, is_weight_max=1.2)
+    m = multistep.combine([a, b])
+    assert m["loss"] == pytest.approx((10 * 1.0 + 30 * 3.0) / 40)
+    assert m["entropy"] == pytest.approx((10 * 2.0 + 30 * 4.0) / 40)
+    assert m["pg_clipfrac"] == pytest.approx(0.3) and m["pg_clipfrac_after_first"] == pytest.approx(0.4)
+    assert m["rollout_logprob_abs_diff"] == pytest.approx((12 * 0.1 + 36 * 0.5) / 48)
+    assert m["grad_norm"] == 2.0 and m["is_weight_max"] == 1.5 and m["lr"] == 0.1 and m["update_ok"]
+    assert (m["loss_tokens"], m["response_tokens"], m["optimizer_steps"]) == (40, 48, 2)
+
+
 # ---------------------------------------------------------------- overlong, truncation, dynamic sampling
 def _rollout(n_tokens, finish="stop", reward=0.0, group=0, prompt=None):
     gen = Generation([1, 2], [4] * n_tokens, [0.0] * n_tokens, finish)
