@@ -280,7 +280,13 @@ def test_multistep_metrics_are_token_weighted():
     assert m["entropy"] == pytest.approx((10 * 2.0 + 30 * 4.0) / 40)
     assert m["pg_clipfrac"] == pytest.approx(0.3) and m["pg_clipfrac_after_first"] == pytest.approx(0.4)
     assert m["rollout_logprob_abs_diff"] == pytest.approx((12 * 0.1 + 36 * 0.5) / 48)
-    assert m["grad_norm"] == 2.0 and m["is_weight_max"] == 1.5 and m["lr"] == 0.1 and m["update_ok"]
+    assert (
+        m["applied_steps"] == 2
+        and m["grad_norm"] == 2.0
+        and m["is_weight_max"] == 1.5
+        and m["lr"] == 0.1
+        and m["update_ok"]
+    )
     assert (m["loss_tokens"], m["response_tokens"], m["optimizer_steps"]) == (40, 48, 2)
 
 

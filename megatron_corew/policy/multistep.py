@@ -63,6 +63,7 @@ def combine(results: list[dict]) -> dict:
         else:
             out[key] = sum(values) / len(values)
     out["optimizer_steps"] = len(results)
+    out["applied_steps"] = sum(bool(r["update_ok"]) for r in results)  # the weights changed if any was applied
     out["pg_clipfrac_after_first"] = _token_mean(results[1:], "pg_clipfrac", "loss_tokens") if results[1:] else 0.0
     return out
 
