@@ -78,7 +78,7 @@ def stale_rollouts(args) -> bool:
 
 def resolve_off_policy(args, given, flag_error) -> list[str]:
     """Set ``args.rollout_is`` (None: not given) to its effective mode; refuse what cannot be right; return the
-    one-line warnings; ``given(dest)``: set on the command line. Rules in docs/OFF_POLICY.md section 2."""
+    one-line warnings; ``given(dest)``: set on the command line. Rules in docs/OFF_POLICY.md section 6."""
     explicit, form, stale = args.rollout_is, getattr(args, "off_policy_form", "decoupled"), stale_rollouts(args)
     top_p = getattr(args, "rollout_top_p", 1.0)
     warnings = []

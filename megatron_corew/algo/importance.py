@@ -1,5 +1,5 @@
 """Correction of the train/rollout mismatch: importance weights pi_old / pi_rollout (docs/OFF_POLICY.md section 1),
-and the two forms of the off-policy policy-gradient loss (:func:`policy_gradient_loss`, section 2).
+and the two forms of the off-policy policy-gradient loss (:func:`policy_gradient_loss`, section 6).
 
 The engine samples with its own kernels (and, under async or several optimizer steps, older weights), so the
 trainer's log-prob of a sampled token differs from the engine's. The policy-gradient loss of each token is
