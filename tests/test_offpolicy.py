@@ -172,6 +172,22 @@ def test_off_policy_forms_loss_and_gradient_match_float64(form):
         assert corr.metrics(True)["is_weight_max"] == pytest.approx(high)  # some weights truncated at C
 
 
+def test_is_statistics_count_only_tokens_the_loss_keeps():
+    """A sample masked out of the loss (--mask-truncated-responses: token weight 0) leaves the IS statistics alone:
+    weight mean and max over the kept sample's tokens only (hand-computed: ratios e^0.1, e^-0.2 vs a masked e^1)."""
+    kept, masked = _S([7, 8], [-1.0, -2.0], 1.0), _S([7], [-3.0], 1.0)
+    mb = packing.padded_microbatch([kept, masked], [0, 1], [0.5, 0.0])
+    old = torch.zeros_like(mb["mask"])
+    for k, row in enumerate([[-0.9, -2.2], [-2.0]]):
+        old.view(-1)[mb["first"][k] : mb["first"][k] + len(row)] = torch.tensor(row)
+    mb["live"] = mb["mask"] * (mb["weight"] != 0)  # as the trainer's loss sets it
+    corr = importance.ISCorrection("tis", "token", 5.0)
+    corr.correct(torch.zeros_like(old), old, mb)
+    m = corr.metrics(True)
+    assert m["is_weight_mean"] == pytest.approx((math.exp(0.1) + math.exp(-0.2)) / 2, rel=1e-6)
+    assert m["is_weight_max"] == pytest.approx(math.exp(0.1), rel=1e-6)
+
+
 # ---------------------------------------------------------------- trainer level (one worker process)
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory):
