@@ -299,3 +299,22 @@ def test_padded_with_fewer_sequences_than_ranks(long_model, tmp_path):
     """One sequence at DP 2 (left after dynamic sampling, or a small mini-batch): rank 1 runs an empty
     micro-batch, and the step equals the one-rank step."""
     _same_on_one_and_two_ranks(tmp_path, long_model, _rows([40], seed=4), "padded:0", [])
+
+
+def _te_gpus() -> int:
+    from megatron_corew.policy.model_builder import transformer_engine_available
+
+    return torch.cuda.device_count() if transformer_engine_available() else 0
+
+
+@pytest.mark.dist
+@pytest.mark.skipif(_te_gpus() < 2, reason="--sequence-parallel needs Transformer Engine and 2 CUDA GPUs")
+@pytest.mark.parametrize("layout", ["padded:0", "packed:0"])
+def test_sequence_parallel_equals_tp1(archs, tmp_path, layout):
+    """TP 2 with --sequence-parallel (rows rounded to a multiple of 2: LENGTHS has odd lengths) against TP 1:
+    per-sample log-probs, entropies, and two steps' loss and grad norm. Runs where TE and two GPUs exist; on CPU
+    the flag is refused at start-up (tests/test_offpolicy.py)."""
+    _, tp1 = _run(tmp_path, archs["qwen3"], variants=layout)
+    _, sp = _run(tmp_path, archs["qwen3"], nproc=2, extra=["--tp", "2", "--sp"], variants=layout)
+    _assert_same_as_padded({"padded:0": tp1[layout], "sp": sp[layout]})
+    assert tp1[layout]["steps"][0]["grad_norm"] > 0
