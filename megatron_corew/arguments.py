@@ -148,9 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-loss-coef", type=float, default=None, help="default: the method's reference value")
     g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default=_T.kl_estimator)
     g.add_argument("--entropy-coef", type=float, default=_T.entropy_coef)
-    g.add_argument("--clip-ratio-low", type=float, default=_T.clip_low)
-    g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high)
-    g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip)
+    inert = (
+        " (acts only where the PPO ratio can differ from 1: --num-steps-per-rollout > 1 or --off-policy-form bypass)"
+    )
+    g.add_argument("--clip-ratio-low", type=float, default=_T.clip_low, help="PPO clip below 1" + inert)
+    g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high, help="PPO clip above 1" + inert)
+    g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip, help="dual clip of negative advantages" + inert)
     g.add_argument("--no-std-normalization", action="store_true", help="Dr.GRPO advantages")
     g.add_argument(
         "--label-matching",
@@ -300,6 +303,11 @@ def check_args(args) -> None:
                 "--fp8-format needs Transformer Engine and a CUDA GPU; neither is "
                 "available here (no silent fallback to bf16)"
             )
+    if args.sequence_parallel:
+        from megatron_corew.policy.model_builder import transformer_engine_available
+
+        if not transformer_engine_available():  # megatron's local layer spec has no sequence-parallel norm
+            raise FlagError("--sequence-parallel needs Transformer Engine and a CUDA GPU; neither is available here")
 
 
 def _defaults() -> dict:

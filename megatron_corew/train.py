@@ -321,12 +321,14 @@ class RLRun:
     def train(self, batch: StepBatch) -> dict:
         """One optimizer step; a non-finite loss or gradient skips the update (counted) or stops the run."""
         a = self.args
-        view_scale = 0.5 if (self.method.paired_views and a.view_loss_agg == "mean") else 1.0
+        view_scale = algo.view_loss_scale(self.method.paired_views, a.view_loss_agg)
         keys = [r.prompt.pair_id for r in batch.rollouts]  # mini-batches of whole prompts (pairs)
         m = multistep.train_rollout(self.trainer, batch.rollouts, a.num_steps_per_rollout, view_scale, keys)
-        self.nonfinite.check(m.pop("update_ok"), m, batch.step, self.last_checkpoint)
+        ok = m.pop("update_ok")
+        self.nonfinite.check(ok, m, batch.step, self.last_checkpoint)
         m["skipped_updates"] = self.nonfinite.skipped
-        self.weight_version += 1
+        if ok or m.get("applied_steps", 0):  # a version names weights: a refused update leaves them as they were
+            self.weight_version += 1
         return {f"train/{k}": v for k, v in m.items()}
 
     def step_metrics(self, batch: StepBatch, train_metrics: dict, timer: StageTimer) -> dict:

@@ -168,14 +168,14 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:
         raise FlagError("--overlap-param-gather needs --use-distributed-optimizer")
+    warnings = []
     if hasattr(args, "rollout_is"):  # namespaces built without the off-policy flags skip their checks
         from megatron_corew import offpolicy_options
 
-        offpolicy_options.check(args, defaults, FlagError)
+        warnings += offpolicy_options.check(args, defaults, FlagError)
     from megatron_corew.rollout.pipeline import check_pipeline_args
 
     check_pipeline_args(args, method, lambda dest: _given(args, defaults, dest))
-    warnings = []
     if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):
         warnings.append("--kl-loss-type has no effect with --kl-loss-coef 0")
     if args.train_iters is not None and _given(args, defaults, "epochs"):

@@ -105,9 +105,14 @@ def test_staleness_one_versions_and_sigkill_resume_is_exact(tiny_bundle, tmp_pat
         assert all(0 <= (s - 1) - v <= 1 for v in vs)  # within --max-staleness 1
     rows = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
     assert [rows[s]["rollout/staleness_max"] for s in range(1, 7)] == [0, 1, 1, 1, 1, 1]
+    # stale samples are corrected by default (--rollout-is tis): the weight pi_old / pi_behaviour departs from 1
+    # where the engine's weights are one version behind
+    lag = [abs(rows[s]["train/is_weight_mean"] - 1.0) for s in range(1, 7)]
+    assert max(lag[2:]) > 1e-3 and all(rows[s]["train/is_weight_max"] <= 2.0 for s in range(1, 7)), lag
     # synchronous: step 2 samples from version 1, so the async schedule really trains off-policy
     _ok(run_train(_args(tiny_bundle, sync, steps=2)))
     assert {r["weight_version"] for r in _dump(sync, 2)} == {1}
+    assert not any("train/is_weight_mean" in r for r in read_metrics(sync))  # on-policy: no correction
 
     proc = run_train(_args(tiny_bundle, crashed, steps=6, extra=extra + save(crashed)), {"COREW_FAULT": "after_step:4"})
     assert proc.returncode == -9  # SIGKILL, with step 5's rollouts in flight
