@@ -159,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="pseudo-label voting: raw string equality (reference) or equivalence clusters",
     )
     g.add_argument("--gt-grading", choices=["reference", "equiv"], default="reference")
+    g.add_argument("--random-reward-p", type=float, default=0.5, help="random_reward: the probability of a reward of 1")
     g.add_argument(
         "--view-loss-agg",
         choices=["sum", "mean"],

@@ -290,7 +290,9 @@ class RLRun:
         metrics, advantages = {}, None
         if parallel.is_rank0():
             rewards.decode(batch.rollouts, self.tokenizer)
-            options = rewards.ScoreOptions(self.args.label_matching, self.args.gt_grading, self.grader)
+            a = self.args
+            flags = tuple((dest, getattr(a, dest)) for dest in self.method.reads_flags)
+            options = rewards.ScoreOptions(a.label_matching, a.gt_grading, self.grader, (a.seed,), flags)
             metrics = rewards.score_batch(batch, self.method, options)
             if self.args.overlong_buffer_len:  # DAPO soft overlong penalty, before the advantages
                 a = self.args
