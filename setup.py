@@ -3,7 +3,7 @@
 Install on a CPU machine (Python 3.11): ``pip install torch==2.13.0 && pip install -e .``
 (the torch pin keeps pip on the local CPU build; GPU machines may bring a newer CUDA torch).
 megatron-core: 0.17+ declares Python >= 3.12, so on 3.11 pip resolves 0.16.1, which we support and
-test; on 3.12 the newest release installs and the same code runs (see README).
+test; on 3.12 the newest release installs and the same code runs (see docs/NOTES.md).
 """
 
 from setuptools import find_packages, setup
@@ -12,6 +12,7 @@ setup(
     name="megatron_corew",
     version="0.1.0",
     description="Self-supervised RL (Co-rewarding I/II, GRPO baselines) on megatron-core",
+    license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(
         include=["megatron_corew", "megatron_corew.*", "checkpoints_conversion", "checkpoints_conversion.*", "tools"]
