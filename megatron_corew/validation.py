@@ -127,7 +127,11 @@ def check_applicable(args, defaults: dict) -> list[str]:
     """Refuse flags the chosen method (or the other flags) would silently ignore; return warnings."""
     method = rewards.get_method(args.reward_method)
     m = f"--reward-method {args.reward_method}"
-    if method.paired_views and not args.train_data_rephrased:
+    if method.reframes and args.train_data_rephrased:
+        raise FlagError(f"--train-data-rephrased does not apply to {m} (the policy writes the second view itself)")
+    if method.reframes and args.async_rollout:
+        raise FlagError(f"--async-rollout does not apply to {m} (its second view is written at the step's start)")
+    if method.paired_views and not method.reframes and not args.train_data_rephrased:
         raise FlagError(f"{m} needs --train-data-rephrased (it trains on both views of each question)")
     if args.teacher_on_rephrased and not args.train_data_rephrased:
         raise FlagError("--teacher-on-rephrased needs --train-data-rephrased")

@@ -205,3 +205,14 @@ register(
         summary="EMPO: the probability mass of the rollout's answer cluster (equivalence clusters)",
     )
 )
+register(
+    MethodSpec(
+        "self_harmony",
+        baselines.harmonic_rewards,
+        paired_views=True,
+        reframes=True,
+        pseudo_labels=True,
+        summary="Self-Harmony: the policy rephrases each question; the label maximises the harmonic mean of "
+        "its frequencies over both views",
+    )
+)

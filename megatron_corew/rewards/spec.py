@@ -55,6 +55,7 @@ class MethodSpec:
     anchor: str = "initial"  # KL anchor: the frozen initial policy, or "teacher" (EMA copy)
     needs_ground_truth: bool = False  # trains on labels: unlabelled rows are refused at start-up
     paired_views: bool = False  # trains on both views of each pair (--train-data-rephrased)
+    reframes: bool = False  # the policy writes the second view online (data/online_rephrase.py), no rephrased file
     teacher: bool = False  # an EMA teacher generates label rollouts every step
     sequence_stats: tuple[str, ...] = ()  # per-rollout policy statistics it reads (entropy, self_certainty)
     pseudo_labels: bool = False  # chooses a label per group: pseudo-label metrics are logged
