@@ -9,7 +9,7 @@ import inspect
 import os
 
 import pytest
-from helpers import REPO, make_tiny_bundle
+from helpers import REPO, make_tiny_bundle, make_warm_bundle
 
 HEAVY_TIERS = ("e2e", "dist", "sglang", "slow")
 
@@ -44,6 +44,14 @@ def make_bundle(tmp_path_factory):
 def tiny_bundle(make_bundle):
     """The default tiny bundle: a random tiny Qwen3 with the tiny task's tokenizer and parquet files."""
     return make_bundle()
+
+
+@pytest.fixture(scope="session")
+def warm_bundle(tmp_path_factory):
+    """The tiny task's model warm-started to answer ``\\boxed{N}`` (``helpers.make_warm_bundle``, ~20 s once per
+    session): runs on it earn non-zero, varying rewards under gt and the label-free methods, so an equality test of
+    two runs compares real GRPO updates (check with ``helpers.assert_real_signal``). Same keys as tiny_bundle."""
+    return make_warm_bundle(str(tmp_path_factory.mktemp("warm_bundle")))
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -208,6 +208,66 @@ def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_va
     return out
 
 
+WARM_SFT_STEPS = 160  # 64 problems x 2 phrasings, batch 32: about 20 s on one core; sampled accuracy ~0.4
+
+
+def make_warm_bundle(root: str, sft_steps: int = WARM_SFT_STEPS, num_train: int = 64, num_val: int = 8) -> dict:
+    """The tiny task's model (megatron_corew/demo) warm-started to answer with a bare ``\\boxed{N}`` (7 tokens with
+    the end of turn), operands 1..9: at temperature 1 its samples are right some of the time and agree with each
+    other some of the time, so gt AND the label-free methods earn non-zero, varying rewards within a group (the
+    random tiny bundle's reward is identically 0: its runs train no policy gradient). Same keys as
+    ``make_tiny_bundle``. Deterministic: fixed seed, one thread, deterministic algorithms."""
+    from transformers import GenerationConfig
+
+    from megatron_corew.data.prompts import chat_messages, prompt_ids
+    from megatron_corew.demo.tiny_model import build_model, supervised_finetune
+    from megatron_corew.demo.tiny_task import IM_END, build_tokenizer, generate_problems, verl_rows, write_parquet
+
+    tok = build_tokenizer()
+    eos = tok.convert_tokens_to_ids(IM_END)
+    train, val = generate_problems(num_train=num_train, num_val=num_val, seed=0, max_operand=9)
+    items = []
+    for p in train:
+        answer = list(tok(f"\\boxed{{{p.answer}}}", add_special_tokens=False)["input_ids"]) + [eos]
+        items += [(prompt_ids(tok, chat_messages(p.question(ph))), answer) for ph in ("original", "rephrased")]
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = build_model(tok, "qwen3", seed=0)
+        supervised_finetune(model, tok, items, sft_steps, batch_size=32, lr=3e-3, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    model.generation_config = GenerationConfig(bos_token_id=None, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    out = {"model": os.path.join(root, "model")}
+    model.save_pretrained(out["model"])
+    tok.save_pretrained(out["model"])
+    for name, probs, split, phrasing in [
+        ("train", train, "train", "original"),
+        ("train_rephrased", train, "train", "rephrased"),
+        ("val", val, "test", "original"),
+    ]:
+        out[name] = os.path.join(root, f"{name}.parquet")
+        write_parquet(verl_rows(probs, split, phrasing), out[name])
+    return out
+
+
+def assert_real_signal(rows: list[dict], steps) -> None:
+    """The compared steps trained a real GRPO update: some group's rewards varied (so some advantage is non-zero)
+    and the policy-gradient term saw a non-zero advantage on trained tokens with a non-zero gradient norm. An
+    equality test of two runs is evidence only then (with reward 0 everywhere it compares weight decay and KL)."""
+    by_step: dict[int, dict] = {}
+    for r in rows:  # a step can have several rows (validation): merge them
+        by_step.setdefault(r.get("step"), {}).update(r)
+    for step in steps:
+        r = by_step.get(step)
+        assert r is not None, f"step {step} not in the metrics ({sorted(by_step)})"
+        assert r["reward/zero_variance_groups"] < 1, (step, "every group's reward was constant")
+        assert r["train/adv_abs_mean"] > 0, (step, "no trained token had a non-zero advantage")
+        assert r["train/grad_norm"] > 0, (step, "zero gradient")
+
+
 def tiny_run_args(bundle: dict, out: str | None = None, method: str = "corewarding_2", steps: int | None = 2, extra=()):
     """train_rl.py flags of the small e2e runs: B 4 x G 4, 8 response tokens, lr 1e-3, no validation; ``steps``
     or ``out`` None leaves that flag to the caller."""

@@ -46,7 +46,17 @@ class TrainSample:
 class _StepSums:
     """The step's float64 sums of loss terms and token counts, by name, reduced over ranks in one all-reduce."""
 
-    NAMES = ("pg_loss", "kl", "entropy", "clipped_tokens", "tokens", "loss", "rollout_logp_abs_diff", "rollout_tokens")
+    NAMES = (
+        "pg_loss",
+        "kl",
+        "entropy",
+        "clipped_tokens",
+        "tokens",
+        "loss",
+        "rollout_logp_abs_diff",
+        "rollout_tokens",
+        "adv_abs",
+    )
 
     def __init__(self):
         self.values = torch.zeros(len(self.NAMES), dtype=torch.float64)
@@ -358,6 +368,7 @@ class PolicyTrainer:
             with torch.no_grad():
                 m = mb["mask"]
                 sums.add("pg_loss", (pg * w).sum())
+                sums.add("adv_abs", (mb["adv"].abs() * (w != 0)).sum())  # 0: the step trains no policy gradient
                 sums.add("kl", (kl * w).sum() if kl is not None else 0.0)
                 sums.add("entropy", (ent * m).sum())
                 sums.add("clipped_tokens", (clipped.float() * m).sum())
@@ -392,6 +403,7 @@ class PolicyTrainer:
             "kl": sums["kl"],
             "entropy": sums["entropy"] / tokens,
             "pg_clipfrac": sums["clipped_tokens"] / tokens,
+            "adv_abs_mean": sums["adv_abs"] / tokens,
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
             "update_ok": bool(ok),
             "lr": lr,
