@@ -185,6 +185,7 @@ register(
         teacher=True,
         pseudo_labels=True,
         extra_metrics=crossed_teacher_metrics,
+        label_matching="equiv",  # the reference's III matches raw strings: "0.5" and "1/2" disagree there
         summary="Co-rewarding-III: the EMA teacher's vote on each view labels the other view",
     )
 )

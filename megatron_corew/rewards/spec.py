@@ -61,6 +61,7 @@ class MethodSpec:
     pseudo_labels: bool = False  # chooses a label per group: pseudo-label metrics are logged
     summary: str = ""  # one line for --help
     extra_metrics: Callable[[list[Group], str], dict] | None = None  # (groups, gt_grading) -> method's own metrics
+    label_matching: str = "exact"  # --label-matching default: raw strings (the reference) or "equiv" clusters
     fixed_label_matching: bool = False  # clusters answers by equivalence whatever --label-matching says
     reads_flags: tuple[str, ...] = ()  # method-specific flags (dests) it reads; refused for every other method
 
