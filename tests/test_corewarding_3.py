@@ -124,3 +124,28 @@ def test_tp2_run_equals_the_one_rank_run(warm_bundle, tmp_path):
     for step in (1, 2):
         for k in STEP_KEYS:  # the tolerance of tests/test_megatron_equivalence.py's layout test
             assert b[step][k] == pytest.approx(a[step][k], rel=1e-5, abs=1e-9), (step, k)
+
+
+@pytest.mark.e2e
+def test_self_harmony_trains_the_solver_on_both_views_and_never_the_reframer(warm_bundle, tmp_path):
+    """Per step: one reframer call (one rewrite per question, G = 1) on the pre-update weights, then one solver
+    call over both views; the update trains exactly the 2 x B x G solver rollouts."""
+    out = str(tmp_path / "order.json")
+    flags = _flags(warm_bundle, str(tmp_path / "run"), 2)
+    flags = flags[: flags.index("--train-data-rephrased")] + flags[flags.index("--train-data-rephrased") + 2 :]
+    flags[flags.index("corewarding_3")] = "self_harmony"
+    cmd = [sys.executable, os.path.join(WORKERS, "step_order_worker.py"), out, "--", *flags]
+    proc = run_in_own_session(cmd, dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rec = json.load(open(out))
+    events = [e for e in rec["events"] if e["event"] != "logprobs_policy"]
+    assert [e["event"] for e in events] == ["policy_generate", "policy_generate", "train", "policy_push"] * 2
+    for s in range(2):
+        reframer, solver, train, _ = events[4 * s : 4 * s + 4]
+        assert len(reframer["prompts"]) == 4  # one rewrite per question
+        assert len(solver["prompts"]) == 2 * 4 * rec["n"]  # both views, G each
+        assert not set(map(tuple, reframer["prompts"])) & set(map(tuple, solver["prompts"]))
+        assert len(train["samples"]) == 2 * 4 * rec["n"]  # only the solver's rollouts are trained on
+        assert sorted({x["view"] for x in train["samples"]}) == [0, 1]
+    rows = [r for r in read_metrics(str(tmp_path / "run")) if "train/loss" in r]
+    assert all(sum(r[f"reframe/{k}"] for k in ("kept", "unparsed", "flagged", "too_long")) == 4 for r in rows)

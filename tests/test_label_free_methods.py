@@ -104,3 +104,41 @@ def test_harmonic_mean_label_prefers_the_answer_stable_across_views():
     rewards, metrics = compute_rewards("self_harmony", groups)
     assert rewards == [[0, 0, 0, 1, 1, 0], [1, 1, 1, 0, 0, 0]]
     assert metrics["pseudo/label_acc"] == 1.0
+
+
+# ---------------------------------------------------------------- Self-Harmony's reframer and its gate
+QUESTION = "Ana saved 40 dollars in May and 47 dollars in June. How many dollars did she save altogether?"
+GOOD = "In May Ana put away 40 dollars, and in June she put away 47 dollars. What is the total number of dollars she saved?"
+
+
+def _reply(rewrite):
+    return f"### RESULT_START\nORIGINAL:\n{QUESTION}\nREWRITE:\n{rewrite}\n### RESULT_END"
+
+
+def test_reframer_rewrites_pass_the_quality_gate_and_its_counts_are_logged(tok):
+    from megatron_corew.data.dataset import Example, render_prompt
+    from megatron_corew.data.online_rephrase import reframe_prompt_ids, reframed_examples
+    from megatron_corew.data.prompts import chat_messages
+
+    messages = chat_messages(QUESTION)
+    text, ids = render_prompt(tok, messages)
+    ex = [Example(i, messages, "87", "tiny", {}, ids, text) for i in range(4)]
+    replies = [
+        _reply(GOOD),  # kept
+        _reply(GOOD.replace("40", "41")),  # a number changed: flagged
+        "Sure! Here is a rewrite: " + GOOD,  # no markers: unparsed
+        _reply(GOOD + " Show all steps." * 40),  # kept by the gate, but longer than the prompt limit
+    ]
+    out, metrics = reframed_examples(tok, ex, replies, max_prompt_length=len(ids) + 30)
+    assert metrics == {
+        "reframe/kept": 1.0,
+        "reframe/unparsed": 1.0,
+        "reframe/flagged": 1.0,
+        "reframe/too_long": 1.0,
+        "reframe/flagged_number_changed": 1.0,
+    }
+    assert out[0].messages[-1]["content"] == GOOD and out[0].messages[0] == messages[0]  # system prompt kept
+    assert out[0].prompt_ids == render_prompt(tok, out[0].messages)[1] and out[0].ground_truth == "87"
+    assert all(o is e for o, e in zip(out[1:], ex[1:]))  # every rejected rewrite falls back to the question
+    prompt = tok.decode(reframe_prompt_ids(tok, ex[:1])[0])
+    assert "RESULT_START" in prompt and QUESTION in prompt
