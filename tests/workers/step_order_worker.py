@@ -41,7 +41,8 @@ def main():
         engine.generate, engine.update_weights = gen, upd
 
     wrap_engine(run.engine, "policy")
-    wrap_engine(run.teacher_engine, "teacher")
+    if run.teacher_engine is not None:  # a method without a teacher (self_harmony)
+        wrap_engine(run.teacher_engine, "teacher")
     ema, train_step, stats = trainer.ema_update_anchor, trainer.train_step, trainer.sequence_stats
 
     def ema_update(alpha):
