@@ -143,10 +143,14 @@ def main():
                 secs = run_method(method, args.steps, seed, out, args.lr, k, args.assets)
                 print(f"{method} seed {seed}: {secs:.0f} s", flush=True)
             results[(method, seed)] = summarise(out, k)
+    import pyarrow.parquet as pq
+
+    val_file = os.path.join(args.assets or os.path.join(REPO, "assets", "tiny"), "data", "val.parquet")
+    n_val = pq.read_metadata(val_file).num_rows
     command = "python benchmarks/bench_methods.py " + " ".join(sys.argv[1:])
     lines = [
         f"Tiny task, {args.steps} steps, lr {args.lr}, seeds {args.seeds} (examples/run_tiny.sh settings); held-out = "
-        f"200 questions, greedy, ground-truth graded; mean ± std over {len(seeds)} seed(s).",
+        f"{n_val} questions, greedy, ground-truth graded; mean ± std over {len(seeds)} seed(s).",
         f"Measured {datetime.date.today().isoformat()} on {machine()} with `{command.strip()}`.",
         "",
         *table(results, methods, seeds, k),
