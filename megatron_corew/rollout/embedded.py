@@ -55,6 +55,8 @@ class EmbeddedEngine(RolloutEngine):
 
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int) -> None:
+        if getattr(self, "_partial", None) is not None and self._partial.busy():
+            raise RuntimeError("update_weights while partial requests decode: interrupt() them first")
         state = self.model.state_dict()
         for name, tensor in named_tensors:
             if name not in self._param_names:
@@ -154,3 +156,20 @@ class EmbeddedEngine(RolloutEngine):
 
     def throughput(self) -> float:
         return self.stats["tokens"] / max(self.stats["seconds"], 1e-9)
+
+    # ------------------------------------------------------------------ interruptible generation (rollout/base.py)
+    def submit(self, requests):
+        self._partial_decoder().submit(requests)
+
+    def collect(self, timeout: float | None = None):
+        return self._partial_decoder().collect(timeout)
+
+    def interrupt(self):
+        return self._partial_decoder().interrupt()
+
+    def _partial_decoder(self):
+        from megatron_corew.rollout.embedded_partial import PartialDecoder
+
+        if getattr(self, "_partial", None) is None:
+            self._partial = PartialDecoder(self)
+        return self._partial

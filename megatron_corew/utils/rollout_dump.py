@@ -1,5 +1,6 @@
 """``--rollout-dump``: every rollout of a step as one JSON line, for reading a run back (what was asked, answered,
-labelled and rewarded, and from which weight version). One file per step (and per dynamic-sampling round),
+labelled and rewarded, and from which weight version: ``weight_version`` is the oldest token's, ``token_versions`` the
+version of every response token, which changes along a response that a weight sync interrupted and resumed). One file per step (and per dynamic-sampling round),
 numbered like the metrics (step 1 is the first trained step), written atomically."""
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def write(output_dir: str, batch, token_counts: bool = False) -> str:
                 "reward": r.reward,
                 "finish_reason": r.generation.finish_reason,
                 "weight_version": r.weight_version,
+                "token_versions": list(r.generation.token_versions),
             }
             if token_counts:
                 row["response_tokens"] = r.length - len(r.prompt_ids)

@@ -3,7 +3,8 @@
 ``SGLangEngine.generate`` sends ``input_ids`` (never text) with ``return_logprob``, one contiguous share of the
 prompts per engine (or per router); a sample whose reported weight version is not the one expected fails the call.
 ``update_weights`` pushes one full set of weights (``weight_sync.py``); a dead engine is restarted and refilled
-within a bounded number of restarts (``fleet.RestartPolicy``).
+within a bounded number of restarts (``fleet.RestartPolicy``). The interruptible API (``submit`` / ``collect`` /
+``interrupt``, partial rollouts) is ``partial.PartialRollouts``.
 
 Log-probs: SGLang's ``output_token_logprobs`` (default, ``SGLANG_RETURN_ORIGINAL_LOGPROB`` unset)
 are ``log softmax(logits / T)`` taken before top-p/top-k truncation (sampler.py: the softmax of
@@ -31,10 +32,11 @@ import torch
 from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
 from megatron_corew.rollout.sglang.fleet import Fleet, FleetState, RestartPolicy
 from megatron_corew.rollout.sglang.http import EngineDownError, HTTPConfig, SGLangError, SGLangHTTPError, http_json
+from megatron_corew.rollout.sglang.partial import PartialRollouts
 from megatron_corew.rollout.sglang.weight_sync import DiskWeights, MemoryWeights, WeightSync
 
 
-class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
+class SGLangEngine(PartialRollouts, RestartPolicy, WeightSync, RolloutEngine):
     """The RolloutEngine over a fleet of SGLang servers (see the module docstring)."""
 
     def __init__(
@@ -236,6 +238,7 @@ class SGLangEngine(RestartPolicy, WeightSync, RolloutEngine):
         tag = f"{self.role}-{int(version)}"
         t0 = time.perf_counter()
         try:
+            self._refuse_while_partial()
             with self.state.lock:
                 self._restarts_left = self.max_restarts
                 resident = [i for i in range(len(self.fleet))]

@@ -261,6 +261,7 @@ class WeightSync:
         if self.layout != "sharded" or self.weight_sync == "disk" or self.keep_weights or self.shared:
             return None
         tag = f"{self.role}-{int(version)}"
+        self._refuse_while_partial()
         self.state.lock.acquire()
         try:
             self._restarts_left = self.max_restarts

@@ -1,0 +1,223 @@
+"""The embedded engine's interruptible generation (the ``submit`` / ``collect`` / ``interrupt`` contract of
+``rollout/base.py``): one background thread decodes the submitted requests in batches, in-process; an interrupt
+stops it after the current token and hands the unfinished requests back with what they kept.
+
+Resumes are exact: a request's token ``j`` is sampled with a uniform drawn from its own generator seeded by
+(request seed, j) (inverse-CDF sampling), never from a batch-wide stream, so neither the batch a request shares
+nor where it was interrupted changes which token it draws. A resumed request is prefilled with
+``prompt + kept tokens`` and continues at index ``len(kept)``: with unchanged weights it yields the tokens of an
+uninterrupted run (``tests/test_partial_rollouts.py``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from megatron_corew.rollout.base import Request
+from megatron_corew.rollout.embedded import _top_p_filter
+
+_MASK = (1 << 63) - 1
+
+
+def token_uniform(seed: int, index: int) -> float:
+    """The uniform in [0, 1) that picks token ``index`` of the request with ``seed``."""
+    g = torch.Generator()
+    g.manual_seed((int(seed) * 6364136223846793005 + int(index) * 1442695040888963407 + 1) & _MASK)
+    return float(torch.rand((), generator=g, dtype=torch.float64))
+
+
+class PartialDecoder:
+    """Background decoding of ``Request``s for one ``EmbeddedEngine``. Requests of one batch share sampling
+    parameters (temperature, top-p, greedy); a submit of mixed parameters is decoded in one batch per kind."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.cond = threading.Condition()
+        self.pending: list[Request] = []  # submitted, waiting for a batch
+        self.running: list[Request] = []  # in the batch being decoded
+        self.finished: list[Request] = []  # done, not yet collected
+        self.stopped: list[Request] = []  # interrupted mid-batch
+        self.stop = False
+        self.error: str | None = None
+        self.thread: threading.Thread | None = None
+
+    def busy(self) -> bool:
+        with self.cond:
+            return bool(self.pending or self.running)
+
+    def submit(self, requests: list[Request]) -> None:
+        with self.cond:
+            for r in requests:
+                if r.finish_reason is not None:
+                    raise ValueError(f"request {r.rid} already finished ({r.finish_reason})")
+                if r.seed is None:  # fixed now, so a resume draws from the same stream
+                    r.seed = int(torch.randint(0, 2**62, ()).item())
+                if r.remaining == 0:
+                    r.finish_reason = "length"
+                    self.finished.append(r)
+                else:
+                    self.pending.append(r)
+            if self.pending and self.thread is None:
+                self.thread = threading.Thread(target=self._loop, name="embedded-partial", daemon=True)
+                self.thread.start()
+            self.cond.notify_all()
+
+    def collect(self, timeout: float | None = None) -> list[Request]:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while not self.finished and self.error is None and (self.pending or self.running):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self.cond.wait(left)
+            self._raise_error()
+            out, self.finished = self.finished, []
+        return out
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise RuntimeError(error)
+
+    def interrupt(self) -> list[Request]:
+        with self.cond:
+            self.stop = True
+            self.cond.notify_all()
+            while self.running:
+                self.cond.wait()
+            out = self.stopped + self.pending
+            self.stopped, self.pending = [], []
+            thread = self.thread
+        if thread is not None:
+            thread.join()
+        with self.cond:
+            self.stop = False
+            if self.error is not None:
+                self.stopped = out  # handed back by the next interrupt
+                self._raise_error()
+        for r in out:
+            r.interruptions += 1
+        return sorted(out, key=lambda r: r.rid)
+
+    # ------------------------------------------------------------------ the decoding thread
+    def _loop(self) -> None:
+        try:
+            with torch.no_grad():  # grad mode is per thread
+                while True:
+                    with self.cond:
+                        if self.stop or not self.pending:
+                            return
+                        kind = _kind(self.pending[0])
+                        batch = [r for r in self.pending if _kind(r) == kind][: self.engine.max_batch_size]
+                        self.pending = [r for r in self.pending if not any(r is b for b in batch)]
+                        self.running = batch
+                    try:
+                        self._decode(batch)
+                    except Exception as e:  # noqa: BLE001  (handed to the caller by collect / interrupt)
+                        with self.cond:
+                            self.error = f"embedded decoding failed: {type(e).__name__}: {e}"
+                            self.stopped += [
+                                r for r in batch if r.finish_reason is None and all(r is not s for s in self.stopped)
+                            ]
+                        return
+                    finally:
+                        with self.cond:
+                            self.running = []
+                            self.cond.notify_all()
+        finally:
+            with self.cond:
+                self.thread = None  # a submit from now on starts a new thread
+                self.cond.notify_all()
+
+    def _finish(self, r: Request, ids, lps, version: int, reason: str | None) -> None:
+        r.keep(ids, lps, version)
+        with self.cond:
+            if reason is None:
+                self.stopped.append(r)
+            else:
+                r.finish_reason = reason
+                self.finished.append(r)
+            self.cond.notify_all()
+
+    def _decode(self, batch: list[Request]) -> None:
+        from transformers import DynamicCache
+
+        eng = self.engine
+        dev = eng.device
+        version = int(eng.weight_version)
+        params = batch[0].params
+        t0 = time.perf_counter()
+        inputs = [list(r.prompt_ids) + list(r.response_ids) for r in batch]
+        n, width = len(batch), max(len(p) for p in inputs)
+        ids = torch.full((n, width), eng.pad, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for k, p in enumerate(inputs):  # left padding keeps every sequence's last token aligned
+            ids[k, width - len(p) :] = torch.tensor(p)
+            mask[k, width - len(p) :] = 1
+        ids, mask = ids.to(dev), mask.to(dev)
+        step_ids, step_pos = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        live = list(range(n))  # decode-batch row -> index into batch
+        new_ids: list[list[int]] = [[] for _ in batch]
+        new_lps: list[list[float]] = [[] for _ in batch]
+        produced = 0
+        while live and not self.stop:
+            out = eng.model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                use_cache=True,
+                logits_to_keep=1,
+                **{eng._cache_arg: cache},
+            )
+            cache = getattr(out, eng._cache_arg)
+            logits = out.logits[:, -1, :].float()
+            if params.greedy:
+                logp_all = torch.log_softmax(logits, dim=-1)
+                token = logits.argmax(dim=-1)
+            else:
+                scaled = logits / params.temperature
+                logp_all = torch.log_softmax(scaled, dim=-1)
+                cdf = torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1).double().cumsum(-1)
+                u = torch.tensor(
+                    [token_uniform(batch[k].seed, len(batch[k].response_ids) + produced) for k in live],
+                    dtype=torch.float64,
+                    device=dev,
+                )
+                token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
+                token = token.clamp(max=cdf.shape[-1] - 1)
+            token_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1).tolist()
+            produced += 1
+            keep_rows = []
+            for row, k in enumerate(live):
+                t = int(token[row])
+                new_ids[k].append(t)
+                new_lps[k].append(float(token_logp[row]))
+                if t in eng.eos:
+                    self._finish(batch[k], new_ids[k], new_lps[k], version, "stop")
+                elif len(new_ids[k]) >= batch[k].remaining:
+                    self._finish(batch[k], new_ids[k], new_lps[k], version, "length")
+                else:
+                    keep_rows.append(row)
+            if len(keep_rows) < len(live):  # finished rows leave the decode batch
+                sel = torch.tensor(keep_rows, dtype=torch.long, device=dev)
+                if keep_rows:
+                    cache.batch_select_indices(sel)
+                live = [live[row] for row in keep_rows]
+                mask, token = mask[sel], token[sel]
+                step_pos = step_pos[sel]
+            step_ids = token.unsqueeze(-1)
+            step_pos = step_pos[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=-1)
+        for k in live:  # interrupted: keep what was decoded
+            self._finish(batch[k], new_ids[k], new_lps[k], version, None)
+        eng.stats["seconds"] += time.perf_counter() - t0
+        eng.stats["tokens"] += sum(len(x) for x in new_ids)
+
+
+def _kind(r: Request) -> tuple:
+    p = r.params
+    return (bool(p.greedy), float(p.temperature), float(p.top_p))
