@@ -158,10 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--label-matching",
         choices=["exact", "equiv"],
-        default="exact",
-        help="pseudo-label voting: raw string equality (reference) or equivalence clusters",
+        default=None,
+        help="pseudo-label voting: raw string equality (the reference) or equivalence clusters; default: the "
+        "method's (exact, equiv for corewarding_3)",
     )
     g.add_argument("--gt-grading", choices=["reference", "equiv"], default="reference")
+    g.add_argument("--random-reward-p", type=float, default=0.5, help="random_reward: the probability of a reward of 1")
     g.add_argument(
         "--view-loss-agg",
         choices=["sum", "mean"],
@@ -295,6 +297,8 @@ def check_args(args) -> None:
     for warning in validate(args, _defaults()):
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if args.label_matching is None:
+        args.label_matching = method.label_matching
     if args.fp8_format:
         from megatron_corew.policy.model_builder import transformer_engine_available
 

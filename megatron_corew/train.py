@@ -12,6 +12,7 @@ import os
 from megatron_corew import algo, data, evaluation, offpolicy_options, rewards
 from megatron_corew.algo import dynamic_sampling, shaping
 from megatron_corew.colocation import Colocation
+from megatron_corew.data import online_rephrase
 from megatron_corew.policy import checkpointing, hf_export, multistep, parallel, weight_push
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
@@ -75,6 +76,7 @@ class RLRun:
         self.start_step = self.weight_version = 0
         self.nonfinite = NonFiniteGuard(args.on_nonfinite, getattr(args, "max_consecutive_skips", 0), log0)
         self.sync_stats: dict = {}
+        self.reframe_counts: dict = {}  # Self-Harmony: the quality gate's verdicts on this step's rewrites
         self.stop = lifecycle.StopOnSignal()
         self.last_checkpoint = None
         self.pipeline = RolloutPipeline(self) if a.async_rollout or a.teacher_prefetch else None  # docs/ASYNC.md
@@ -185,6 +187,7 @@ class RLRun:
     def step(self, step: int) -> dict:
         timer, metrics = self.colocation.timer(), {}
         self.sync_stats = {"policy": None, "anchor": None} if self.method.teacher else {"policy": None}
+        self.reframe_counts = {}
         batch = self.new_batch(step)
         metrics.update(self.rollout_round(batch, timer))
         if self.args.dynamic_sampling:  # DAPO: zero-variance groups out, refilled from more prompts
@@ -194,7 +197,7 @@ class RLRun:
         with timer.stage("weight_sync"):
             self.sync_weights()
         self.colocation.end_step(timer)
-        return {**metrics, **self.step_metrics(batch, train_metrics, timer)}
+        return {**metrics, **self.reframe_counts, **self.step_metrics(batch, train_metrics, timer)}
 
     def rollout_round(self, batch: StepBatch, timer: StageTimer) -> dict:
         """generate -> teacher -> statistics -> score for ``batch`` (dynamic sampling runs more rounds)."""
@@ -211,17 +214,23 @@ class RLRun:
             metrics.update(self.score(batch))
         return metrics
 
-    def new_batch(self, step: int, indices: list[int] | None = None) -> StepBatch:
+    def new_batch(self, step: int, indices: list[int] | None = None, round: int = 0) -> StepBatch:
         """This step's prompts (identical on every rank: same seed, same cursor); Co-rewarding-I asks both views.
         ``indices``: a batch peeked ahead (the pipeline's), the sampler is not moved."""
         indices = self.sampler.next_batch() if indices is None else indices
-        if not self.paired:
+        if self.method.reframes:  # Self-Harmony: the policy writes each question's second view now
+            originals = [self.train_set[i] for i in indices]
+            rephrased, counts = online_rephrase.reframe(self, originals, step, round)
+            for k, v in counts.items():
+                self.reframe_counts[k] = self.reframe_counts.get(k, 0.0) + v
+            prompts = [Prompt(ex, v, k) for v, exs in enumerate((originals, rephrased)) for k, ex in enumerate(exs)]
+        elif not self.paired:
             prompts = [Prompt(self.train_set[i], 0, k) for k, i in enumerate(indices)]
         else:
             pairs = [self.train_set[i] for i in indices]
             views = (0, 1) if self.method.paired_views else (0,)
             prompts = [Prompt(p[view], view, k) for view in views for k, p in enumerate(pairs)]
-        return StepBatch(step, prompts, self.args.n_samples_per_prompt, indices=list(indices))
+        return StepBatch(step, prompts, self.args.n_samples_per_prompt, indices=list(indices), round=round)
 
     def _sampling(self, seed=None, greedy=False):
         a = self.args
@@ -290,7 +299,9 @@ class RLRun:
         metrics, advantages = {}, None
         if parallel.is_rank0():
             rewards.decode(batch.rollouts, self.tokenizer)
-            options = rewards.ScoreOptions(self.args.label_matching, self.args.gt_grading, self.grader)
+            a = self.args
+            flags = tuple((dest, getattr(a, dest)) for dest in self.method.reads_flags)
+            options = rewards.ScoreOptions(a.label_matching, a.gt_grading, self.grader, (a.seed,), flags)
             metrics = rewards.score_batch(batch, self.method, options)
             if self.args.overlong_buffer_len:  # DAPO soft overlong penalty, before the advantages
                 a = self.args

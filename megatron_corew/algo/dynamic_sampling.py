@@ -57,8 +57,7 @@ def fill(run, first: StepBatch, timer, metrics: dict) -> StepBatch:
     batch = first
     for rnd in range(run.args.dynamic_sampling_max_rounds + 1):
         if rnd:
-            batch = run.new_batch(first.step)
-            batch.round = rnd
+            batch = run.new_batch(first.step, round=rnd)
             run.rollout_round(batch, timer)  # its reward metrics are not logged: the step's are the first round's
         keep = None
         if parallel.is_rank0():  # rewards live on rank 0; every rank keeps the same groups

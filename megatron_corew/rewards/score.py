@@ -14,6 +14,8 @@ def compute_rewards(
     label_matching: str = "exact",
     gt_grading: str = "reference",
     grader=None,
+    stream: tuple = (),
+    flags: tuple = (),
 ) -> tuple[list[list[float]], dict]:
     """Rewards per group and rollout, plus pseudo-label metrics.
 
@@ -21,13 +23,15 @@ def compute_rewards(
     before voting and when matching the label). gt_grading: "reference" (MATH normalisation) or "equiv".
     grader: grades extracted (answer, ground truth) pairs elsewhere for ground-truth rewards (a ``Grader``)."""
     spec = method if isinstance(method, MethodSpec) else get_method(method)
-    options = ScoreOptions(label_matching=label_matching, gt_grading=gt_grading, grader=grader)
+    options = ScoreOptions(label_matching, gt_grading, grader, stream, flags)
     rewards = spec.rewards(groups, options)
     metrics = (
         {}
         if spec.needs_ground_truth
         else label_metrics(groups, gt_grading, with_label=spec.pseudo_labels, label_matching=label_matching)
     )
+    if spec.extra_metrics is not None:
+        metrics.update(spec.extra_metrics(groups, gt_grading))
     return rewards, metrics
 
 
@@ -86,7 +90,13 @@ def score_batch(batch, spec: MethodSpec, options: ScoreOptions) -> dict:
         for k, (prompt, rollouts) in enumerate(zip(batch.prompts, batch.groups()))
     ]
     rewards, metrics = compute_rewards(
-        spec, groups, label_matching=options.label_matching, gt_grading=options.gt_grading, grader=options.grader
+        spec,
+        groups,
+        label_matching=options.label_matching,
+        gt_grading=options.gt_grading,
+        grader=options.grader,
+        stream=(options.stream[0] if options.stream else 0, batch.step, batch.round),
+        flags=options.flags,
     )
     for k, (group, rollouts) in enumerate(zip(groups, batch.groups())):
         batch.labels.append(group.label)
