@@ -210,27 +210,24 @@ def test_rollouts_beyond_the_bound_stop_the_step(tiny_bundle):
 
     from megatron_corew.data import load_examples
     from megatron_corew.records import Prompt, StepBatch
-    from megatron_corew.rollout.base import SamplingParams
     from megatron_corew.rollout.embedded import EmbeddedEngine
-    from megatron_corew.rollout.pipeline import RolloutPipeline
+    from megatron_corew.rollout.generation import PromptSource, RolloutGenerator
 
     tok = AutoTokenizer.from_pretrained(tiny_bundle["model"])
     ds = load_examples(tiny_bundle["train"], tok, 128)
-    run = SimpleNamespace(
-        args=SimpleNamespace(async_rollout=True, max_staleness=1, teacher_prefetch=False),
-        method=SimpleNamespace(teacher=False),
-        engine=EmbeddedEngine(tiny_bundle["model"], eos_token_ids=[2]),
-        sampler=EpochSampler(len(ds), 2, seed=0),
-        train_iters=1,  # nothing is started ahead
-        weight_version=2,
-        rollout_sampling=lambda step, role="policy": SamplingParams(max_new_tokens=4, seed=step),
-    )
-    batch = StepBatch(1, [Prompt(ds[i], 0, k) for k, i in enumerate(run.sampler.next_batch())], 2)
-    pipe = RolloutPipeline(run)
+    args = SimpleNamespace(
+        async_rollout=True, max_staleness=1, teacher_prefetch=False, seed=0, rollout_temperature=1.0,
+        rollout_top_p=1.0, max_response_length=4,
+    )  # fmt: skip
+    sampler = EpochSampler(len(ds), 2, seed=0)
+    prompts = PromptSource(None, None, None)  # train_iters 1: nothing is started ahead
+    gen = RolloutGenerator(args, None, prompts, 1, False, EmbeddedEngine(tiny_bundle["model"], eos_token_ids=[2]))
+    gen.weight_version = 2
+    batch = StepBatch(1, [Prompt(ds[i], 0, k) for k, i in enumerate(sampler.next_batch())], 2)
     with pytest.raises(
         RuntimeError, match=r"step 2: rollouts made from weight version 0 lag the trainer \(version 2\)"
     ):
-        pipe.rollouts(batch)
-    run.weight_version = 1
-    assert pipe.rollouts(batch)["rollout/staleness_max"] == 1
-    pipe.close()
+        gen.rollouts(batch)
+    gen.weight_version = 1
+    assert gen.rollouts(batch)["rollout/staleness_max"] == 1
+    gen.close()
