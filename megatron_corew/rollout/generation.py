@@ -140,7 +140,7 @@ class RolloutGenerator:
         self.async_rollout = bool(getattr(args, "async_rollout", False))
         self.max_staleness = args.max_staleness if self.async_rollout else 0
         self.teacher_prefetch = bool(getattr(args, "teacher_prefetch", False) and teacher)
-        self.policy = _Lane("rollout", "policy", engine, self.async_rollout)
+        self.policy = _Lane("policy", "policy", engine, self.async_rollout)
         self.teacher = _Lane("teacher", "anchor", teacher_engine, self.teacher_prefetch)
         self.weight_version = 0  # the trainer's: pushed with its weights, compared with every sample's
 
