@@ -231,3 +231,39 @@ def test_rollouts_beyond_the_bound_stop_the_step(tiny_bundle):
     gen.weight_version = 1
     assert gen.rollouts(batch)["rollout/staleness_max"] == 1
     gen.close()
+
+
+@pytest.mark.e2e
+def test_pipelined_engines_that_lost_their_weights_are_refilled(tiny_bundle, tmp_path):
+    """Both background threads meet an engine back from a restart without its weights (embedded engine, fault
+    hook): the thread hands the refill to the main loop, every rank re-pushes the trainer's current weights, the
+    request is made again, and the run goes on. The policy's step-3 request was started during step 2 from
+    version 1; made again after the re-push it carries version 2 (an engine left unfilled would be at 0)."""
+    out = str(tmp_path / "run")
+    fault = {"COREW_FAULT": "lose_weights_policy:3,lose_weights_teacher:2"}
+    proc = run_train(_args(tiny_bundle, out, steps=3, extra=["--async-rollout", "--teacher-prefetch"]), fault)
+    _ok(proc)
+    assert "policy engine: policy weights 2 re-pushed by the trainer (embedded policy engine restarted" in proc.stdout
+    assert "teacher engine: teacher weights 1 re-pushed by the trainer (embedded teacher engine restarted" in (
+        proc.stdout
+    )
+    assert [r["step"] for r in read_metrics(out) if "train/loss" in r] == [1, 2, 3]
+    assert [sorted({r["weight_version"] for r in _dump(out, s)}) for s in (1, 2, 3)] == [[0], [0], [2]]
+
+
+@pytest.mark.e2e
+def test_refill_in_the_thread_is_the_synchronous_run_bitwise(tiny_bundle, tmp_path):
+    """--async-rollout --max-staleness 0 generates each step in the thread; the engine loses its weights at step
+    2: after the re-push it must hold exactly the trainer's weights, so the run equals the synchronous one with
+    no fault (metrics, dumps, final weights), on steps that carry a gradient."""
+    sync, k0 = str(tmp_path / "sync"), str(tmp_path / "k0")
+    method = "self_certainty"  # continuous rewards: every group has reward variance, so a gradient
+    _ok(run_train(_args(tiny_bundle, sync, method, steps=3)))
+    proc = run_train(
+        _args(tiny_bundle, k0, method, steps=3, extra=["--async-rollout", "--max-staleness", "0"]),
+        {"COREW_FAULT": "lose_weights_policy:2"},
+    )
+    _ok(proc)
+    assert "policy weights 1 re-pushed by the trainer" in proc.stdout
+    _same_run(sync, k0, 3)
+    assert all(r["train/grad_norm"] > 0 for r in read_metrics(sync) if "train/loss" in r)

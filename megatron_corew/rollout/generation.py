@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from megatron_corew.algo import dynamic_sampling
 from megatron_corew.policy import parallel
@@ -113,9 +113,9 @@ class _Lane:
         self.ahead[step] = (fut, [g.prompt_ids for g in gens], None)
 
     def drain(self) -> None:
-        """Before this engine's weights change: its in-flight generations finish on the old ones."""
-        for fut, _, _ in self.ahead.values():
-            fut.result()
+        """Before this engine's weights change: its in-flight generations finish on the old ones (a failed one
+        raises when its step collects it, where every rank can take part in a refill)."""
+        wait([fut for fut, _, _ in self.ahead.values()])
 
     def close(self) -> None:
         if self.pool is not None:
@@ -176,19 +176,22 @@ class RolloutGenerator:
         started = lane.ahead.pop(step, None)  # rank 0 only: the other ranks start nothing
         for _ in range(3):
             result, refill = None, None
-            if started is not None:
-                result = started[0].result()
-            elif lane.engine is not None:
-                try:
-                    result = _timed(lane.engine, prompts, params)
+            if lane.engine is not None:
+                try:  # a request started ahead raised in its thread: the refill is done here, by every rank
+                    result = started[0].result() if started is not None else _timed(lane.engine, prompts, params)
                 except RefillNeeded as e:
-                    refill = (getattr(lane.engine, "weight_version", 0), str(e))
+                    refill = str(e)
+                started = None  # asked again now, on the weights just pushed
             refill = parallel.broadcast_object(refill)
             if refill is None:
                 return result
-            self.trainer.push_weights(lane.engine, refill[0], which=lane.which)
-            if lane.engine is not None and hasattr(lane.engine, "state"):
-                lane.engine.state.event(f"{lane.role} weights {refill[0]} re-pushed by the trainer ({refill[1]})")
+            version = self.weight_version  # the trainer's weights, whatever the engine held before
+            self.trainer.push_weights(lane.engine, version, which=lane.which)
+            if lane.engine is not None:
+                note = f"{lane.role} weights {version} re-pushed by the trainer ({refill})"
+                print(f"{lane.role} engine: {note}", flush=True)
+                if hasattr(lane.engine, "state"):
+                    lane.engine.state.event(note)
         raise RuntimeError(f"{lane.which} engine still lacks its weights after 3 re-pushes: {refill[1]}")
 
     def rollouts(self, batch: StepBatch) -> dict:
@@ -297,9 +300,8 @@ class RolloutGenerator:
         if not self.rank0:
             return {**out, "rollout_pipeline": {}}
         self.policy.drain()
-        saved = {
-            s: [dataclasses.asdict(g) for g in f.result()[0]] for s, (f, _, _) in sorted(self.policy.ahead.items())
-        }
+        done = sorted((s, f) for s, (f, _, _) in self.policy.ahead.items() if f.exception() is None)
+        saved = {s: [dataclasses.asdict(g) for g in f.result()[0]] for s, f in done}  # a failed one: made again
         return {**out, "rollout_pipeline": {"policy": saved}}
 
     def load_state_dict(self, state: dict, start_step: int) -> None:
