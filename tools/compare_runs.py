@@ -4,6 +4,9 @@ are left out. Also reports whether the compared steps carried signal (non-zero r
 and a non-zero policy-gradient norm), without which equality proves little.
 
     python tools/compare_runs.py RUN_A RUN_B [RUN_A2 RUN_B2 ...]     # exit 0: all pairs identical
+    python tools/compare_runs.py ROOT_A ROOT_B        # every run ROOT_A holds against ROOT_B's of that name
+
+``tools/seeded_runs.sh`` makes such roots (every method and generation mode, 3 seeded steps each).
 """
 
 from __future__ import annotations
@@ -75,8 +78,17 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if len(args.runs) % 2:
         p.error("runs come in pairs")
-    failed = 0
+    pairs = []
     for a, b in zip(args.runs[::2], args.runs[1::2]):
+        if os.path.exists(os.path.join(a, "metrics.jsonl")) or not os.path.isdir(a):
+            pairs.append((a, b))
+            continue
+        names = sorted(n for n in os.listdir(a) if os.path.exists(os.path.join(a, n, "metrics.jsonl")))
+        if not names:
+            raise SystemExit(f"error: {a} holds no run (no metrics.jsonl in it or its folders)")
+        pairs += [(os.path.join(a, n), os.path.join(b, n)) for n in names]
+    failed = 0
+    for a, b in pairs:
         diffs = differences(a, b)
         s = signal(a)
         state = "IDENTICAL" if not diffs else f"DIFFERENT ({len(diffs)})"
