@@ -192,7 +192,7 @@ class RolloutGenerator:
                 print(f"{lane.role} engine: {note}", flush=True)
                 if hasattr(lane.engine, "state"):
                     lane.engine.state.event(note)
-        raise RuntimeError(f"{lane.which} engine still lacks its weights after 3 re-pushes: {refill[1]}")
+        raise RuntimeError(f"{lane.which} engine still lacks its weights after 3 re-pushes: {refill}")
 
     def rollouts(self, batch: StepBatch) -> dict:
         """This round's policy rollouts into ``batch`` (every rank); with --async-rollout also start the next steps'
