@@ -18,7 +18,7 @@ from megatron_corew.policy import checkpointing, hf_export, multistep, parallel,
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
-from megatron_corew.rollout.generation import PromptSource, RolloutGenerator
+from megatron_corew.rollout.generation import PromptSource, RolloutGenerator, sampling_seed
 from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf, rollout_dump
 from megatron_corew.utils.nonfinite import NonFiniteGuard
 from megatron_corew.validation import hf_export_root
@@ -359,6 +359,7 @@ class RLRun:
                     n_samples=a.val_n_samples,
                     temperature=a.val_temperature,
                     prefix=prefix,
+                    seed=sampling_seed(a.seed, "validation"),  # never a policy or teacher seed
                 )
             )
         return {**out, **offpolicy_options.mean_over_sets(out, list(self.val_sets))}

@@ -17,6 +17,7 @@ uninterrupted one does. See docs/ASYNC.md.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -26,7 +27,7 @@ from megatron_corew.policy import parallel
 from megatron_corew.records import StepBatch
 from megatron_corew.rollout.base import Generation, SamplingParams
 
-__all__ = ["PromptSource", "RolloutGenerator", "add_pipeline_args", "check_pipeline_args"]
+__all__ = ["PromptSource", "RolloutGenerator", "add_pipeline_args", "check_pipeline_args", "sampling_seed"]
 
 
 def add_pipeline_args(parser) -> None:
@@ -84,6 +85,14 @@ class PromptSource:
     next_batch: Callable[[int], StepBatch]  # step -> the sampler's next batch (its cursor moves)
     peek_batch: Callable[[int, int], StepBatch]  # step, ahead -> a later batch, the cursor unmoved
     teacher_prompt_ids: Callable[[StepBatch], list[list[int]]]  # what the teacher answers for a batch
+
+
+def sampling_seed(seed: int, role: str, step: int = 0, round: int = 0) -> int:
+    """The sampling seed of one generation call: a 63-bit hash of (run seed, role, step, dynamic-sampling round),
+    so that no two roles (policy, teacher, validation, any other), steps or rounds draw the same samples, for
+    every run seed."""
+    key = f"{seed}/{role}/{step}/{round}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
 
 
 def _timed(engine, prompts, params):
@@ -153,17 +162,15 @@ class RolloutGenerator:
         return self.teacher.engine
 
     # ------------------------------------------------------------------ seeds
-    def sampling(self, step: int, role: str = "policy", round: int = 0, greedy: bool = False) -> SamplingParams:
-        """Seeds per step, role and dynamic-sampling round: a resumed or pipelined run samples what the
-        synchronous one does."""
+    def sampling(self, step: int, role: str = "policy", round: int = 0) -> SamplingParams:
+        """Seeds per step, role and dynamic-sampling round (``sampling_seed``): a resumed or pipelined run samples
+        what the synchronous one does."""
         a = self.args
-        base = a.seed * (100003 if role == "policy" else 7919) + step
         return SamplingParams(
             temperature=a.rollout_temperature,
             top_p=a.rollout_top_p,
             max_new_tokens=a.max_response_length,
-            greedy=greedy,
-            seed=base + 1_000_003 * round,
+            seed=sampling_seed(a.seed, role, step, round),
         )
 
     # ------------------------------------------------------------------ the one path
