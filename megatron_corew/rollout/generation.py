@@ -149,7 +149,8 @@ class RolloutGenerator:
         self.async_rollout = bool(getattr(args, "async_rollout", False))
         self.max_staleness = args.max_staleness if self.async_rollout else 0
         self.teacher_prefetch = bool(getattr(args, "teacher_prefetch", False) and teacher)
-        self.policy = _Lane("policy", "policy", engine, self.async_rollout)
+        self.pipelined = self.async_rollout or self.teacher_prefetch  # the policy's requests run in its thread
+        self.policy = _Lane("policy", "policy", engine, self.pipelined)
         self.teacher = _Lane("teacher", "anchor", teacher_engine, self.teacher_prefetch)
         self.weight_version = 0  # the trainer's: pushed with its weights, compared with every sample's
 
@@ -206,11 +207,11 @@ class RolloutGenerator:
         and check how far the samples lag the trainer."""
         step, k = batch.step, self.max_staleness
         params = self.sampling(step, "policy", batch.round)
-        if self.async_rollout and self.rank0 and step not in self.policy.ahead:  # first step, K=0, or a resume
+        if self.pipelined and self.rank0 and step not in self.policy.ahead:  # first step, K=0, or a resume
             self.policy.start(step, batch.prompt_ids(), params)  # without saved rollouts: generate now
         got = self._collect(self.policy, step, batch.prompt_ids(), params)
         gens, seconds = got if got is not None else (None, None)
-        if self.rank0 and self.async_rollout:
+        if self.rank0 and self.pipelined:
             if [g.prompt_ids for g in gens] != batch.prompt_ids():
                 raise RuntimeError(f"step {step + 1}: prefetched rollouts answer other prompts than the sampler's")
             for s in range(step + 1, min(step + k, self.train_iters - 1) + 1):
@@ -219,7 +220,7 @@ class RolloutGenerator:
                     self.policy.start(s, ahead.prompt_ids(), self.sampling(s, "policy"))
         gens = parallel.broadcast_object(gens)
         batch.add_rollouts(gens)
-        if not self.async_rollout:
+        if not self.pipelined:
             return {}
         lags = [self.weight_version - g.weight_version for g in gens]
         if max(lags) > k:
@@ -302,7 +303,7 @@ class RolloutGenerator:
         """The trainer's weight version and, pipelined, the finished untrained policy rollouts (rank 0); teacher
         rollouts are regenerated on resume from the checkpoint's teacher, which made them."""
         out = {"weight_version": self.weight_version}
-        if not (self.async_rollout or self.teacher_prefetch):
+        if not self.pipelined:
             return out
         if not self.rank0:
             return {**out, "rollout_pipeline": {}}
@@ -314,7 +315,7 @@ class RolloutGenerator:
     def load_state_dict(self, state: dict, start_step: int) -> None:
         self.weight_version = state.get("weight_version", start_step)
         saved = state.get("rollout_pipeline")
-        if not self.rank0 or not saved or not (self.async_rollout or self.teacher_prefetch):
+        if not self.rank0 or not saved or not self.pipelined:
             return
         saved = {int(s): [Generation(**g) for g in gens] for s, gens in saved.get("policy", {}).items()}
         trainer = self.weight_version  # at start_step; step s trains with version trainer + (s - start_step)
