@@ -25,6 +25,7 @@ run entropy --reward-method entropy
 run corewarding_1 --reward-method corewarding_1 --train-data-rephrased "$tiny/data/train_rephrased.parquet"
 run corewarding_2 --reward-method corewarding_2
 run gt_async --reward-method gt --async-rollout
+run cw2_prefetch --reward-method corewarding_2 --teacher-prefetch
 run cw2_async_prefetch --reward-method corewarding_2 --async-rollout --teacher-prefetch
 run gt_dynamic --reward-method gt --dynamic-sampling
 run cw2_dynamic --reward-method corewarding_2 --dynamic-sampling
