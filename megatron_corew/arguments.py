@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     offpolicy_options.add_args(p)  # --rollout-is*, --num-steps-per-rollout, --dynamic-sampling*, --overlong-*
     add_colocate_args(p)
-    from megatron_corew.rollout.pipeline import add_pipeline_args
+    from megatron_corew.rollout.generation import add_pipeline_args
 
     add_pipeline_args(p)  # --async-rollout, --max-staleness, --teacher-prefetch (docs/ASYNC.md)
     return p

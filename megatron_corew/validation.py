@@ -187,7 +187,7 @@ def check_applicable(args, defaults: dict) -> list[str]:
         from megatron_corew import offpolicy_options
 
         warnings += offpolicy_options.check(args, defaults, FlagError)
-    from megatron_corew.rollout.pipeline import check_pipeline_args
+    from megatron_corew.rollout.generation import check_pipeline_args
 
     check_pipeline_args(args, method, lambda dest: _given(args, defaults, dest))
     if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):

@@ -364,20 +364,17 @@ def test_label_free_groups_all_or_none_matching_carry_no_signal():
     assert dynamic_sampling.signal_groups([[r.reward for r in g] for g in b.groups()]) == [False, False, True]
 
 
-class _Run:
-    """Stands in for RLRun's rollout stages only (the refill loop is the real one): round k's groups get the
-    rewards written here instead of generated ones."""
+def _rounds(rounds, max_rounds):
+    """The real refill loop (``RolloutGenerator.dynamic_rounds``) with the rest of a round stood in for: round k's
+    groups get the rewards written here instead of generated and scored ones."""
 
-    def __init__(self, rounds, max_rounds):
-        self.rounds, self.calls = rounds, 0
-        self.args = type("A", (), {"dynamic_sampling_max_rounds": max_rounds})()
+    from megatron_corew.rollout.generation import PromptSource, RolloutGenerator
 
-    def new_batch(self, step):
-        self.calls += 1
-        return _batch(self.rounds[self.calls], step)
-
-    def rollout_round(self, batch, timer):
-        return {}
+    calls = iter(range(1, len(rounds)))
+    prompts = PromptSource(lambda step: _batch(rounds[next(calls)], step), None, None)
+    args = SimpleNamespace(dynamic_sampling_max_rounds=max_rounds)
+    gen = RolloutGenerator(args, None, prompts, 1, False)
+    return lambda first, m: gen.dynamic_rounds(first, lambda batch: None, m)
 
 
 ROUNDS = [
@@ -389,7 +386,7 @@ ROUNDS = [
 
 def test_dynamic_sampling_refills_and_counts():
     m = {}
-    out = dynamic_sampling.fill(_Run(ROUNDS, 5), _batch(ROUNDS[0]), None, m)
+    out = _rounds(ROUNDS, 5)(_batch(ROUNDS[0]), m)
     assert m == {
         "rollout/dynamic_generation_rounds": 3,
         "rollout/dynamic_dropped_groups": 2 + 3 + 0,
@@ -404,12 +401,12 @@ def test_dynamic_sampling_refills_and_counts():
 
 def test_dynamic_sampling_cap_trains_on_what_is_kept():
     m = {}
-    out = dynamic_sampling.fill(_Run(ROUNDS, 1), _batch(ROUNDS[0]), None, m)
+    out = _rounds(ROUNDS, 1)(_batch(ROUNDS[0]), m)
     assert m["rollout/dynamic_generation_rounds"] == 2 and m["rollout/dynamic_cap_hit"] == 1.0
     assert m["rollout/dynamic_kept_groups"] == 1 and len(out.prompts) == 1
     first = _batch([[1, 1], [0, 0], [1, 1]])
     m = {}
-    assert dynamic_sampling.fill(_Run([None, [[0, 0]] * 3], 1), first, None, m) is first  # nothing kept
+    assert _rounds([None, [[0, 0]] * 3], 1)(first, m) is first  # nothing kept
     assert m["rollout/dynamic_kept_groups"] == 0
 
 

@@ -61,13 +61,12 @@ def reframed_examples(
 def reframe(run, examples: list[Example], step: int, round: int = 0) -> tuple[list[Example], dict]:
     """Rank 0 asks the policy engine for one rewrite per example (seeded by step and round, so a resumed run
     writes the same ones); every rank gets the same second views and counts."""
-    from megatron_corew.policy import parallel, weight_push
+    from megatron_corew.policy import parallel
 
     a, replies = run.args, None
     ids = reframe_prompt_ids(run.tokenizer, examples) if parallel.is_rank0() else []
-    params = run._sampling(seed=a.seed * 15485863 + step + 1_000_003 * round)
-    params = replace(params, max_new_tokens=2 * a.max_prompt_length + 32)  # ORIGINAL + REWRITE + markers
-    gens = weight_push.generate(run.trainer, run.engine, "policy", lambda: run.engine.generate(ids, params))
+    # ORIGINAL + REWRITE + markers
+    gens = run.generator.generate_now("reframe", step, round, ids, max_new_tokens=2 * a.max_prompt_length + 32)
     if parallel.is_rank0():
         replies = [run.tokenizer.decode(g.response_ids, skip_special_tokens=True) for g in gens]
     replies = parallel.broadcast_object(replies)
