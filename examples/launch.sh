@@ -7,7 +7,8 @@
 #     bash examples/launch.sh [extra train_rl.py flags ...]
 #
 # Inputs (environment):
-#   METHOD        gt | majority_vote | self_certainty | entropy | corewarding_1 | corewarding_2  (required)
+#   METHOD        gt | majority_vote | self_certainty | entropy | corewarding_1 | corewarding_2 | corewarding_3
+#                 | random_reward | semantic_entropy | self_harmony  (required)
 #   MODEL         preset: qwen2.5-7b | qwen3-4b-base | qwen3-8b-base | llama3.2-3b-instruct  (default qwen3-8b-base)
 #   MODEL_PATH    HF checkpoint directory (default $MODELS_DIR/<HF name>, MODELS_DIR=models)
 #   DATA_DIR      holds train.parquet, train_rephrased.parquet (Co-rewarding-I), val.parquet (default data/math)
@@ -42,7 +43,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 die() { echo "[launch] error: $*" >&2; exit 2; }
 
-METHODS="gt majority_vote self_certainty entropy corewarding_1 corewarding_2"
+METHODS="gt majority_vote self_certainty entropy corewarding_1 corewarding_2 corewarding_3 random_reward semantic_entropy self_harmony"
 METHOD=${METHOD:-}
 [ -n "$METHOD" ] || die "METHOD is not set; pick one of: $METHODS"
 case " $METHODS " in *" $METHOD "*) ;; *) die "unknown METHOD '$METHOD'; pick one of: $METHODS" ;; esac
@@ -53,10 +54,10 @@ CPU_TINY=${CPU_TINY:-0}
 SKIP_CHECKS=0
 if [ "$DRY_RUN" = "1" ] && [ "$ALLOW_MISSING" = "1" ]; then SKIP_CHECKS=1; fi
 
-# Per-method reference values (docs/ALGORITHMS.md section 3): KL coefficient, Co-rewarding-II's EMA schedule.
+# Per-method reference values (docs/ALGORITHMS.md section 3): KL coefficient, the EMA schedule of II and III.
 METHOD_ARGS=()
 case "$METHOD" in
-  corewarding_2)
+  corewarding_2|corewarding_3)
     KL_COEF=${KL_COEF:-0.001}
     METHOD_ARGS+=(--teacher-alpha-start "${TEACHER_ALPHA_START:-0.01}" --teacher-alpha-end "${TEACHER_ALPHA_END:-1e-5}") ;;
   *) KL_COEF=${KL_COEF:-0.005} ;;
@@ -73,14 +74,14 @@ need_model() {
   [ -f "$1/config.json" ] || die "MODEL_PATH=$1 has no config.json (expected a HF checkpoint directory)"
 }
 
-# DATA_ARGS from TRAIN_DATA, TRAIN_DATA_REPHRASED (corewarding_1) and VAL_DATA (none: no validation), each
+# DATA_ARGS from TRAIN_DATA, TRAIN_DATA_REPHRASED (corewarding_1, corewarding_3) and VAL_DATA (none: no validation), each
 # checked; $1 names the directory variable the defaults came from, for the error hints ("" when none).
 set_data_args() {
   local dir=$1
   need_file "$TRAIN_DATA" "training data (TRAIN_DATA${dir:+ or $dir/train.parquet})"
   DATA_ARGS=(--train-data "$TRAIN_DATA")
-  if [ "$METHOD" = "corewarding_1" ]; then
-    need_file "$TRAIN_DATA_REPHRASED" "rephrased training data for corewarding_1 (TRAIN_DATA_REPHRASED${dir:+ or $dir/train_rephrased.parquet})"
+  if [ "$METHOD" = "corewarding_1" ] || [ "$METHOD" = "corewarding_3" ]; then
+    need_file "$TRAIN_DATA_REPHRASED" "rephrased training data for $METHOD (TRAIN_DATA_REPHRASED${dir:+ or $dir/train_rephrased.parquet})"
     DATA_ARGS+=(--train-data-rephrased "$TRAIN_DATA_REPHRASED")
   fi
   if [ "$VAL_DATA" != "none" ]; then

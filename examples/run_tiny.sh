@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a CPU: build the bundled tiny arithmetic task and model (once), then run a short
 # RL run and print the held-out accuracy before and after.
-#   METHOD=gt|majority_vote|self_certainty|entropy|corewarding_1|corewarding_2  (default below)
+#   METHOD=gt|majority_vote|self_certainty|entropy|corewarding_1|corewarding_2|corewarding_3|random_reward|
+#          semantic_entropy|self_harmony  (default below)
 #   STEPS=40 NPROC=1 (NPROC=2 runs TP=2 under torchrun)  OUT=runs/tiny-$METHOD
 #   OVERWRITE=1: a rerun replaces OUT (a demo is rerun often; OVERWRITE=0 refuses a used OUT, as train_rl.py does)
 set -euo pipefail
@@ -23,7 +24,7 @@ if [ ! -f "$ASSETS/model/config.json" ]; then
 fi
 EXTRA=()
 if [ "$OVERWRITE" = "1" ]; then EXTRA+=(--overwrite); fi
-if [ "$METHOD" = "corewarding_1" ]; then
+if [ "$METHOD" = "corewarding_1" ] || [ "$METHOD" = "corewarding_3" ]; then
   EXTRA+=(--train-data-rephrased "$ASSETS/data/train_rephrased.parquet")
 fi
 VAL_SAMPLES=${VAL_SAMPLES:-4}  # sampled validation (avg@k, pass@k, maj@k at T=1) next to the greedy accuracy

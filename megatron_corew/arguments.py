@@ -148,17 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-loss-coef", type=float, default=None, help="default: the method's reference value")
     g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default=_T.kl_estimator)
     g.add_argument("--entropy-coef", type=float, default=_T.entropy_coef)
-    g.add_argument("--clip-ratio-low", type=float, default=_T.clip_low)
-    g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high)
-    g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip)
+    inert = (
+        " (acts only where the PPO ratio can differ from 1: --num-steps-per-rollout > 1 or --off-policy-form bypass)"
+    )
+    g.add_argument("--clip-ratio-low", type=float, default=_T.clip_low, help="PPO clip below 1" + inert)
+    g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high, help="PPO clip above 1" + inert)
+    g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip, help="dual clip of negative advantages" + inert)
     g.add_argument("--no-std-normalization", action="store_true", help="Dr.GRPO advantages")
     g.add_argument(
         "--label-matching",
         choices=["exact", "equiv"],
-        default="exact",
-        help="pseudo-label voting: raw string equality (reference) or equivalence clusters",
+        default=None,
+        help="pseudo-label voting: raw string equality (the reference) or equivalence clusters; default: the "
+        "method's (exact, equiv for corewarding_3)",
     )
     g.add_argument("--gt-grading", choices=["reference", "equiv"], default="reference")
+    g.add_argument("--random-reward-p", type=float, default=0.5, help="random_reward: the probability of a reward of 1")
     g.add_argument(
         "--view-loss-agg",
         choices=["sum", "mean"],
@@ -227,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     offpolicy_options.add_args(p)  # --rollout-is*, --num-steps-per-rollout, --dynamic-sampling*, --overlong-*
     add_colocate_args(p)
-    from megatron_corew.rollout.pipeline import add_pipeline_args
+    from megatron_corew.rollout.generation import add_pipeline_args
 
     add_pipeline_args(p)  # --async-rollout, --max-staleness, --teacher-prefetch (docs/ASYNC.md)
     return p
@@ -292,6 +297,8 @@ def check_args(args) -> None:
     for warning in validate(args, _defaults()):
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"warning: {warning}", file=sys.stderr, flush=True)
+    if args.label_matching is None:
+        args.label_matching = method.label_matching
     if args.fp8_format:
         from megatron_corew.policy.model_builder import transformer_engine_available
 
@@ -300,6 +307,11 @@ def check_args(args) -> None:
                 "--fp8-format needs Transformer Engine and a CUDA GPU; neither is "
                 "available here (no silent fallback to bf16)"
             )
+    if args.sequence_parallel:
+        from megatron_corew.policy.model_builder import transformer_engine_available
+
+        if not transformer_engine_available():  # megatron's local layer spec has no sequence-parallel norm
+            raise FlagError("--sequence-parallel needs Transformer Engine and a CUDA GPU; neither is available here")
 
 
 def _defaults() -> dict:

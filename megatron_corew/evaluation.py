@@ -190,9 +190,10 @@ def validation_metrics(
     n_samples: int = 0,
     temperature: float = 1.0,
     prefix: str = "val/",
+    seed: int = 1,
 ) -> dict[str, float]:
     """The in-training validation: greedy accuracy (seed 0) and, when ``n_samples`` > 0, sampled avg@k / pass@k
-    (top_p 1, seed 1: the same draws at every evaluation). Keys: ``val/accuracy``, ``val/response_length``,
+    (top_p 1, ``seed``: the same draws at every evaluation). Keys: ``val/accuracy``, ``val/response_length``,
     ``val/accuracy_avg@k``, ``val/pass@k``, ``val/maj@k``."""
     g = evaluate_examples(
         engine, tokenizer, examples, mode="greedy", seed=0, grading=grading, max_new_tokens=max_new_tokens
@@ -207,7 +208,7 @@ def validation_metrics(
             k=n_samples,
             temperature=temperature,
             top_p=1.0,
-            seed=1,
+            seed=seed,
             grading=grading,
             max_new_tokens=max_new_tokens,
         )

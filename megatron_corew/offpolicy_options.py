@@ -1,11 +1,12 @@
 """Flags of the off-policy and DAPO-era training options (docs/OFF_POLICY.md), their applicability checks, and the
-naming of several validation sets. All off by default: a run without them is bit for bit the run before them."""
+naming of several validation sets. Off by default, except the off-policy correction of rollouts that can be stale
+(--async-rollout with --max-staleness >= 1, --num-steps-per-rollout > 1): there --rollout-is defaults to tis."""
 
 from __future__ import annotations
 
 import os
 
-from megatron_corew.algo.importance import LEVELS, MODES
+from megatron_corew.algo.importance import FORMS, LEVELS, MODES
 
 
 def add_args(p) -> None:
@@ -13,9 +14,18 @@ def add_args(p) -> None:
     g.add_argument(
         "--rollout-is",
         choices=MODES,
-        default="none",
+        default=None,
         help="correct the train/rollout mismatch with the weight pi_old / pi_rollout on each token's policy-gradient "
-        "loss: tis truncates it at --rollout-is-threshold, mis drops tokens/sequences outside its bounds",
+        "loss: tis truncates it at --rollout-is-threshold, mis drops tokens/sequences outside its bounds "
+        "(default: tis where rollouts can be stale under --off-policy-form decoupled, else none)",
+    )
+    g.add_argument(
+        "--off-policy-form",
+        choices=FORMS,
+        default="decoupled",
+        help="pi_old of the PPO ratio: decoupled = the policy before this rollout batch's updates, with the IS "
+        "weight pi_old / pi_behaviour (--rollout-is) for the engine's staleness; bypass = the engine's behaviour "
+        "log-probs, so the clip acts on the sampling policy (no IS weight)",
     )
     g.add_argument(
         "--rollout-is-level",
@@ -59,13 +69,58 @@ def add_args(p) -> None:
     )
 
 
-def check(args, defaults: dict, flag_error) -> None:
-    """One line for an option that would be ignored or cannot work with the others."""
+def stale_rollouts(args) -> bool:
+    """True where the policy that sampled a batch can differ from the one before its update: generated ahead of
+    time (--async-rollout, --max-staleness >= 1) or trained by several optimizer steps."""
+    async_ahead = getattr(args, "async_rollout", False) and getattr(args, "max_staleness", 0) >= 1
+    return bool(async_ahead or args.num_steps_per_rollout > 1)
+
+
+def resolve_off_policy(args, given, flag_error) -> list[str]:
+    """Set ``args.rollout_is`` (None: not given) to its effective mode; refuse what cannot be right; return the
+    one-line warnings; ``given(dest)``: set on the command line. Rules in docs/OFF_POLICY.md section 6."""
+    explicit, form, stale = args.rollout_is, getattr(args, "off_policy_form", "decoupled"), stale_rollouts(args)
+    top_p = getattr(args, "rollout_top_p", 1.0)
+    warnings = []
+    if form == "bypass" and explicit in ("tis", "mis"):
+        raise flag_error(
+            f"--rollout-is {explicit} does not apply to --off-policy-form bypass (pi_old is the behaviour policy: "
+            "the weight is 1)"
+        )
+    if top_p < 1 and (explicit in ("tis", "mis") or form == "bypass"):
+        what = f"--rollout-is {explicit}" if explicit in ("tis", "mis") else "--off-policy-form bypass"
+        raise flag_error(
+            f"{what} needs the behaviour log-probs, and with --rollout-top-p {top_p} the engine's are of the "
+            "untruncated distribution"
+        )
+    if explicit is None:
+        args.rollout_is = "tis" if stale and form == "decoupled" and top_p == 1 else "none"
+        if stale and form == "decoupled" and top_p < 1:
+            warnings.append(
+                f"--rollout-top-p {top_p}: stale rollouts are trained without off-policy correction (the engine's "
+                "log-probs are of the untruncated distribution)"
+            )
+    elif explicit == "none" and stale and form == "decoupled":
+        warnings.append("--rollout-is none: stale rollouts are trained as on-policy, without off-policy correction")
+    if form == "decoupled" and args.num_steps_per_rollout == 1:
+        for dest in ("clip_ratio_low", "clip_ratio_high", "dual_clip_c"):
+            if given(dest):
+                raise flag_error(
+                    f"--{dest.replace('_', '-')} has no effect: with one optimizer step per rollout and "
+                    "--off-policy-form decoupled the PPO ratio is exactly 1 (use --num-steps-per-rollout > 1 or "
+                    "--off-policy-form bypass)"
+                )
+    return warnings
+
+
+def check(args, defaults: dict, flag_error) -> list[str]:
+    """One line for an option that would be ignored or cannot work with the others; returns warnings."""
 
     def given(dest):
         return getattr(args, dest, defaults.get(dest)) != defaults.get(dest)
 
-    if getattr(args, "rollout_is", "none") == "none":
+    warnings = resolve_off_policy(args, given, flag_error)
+    if args.rollout_is == "none":
         for dest in ("rollout_is_level", "rollout_is_threshold", "rollout_is_threshold_lower"):
             if given(dest):
                 raise flag_error(f"--{dest.replace('_', '-')} does not apply without --rollout-is tis|mis")
@@ -90,6 +145,7 @@ def check(args, defaults: dict, flag_error) -> None:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise flag_error(f"--val-data names {', '.join(dup)} more than once; name them NAME=PATH")
+    return warnings
 
 
 def val_sets(specs) -> list[tuple[str, str]]:

@@ -1,4 +1,6 @@
 """The RL loop, one step as named stages: generate -> teacher -> statistics -> score -> train -> sync.
+Generation in every mode (synchronous, pipelined, prefetched teacher, dynamic-sampling rounds) is
+``rollout/generation.py``'s ``RolloutGenerator``.
 
 Launch like Megatron's pretrain scripts: ``torchrun --nproc_per_node N train_rl.py --flags`` (or plain
 ``python train_rl.py`` for one process). Global rank 0 owns the rollout engine(s) and the scoring; every rank
@@ -10,13 +12,14 @@ from __future__ import annotations
 import os
 
 from megatron_corew import algo, data, evaluation, offpolicy_options, rewards
-from megatron_corew.algo import dynamic_sampling, shaping
+from megatron_corew.algo import shaping
 from megatron_corew.colocation import Colocation
+from megatron_corew.data import online_rephrase
 from megatron_corew.policy import checkpointing, hf_export, multistep, parallel, weight_push
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout import factory
-from megatron_corew.rollout.pipeline import RolloutPipeline
+from megatron_corew.rollout.generation import PromptSource, RolloutGenerator, sampling_seed
 from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf, rollout_dump
 from megatron_corew.utils.nonfinite import NonFiniteGuard
 from megatron_corew.validation import hf_export_root
@@ -63,21 +66,25 @@ class RLRun:
         )
         self.colocation.enter("rollout")
         self.perf = perf.PerfMeter(a, self.model_args, parallel.world_size(), self.rollout_cfg, a.kl_loss_coef > 0)
-        self.engine = self.teacher_engine = None
+        engine = teacher_engine = None
         if parallel.is_rank0():
-            self.engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "policy")
+            engine = factory.create_engine(self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "policy")
             if self.method.teacher:
-                self.teacher_engine = factory.create_engine(
-                    self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "teacher", policy_engine=self.engine
+                teacher_engine = factory.create_engine(
+                    self.rollout_cfg, a.hf_checkpoint, self.tokenizer, "teacher", policy_engine=engine
                 )
-        self.colocation.attach(self.engine, self.teacher_engine)
-        self.grader = rewards.remote_grader(self.engine)
-        self.start_step = self.weight_version = 0
+        prompts = PromptSource(self.new_batch, self.peek_batch, self.teacher_prompt_ids)
+        self.generator = RolloutGenerator(  # docs/ASYNC.md
+            a, self.trainer, prompts, self.train_iters, self.method.teacher, engine, teacher_engine
+        )
+        self.colocation.attach(engine, teacher_engine)
+        self.grader = rewards.remote_grader(engine)
+        self.start_step = 0
         self.nonfinite = NonFiniteGuard(args.on_nonfinite, getattr(args, "max_consecutive_skips", 0), log0)
         self.sync_stats: dict = {}
+        self.reframe_counts: dict = {}  # Self-Harmony: the quality gate's verdicts on this step's rewrites
         self.stop = lifecycle.StopOnSignal()
         self.last_checkpoint = None
-        self.pipeline = RolloutPipeline(self) if a.async_rollout or a.teacher_prefetch else None  # docs/ASYNC.md
         if a.load:
             self._resume(a.load)
         self.logger = RunLogger(
@@ -90,6 +97,14 @@ class RLRun:
             resume_step=self.start_step if a.load else None,
         )
         log0(self.describe())
+
+    @property
+    def engine(self):
+        return self.generator.engine
+
+    @property
+    def teacher_engine(self):
+        return self.generator.teacher_engine
 
     def describe(self) -> str:
         """The one start-up line: what runs, where the rollouts come from, and how the ranks are laid out."""
@@ -172,10 +187,8 @@ class RLRun:
         self.start_step = state["step"]
         self.last_checkpoint = checkpointing.latest_checkpoint(load_dir)
         self.sampler.load_state_dict(state["sampler"])
-        self.weight_version = state.get("weight_version", self.start_step)
+        self.generator.load_state_dict(state, self.start_step)  # weight version, untrained rollouts
         self.nonfinite.skipped = state.get("skipped_updates", 0)
-        if self.pipeline is not None:
-            self.pipeline.load_state_dict(state.get("rollout_pipeline"), self.start_step)
         self.sync_weights()
         if self.method.teacher:
             self.sync_teacher()
@@ -185,16 +198,17 @@ class RLRun:
     def step(self, step: int) -> dict:
         timer, metrics = self.colocation.timer(), {}
         self.sync_stats = {"policy": None, "anchor": None} if self.method.teacher else {"policy": None}
+        self.reframe_counts = {}
         batch = self.new_batch(step)
         metrics.update(self.rollout_round(batch, timer))
         if self.args.dynamic_sampling:  # DAPO: zero-variance groups out, refilled from more prompts
-            batch = dynamic_sampling.fill(self, batch, timer, metrics)
+            batch = self.generator.dynamic_rounds(batch, lambda b: self.rollout_round(b, timer), metrics)
         with timer.stage("train"):
             train_metrics = self.train(batch)
         with timer.stage("weight_sync"):
             self.sync_weights()
         self.colocation.end_step(timer)
-        return {**metrics, **self.step_metrics(batch, train_metrics, timer)}
+        return {**metrics, **self.reframe_counts, **self.step_metrics(batch, train_metrics, timer)}
 
     def rollout_round(self, batch: StepBatch, timer: StageTimer) -> dict:
         """generate -> teacher -> statistics -> score for ``batch`` (dynamic sampling runs more rounds)."""
@@ -211,43 +225,30 @@ class RLRun:
             metrics.update(self.score(batch))
         return metrics
 
-    def new_batch(self, step: int, indices: list[int] | None = None) -> StepBatch:
+    def new_batch(self, step: int, indices: list[int] | None = None, round: int = 0) -> StepBatch:
         """This step's prompts (identical on every rank: same seed, same cursor); Co-rewarding-I asks both views.
         ``indices``: a batch peeked ahead (the pipeline's), the sampler is not moved."""
         indices = self.sampler.next_batch() if indices is None else indices
-        if not self.paired:
+        if self.method.reframes:  # Self-Harmony: the policy writes each question's second view now
+            originals = [self.train_set[i] for i in indices]
+            rephrased, counts = online_rephrase.reframe(self, originals, step, round)
+            for k, v in counts.items():
+                self.reframe_counts[k] = self.reframe_counts.get(k, 0.0) + v
+            prompts = [Prompt(ex, v, k) for v, exs in enumerate((originals, rephrased)) for k, ex in enumerate(exs)]
+        elif not self.paired:
             prompts = [Prompt(self.train_set[i], 0, k) for k, i in enumerate(indices)]
         else:
             pairs = [self.train_set[i] for i in indices]
             views = (0, 1) if self.method.paired_views else (0,)
             prompts = [Prompt(p[view], view, k) for view in views for k, p in enumerate(pairs)]
-        return StepBatch(step, prompts, self.args.n_samples_per_prompt, indices=list(indices))
+        return StepBatch(step, prompts, self.args.n_samples_per_prompt, indices=list(indices), round=round)
 
-    def _sampling(self, seed=None, greedy=False):
-        a = self.args
-        return factory.SamplingParams(
-            temperature=a.rollout_temperature,
-            top_p=a.rollout_top_p,
-            max_new_tokens=a.max_response_length,
-            greedy=greedy,
-            seed=seed,
-        )
-
-    def rollout_sampling(self, step: int, role: str = "policy", round: int = 0):
-        """Seeds per step, role and dynamic-sampling round: a resumed or pipelined run samples what the
-        synchronous one does."""
-        base = self.args.seed * (100003 if role == "policy" else 7919) + step
-        return self._sampling(seed=base + 1_000_003 * round)
+    def peek_batch(self, step: int, ahead: int) -> StepBatch:
+        """The batch the sampler hands out ``ahead`` batches after the next one; its cursor does not move."""
+        return self.new_batch(step, indices=self.sampler.peek(ahead))
 
     def generate(self, batch: StepBatch) -> dict:
-        if self.pipeline is not None:  # --async-rollout: started up to --max-staleness steps ahead
-            return self.pipeline.rollouts(batch)
-        params = self.rollout_sampling(batch.step, round=batch.round)  # a restarted engine gets a re-push:
-        gens = weight_push.generate(
-            self.trainer, self.engine, "policy", lambda: self.engine.generate(batch.prompt_ids(), params)
-        )
-        batch.add_rollouts(parallel.broadcast_object(gens))
-        return {}
+        return self.generator.rollouts(batch)  # --async-rollout: started up to --max-staleness steps ahead
 
     def teacher_prompt_ids(self, batch: StepBatch) -> list[list[int]]:
         if not self.args.teacher_on_rephrased:
@@ -258,7 +259,7 @@ class RLRun:
         """Co-rewarding-II: move the EMA teacher one step towards the pre-update policy, then let it answer the
         same questions (or their rephrasings); its answers only label, they are never trained on."""
         a, out = self.args, {}
-        early = self.pipeline.teacher_rollouts(batch) if self.pipeline is not None else None  # --teacher-prefetch
+        self.generator.start_teacher(batch)  # --teacher-prefetch: answers of the teacher before this EMA update
         if batch.round == 0 and not a.no_ema and (batch.step + 1) % a.teacher_update_interval == 0:
             alpha = algo.ema_alpha(batch.step + 1, self.train_iters, a.teacher_alpha_start, a.teacher_alpha_end)
             self.colocation.enter("train")  # the EMA reads the policy's fp32 main params
@@ -267,16 +268,9 @@ class RLRun:
             self.colocation.enter("sync")
             self.sync_teacher()
             self.colocation.enter("rollout")
-        if self.pipeline is None or not self.pipeline.teacher_prefetch:  # every rank takes part (re-push)
-            params, eng = self.rollout_sampling(batch.step, "teacher", batch.round), self.teacher_engine
-            early = weight_push.generate(
-                self.trainer, eng, "anchor", lambda: eng.generate(self.teacher_prompt_ids(batch), params)
-            )
+        out.update(self.generator.teacher_rollouts(batch, "train/teacher_alpha" in out))
         if self.teacher_engine is not None:
-            batch.add_teacher_rollouts(early)
             rewards.decode(batch.teacher_rollouts, self.tokenizer)
-        if self.pipeline is not None:
-            out.update(self.pipeline.after_teacher(batch, "train/teacher_alpha" in out))
         return out
 
     def sequence_statistics(self, batch: StepBatch) -> None:
@@ -290,7 +284,9 @@ class RLRun:
         metrics, advantages = {}, None
         if parallel.is_rank0():
             rewards.decode(batch.rollouts, self.tokenizer)
-            options = rewards.ScoreOptions(self.args.label_matching, self.args.gt_grading, self.grader)
+            a = self.args
+            flags = tuple((dest, getattr(a, dest)) for dest in self.method.reads_flags)
+            options = rewards.ScoreOptions(a.label_matching, a.gt_grading, self.grader, (a.seed,), flags)
             metrics = rewards.score_batch(batch, self.method, options)
             if self.args.overlong_buffer_len:  # DAPO soft overlong penalty, before the advantages
                 a = self.args
@@ -321,12 +317,14 @@ class RLRun:
     def train(self, batch: StepBatch) -> dict:
         """One optimizer step; a non-finite loss or gradient skips the update (counted) or stops the run."""
         a = self.args
-        view_scale = 0.5 if (self.method.paired_views and a.view_loss_agg == "mean") else 1.0
+        view_scale = algo.view_loss_scale(self.method.paired_views, a.view_loss_agg)
         keys = [r.prompt.pair_id for r in batch.rollouts]  # mini-batches of whole prompts (pairs)
         m = multistep.train_rollout(self.trainer, batch.rollouts, a.num_steps_per_rollout, view_scale, keys)
-        self.nonfinite.check(m.pop("update_ok"), m, batch.step, self.last_checkpoint)
+        ok = m.pop("update_ok")
+        self.nonfinite.check(ok, m, batch.step, self.last_checkpoint)
         m["skipped_updates"] = self.nonfinite.skipped
-        self.weight_version += 1
+        if ok or m.get("applied_steps", 0):  # a version names weights: a refused update leaves them as they were
+            self.generator.advance()
         return {f"train/{k}": v for k, v in m.items()}
 
     def step_metrics(self, batch: StepBatch, train_metrics: dict, timer: StageTimer) -> dict:
@@ -347,14 +345,10 @@ class RLRun:
 
     # ------------------------------------------------------------------ sync, validate, save
     def sync_weights(self) -> None:
-        if self.pipeline is not None:  # the sync policy: in-flight generations finish on the old weights first
-            self.pipeline.drain()
-        self.sync_stats["policy"] = self.trainer.push_weights(self.engine, self.weight_version)
+        self.sync_stats["policy"] = self.generator.push_policy()  # in-flight generations finish first
 
     def sync_teacher(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.drain_teacher()
-        self.sync_stats["anchor"] = self.trainer.push_weights(self.teacher_engine, self.weight_version, which="anchor")
+        self.sync_stats["anchor"] = self.generator.push_teacher()
 
     def validate(self) -> dict:
         """Held-out accuracy graded against ground truth (rank 0): greedy pass@1 (the reference's validation) and,
@@ -378,6 +372,7 @@ class RLRun:
                     n_samples=a.val_n_samples,
                     temperature=a.val_temperature,
                     prefix=prefix,
+                    seed=sampling_seed(a.seed, "validation"),  # never a policy or teacher seed
                 )
             )
         return {**out, **offpolicy_options.mean_over_sets(out, list(self.val_sets))}
@@ -422,8 +417,7 @@ class RLRun:
             self.stop.check(done, parallel.broadcast_object(self.stop.signum is not None))  # every rank agrees
         self.stop.uninstall()
         bar.close()
-        if self.pipeline is not None:
-            self.pipeline.close()
+        self.generator.close()
         final_val = self.validate()
         if final_val:
             self.logger.log(self.train_iters, final_val)
@@ -479,10 +473,9 @@ class RLRun:
             step,
             {
                 "sampler": self.sampler.state_dict(),
-                "weight_version": self.weight_version,
+                **self.generator.state_dict(),  # weight version, untrained rollouts
                 "skipped_updates": self.nonfinite.skipped,
                 "run": self.run_settings(),
-                **({"rollout_pipeline": self.pipeline.state_dict()} if self.pipeline is not None else {}),
             },
             keep_last=self.args.keep_last_checkpoints,
         )

@@ -55,6 +55,7 @@ RANGES: dict[str, tuple[float, bool, float, bool]] = {
     "clip_ratio_low": (0, True, 1, False),
     "clip_ratio_high": (0, True, INF, False),
     "dual_clip_c": (1, False, INF, False),
+    "random_reward_p": (0, True, 1, True),
     "teacher_update_interval": (1, True, INF, False),
     "teacher_alpha_start": (0, True, 1, True),
     "teacher_alpha_end": (0, True, 1, True),
@@ -115,6 +116,9 @@ def check_ranges(args, ranges: dict | None = None) -> None:
         raise FlagError(f"--min-lr {args.min_lr:g} is larger than --lr {args.lr:g}; valid: 0 <= --min-lr <= --lr")
 
 
+METHOD_FLAGS = ("random_reward_p",)  # flags only some methods read (MethodSpec.reads_flags)
+
+
 def _given(args, defaults: dict, dest: str) -> bool:
     return getattr(args, dest) != defaults.get(dest)
 
@@ -123,7 +127,11 @@ def check_applicable(args, defaults: dict) -> list[str]:
     """Refuse flags the chosen method (or the other flags) would silently ignore; return warnings."""
     method = rewards.get_method(args.reward_method)
     m = f"--reward-method {args.reward_method}"
-    if method.paired_views and not args.train_data_rephrased:
+    if method.reframes and args.train_data_rephrased:
+        raise FlagError(f"--train-data-rephrased does not apply to {m} (the policy writes the second view itself)")
+    if method.reframes and args.async_rollout:
+        raise FlagError(f"--async-rollout does not apply to {m} (its second view is written at the step's start)")
+    if method.paired_views and not method.reframes and not args.train_data_rephrased:
         raise FlagError(f"{m} needs --train-data-rephrased (it trains on both views of each question)")
     if args.teacher_on_rephrased and not args.train_data_rephrased:
         raise FlagError("--teacher-on-rephrased needs --train-data-rephrased")
@@ -144,8 +152,14 @@ def check_applicable(args, defaults: dict) -> list[str]:
                 raise FlagError(f"{flag(dest)} does not apply to {m} (it has no EMA teacher)")
     if not method.paired_views and _given(args, defaults, "view_loss_agg"):
         raise FlagError(f"--view-loss-agg does not apply to {m} (it trains on one view)")
-    if not method.pseudo_labels and _given(args, defaults, "label_matching"):
-        raise FlagError(f"--label-matching does not apply to {m} (it votes no pseudo-labels)")
+    if (not method.pseudo_labels or method.fixed_label_matching) and _given(args, defaults, "label_matching"):
+        why = "it always clusters by equivalence" if method.pseudo_labels else "it votes no pseudo-labels"
+        raise FlagError(f"--label-matching does not apply to {m} ({why})")
+    for dest in METHOD_FLAGS:
+        if dest not in method.reads_flags and _given(args, defaults, dest):
+            raise FlagError(f"{flag(dest)} does not apply to {m} (it reads no such setting)")
+    if method.paired_views and method.teacher and args.teacher_on_rephrased:
+        raise FlagError(f"--teacher-on-rephrased does not apply to {m} (its teacher answers both views)")
     if not method.needs_ground_truth and not args.val_data and _given(args, defaults, "gt_grading"):
         raise FlagError(f"--gt-grading does not apply: {m} grades no ground truth and there is no --val-data")
     if not args.val_data:
@@ -168,14 +182,14 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:
         raise FlagError("--overlap-param-gather needs --use-distributed-optimizer")
+    warnings = []
     if hasattr(args, "rollout_is"):  # namespaces built without the off-policy flags skip their checks
         from megatron_corew import offpolicy_options
 
-        offpolicy_options.check(args, defaults, FlagError)
-    from megatron_corew.rollout.pipeline import check_pipeline_args
+        warnings += offpolicy_options.check(args, defaults, FlagError)
+    from megatron_corew.rollout.generation import check_pipeline_args
 
     check_pipeline_args(args, method, lambda dest: _given(args, defaults, dest))
-    warnings = []
     if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):
         warnings.append("--kl-loss-type has no effect with --kl-loss-coef 0")
     if args.train_iters is not None and _given(args, defaults, "epochs"):

@@ -105,9 +105,14 @@ def test_staleness_one_versions_and_sigkill_resume_is_exact(tiny_bundle, tmp_pat
         assert all(0 <= (s - 1) - v <= 1 for v in vs)  # within --max-staleness 1
     rows = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
     assert [rows[s]["rollout/staleness_max"] for s in range(1, 7)] == [0, 1, 1, 1, 1, 1]
+    # stale samples are corrected by default (--rollout-is tis): the weight pi_old / pi_behaviour departs from 1
+    # where the engine's weights are one version behind
+    lag = [abs(rows[s]["train/is_weight_mean"] - 1.0) for s in range(1, 7)]
+    assert max(lag[2:]) > 1e-3 and all(rows[s]["train/is_weight_max"] <= 2.0 for s in range(1, 7)), lag
     # synchronous: step 2 samples from version 1, so the async schedule really trains off-policy
     _ok(run_train(_args(tiny_bundle, sync, steps=2)))
     assert {r["weight_version"] for r in _dump(sync, 2)} == {1}
+    assert not any("train/is_weight_mean" in r for r in read_metrics(sync))  # on-policy: no correction
 
     proc = run_train(_args(tiny_bundle, crashed, steps=6, extra=extra + save(crashed)), {"COREW_FAULT": "after_step:4"})
     assert proc.returncode == -9  # SIGKILL, with step 5's rollouts in flight
@@ -210,27 +215,60 @@ def test_rollouts_beyond_the_bound_stop_the_step(tiny_bundle):
 
     from megatron_corew.data import load_examples
     from megatron_corew.records import Prompt, StepBatch
-    from megatron_corew.rollout.base import SamplingParams
     from megatron_corew.rollout.embedded import EmbeddedEngine
-    from megatron_corew.rollout.pipeline import RolloutPipeline
+    from megatron_corew.rollout.generation import PromptSource, RolloutGenerator
 
     tok = AutoTokenizer.from_pretrained(tiny_bundle["model"])
     ds = load_examples(tiny_bundle["train"], tok, 128)
-    run = SimpleNamespace(
-        args=SimpleNamespace(async_rollout=True, max_staleness=1, teacher_prefetch=False),
-        method=SimpleNamespace(teacher=False),
-        engine=EmbeddedEngine(tiny_bundle["model"], eos_token_ids=[2]),
-        sampler=EpochSampler(len(ds), 2, seed=0),
-        train_iters=1,  # nothing is started ahead
-        weight_version=2,
-        rollout_sampling=lambda step, role="policy": SamplingParams(max_new_tokens=4, seed=step),
-    )
-    batch = StepBatch(1, [Prompt(ds[i], 0, k) for k, i in enumerate(run.sampler.next_batch())], 2)
-    pipe = RolloutPipeline(run)
+    args = SimpleNamespace(
+        async_rollout=True, max_staleness=1, teacher_prefetch=False, seed=0, rollout_temperature=1.0,
+        rollout_top_p=1.0, max_response_length=4,
+    )  # fmt: skip
+    sampler = EpochSampler(len(ds), 2, seed=0)
+    prompts = PromptSource(None, None, None)  # train_iters 1: nothing is started ahead
+    gen = RolloutGenerator(args, None, prompts, 1, False, EmbeddedEngine(tiny_bundle["model"], eos_token_ids=[2]))
+    gen.weight_version = 2
+    batch = StepBatch(1, [Prompt(ds[i], 0, k) for k, i in enumerate(sampler.next_batch())], 2)
     with pytest.raises(
         RuntimeError, match=r"step 2: rollouts made from weight version 0 lag the trainer \(version 2\)"
     ):
-        pipe.rollouts(batch)
-    run.weight_version = 1
-    assert pipe.rollouts(batch)["rollout/staleness_max"] == 1
-    pipe.close()
+        gen.rollouts(batch)
+    gen.weight_version = 1
+    assert gen.rollouts(batch)["rollout/staleness_max"] == 1
+    gen.close()
+
+
+@pytest.mark.e2e
+def test_pipelined_engines_that_lost_their_weights_are_refilled(tiny_bundle, tmp_path):
+    """Both background threads meet an engine back from a restart without its weights (embedded engine, fault
+    hook): the thread hands the refill to the main loop, every rank re-pushes the trainer's current weights, the
+    request is made again, and the run goes on. The policy's step-3 request was started during step 2 from
+    version 1; made again after the re-push it carries version 2 (an engine left unfilled would be at 0)."""
+    out = str(tmp_path / "run")
+    fault = {"COREW_FAULT": "lose_weights_policy:3,lose_weights_teacher:2"}
+    proc = run_train(_args(tiny_bundle, out, steps=3, extra=["--async-rollout", "--teacher-prefetch"]), fault)
+    _ok(proc)
+    assert "policy engine: policy weights 2 re-pushed by the trainer (embedded policy engine restarted" in proc.stdout
+    assert "teacher engine: teacher weights 1 re-pushed by the trainer (embedded teacher engine restarted" in (
+        proc.stdout
+    )
+    assert [r["step"] for r in read_metrics(out) if "train/loss" in r] == [1, 2, 3]
+    assert [sorted({r["weight_version"] for r in _dump(out, s)}) for s in (1, 2, 3)] == [[0], [0], [2]]
+
+
+@pytest.mark.e2e
+def test_refill_in_the_thread_is_the_synchronous_run_bitwise(tiny_bundle, tmp_path):
+    """--async-rollout --max-staleness 0 generates each step in the thread; the engine loses its weights at step
+    2: after the re-push it must hold exactly the trainer's weights, so the run equals the synchronous one with
+    no fault (metrics, dumps, final weights), on steps that carry a gradient."""
+    sync, k0 = str(tmp_path / "sync"), str(tmp_path / "k0")
+    method = "self_certainty"  # continuous rewards: every group has reward variance, so a gradient
+    _ok(run_train(_args(tiny_bundle, sync, method, steps=3)))
+    proc = run_train(
+        _args(tiny_bundle, k0, method, steps=3, extra=["--async-rollout", "--max-staleness", "0"]),
+        {"COREW_FAULT": "lose_weights_policy:2"},
+    )
+    _ok(proc)
+    assert "policy weights 1 re-pushed by the trainer" in proc.stdout
+    _same_run(sync, k0, 3)
+    assert all(r["train/grad_norm"] > 0 for r in read_metrics(sync) if "train/loss" in r)

@@ -205,6 +205,44 @@ def test_flags_that_do_not_apply_to_the_method(setup, capsys):
         assert _flags_error(setup, capsys, *flags) == "error: " + message, flags
 
 
+def test_flags_that_do_not_apply_to_the_new_methods(setup, capsys):
+    rephrased = setup["good"]
+    cases = [
+        (
+            ["--reward-method", "gt", "--random-reward-p", "0.3"],
+            "--random-reward-p does not apply to --reward-method gt (it reads no such setting)",
+        ),
+        (
+            ["--reward-method", "random_reward", "--random-reward-p", "1.5"],
+            "--random-reward-p 1.5 is out of range; valid: [0, 1]",
+        ),  # fmt: skip
+        (
+            ["--reward-method", "semantic_entropy", "--label-matching", "exact"],
+            "--label-matching does not apply to --reward-method semantic_entropy (it always clusters by equivalence)",
+        ),
+        (
+            ["--reward-method", "self_harmony", "--train-data-rephrased", rephrased],
+            "--train-data-rephrased does not apply to --reward-method self_harmony (the policy writes the second "
+            "view itself)",
+        ),
+        (
+            ["--reward-method", "self_harmony", "--async-rollout"],
+            "--async-rollout does not apply to --reward-method self_harmony (its second view is written at the "
+            "step's start)",
+        ),
+        (
+            ["--reward-method", "corewarding_3", "--train-data-rephrased", rephrased, "--teacher-on-rephrased"],
+            "--teacher-on-rephrased does not apply to --reward-method corewarding_3 (its teacher answers both views)",
+        ),
+        (
+            ["--reward-method", "corewarding_3"],
+            "--reward-method corewarding_3 needs --train-data-rephrased (it trains on both views of each question)",
+        ),
+    ]
+    for flags, message in cases:
+        assert _flags_error(setup, capsys, *flags) == "error: " + message, flags
+
+
 def test_unusable_output_paths(setup, capsys):
     afile = str(setup["root"] / "a_file")
     open(afile, "w").close()

@@ -327,6 +327,18 @@ def test_sampler_deterministic_and_epochs():
     assert batches(EpochSampler(10, 3, seed=6), 3) != b1[:3]
 
 
+def test_sampler_epochs_of_neighbouring_seeds_differ():
+    # seed s epoch 1 must not replay seed s+1 epoch 0 (nor any other seed's epoch), with epoch 0 the plain seed
+    import torch
+
+    assert (
+        EpochSampler(50, 5, seed=5).permutation(0)
+        == torch.randperm(50, generator=torch.Generator().manual_seed(5)).tolist()
+    )
+    orders = {(s, e): tuple(EpochSampler(50, 5, seed=s).permutation(e)) for s in range(4) for e in range(4)}
+    assert len(set(orders.values())) == len(orders)
+
+
 def test_sampler_no_shuffle_and_keep_last():
     s = EpochSampler(7, 3, shuffle=False, drop_last=False)
     assert batches(s, 4) == [[0, 1, 2], [3, 4, 5], [6], [0, 1, 2]]

@@ -15,7 +15,9 @@ import pytest
 from helpers import REPO, run_in_own_session
 
 EXAMPLES = os.path.join(REPO, "examples")
-METHODS = ["gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2"]
+METHODS = ["gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2", "corewarding_3"]
+METHODS += ["random_reward", "semantic_entropy", "self_harmony"]
+TEACHER = ("corewarding_2", "corewarding_3")
 PRESETS = {
     "qwen2.5-7b": ("Qwen2.5-7B", 2),
     "qwen3-4b-base": ("Qwen3-4B-Base", 2),
@@ -154,7 +156,7 @@ def test_dry_run_paper_hyperparameters(method, model):
     hf_name, tp = PRESETS[model]
     assert argv[0] == "torchrun" and value(argv, "--nproc_per_node") == "8"
     assert value(argv, "--reward-method") == method
-    assert value(argv, "--kl-loss-coef") == ("0.001" if method == "corewarding_2" else "0.005")
+    assert value(argv, "--kl-loss-coef") == ("0.001" if method in TEACHER else "0.005")
     expected = {
         "--global-batch-size": "128",
         "--n-samples-per-prompt": "8",
@@ -171,14 +173,14 @@ def test_dry_run_paper_hyperparameters(method, model):
     for flag, v in expected.items():
         assert value(argv, flag) == v, flag
     assert "--bf16" in argv and "--use-distributed-optimizer" in argv
-    if method == "corewarding_2":
+    if method in TEACHER:
         assert value(argv, "--teacher-alpha-start") == "0.01" and value(argv, "--teacher-alpha-end") == "1e-5"
     else:
         assert "--teacher-alpha-start" not in argv
-    assert ("--train-data-rephrased" in argv) == (method == "corewarding_1")
+    assert ("--train-data-rephrased" in argv) == (method in ("corewarding_1", "corewarding_3"))
     args = parse_trainer(argv)
     assert args.reward_method == method and args.global_batch_size == 128 and args.lr == 3e-6
-    assert args.kl_loss_coef == (0.001 if method == "corewarding_2" else 0.005)
+    assert args.kl_loss_coef == (0.001 if method in TEACHER else 0.005)
 
 
 def test_launcher_overrides_and_passthrough(tmp_path):

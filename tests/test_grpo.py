@@ -81,3 +81,65 @@ def test_microbatch_token_mean_against_float64_reference():
     assert w2 == pytest.approx([0.5 / 2, 0.5 / (2 * 3), 0.5 / (2 * 4)])
     with pytest.raises(ValueError, match="loss aggregation"):
         grpo.token_weights([1], [0], "seq-mean")
+
+
+class _Sample:
+    def __init__(self, n_prompt, n_response, adv, view):
+        self.prompt_ids, self.response_ids = [5] * n_prompt, [6] * n_response
+        self.advantage, self.view, self.rollout_logprobs = adv, view, None
+
+    @property
+    def length(self):
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+@pytest.mark.parametrize("view_loss_agg", ["sum", "mean"])
+def test_two_view_loss_and_gradient_against_float64(view_loss_agg):
+    """Co-rewarding-I: each view is normalised by its OWN response tokens, then the views are summed (reference)
+    or averaged. The trainer's token weights and micro-batch layout, with a policy that moved since pi_old (the
+    clip acts), against the per-view token means written out in float64. View token counts differ (9 vs 30), so
+    one shared denominator gives another loss and gradient."""
+    from megatron_corew.algo import importance
+    from megatron_corew.policy import packing
+
+    spec = [(3, 4, 1.2, 0), (2, 5, -0.8, 0), (4, 12, 0.5, 1), (3, 18, -1.4, 1)]  # prompt, response, advantage, view
+    samples = [_Sample(*row) for row in spec]
+    g = torch.Generator().manual_seed(5)
+    old = [(-torch.rand(len(s.response_ids), generator=g, dtype=torch.float64) * 2).tolist() for s in samples]
+    lp = [[o + 0.3 * float(torch.randn((), generator=g)) for o in row] for row in old]
+    scale = grpo.view_loss_scale(True, view_loss_agg)
+    assert scale == (1.0 if view_loss_agg == "sum" else 0.5) and grpo.view_loss_scale(False, "mean") == 1.0
+    weights = grpo.token_weights([len(s.response_ids) for s in samples], [s.view for s in samples], scale=scale)
+    for s, o in zip(samples, old):
+        s.old_logprobs = o
+    mb = packing.padded_microbatch(samples, list(range(len(samples))), weights)
+    flat = torch.zeros(mb["mask"].numel())
+    for k, row in enumerate(lp):
+        flat[mb["first"][k] : mb["first"][k] + len(row)] = torch.tensor(row, dtype=torch.float32)
+    logp = flat.view(mb["mask"].shape).requires_grad_(True)
+    pg, _ = importance.policy_gradient_loss(logp, mb, "decoupled", importance.ISCorrection(), 0.2, 0.2, 3.0)
+    loss = (pg * mb["weight"] * mb["mask"]).sum()
+    loss.backward()
+
+    # float64: per view, the mean over its tokens of the PPO-clip loss; then sum or average the two views
+    lp64 = [torch.tensor(row, dtype=torch.float64, requires_grad=True) for row in lp]
+    view_means = []
+    for v in (0, 1):
+        terms = []
+        for s, x, o in zip(samples, lp64, old):
+            if s.view != v:
+                continue
+            ratio = torch.exp(x - torch.tensor(o, dtype=torch.float64))
+            a = s.advantage
+            t = torch.maximum(-a * ratio, -a * ratio.clamp(0.8, 1.2))
+            terms.append(torch.minimum(t, torch.full_like(t, -a * 3.0)) if a < 0 else t)
+        view_means.append(torch.cat(terms).mean())
+    ref = view_means[0] + view_means[1] if view_loss_agg == "sum" else (view_means[0] + view_means[1]) / 2
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5, abs=1e-7)
+    got = logp.grad.view(-1)
+    for k, x in enumerate(lp64):
+        row = got[mb["first"][k] : mb["first"][k] + len(samples[k].response_ids)].double()
+        assert torch.allclose(row, x.grad, rtol=1e-5, atol=1e-7), (k, row, x.grad)
+    shared = grpo.token_weights([len(s.response_ids) for s in samples], [0] * 4, scale=2 * scale)
+    assert abs(shared[0] - weights[0]) > 1e-3  # one shared denominator would weigh view 0's tokens differently

@@ -1,4 +1,4 @@
-"""Issue 3's claim, checked the strict way: Co-rewarding-I and Co-rewarding-II raise the tiny model's held-out
+"""Issue 3's claim, checked the strict way: Co-rewarding-I, -II and -III raise the tiny model's held-out
 (greedy, ground-truth graded) accuracy when the TRAINING files carry no ground truth at all.
 
 The training parquet files are copied with every ``reward_model.ground_truth`` set to null, so no label can reach
@@ -47,7 +47,7 @@ def label_free_assets(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("method", ["corewarding_1", "corewarding_2"])
+@pytest.mark.parametrize("method", ["corewarding_1", "corewarding_2", "corewarding_3"])
 def test_corewarding_raises_heldout_accuracy_without_labels(method, label_free_assets, tmp_path):
     out = str(tmp_path / method)
     env = dict(os.environ, METHOD=method, ASSETS=label_free_assets, OUT=out, VAL_SAMPLES="0")

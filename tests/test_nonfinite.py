@@ -16,8 +16,11 @@ def _args(bundle, out, extra=()):
 @pytest.mark.e2e
 def test_nan_loss_is_skipped_and_counted(tiny_bundle, tmp_path):
     out = str(tmp_path / "skip")
-    proc = run_train(_args(tiny_bundle, out), env_extra={"COREW_FAULT": "nan_loss:2"})
+    proc = run_train(_args(tiny_bundle, out, ["--rollout-dump"]), env_extra={"COREW_FAULT": "nan_loss:2"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the weights that sampled step 3 are those of step 1's update: the refused step 2 made no new version
+    with open(os.path.join(out, "rollouts", "step_000003.jsonl")) as f:
+        assert {json.loads(line)["weight_version"] for line in f} == {1}
     assert "step 2: non-finite loss" in proc.stdout
     rows = {r["step"]: r for r in read_metrics(out) if "train/loss" in r}
     assert rows[1]["train/skipped_updates"] == 0 and rows[2]["train/skipped_updates"] == 1

@@ -114,6 +114,80 @@ def test_is_ratio_one_when_engine_and_trainer_agree():
     assert importance.ISCorrection().correct(pg, lp, mb) is pg and importance.ISCorrection().metrics(True) == {}
 
 
+def _form_reference(form, samples, lp, prox, weights, high, clip=0.2, dual=3.0):
+    """Plain float64, one token at a time, of each off-policy form; returns (loss, d loss / d lp).
+    decoupled: w = min(pi_prox / pi_behaviour, C) times the PPO clip of pi / pi_prox.
+    bypass: the PPO clip of pi / pi_behaviour, no weight."""
+    lp = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in lp]
+    total = torch.zeros((), dtype=torch.float64)
+    for i, s in enumerate(samples):
+        for t, beh in enumerate(s.rollout_logprobs):
+            if form == "decoupled":
+                w, ref = min(math.exp(prox[i][t] - beh), high), prox[i][t]
+            else:
+                w, ref = 1.0, beh
+            A = s.advantage
+            ratio = torch.exp(lp[i][t] - ref)
+            pg = torch.maximum(-A * ratio, -A * torch.clamp(ratio, 1 - clip, 1 + clip))
+            if A < 0:
+                pg = torch.minimum(pg, torch.tensor(-A * dual, dtype=torch.float64))
+            total = total + weights[i] * w * pg
+    total.backward()
+    return total.item(), [x.grad.tolist() for x in lp]
+
+
+@pytest.mark.parametrize("form", importance.FORMS)
+def test_off_policy_forms_loss_and_gradient_match_float64(form):
+    """Stale rollouts: the engine sampled with pi_behaviour, the policy before this update was pi_prox, the
+    policy being updated is pi. Loss and gradient of the trainer's policy-gradient term (the function its loss
+    calls) against the float64 formula of each form."""
+    g = torch.Generator().manual_seed(7)
+    lengths, advs = [5, 3, 6], [1.1, -0.9, -1.7]
+    prox = [(-torch.rand(n, generator=g, dtype=torch.float64) * 3).tolist() for n in lengths]
+    beh = [[o + 0.5 * float(torch.randn((), generator=g)) for o in row] for row in prox]  # older weights
+    lp = [[o + 0.3 * float(torch.randn((), generator=g)) for o in row] for row in prox]
+    samples = [_S([7, 8][: 1 + i % 2], b, a) for i, (b, a) in enumerate(zip(beh, advs))]
+    for s, p in zip(samples, prox):
+        s.old_logprobs = p  # recorded before the first update (policy/multistep.py)
+    weights, high = [0.04, 0.1, 0.03], 1.6
+    mb = packing.padded_microbatch(samples, list(range(3)), weights)
+    flat = torch.zeros(mb["mask"].numel(), dtype=torch.float32)
+    for k, row in enumerate(lp):
+        flat[mb["first"][k] : mb["first"][k] + len(row)] = torch.tensor(row)
+    logp = flat.view(mb["mask"].shape).requires_grad_(True)
+    corr = importance.ISCorrection("tis" if form == "decoupled" else "none", "token", high)
+    pg, _ = importance.policy_gradient_loss(logp, mb, form, corr, 0.2, 0.2, 3.0)
+    loss = (pg * mb["weight"] * mb["mask"]).sum()
+    loss.backward()
+    ref_loss, ref_grad = _form_reference(form, samples, lp, prox, weights, high)
+    other_loss, _ = _form_reference("bypass" if form == "decoupled" else "decoupled", samples, lp, prox, weights, high)
+    assert abs(ref_loss - other_loss) > 1e-3  # the two forms differ on this batch: the test can tell them apart
+    assert loss.item() == pytest.approx(ref_loss, rel=1e-5, abs=1e-7)
+    got = logp.grad.view(-1)
+    for k, n in enumerate(lengths):
+        row = got[mb["first"][k] : mb["first"][k] + n].tolist()
+        assert row == pytest.approx(ref_grad[k], rel=1e-5, abs=1e-7), (form, k, row, ref_grad[k])
+    assert any(x != 0 for r in ref_grad for x in r)
+    if form == "decoupled":
+        assert corr.metrics(True)["is_weight_max"] == pytest.approx(high)  # some weights truncated at C
+
+
+def test_is_statistics_count_only_tokens_the_loss_keeps():
+    """A sample masked out of the loss (--mask-truncated-responses: token weight 0) leaves the IS statistics alone:
+    weight mean and max over the kept sample's tokens only (hand-computed: ratios e^0.1, e^-0.2 vs a masked e^1)."""
+    kept, masked = _S([7, 8], [-1.0, -2.0], 1.0), _S([7], [-3.0], 1.0)
+    mb = packing.padded_microbatch([kept, masked], [0, 1], [0.5, 0.0])
+    old = torch.zeros_like(mb["mask"])
+    for k, row in enumerate([[-0.9, -2.2], [-2.0]]):
+        old.view(-1)[mb["first"][k] : mb["first"][k] + len(row)] = torch.tensor(row)
+    mb["live"] = mb["mask"] * (mb["weight"] != 0)  # as the trainer's loss sets it
+    corr = importance.ISCorrection("tis", "token", 5.0)
+    corr.correct(torch.zeros_like(old), old, mb)
+    m = corr.metrics(True)
+    assert m["is_weight_mean"] == pytest.approx((math.exp(0.1) + math.exp(-0.2)) / 2, rel=1e-6)
+    assert m["is_weight_max"] == pytest.approx(math.exp(0.1), rel=1e-6)
+
+
 # ---------------------------------------------------------------- trainer level (one worker process)
 @pytest.fixture(scope="module")
 def worker_results(tmp_path_factory):
@@ -168,10 +242,31 @@ def test_trainer_is_loss_on_injected_mismatch_matches_float64(worker_results):
         assert m["is_masked_fraction"] == pytest.approx(dropped / total), name
 
 
+def test_trainer_bypass_loss_on_injected_mismatch_matches_float64(worker_results):
+    """--off-policy-form bypass at trainer level: the step's loss is the PPO clip of pi / pi_behaviour (pi: the
+    trainer's own log-probs before the update), recomputed here in float64."""
+    rows, res = worker_results
+    total = sum(len(r["response"]) for r in rows)
+    ref = 0.0
+    for r, o, b in zip(rows, res["own_logp"], res["noisy_logp"]):
+        A = r["adv"]
+        for x, y in zip(o, b):
+            ratio = math.exp(x - y)
+            pg = max(-A * ratio, -A * min(max(ratio, 0.8), 1.2))
+            if A < 0:
+                pg = min(pg, -A * 3.0)
+            ref += pg / total
+    assert res["bypass"]["loss"] == pytest.approx(ref, rel=1e-5, abs=1e-7)
+    assert res["bypass"]["pg_clipfrac"] > 0 and res["bypass"]["grad_norm"] > 0  # the clip acts on this batch
+
+
 def test_masked_samples_count_as_absent(worker_results):
     _, res = worker_results
     assert res["masked"]["loss"] == pytest.approx(res["subset"]["loss"], rel=1e-6, abs=1e-8)
     assert res["masked"]["grad_norm"] == pytest.approx(res["subset"]["grad_norm"], rel=1e-5)
+    # the logged token means count only the tokens the loss keeps
+    assert res["masked"]["entropy"] == pytest.approx(res["subset"]["entropy"], rel=1e-6)
+    assert res["masked"]["loss_tokens"] == res["subset"]["response_tokens"] < res["masked"]["response_tokens"]
 
 
 def test_several_steps_per_rollout_engage_the_clip(worker_results):
@@ -185,6 +280,30 @@ def test_several_steps_per_rollout_engage_the_clip(worker_results):
     lr0, lr1 = res["multi_lr"]  # the scheduler moved once for the whole rollout batch (cosine over 10 steps)
     assert lr0 == steps[0]["lr"] == steps[2]["lr"]
     assert lr1 == pytest.approx(5e-2 * 0.5 * (1 + math.cos(math.pi * 1 / 10)), rel=1e-6)
+
+
+def test_multistep_metrics_are_token_weighted():
+    """Mini-batch steps of 10 and 30 loss tokens: a token mean of the rollout batch weighs each step by its tokens
+    (hand-computed), the grad norm is the mean over steps, counts add up."""
+    from megatron_corew.policy import multistep
+
+    a = {"loss": 1.0, "entropy": 2.0, "pg_clipfrac": 0.0, "grad_norm": 1.0, "lr": 0.1, "update_ok": True}
+    b = {"loss": 3.0, "entropy": 4.0, "pg_clipfrac": 0.4, "grad_norm": 3.0, "lr": 0.1, "update_ok": True}
+    a.update(loss_tokens=10, response_tokens=12, rollout_logprob_abs_diff=0.1, is_weight_max=1.5)
+    b.update(loss_tokens=30, response_tokens=36, rollout_logprob_abs_diff=0.5, is_weight_max=1.2)
+    m = multistep.combine([a, b])
+    assert m["loss"] == pytest.approx((10 * 1.0 + 30 * 3.0) / 40)
+    assert m["entropy"] == pytest.approx((10 * 2.0 + 30 * 4.0) / 40)
+    assert m["pg_clipfrac"] == pytest.approx(0.3) and m["pg_clipfrac_after_first"] == pytest.approx(0.4)
+    assert m["rollout_logprob_abs_diff"] == pytest.approx((12 * 0.1 + 36 * 0.5) / 48)
+    assert (
+        m["applied_steps"] == 2
+        and m["grad_norm"] == 2.0
+        and m["is_weight_max"] == 1.5
+        and m["lr"] == 0.1
+        and m["update_ok"]
+    )
+    assert (m["loss_tokens"], m["response_tokens"], m["optimizer_steps"]) == (40, 48, 2)
 
 
 # ---------------------------------------------------------------- overlong, truncation, dynamic sampling
@@ -245,20 +364,17 @@ def test_label_free_groups_all_or_none_matching_carry_no_signal():
     assert dynamic_sampling.signal_groups([[r.reward for r in g] for g in b.groups()]) == [False, False, True]
 
 
-class _Run:
-    """Stands in for RLRun's rollout stages only (the refill loop is the real one): round k's groups get the
-    rewards written here instead of generated ones."""
+def _rounds(rounds, max_rounds):
+    """The real refill loop (``RolloutGenerator.dynamic_rounds``) with the rest of a round stood in for: round k's
+    groups get the rewards written here instead of generated and scored ones."""
 
-    def __init__(self, rounds, max_rounds):
-        self.rounds, self.calls = rounds, 0
-        self.args = type("A", (), {"dynamic_sampling_max_rounds": max_rounds})()
+    from megatron_corew.rollout.generation import PromptSource, RolloutGenerator
 
-    def new_batch(self, step):
-        self.calls += 1
-        return _batch(self.rounds[self.calls], step)
-
-    def rollout_round(self, batch, timer):
-        return {}
+    calls = iter(range(1, len(rounds)))
+    prompts = PromptSource(lambda step: _batch(rounds[next(calls)], step), None, None)
+    args = SimpleNamespace(dynamic_sampling_max_rounds=max_rounds)
+    gen = RolloutGenerator(args, None, prompts, 1, False)
+    return lambda first, m: gen.dynamic_rounds(first, lambda batch: None, m)
 
 
 ROUNDS = [
@@ -270,7 +386,7 @@ ROUNDS = [
 
 def test_dynamic_sampling_refills_and_counts():
     m = {}
-    out = dynamic_sampling.fill(_Run(ROUNDS, 5), _batch(ROUNDS[0]), None, m)
+    out = _rounds(ROUNDS, 5)(_batch(ROUNDS[0]), m)
     assert m == {
         "rollout/dynamic_generation_rounds": 3,
         "rollout/dynamic_dropped_groups": 2 + 3 + 0,
@@ -285,12 +401,12 @@ def test_dynamic_sampling_refills_and_counts():
 
 def test_dynamic_sampling_cap_trains_on_what_is_kept():
     m = {}
-    out = dynamic_sampling.fill(_Run(ROUNDS, 1), _batch(ROUNDS[0]), None, m)
+    out = _rounds(ROUNDS, 1)(_batch(ROUNDS[0]), m)
     assert m["rollout/dynamic_generation_rounds"] == 2 and m["rollout/dynamic_cap_hit"] == 1.0
     assert m["rollout/dynamic_kept_groups"] == 1 and len(out.prompts) == 1
     first = _batch([[1, 1], [0, 0], [1, 1]])
     m = {}
-    assert dynamic_sampling.fill(_Run([None, [[0, 0]] * 3], 1), first, None, m) is first  # nothing kept
+    assert _rounds([None, [[0, 0]] * 3], 1)(first, m) is first  # nothing kept
     assert m["rollout/dynamic_kept_groups"] == 0
 
 
@@ -362,9 +478,75 @@ def test_offpolicy_flag_errors(tiny_bundle, tmp_path, capsys):
             ["--val-data", "a/v.parquet", "b/v.parquet"],
             "--val-data names v more than once; name them NAME=PATH",
         ),
+        (
+            ["--clip-ratio-high", "0.28"],
+            "--clip-ratio-high has no effect: with one optimizer step per rollout and --off-policy-form decoupled "
+            "the PPO ratio is exactly 1 (use --num-steps-per-rollout > 1 or --off-policy-form bypass)",
+        ),
+        (
+            ["--async-rollout", "--dual-clip-c", "2"],
+            "--dual-clip-c has no effect: with one optimizer step per rollout and --off-policy-form decoupled "
+            "the PPO ratio is exactly 1 (use --num-steps-per-rollout > 1 or --off-policy-form bypass)",
+        ),
+        (
+            ["--off-policy-form", "bypass", "--rollout-is", "tis"],
+            "--rollout-is tis does not apply to --off-policy-form bypass (pi_old is the behaviour policy: the "
+            "weight is 1)",
+        ),
+        (
+            ["--rollout-is", "mis", "--rollout-top-p", "0.9"],
+            "--rollout-is mis needs the behaviour log-probs, and with --rollout-top-p 0.9 the engine's are of the "
+            "untruncated distribution",
+        ),
+        (
+            ["--off-policy-form", "bypass", "--rollout-top-p", "0.9"],
+            "--off-policy-form bypass needs the behaviour log-probs, and with --rollout-top-p 0.9 the engine's are "
+            "of the untruncated distribution",
+        ),
+        (
+            ["--sequence-parallel"],
+            "--sequence-parallel needs Transformer Engine and a CUDA GPU; neither is available here",
+        ),
     ]
     for flags, message in cases:
         assert _flag_error(tiny_bundle, tmp_path, capsys, *flags) == "error: " + message, flags
+
+
+def test_off_policy_correction_is_the_default_where_rollouts_can_be_stale(tiny_bundle, tmp_path, capsys):
+    from megatron_corew.arguments import parse_args
+
+    base = ["--hf-checkpoint", tiny_bundle["model"], "--train-data", tiny_bundle["train"]]
+    base += ["--output-dir", str(tmp_path / "o")]
+    cases = [
+        ([], "none", None),
+        (["--async-rollout"], "tis", None),  # --max-staleness 1 by default
+        (["--async-rollout", "--max-staleness", "0"], "none", None),  # the synchronous schedule
+        (["--num-steps-per-rollout", "2"], "tis", None),
+        (["--num-steps-per-rollout", "2", "--clip-ratio-high", "0.28"], "tis", None),  # the ratio moves: accepted
+        (["--async-rollout", "--off-policy-form", "bypass", "--clip-ratio-high", "0.28"], "none", None),
+        (["--async-rollout", "--rollout-is", "mis"], "mis", None),
+        (
+            ["--async-rollout", "--rollout-is", "none"],
+            "none",
+            "warning: --rollout-is none: stale rollouts are trained as on-policy, without off-policy correction",
+        ),
+        (
+            ["--async-rollout", "--rollout-top-p", "0.9"],
+            "none",
+            "warning: --rollout-top-p 0.9: stale rollouts are trained without off-policy correction (the engine's "
+            "log-probs are of the untruncated distribution)",
+        ),
+    ]
+    for flags, mode, warning in cases:
+        capsys.readouterr()
+        args = parse_args(base + flags)
+        assert args.rollout_is == mode, flags
+        from megatron_corew.policy.config import TrainerConfig
+
+        cfg = TrainerConfig.from_args(args, 2, need_anchor=False)
+        assert (cfg.rollout_is, cfg.off_policy_form) == (mode, args.off_policy_form), flags
+        err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+        assert err == ([warning] if warning else []), flags
 
 
 # ---------------------------------------------------------------- a 2-step run with everything on

@@ -56,6 +56,26 @@ def test_pack_layout_hand_checked():
     assert packing.pack_layout([])["total"] == 1  # an empty micro-batch runs as one pad token
 
 
+class _Seq:
+    def __init__(self, n_prompt, n_response):
+        self.prompt_ids, self.response_ids = [5] * n_prompt, [6] * n_response
+        self.advantage, self.view, self.rollout_logprobs = 1.0, 0, None
+
+    @property
+    def length(self):
+        return len(self.prompt_ids) + len(self.response_ids)
+
+
+def test_padded_rows_are_a_multiple_of_tp_under_sequence_parallelism():
+    # megatron's sequence-parallel scatter splits each row over the TP ranks: longest 7 tokens -> width 8 at TP 4
+    mb = packing.padded_microbatch([_Seq(3, 4), _Seq(2, 3)], [0, 1], [0.1, 0.1], multiple=4)
+    assert mb["tokens"].shape == (2, 8) and mb["positions"].shape == (2, 8)
+    assert mb["mask"].sum() == 7 and mb["mask"][:, 7].sum() == 0  # the added column is padding
+    assert packing.padded_microbatch([_Seq(3, 4)], [0], [0.1])["tokens"].shape == (1, 7)  # no SP: as long as needed
+    empty = packing.padded_microbatch([], [], [], multiple=2)  # a rank with no sequence: one row of pad tokens
+    assert empty["tokens"].shape == (1, 2) and empty["mask"].sum() == 0 and empty["indices"] == []
+
+
 # ---------------------------------------------------------------- chunked statistics
 def _float64_stats(hidden, weight, labels, vocab, temperature):
     logits = (hidden.double() @ weight.double().t())[:, :vocab] / temperature
@@ -208,3 +228,93 @@ def test_microbatch_token_mean_against_float64(archs, tmp_path):
         for v in (0,)
     )
     assert abs(global_ref - ref) > 1e-3  # the two modes differ on this batch, so the test can fail
+
+
+# ---------------------------------------------------------------- ranks left with nothing to train on
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    return make_tiny_hf_model(str(tmp_path_factory.mktemp("long") / "m"), "qwen3", max_position_embeddings=2048)
+
+
+def _rows(lengths, seed):
+    """Samples of the given total lengths with non-zero, unequal advantages and behaviour log-probs that differ
+    from the trainer's (so IS weights are not 1)."""
+    rng = random.Random(seed)
+    rows = []
+    for n in lengths:
+        p = 4
+        rows.append(
+            {
+                "prompt": [rng.randint(3, 99) for _ in range(p)],
+                "response": [rng.randint(3, 99) for _ in range(n - p)],
+                "adv": rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.5),
+                "rollout_logp": [-rng.uniform(3.0, 6.0) for _ in range(n - p)],
+            }
+        )
+    return rows
+
+
+def _same_on_one_and_two_ranks(tmp_path, model, rows, variant, extra):
+    spath = os.path.join(str(tmp_path), "samples.json")
+    with open(spath, "w") as f:
+        json.dump(rows, f)
+    results = []
+    for nproc in (1, 2):
+        out = os.path.join(str(tmp_path), f"out-{nproc}.json")
+        args = ["--model", model, "--samples", spath, "--out", out, "--variants", variant, *extra]
+        run_python_worker(os.path.join(WORKERS, "packing_worker.py"), args, nproc, timeout=600)
+        with open(out) as f:
+            results.append(json.load(f)[variant])
+    one, two = results
+    for i, s in one["stats"].items():
+        assert max(abs(a - b) for a, b in zip(s["logp"], two["stats"][i]["logp"])) <= 1e-6, i
+    for a, b in zip(one["steps"], two["steps"]):
+        assert a["grad_norm"] > 0 and a["update_ok"] and b["update_ok"]  # a real policy-gradient step
+        for key, value in a.items():
+            if isinstance(value, float) and key != "lr":
+                assert abs(value - b[key]) <= 1e-6 * max(1.0, abs(value)), (key, value, b[key])
+    return one, two
+
+
+@pytest.mark.dist
+def test_packed_rollout_is_with_an_empty_microbatch_on_one_rank(long_model, tmp_path):
+    """Lengths 1100, 600, 600 at DP 2 and a 1000-token budget: rank 0 holds [1100] and an empty micro-batch (rank
+    1 needs two), with --rollout-is tis. Every rank finishes, and the metrics equal the one-rank run's."""
+    from megatron_corew.policy import packing
+
+    split = packing.balanced_microbatches([1100, 600, 600], dp=2, budget=1000)
+    assert split == [[[0], []], [[1], [2]]]  # the case under test
+    one, _ = _same_on_one_and_two_ranks(
+        tmp_path,
+        long_model,
+        _rows([1100, 600, 600], seed=3),
+        "packed:0",
+        ["--rollout-is", "tis", "--max-tokens-per-gpu", "1000"],
+    )
+    assert one["steps"][0]["is_weight_mean"] != 1.0
+
+
+@pytest.mark.dist
+def test_padded_with_fewer_sequences_than_ranks(long_model, tmp_path):
+    """One sequence at DP 2 (left after dynamic sampling, or a small mini-batch): rank 1 runs an empty
+    micro-batch, and the step equals the one-rank step."""
+    _same_on_one_and_two_ranks(tmp_path, long_model, _rows([40], seed=4), "padded:0", [])
+
+
+def _te_gpus() -> int:
+    from megatron_corew.policy.model_builder import transformer_engine_available
+
+    return torch.cuda.device_count() if transformer_engine_available() else 0
+
+
+@pytest.mark.dist
+@pytest.mark.skipif(_te_gpus() < 2, reason="--sequence-parallel needs Transformer Engine and 2 CUDA GPUs")
+@pytest.mark.parametrize("layout", ["padded:0", "packed:0"])
+def test_sequence_parallel_equals_tp1(archs, tmp_path, layout):
+    """TP 2 with --sequence-parallel (rows rounded to a multiple of 2: LENGTHS has odd lengths) against TP 1:
+    per-sample log-probs, entropies, and two steps' loss and grad norm. Runs where TE and two GPUs exist; on CPU
+    the flag is refused at start-up (tests/test_offpolicy.py)."""
+    _, tp1 = _run(tmp_path, archs["qwen3"], variants=layout)
+    _, sp = _run(tmp_path, archs["qwen3"], nproc=2, extra=["--tp", "2", "--sp"], variants=layout)
+    _assert_same_as_padded({"padded:0": tp1[layout], "sp": sp[layout]})
+    assert tp1[layout]["steps"][0]["grad_norm"] > 0

@@ -92,3 +92,14 @@ def test_gt_with_an_outside_grader_sends_only_gradeable_pairs():
     assert sent == [("2", "2"), ("\\frac12", "2"), ("3", "2"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac{1}{2}")]
     with pytest.raises(RuntimeError, match="returned 0 scores for 5"):
         compute_rewards("gt", groups, grader=RecordingGrader(scores=[]))
+
+
+def test_match_label_rate_follows_label_matching_equiv():
+    # "0.5" and "\frac12" are one answer under equiv: the label ("0.5", 2 of 4 as written) is matched by 3 rollouts,
+    # exactly as the rewards match it; under exact only the 2 identical strings match
+    answers = ["0.5", "\\frac12", "0.5", "7"]
+    rewards, m = compute_rewards("majority_vote", [Group(answers=answers, ground_truth="1/2")], label_matching="equiv")
+    assert rewards == [[1.0, 1.0, 1.0, 0.0]]
+    assert m["pseudo/match_label_rate"] == pytest.approx(3 / 4)
+    _, m = compute_rewards("majority_vote", [Group(answers=answers, ground_truth="1/2")])
+    assert m["pseudo/match_label_rate"] == pytest.approx(2 / 4)

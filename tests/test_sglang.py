@@ -756,6 +756,49 @@ def test_killed_server_is_restarted_then_a_dead_one_fails_the_step(server, bundl
     assert [m["step"] for m in _metrics(out)][-1] == 3
 
 
+@pytest.mark.sglang
+@needs_sglang
+def test_killed_server_under_async_rollout_is_refilled_by_the_trainer(server, bundle, stubs, tmp_path):
+    """--async-rollout: the server dies while the background thread generates the next step's rollouts. The
+    fleet restarts it without weights (no host copy by default), the thread hands the refill to the main loop,
+    every rank re-pushes the trainer's weights and the request is made again: the run finishes."""
+    server.stop()  # this test launches its own engine: one server at a time on this machine
+    out = str(tmp_path / "run")
+    res = _rlrun(
+        {
+            "base_argv": _run_args(bundle, out, steps=3, lr="1e-3", extra=["--async-rollout", "--rollout-dump"]),
+            "rollout_argv": [
+                "--rollout-backend",
+                "sglang",
+                "--sglang-weight-sync",
+                "tensor",
+                "--sglang-extra-pythonpath",
+                stubs,
+                "--sglang-startup-timeout",
+                "300",
+                "--sglang-http-retries",
+                "1",
+            ],
+            "kill_before_step": 1,  # step 2's rollouts were made during step 1; step 3's meet the dead server
+            "skip_final_check": True,  # the run is the test; no rank-0 generation after it
+        },
+        tmp_path,
+        timeout=1200,
+    )
+    events = "\n".join(res["events"])
+    assert "error" not in res, res.get("error", "") + res["stderr"][-3000:]
+    assert "engine 0: back up as" in events, events
+    assert "policy weights 2 re-pushed by the trainer" in events, events
+    assert [m["step"] for m in _metrics(out)] == [1, 2, 3]
+    versions = [sorted({json.loads(x)["weight_version"] for x in open(_dump_path(out, s))}) for s in (1, 2, 3)]
+    assert versions == [[0], [0], [2]], versions  # step 3 made again after the re-push, from version 2
+    assert res["pids_alive_after"] == [], "server processes outlived the run"
+
+
+def _dump_path(out, step):
+    return os.path.join(out, "rollouts", f"step_{step:06d}.jsonl")
+
+
 # ============================================================================ worker
 def _rlrun_worker(cfg_path: str) -> None:
     import torch
@@ -802,7 +845,7 @@ def _rlrun_worker(cfg_path: str) -> None:
         result["error"] = f"{type(e).__name__}: {e}"
     result["events"] = list(eng.state.events)
     result["engine_stats"] = eng.engine_stats()
-    if "error" not in result:
+    if "error" not in result and not cfg.get("skip_final_check"):
         tmp = os.path.join(args.output_dir, "final_policy_hf")
         state = hf_state_dict(run.trainer.model, run.model_args)
         write_hf_checkpoint(tmp, state.items(), config_dir=args.hf_checkpoint)

@@ -43,6 +43,12 @@ def token_weights(
     return weights
 
 
+def view_loss_scale(paired_views: bool, view_loss_agg: str) -> float:
+    """The factor on every token weight: Co-rewarding-I's loss is the sum of its two views' token means
+    (``sum``) or their average (``mean``: 0.5); one-view methods have one token mean."""
+    return 0.5 if paired_views and view_loss_agg == "mean" else 1.0
+
+
 def group_advantages(rewards, group_ids, norm_by_std: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """A_i = (r_i - mean_g) / (std_g + eps) within each group g (std unbiased; a group of one has
     mean 0, std 1, as in the reference). ``norm_by_std=False`` gives the Dr.GRPO variant."""

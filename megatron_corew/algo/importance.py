@@ -1,4 +1,5 @@
-"""Correction of the train/rollout mismatch: importance weights pi_old / pi_rollout (docs/OFF_POLICY.md section 1).
+"""Correction of the train/rollout mismatch: importance weights pi_old / pi_rollout (docs/OFF_POLICY.md section 1),
+and the two forms of the off-policy policy-gradient loss (:func:`policy_gradient_loss`, section 6).
 
 The engine samples with its own kernels (and, under async or several optimizer steps, older weights), so the
 trainer's log-prob of a sampled token differs from the engine's. The policy-gradient loss of each token is
@@ -23,6 +24,7 @@ import torch.distributed as dist
 
 MODES = ("none", "tis", "mis")
 LEVELS = ("token", "sequence", "geometric")
+FORMS = ("decoupled", "bypass")
 
 
 def segment_ids(shape, first: list[int], lengths: list[int], device=None) -> torch.Tensor:
@@ -84,6 +86,7 @@ class ISCorrection:
         seg = segment_ids(mask.shape, mb["first"], mb["lengths"], mask.device)
         ratio = ratios(old_logp, mb["rollout_logp"], mask, seg, len(mb["lengths"]), self.level)
         w, kept = weights(ratio, self.mode, self.high, self.low)
+        mask = mb.get("live", mask)  # the statistics count only tokens the loss keeps
         with torch.no_grad():
             self.sums += torch.stack([(w * mask).sum(), ((~kept).float() * mask).sum(), mask.sum()]).double().cpu()
             if mask.any():
@@ -106,3 +109,29 @@ class ISCorrection:
             "is_weight_max": mx[0].item(),
             "is_masked_fraction": sums[1].item() / tokens,
         }
+
+
+def reference_logp(form: str, logp: torch.Tensor, mb: dict) -> torch.Tensor:
+    """pi_old of the PPO ratio pi / pi_old. ``decoupled``: the proximal policy, recorded before the first update of
+    several (policy/multistep.py) or else the current policy itself (ratio exactly 1); ``bypass``: the engine's
+    behaviour log-probs, so ratio and clip act on the policy that sampled the tokens."""
+    if form == "bypass":
+        if mb["rollout_logp"] is None:
+            raise ValueError(
+                "--off-policy-form bypass needs the engine's behaviour log-probs, and this engine returned none"
+            )
+        return mb["rollout_logp"]
+    if form != "decoupled":
+        raise ValueError(f"unknown off-policy form {form!r}; choose one of {FORMS}")
+    return logp.detach() if mb["old_logp"] is None else mb["old_logp"]
+
+
+def policy_gradient_loss(logp, mb: dict, form: str, correction: ISCorrection, clip_low, clip_high, dual_clip):
+    """(per-token policy-gradient loss, clipped mask): the PPO clip against :func:`reference_logp`, times the
+    detached IS weight pi_old / pi_rollout of ``correction`` (identically 1 under ``bypass``, where pi_old is the
+    behaviour policy)."""
+    from megatron_corew.algo import grpo
+
+    old = reference_logp(form, logp, mb)
+    pg, clipped = grpo.ppo_clip_losses(logp, old, mb["adv"], clip_low, clip_high, dual_clip)
+    return correction.correct(pg, old, mb), clipped

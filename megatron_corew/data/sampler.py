@@ -13,11 +13,22 @@ logger = logging.getLogger(__name__)
 __all__ = ["EpochSampler"]
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The permutation seed of ``epoch``: the seed itself for epoch 0, a hash of (seed, epoch) after it, so that
+    no two (seed, epoch) pairs share an order (``seed + epoch`` made seed s epoch 1 equal seed s+1 epoch 0)."""
+    if epoch == 0:
+        return seed
+    import hashlib
+
+    digest = hashlib.sha256(f"epoch-order:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
 class EpochSampler:
     """Deterministic batches of item indices, epoch after epoch.
 
-    Epoch e uses ``torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + e))`` (or 0..n-1 when
-    ``shuffle=False``). ``drop_last=True``: every batch is full and the tail of each epoch is left out;
+    Epoch e uses ``torch.randperm(num_items, generator=torch.Generator().manual_seed(epoch_seed(seed, e)))`` (or
+    0..n-1 when ``shuffle=False``). ``drop_last=True``: every batch is full and the tail of each epoch is left out;
     ``drop_last=False``: the last batch of an epoch may be short. ``epoch`` counts completed epochs (it advances as
     soon as an epoch's last batch has been handed out) and ``cursor`` is the position within the current epoch;
     ``state_dict()``/``load_state_dict()`` carry both, so a resumed sampler continues with the identical sequence.
@@ -50,7 +61,7 @@ class EpochSampler:
             if self.shuffle:
                 import torch
 
-                g = torch.Generator().manual_seed(self.seed + epoch)
+                g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
                 self._perm = torch.randperm(self.num_items, generator=g).tolist()
             else:
                 self._perm = list(range(self.num_items))

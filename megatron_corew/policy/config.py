@@ -48,6 +48,7 @@ class TrainerConfig:
     rollout_is_level: str = "token"  # token, sequence or geometric ratio
     rollout_is_high: float = 2.0  # TIS clip C / MIS upper bound
     rollout_is_low: float | None = None  # MIS lower bound (None: 1 / high)
+    off_policy_form: str = "decoupled"  # pi_old of the PPO ratio: proximal policy, or the engine's (bypass)
 
     @classmethod
     def from_args(cls, args, train_iters: int, need_anchor: bool) -> "TrainerConfig":
@@ -90,8 +91,9 @@ class TrainerConfig:
             need_anchor=need_anchor,
             anchor_cpu_offload=args.anchor_cpu_offload,
             weight_decay_all_params=args.weight_decay_all_params,
-            rollout_is=getattr(args, "rollout_is", "none"),
+            rollout_is=getattr(args, "rollout_is", None) or "none",  # None: resolved at start-up (validation)
             rollout_is_level=getattr(args, "rollout_is_level", "token"),
             rollout_is_high=getattr(args, "rollout_is_threshold", 2.0),
             rollout_is_low=getattr(args, "rollout_is_threshold_lower", None),
+            off_policy_form=getattr(args, "off_policy_form", "decoupled"),
         )

@@ -90,9 +90,10 @@ def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> 
     tokens = torch.zeros(n, dtype=torch.long)
     labels = torch.zeros(n, dtype=torch.long)
     mask, adv, weight, rollout_logp = (torch.zeros(n, dtype=torch.float32) for _ in range(4))
-    has_rollout_logp = bool(batch) and all(s.rollout_logprobs is not None for s in batch)
+    # an empty micro-batch (a rank with fewer sequences than micro-batches) has all of them: zeros, masked out
+    has_rollout_logp = all(s.rollout_logprobs is not None for s in batch)
     old_logp = torch.zeros(n, dtype=torch.float32)  # pi_old of several steps per rollout (policy/multistep.py)
-    has_old_logp = bool(batch) and all(getattr(s, "old_logprobs", None) is not None for s in batch)
+    has_old_logp = all(getattr(s, "old_logprobs", None) is not None for s in batch)
     first = []
     for k, (s, i) in enumerate(zip(batch, indices)):
         seq = torch.tensor(s.prompt_ids + s.response_ids)
@@ -123,13 +124,15 @@ def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> 
     }
 
 
-def padded_microbatch(batch, indices, weights) -> dict:
-    """Right-padded rows, one per sequence (megatron's plain causal attention)."""
+def padded_microbatch(batch, indices, weights, multiple: int = 1) -> dict:
+    """Right-padded rows, one per sequence (megatron's plain causal attention), ``multiple`` | width (sequence
+    parallelism scatters the sequence dimension over the TP ranks). An empty batch runs as one row of pad tokens."""
     import torch
 
-    width = max(s.length for s in batch)
-    mb = _fill(batch, indices, weights, len(batch), width, [r * width for r in range(len(batch))])
-    mb["positions"] = torch.arange(width, device=mb["tokens"].device).unsqueeze(0).expand(len(batch), -1)
+    width = math.ceil(max((s.length for s in batch), default=1) / multiple) * multiple
+    rows = max(len(batch), 1)
+    mb = _fill(batch, indices, weights, rows, width, [r * width for r in range(len(batch))])
+    mb["positions"] = torch.arange(width, device=mb["tokens"].device).unsqueeze(0).expand(rows, -1)
     mb["packed"] = None
     return mb
 

@@ -52,6 +52,7 @@ class _StepSums:
         "entropy",
         "clipped_tokens",
         "tokens",
+        "loss_tokens",
         "loss",
         "rollout_logp_abs_diff",
         "rollout_tokens",
@@ -206,11 +207,11 @@ class PolicyTrainer:
             loss_scale,
         )
         weights = [w * k for w, k in zip(weights, keep)]
+        multiple = cfg.tp if cfg.sequence_parallel else 1  # sequence parallelism splits every row over TP ranks
         if cfg.micro_batch_layout == "packed":
             lengths = [s.length for s in samples]
             budget = cfg.max_tokens_per_gpu or cfg.micro_batch_size * max(lengths, default=1)
             groups = packing.balanced_microbatches(lengths, dp, budget)[dp_rank]
-            multiple = cfg.tp if cfg.sequence_parallel else 1
             return [packing.packed_microbatch([samples[i] for i in g], g, weights, multiple) for g in groups]
         order = sorted(range(len(samples)), key=lambda i: (samples[i].length, i))
         mine = order[dp_rank::dp]
@@ -224,9 +225,9 @@ class PolicyTrainer:
                 groups.append(current)
                 candidate = [i]
             current = candidate
-        if current:
+        if current or not groups:  # a rank with no sequence (fewer than DP ranks) runs one empty micro-batch
             groups.append(current)
-        return [packing.padded_microbatch([samples[i] for i in g], g, weights) for g in groups]
+        return [packing.padded_microbatch([samples[i] for i in g], g, weights, multiple) for g in groups]
 
     def _run(self, model, microbatches, loss_fn, forward_only: bool):
         def forward_step(data_iterator, model_chunk):
@@ -348,11 +349,12 @@ class PolicyTrainer:
         def loss_fn(mb, logits):
             out = self._token_stats(mb, logits, ("entropy",), entropy_grad=cfg.entropy_coef != 0)
             logp = out["logp"]
-            # One update per rollout batch: the old policy IS the current one, so ratio == 1 and
-            # the clipped objective's gradient is the policy gradient (no extra forward pass).
-            old = logp.detach() if mb["old_logp"] is None else mb["old_logp"]
-            pg, clipped = grpo.ppo_clip_losses(logp, old, mb["adv"], cfg.clip_low, cfg.clip_high, cfg.dual_clip)
-            pg = is_corr.correct(pg, old, mb)  # x detached pi_old / pi_rollout weight (--rollout-is; none: as is)
+            mb["live"] = mb["mask"] * (mb["weight"] != 0)  # response tokens the loss keeps (not masked-out samples)
+            # decoupled with one update per rollout batch: pi_old is the current policy, ratio == 1 and the clipped
+            # objective's gradient is the policy gradient (no extra forward pass); x the detached IS weight
+            pg, clipped = importance.policy_gradient_loss(
+                logp, mb, cfg.off_policy_form, is_corr, cfg.clip_low, cfg.clip_high, cfg.dual_clip
+            )
             per_token = pg
             w = mb["weight"] * mb["mask"]
             kl = grpo.kl_penalty(logp, mb["anchor_logp"], cfg.kl_estimator) if use_kl else None
@@ -366,13 +368,14 @@ class PolicyTrainer:
             if faults.active("nan_loss", self.step_count + 1):
                 loss = loss * float("nan")
             with torch.no_grad():
-                m = mb["mask"]
+                m, live = mb["mask"], mb["live"]
                 sums.add("pg_loss", (pg * w).sum())
                 sums.add("adv_abs", (mb["adv"].abs() * (w != 0)).sum())  # 0: the step trains no policy gradient
                 sums.add("kl", (kl * w).sum() if kl is not None else 0.0)
-                sums.add("entropy", (ent * m).sum())
-                sums.add("clipped_tokens", (clipped.float() * m).sum())
+                sums.add("entropy", (ent * live).sum())
+                sums.add("clipped_tokens", (clipped.float() * live).sum())
                 sums.add("tokens", m.sum())
+                sums.add("loss_tokens", live.sum())
                 sums.add("loss", loss)
                 if mb["rollout_logp"] is not None:
                     sums.add("rollout_logp_abs_diff", ((logp - mb["rollout_logp"]).abs() * m).sum())
@@ -396,18 +399,19 @@ class PolicyTrainer:
         # the last pipeline stage's TP-rank-0 ranks saw the logits; sum their parts over data parallelism
         contributes = self.post and self.ps.get_tensor_model_parallel_rank() == 0
         sums.all_reduce(contributes=contributes)
-        tokens = max(sums["tokens"], 1.0)
+        tokens, live = max(sums["tokens"], 1.0), max(sums["loss_tokens"], 1.0)
         return {
             "loss": sums["loss"],
             "pg_loss": sums["pg_loss"],
             "kl": sums["kl"],
-            "entropy": sums["entropy"] / tokens,
-            "pg_clipfrac": sums["clipped_tokens"] / tokens,
-            "adv_abs_mean": sums["adv_abs"] / tokens,
+            "entropy": sums["entropy"] / live,  # means over the tokens the loss keeps
+            "pg_clipfrac": sums["clipped_tokens"] / live,
+            "adv_abs_mean": sums["adv_abs"] / live,
             "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
             "update_ok": bool(ok),
             "lr": lr,
             "response_tokens": tokens,
+            "loss_tokens": sums["loss_tokens"],
             "rollout_logprob_abs_diff": (
                 sums["rollout_logp_abs_diff"] / sums["rollout_tokens"] if sums["rollout_tokens"] > 0 else math.nan
             ),

@@ -126,25 +126,3 @@ def metrics(stats: dict) -> dict:
             out[f"perf/weight_sync_{role}_s"] = s["seconds"] if s else 0.0
             out[f"perf/weight_sync_{role}_bytes"] = s["bytes"] if s else 0
     return out
-
-
-def generate(trainer, engine, which: str, call):
-    """``call()`` on rank 0 (the engine's generate); collective. When an engine came back from a restart
-    without this role's weights and no host copy was kept (``RefillNeeded``), every rank re-pushes the trainer's
-    weights and rank 0 calls again. Returns rank 0's result (None elsewhere)."""
-    from megatron_corew.rollout.sglang.weight_sync import RefillNeeded
-
-    for _ in range(3):
-        result, refill = None, None
-        if engine is not None:
-            try:
-                result = call()
-            except RefillNeeded as e:
-                refill = (getattr(engine, "weight_version", 0), str(e))
-        refill = parallel.broadcast_object(refill)
-        if refill is None:
-            return result
-        trainer.push_weights(engine, refill[0], which=which)
-        if engine is not None and hasattr(engine, "state"):
-            engine.state.event(f"{ROLES.get(which, which)} weights {refill[0]} re-pushed by the trainer ({refill[1]})")
-    raise RuntimeError(f"{which} engine still lacks its weights after 3 re-pushes: {refill[1]}")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from megatron_corew.rewards.grading import extract_boxed_answer, grade_answer
+from megatron_corew.rewards.grading import answers_equivalent, extract_boxed_answer, grade_answer
 from megatron_corew.rewards.spec import Group, MethodSpec, ScoreOptions, get_method
-from megatron_corew.rewards.voting import majority_vote
+from megatron_corew.rewards.voting import majority_vote, match_rewards
 
 
 def compute_rewards(
@@ -14,6 +14,8 @@ def compute_rewards(
     label_matching: str = "exact",
     gt_grading: str = "reference",
     grader=None,
+    stream: tuple = (),
+    flags: tuple = (),
 ) -> tuple[list[list[float]], dict]:
     """Rewards per group and rollout, plus pseudo-label metrics.
 
@@ -21,22 +23,28 @@ def compute_rewards(
     before voting and when matching the label). gt_grading: "reference" (MATH normalisation) or "equiv".
     grader: grades extracted (answer, ground truth) pairs elsewhere for ground-truth rewards (a ``Grader``)."""
     spec = method if isinstance(method, MethodSpec) else get_method(method)
-    options = ScoreOptions(label_matching=label_matching, gt_grading=gt_grading, grader=grader)
+    options = ScoreOptions(label_matching, gt_grading, grader, stream, flags)
     rewards = spec.rewards(groups, options)
-    metrics = {} if spec.needs_ground_truth else label_metrics(groups, gt_grading, with_label=spec.pseudo_labels)
+    metrics = (
+        {}
+        if spec.needs_ground_truth
+        else label_metrics(groups, gt_grading, with_label=spec.pseudo_labels, label_matching=label_matching)
+    )
+    if spec.extra_metrics is not None:
+        metrics.update(spec.extra_metrics(groups, gt_grading))
     return rewards, metrics
 
 
-def label_metrics(groups: list[Group], gt_grading: str, with_label: bool) -> dict:
+def label_metrics(groups: list[Group], gt_grading: str, with_label: bool, label_matching: str = "exact") -> dict:
     """How good are the pseudo-labels? Accuracies only where ground truth exists (never trained on); the
-    label-free rates (non-empty labels, rollouts matching their label) always."""
+    label-free rates (non-empty labels, rollouts matching their label as the rewards match them) always."""
     out: dict = {}
     if with_label and groups:
         out["pseudo/label_nonempty"] = sum(1.0 for g in groups if g.label) / len(groups)
         total = sum(len(g.answers) for g in groups)
-        out["pseudo/match_label_rate"] = sum(a == g.label and bool(a) for g in groups for a in g.answers) / max(
-            total, 1
-        )
+        equiv = answers_equivalent if label_matching == "equiv" else None
+        hits = sum(sum(match_rewards(g.answers, g.label or "", equiv)) for g in groups)
+        out["pseudo/match_label_rate"] = hits / max(total, 1)
     graded = [g for g in groups if g.ground_truth is not None]
     if not graded:
         return out
@@ -82,7 +90,13 @@ def score_batch(batch, spec: MethodSpec, options: ScoreOptions) -> dict:
         for k, (prompt, rollouts) in enumerate(zip(batch.prompts, batch.groups()))
     ]
     rewards, metrics = compute_rewards(
-        spec, groups, label_matching=options.label_matching, gt_grading=options.gt_grading, grader=options.grader
+        spec,
+        groups,
+        label_matching=options.label_matching,
+        gt_grading=options.gt_grading,
+        grader=options.grader,
+        stream=(options.stream[0] if options.stream else 0, batch.step, batch.round),
+        flags=options.flags,
     )
     for k, (group, rollouts) in enumerate(zip(groups, batch.groups())):
         batch.labels.append(group.label)

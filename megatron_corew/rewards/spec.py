@@ -23,6 +23,7 @@ class Group:
     teacher_answers: list[str] | None = None  # answers of the teacher's rollouts (Co-rewarding-II)
     seq_stats: list[dict] = field(default_factory=list)  # per rollout: statistics named by the spec
     label: str = ""  # the pseudo-label the method chose (voting methods)
+    teacher_label: str = ""  # Co-rewarding-III: the teacher's vote on this view (it labels the OTHER view)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,11 @@ class ScoreOptions:
     label_matching: str = "exact"
     gt_grading: str = "reference"
     grader: object | None = None
+    stream: tuple = ()  # (seed, step, round) of the scored rollouts (the run gives (seed,), score_batch the rest)
+    flags: tuple = ()  # (dest, value) of the method-specific flags the spec reads (MethodSpec.reads_flags)
+
+    def flag(self, dest: str, default=None):
+        return dict(self.flags).get(dest, default)
 
 
 RewardFn = Callable[[list[Group], ScoreOptions], list[list[float]]]
@@ -49,10 +55,15 @@ class MethodSpec:
     anchor: str = "initial"  # KL anchor: the frozen initial policy, or "teacher" (EMA copy)
     needs_ground_truth: bool = False  # trains on labels: unlabelled rows are refused at start-up
     paired_views: bool = False  # trains on both views of each pair (--train-data-rephrased)
+    reframes: bool = False  # the policy writes the second view online (data/online_rephrase.py), no rephrased file
     teacher: bool = False  # an EMA teacher generates label rollouts every step
     sequence_stats: tuple[str, ...] = ()  # per-rollout policy statistics it reads (entropy, self_certainty)
     pseudo_labels: bool = False  # chooses a label per group: pseudo-label metrics are logged
     summary: str = ""  # one line for --help
+    extra_metrics: Callable[[list[Group], str], dict] | None = None  # (groups, gt_grading) -> method's own metrics
+    label_matching: str = "exact"  # --label-matching default: raw strings (the reference) or "equiv" clusters
+    fixed_label_matching: bool = False  # clusters answers by equivalence whatever --label-matching says
+    reads_flags: tuple[str, ...] = ()  # method-specific flags (dests) it reads; refused for every other method
 
     @property
     def needs_anchor_model(self) -> bool:

@@ -14,6 +14,7 @@ from typing import Iterable
 import torch
 
 from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
+from megatron_corew.utils import faults
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -36,11 +37,13 @@ class EmbeddedEngine(RolloutEngine):
         dtype: torch.dtype = torch.float32,
         device: str | None = None,
         drop_finished: bool = False,
+        role: str = "policy",
     ):
         from transformers import AutoModelForCausalLM
 
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(self.device).eval()
+        self.model_dir, self.role, self.calls = model_dir, role, 0
         self.eos = set(int(e) for e in eos_token_ids)
         if not self.eos:
             raise ValueError(f"{model_dir}: no eos_token_id in config; cannot stop generation")
@@ -66,6 +69,9 @@ class EmbeddedEngine(RolloutEngine):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        self.calls += 1
+        if faults.active(f"lose_weights_{self.role}", self.calls):
+            self._restart()
         gen = torch.Generator(device=self.device)
         # no seed: draw one from the global generator (never torch.seed(), which reseeds it from the OS
         # and would make a resumed run diverge)
@@ -78,6 +84,19 @@ class EmbeddedEngine(RolloutEngine):
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["tokens"] += sum(len(g.response_ids) for g in out)
         return out
+
+    @torch.no_grad()
+    def _restart(self):
+        """The ``lose_weights_<role>`` fault: come back like a restarted server, with the checkpoint's weights
+        from disk, and ask for this role's weights (``RefillNeeded``) as SGLang's fleet does."""
+        from transformers import AutoModelForCausalLM
+
+        from megatron_corew.rollout.sglang.weight_sync import RefillNeeded
+
+        fresh = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=self.model.dtype).state_dict()
+        self.model.load_state_dict(fresh)
+        self.weight_version = 0
+        raise RefillNeeded(f"embedded {self.role} engine restarted with the weights of {self.model_dir}")
 
     def _generate_batch(self, prompts, params: SamplingParams, gen: torch.Generator) -> list[Generation]:
         """Left-padded prompts decoded together. The sampled tokens and their log-probs are kept in [rows, steps]

@@ -2,6 +2,7 @@
 
 * agree: rollout log-probs = the trainer's own; train_step with each --rollout-is mode vs none (loss, weights).
 * mismatch: rollout log-probs = own + noise; each mode/level's loss (the test recomputes it in float64).
+* bypass: --off-policy-form bypass on the noisy log-probs (the test recomputes the loss in float64).
 * masked: samples with loss_mask 0 vs the same step without them.
 * multistep: N=1 vs N=3 optimizer steps per rollout with a large lr: per-step clip fractions.
 
@@ -65,6 +66,9 @@ def main():
         t = trainer(rollout_is=mode, rollout_is_level=level, rollout_is_high=1.5, rollout_is_low=0.7)
         out["mismatch"][f"{mode}:{level}"] = t.train_step(samples(noisy))
         del t
+    t = trainer(off_policy_form="bypass")
+    out["bypass"] = t.train_step(samples(noisy))
+    del t
     masked = samples()
     for i in (1, 4):
         masked[i].loss_mask = 0.0

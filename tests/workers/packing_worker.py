@@ -18,12 +18,14 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--tp", type=int, default=1)
     ap.add_argument("--pp", type=int, default=1)
+    ap.add_argument("--sp", action="store_true", help="--sequence-parallel (needs --tp > 1)")
     ap.add_argument("--mbs", type=int, default=4)
     ap.add_argument("--max-tokens-per-gpu", type=int, default=700)
     ap.add_argument("--variants", default="padded:0,packed:0")
     ap.add_argument("--loss-agg-mode", default="global-token-mean")
     ap.add_argument("--kl-coef", type=float, default=0.0)
     ap.add_argument("--entropy-coef", type=float, default=0.01)
+    ap.add_argument("--rollout-is", default="none", help="tis / mis: samples carry the rows' rollout_logp")
     a = ap.parse_args()
 
     import torch
@@ -36,7 +38,13 @@ def main():
     with open(a.samples) as f:
         rows = json.load(f)
     samples = [
-        TrainSample(prompt_ids=r["prompt"], response_ids=r["response"], advantage=r["adv"], view=r.get("view", 0))
+        TrainSample(
+            prompt_ids=r["prompt"],
+            response_ids=r["response"],
+            advantage=r["adv"],
+            view=r.get("view", 0),
+            rollout_logprobs=r.get("rollout_logp"),
+        )
         for r in rows
     ]
     results = {}
@@ -46,6 +54,7 @@ def main():
         cfg = TrainerConfig(
             tp=a.tp,
             pp=a.pp,
+            sequence_parallel=a.sp,
             micro_batch_size=a.mbs,
             micro_batch_layout=layout,
             max_tokens_per_gpu=a.max_tokens_per_gpu,
@@ -57,6 +66,7 @@ def main():
             kl_coef=a.kl_coef,
             entropy_coef=a.entropy_coef,
             need_anchor=a.kl_coef > 0,
+            rollout_is=a.rollout_is,
         )
         trainer = PolicyTrainer(args, cfg)
         stats = trainer.sequence_stats(samples, want=("logp", "entropy", "self_certainty"))

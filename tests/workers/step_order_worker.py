@@ -1,5 +1,5 @@
-"""Runs RLRun (Co-rewarding-II) in one process with recording wrappers around its engines and trainer, and writes
-what happened in each step for tests/test_fidelity.py to check against its own float64 reference.
+"""Runs RLRun (Co-rewarding-II or -III) in one process with recording wrappers around its engines and trainer, and writes
+what happened in each step for tests/test_fidelity.py and tests/test_corewarding_3.py to check against its own float64 reference.
 
 Usage: python tests/workers/step_order_worker.py OUT.json -- TRAIN_RL_FLAGS...
 """
@@ -41,7 +41,8 @@ def main():
         engine.generate, engine.update_weights = gen, upd
 
     wrap_engine(run.engine, "policy")
-    wrap_engine(run.teacher_engine, "teacher")
+    if run.teacher_engine is not None:  # a method without a teacher (self_harmony)
+        wrap_engine(run.teacher_engine, "teacher")
     ema, train_step, stats = trainer.ema_update_anchor, trainer.train_step, trainer.sequence_stats
 
     def ema_update(alpha):
@@ -58,6 +59,8 @@ def main():
         event["policy_before"] = keep(f"train_before{n}", policy_state())
         events.append(event)
         metrics = train_step(samples, **kw)
+        event["samples"] = [{"adv": x.advantage, "tokens": len(x.response_ids), "view": x.view} for x in samples]
+        event["loss"], event["loss_scale"] = metrics["loss"], kw.get("loss_scale", 1.0)
         event["policy_after"] = keep(f"train_after{n}", policy_state())
         event["kl_coef"] = trainer.cfg.kl_coef
         event["lr"] = metrics["lr"]

@@ -32,7 +32,7 @@ from megatron_corew.rollout.sglang.transport import dtype_name, init_custom_proc
 
 class RefillNeeded(SGLangError):
     """An engine came back (restart) without this role's weights and no copy was kept: the trainer must push
-    them again (``policy.weight_push.generate``: all ranks re-push, then rank 0 retries)."""
+    them again (``rollout/generation.py``: all ranks re-push, then rank 0 asks again)."""
 
 
 class DiskWeights:
