@@ -156,3 +156,15 @@ def test_compare_twins(tmp_path):
     assert cm.compare(bitwise, ra, rb) == (False, "step 2 loss: 0.25 vs 0.25000000000000006")
     assert cm.compare(tolerant, ra, rb)[0]
     assert cm.compare(bitwise, ra, ra) == (True, "steps 1,2 equal (bitwise)")
+
+
+def test_torchrun_refusal_is_a_refusal(tmp_path):
+    """torchrun exits 1 with its own traceback when a rank exits 2 (and stops the other one, -15): still the
+    refusal's one line; a rank that crashed (exit 1) stays a failure."""
+    cell = cm.extra_cells()[0]
+    ranks = "error: --sequence-parallel needs Transformer Engine\nerror: --sequence-parallel needs Transformer Engine\n"
+    launcher = "Traceback (most recent call last):\n  File x\nChildFailedError:\n  exitcode  : -15\n  exitcode  : 2\n"
+    outcome, _, line = cm.classify(cell, 1, ranks + launcher, str(tmp_path))
+    assert (outcome, line) == ("refused", "error: --sequence-parallel needs Transformer Engine")
+    crashed = launcher.replace(": 2", ": 1")
+    assert cm.classify(cell, 1, ranks + crashed, str(tmp_path))[0].startswith("FAIL")

@@ -297,7 +297,18 @@ def _responses(out_dir: str, name: str) -> list[str]:
         return [json.loads(line)["response"] for line in f]
 
 
+def torchrun_exit(rc: int | None, output: str) -> tuple[int | None, str]:
+    """torchrun exits 1 with its own traceback when a rank fails; when the ranks exited 2 (a start-up refusal; a
+    rank torchrun stopped first shows -15) that is the run's exit and output, the launcher's report cut off."""
+    codes = re.findall(r"exitcode\s*:\s*(-?\d+)", output)
+    cut = output.rfind("Traceback (most recent call last):")
+    if rc == 1 and "2" in codes and set(codes) <= {"2", "-15"} and "ChildFailedError" in output[cut:]:
+        return 2, output[:cut]
+    return rc, output
+
+
 def classify(cell: Cell, rc: int | None, output: str, out_dir: str, steps: int = STEPS) -> tuple[str, list, str]:
+    rc, output = torchrun_exit(rc, output)
     errors = _error_lines(output)
     last = errors[-1] if errors else ""
     if rc is None:
@@ -332,6 +343,7 @@ def classify(cell: Cell, rc: int | None, output: str, out_dir: str, steps: int =
 
 def run_cell(cell: Cell, bundle: dict, out_root: str, steps: int = STEPS, timeout: int = TIMEOUT_S) -> Result:
     out_dir = os.path.join(out_root, cell.id + (f"~{cell.tag.split()[0]}" if cell.tag else ""))
+    os.makedirs(out_root, exist_ok=True)
     for _ in range(3):  # torchrun's port can be taken between choosing and binding it: a launcher race, rerun
         shutil.rmtree(out_dir, ignore_errors=True)
         t0 = time.monotonic()
