@@ -1,5 +1,5 @@
-"""Flags of the off-policy and DAPO-era training options (docs/OFF_POLICY.md), their applicability checks, and the
-naming of several validation sets. All off by default: a run without them is bit for bit the run before them."""
+"""Flags of the off-policy and DAPO-era training options (docs/OFF_POLICY.md) and the naming of several validation
+sets; their ranges and rules are in megatron_corew/flags.py. All off by default: a run without them is bit for bit the run before them."""
 
 from __future__ import annotations
 
@@ -57,39 +57,6 @@ def add_args(p) -> None:
         action="store_true",
         help="responses cut at --max-response-length (finish_reason length) take no part in the loss",
     )
-
-
-def check(args, defaults: dict, flag_error) -> None:
-    """One line for an option that would be ignored or cannot work with the others."""
-
-    def given(dest):
-        return getattr(args, dest, defaults.get(dest)) != defaults.get(dest)
-
-    if getattr(args, "rollout_is", "none") == "none":
-        for dest in ("rollout_is_level", "rollout_is_threshold", "rollout_is_threshold_lower"):
-            if given(dest):
-                raise flag_error(f"--{dest.replace('_', '-')} does not apply without --rollout-is tis|mis")
-    elif args.rollout_is == "tis" and given("rollout_is_threshold_lower"):
-        raise flag_error("--rollout-is-threshold-lower does not apply to --rollout-is tis (it truncates above only)")
-    if given("dynamic_sampling_max_rounds") and not args.dynamic_sampling:
-        raise flag_error("--dynamic-sampling-max-rounds does not apply without --dynamic-sampling")
-    if given("overlong_penalty_factor") and not args.overlong_buffer_len:
-        raise flag_error("--overlong-penalty-factor does not apply without --overlong-buffer-len")
-    if args.overlong_buffer_len and args.overlong_buffer_len >= args.max_response_length:
-        raise flag_error(
-            f"--overlong-buffer-len {args.overlong_buffer_len} must be below --max-response-length "
-            f"{args.max_response_length}"
-        )
-    if args.num_steps_per_rollout > args.global_batch_size:
-        raise flag_error(
-            f"--num-steps-per-rollout {args.num_steps_per_rollout} exceeds --global-batch-size "
-            f"{args.global_batch_size} (each step needs at least one prompt)"
-        )
-    val = args.val_data if isinstance(args.val_data, list) else [args.val_data] if args.val_data else []
-    names = [n for n, _ in val_sets(val)]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise flag_error(f"--val-data names {', '.join(dup)} more than once; name them NAME=PATH")
 
 
 def val_sets(specs) -> list[tuple[str, str]]:
