@@ -427,11 +427,54 @@ def test_resume_refuses_a_changed_experiment():
             "another experiment (start a new run without --load)"
         )
     assert compare_settings(saved, {**saved, "global_batch_size": 8}, where) == [
-        f"resuming {where} with global_batch_size=8 (the checkpoint has 4)"
+        f"resuming {where} with global_batch_size=8 (the checkpoint has 4): fitting the run to other hardware; the "
+        "sampler keeps its place in the epoch"
     ]
     assert compare_settings(None, saved, where) == [
         f"{where} records no run settings (written by an older version); they are not checked"
     ]
+
+
+RESUME_REFUSED = [
+    ["--rollout-temperature", "0.7"],
+    ["--rollout-top-p", "0.9"],
+    ["--max-response-length", "64"],
+    ["--loss-agg-mode", "microbatch-token-mean"],
+    ["--clip-ratio-high", "0.28"],
+    ["--dual-clip-c", "5"],
+    ["--rollout-is", "tis"],
+    ["--async-rollout"],
+    ["--dynamic-sampling"],
+    ["--reward-method", "majority_vote", "--label-matching", "equiv"],
+    ["--entropy-coef", "0.01"],
+]
+
+
+@pytest.mark.parametrize("changed", RESUME_REFUSED, ids=[c[-2] if len(c) > 1 else c[0] for c in RESUME_REFUSED])
+def test_resume_refuses_every_experiment_defining_flag(setup, changed):
+    """The settings recorded in a checkpoint come from the flag table: a resume that changes one is refused."""
+    from checkpoints_conversion.hf_io import CheckpointError
+    from megatron_corew.arguments import build_parser
+    from megatron_corew.policy.checkpointing import compare_settings, run_settings
+    from megatron_corew.rewards import get_method
+
+    base = ["--hf-checkpoint", setup["model"], "--train-data", setup["good"], "--reward-method", "majority_vote"]
+    model = type("Shape", (), dict.fromkeys(("model_type", "vocab_size", "hidden_size", "num_layers",
+                                             "num_attention_heads", "num_query_groups"), 1))  # fmt: skip
+
+    def settings(argv):
+        a = build_parser().parse_args(argv)
+        a.kl_loss_coef = 0.0
+        return run_settings(a, get_method(a.reward_method), model, 6, 40)
+
+    saved, now = settings(base), settings(base + changed)
+    with pytest.raises(CheckpointError) as e:
+        compare_settings(saved, now, "checkpoint c (step 2)")
+    dest = next(k for k in now if now[k] != saved[k])
+    assert str(e.value) == (
+        f"checkpoint c (step 2) was written with {dest}={saved[dest]} but this run has {dest}={now[dest]}; "
+        "resuming would continue another experiment (start a new run without --load)"
+    )
 
 
 # ---------------------------------------------------------------------- signals

@@ -17,6 +17,7 @@ import torch
 
 from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
 from checkpoints_conversion.hf_io import CheckpointError
+from megatron_corew import flags
 from megatron_corew.policy import parallel
 from megatron_corew.policy.parallel import broadcast_object
 from megatron_corew.utils import faults
@@ -153,49 +154,40 @@ def load_checkpoint(load_dir: str, trainer, check=None) -> dict | None:
 
 # ---------------------------------------------------------------------- the run a checkpoint belongs to
 SHAPE = ("model_type", "vocab_size", "hidden_size", "num_layers", "num_attention_heads", "num_query_groups")
-REFUSE = ("reward_method", *SHAPE, "seed", "num_prompts")  # resuming with another value is another experiment
-WARN = (
-    "kl_loss_coef",
-    "kl_anchor",
-    "teacher_alpha_start",
-    "teacher_alpha_end",
-    "teacher_update_interval",
-    "no_ema",
-    "global_batch_size",
-    "n_samples_per_prompt",
-    "train_iters",
-    "lr",
-    "min_lr",
-    "lr_warmup_fraction",
-)
+DERIVED = {  # settings not given as one flag; resuming with another value is another experiment, or why not
+    **dict.fromkeys(SHAPE, flags.REFUSE),
+    "num_prompts": flags.REFUSE,
+    "kl_anchor": "follows the reward method, which is refused when it changes",
+}
+
+
+def experiment_table() -> dict[str, str]:
+    """Every recorded setting -> ``flags.REFUSE`` or the reason a changed value is only warned about: the
+    experiment-defining flags of megatron_corew/flags.py plus the model shape and the data size."""
+    return {**flags.EXPERIMENT, **DERIVED}
 
 
 def run_settings(args, method, model_args, train_iters: int, num_prompts: int) -> dict:
     """What defines the experiment, recorded in every checkpoint's state.pt and checked on resume."""
-    out = {k: getattr(args, k) for k in WARN if hasattr(args, k)}
+    out = {k: getattr(args, k) for k in flags.EXPERIMENT if hasattr(args, k)}
     out.update({k: getattr(model_args, k) for k in SHAPE})
-    out.update(
-        reward_method=args.reward_method,
-        kl_anchor=method.anchor,
-        seed=args.seed,
-        train_iters=train_iters,
-        num_prompts=num_prompts,
-    )
+    out.update(kl_anchor=method.anchor, train_iters=train_iters, num_prompts=num_prompts)
     return out
 
 
 def compare_settings(saved: dict | None, now: dict, where: str) -> list[str]:
-    """Raise CheckpointError (one line) on a changed method, model shape, seed or data size; warnings otherwise."""
+    """Raise CheckpointError (one line) on a changed experiment-defining setting; warnings (with the reason the
+    change is allowed) for the others. Settings the checkpoint does not record are not compared."""
     if not saved:
         return [f"{where} records no run settings (written by an older version); they are not checked"]
-    for key in REFUSE:
-        if key in saved and saved[key] != now.get(key):
+    table, warnings = experiment_table(), []
+    for key, rule in table.items():
+        if key not in saved or saved[key] == now.get(key):
+            continue
+        if rule == flags.REFUSE:
             raise CheckpointError(
                 f"{where} was written with {key}={saved[key]} but this run has {key}={now.get(key)}; "
                 "resuming would continue another experiment (start a new run without --load)"
             )
-    return [
-        f"resuming {where} with {key}={now.get(key)} (the checkpoint has {saved[key]})"
-        for key in WARN
-        if key in saved and saved[key] != now.get(key)
-    ]
+        warnings.append(f"resuming {where} with {key}={now.get(key)} (the checkpoint has {saved[key]}): {rule}")
+    return warnings
