@@ -14,8 +14,8 @@ def _rank() -> int:
 
 
 def _claim_dirs(args) -> list[str]:
-    """Rank 0 locks --output-dir and --save (and a separate --save-hf) and checks the output directory is this
-    run's; raises LockHeld / UsedDirectory."""
+    """Rank 0 locks --output-dir and --save (and a separate --save-hf) and checks the output and checkpoint
+    directories are this run's; raises LockHeld / UsedDirectory."""
     from megatron_corew.utils import run_dir, run_lock
     from megatron_corew.validation import hf_export_root
 
@@ -27,7 +27,8 @@ def _claim_dirs(args) -> list[str]:
         dirs.append(("--save-hf", hf))
     notes = run_lock.lock_dirs(dirs)
     note = run_dir.claim(args.output_dir, resuming=bool(args.load), overwrite=args.overwrite)
-    return notes + ([note] if note else [])
+    save_note = run_dir.claim_save(args.save, load=args.load, overwrite=args.overwrite) if args.save else None
+    return notes + [n for n in (note, save_note) if n]
 
 
 def main(argv=None) -> int:

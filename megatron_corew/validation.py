@@ -106,6 +106,13 @@ def check_load(path: str) -> None:
         raise FlagError(
             f"--load {path} holds no checkpoint (no 'latest' pointer); to start a new run, leave out --load"
         )
+    from checkpoints_conversion.hf_io import CheckpointError
+    from megatron_corew.policy.checkpointing import latest_checkpoint
+
+    try:  # what the loader will read, read now: a pointer it cannot follow would start the run at step 0
+        latest_checkpoint(path)
+    except CheckpointError as e:
+        raise FlagError(f"--load {path}: {e}") from None
 
 
 def hf_export_root(args) -> str | None:

@@ -301,6 +301,68 @@ def test_used_output_directory_refused_unless_resumed_or_overwritten(tmp_path):
     assert sorted(os.listdir(out)) == []
 
 
+def test_save_directory_of_another_run_refused_unless_resumed_or_overwritten(tmp_path):
+    """A new run (new --output-dir, no --load) with --save pointing at another run's checkpoints would overwrite
+    them step by step: refused in one line through train_rl.py's directory claim."""
+    import argparse
+
+    from megatron_corew.utils import run_lock
+    from megatron_corew.utils.run_dir import UsedDirectory
+    from train_rl import _claim_dirs
+
+    old = str(tmp_path / "old_ckpt")
+    os.makedirs(os.path.join(old, "iter_0000002"))
+    with open(os.path.join(old, "latest"), "w") as f:
+        f.write("iter_0000002\n")
+
+    def args(out, load=None, overwrite=False):
+        keys = dict(save_hf_interval=None, save_hf=None, tensorboard_dir=None)
+        return argparse.Namespace(output_dir=str(tmp_path / out), save=old, load=load, overwrite=overwrite, **keys)
+
+    try:
+        with pytest.raises(UsedDirectory) as e:
+            _claim_dirs(args("new_run"))
+        assert str(e.value) == (
+            f"--save {old} already holds checkpoints (iter_0000002); resume them with --load {old}, choose "
+            "another --save, or pass --overwrite to replace them"
+        )
+        run_lock.release_all()
+        assert _claim_dirs(args("resumed", load=old + "/")) == []  # resuming the same directory
+        run_lock.release_all()
+        assert os.path.isdir(os.path.join(old, "iter_0000002"))
+        notes = _claim_dirs(args("over", overwrite=True))
+        assert notes == [f"--overwrite: removed the previous run's checkpoints iter_0000002, latest from {old}"]
+        assert [n for n in os.listdir(old) if not n.startswith(".")] == []
+    finally:
+        run_lock.release_all()
+
+
+def test_load_whose_latest_is_a_link(setup, capsys, tmp_path):
+    """``latest`` as a link (as HF exports write it): to a checkpoint it is followed; to an HF export the start-up
+    refuses it (the loader would otherwise find no pointer file and train from step 0 over the checkpoints)."""
+    from megatron_corew.policy.checkpointing import latest_checkpoint
+
+    ckpt = str(tmp_path / "ckpt")
+    os.makedirs(os.path.join(ckpt, "iter_0000002"))
+    open(os.path.join(ckpt, "iter_0000002", "state.pt"), "w").close()
+    os.symlink("iter_0000002", os.path.join(ckpt, "latest"))
+    assert latest_checkpoint(ckpt) == os.path.join(ckpt, "iter_0000002")
+    hf = str(tmp_path / "hf")
+    os.makedirs(os.path.join(hf, "step_0000002"))
+    open(os.path.join(hf, "step_0000002", "config.json"), "w").close()
+    os.symlink("step_0000002", os.path.join(hf, "latest"))
+    assert _flags_error(setup, capsys, "--load", hf) == (
+        f"error: --load {hf}: {hf}/latest points to the HF export {hf}/step_0000002, not an RL checkpoint; start "
+        f"from it with --hf-checkpoint {hf}/step_0000002 (--load resumes a directory written by --save)"
+    )
+    os.remove(os.path.join(ckpt, "latest"))
+    os.symlink("iter_0000009", os.path.join(ckpt, "latest"))  # dangling link
+    assert _flags_error(setup, capsys, "--load", ckpt) == (
+        f"error: --load {ckpt}: {ckpt}/latest points to {ckpt}/iter_0000009, which is not a complete checkpoint; "
+        f"the newest complete one may be iter_0000002: write that name into {ckpt}/latest"
+    )
+
+
 def test_lock_refused_while_held_and_reclaimed_when_stale(tmp_path):
     import socket
 

@@ -88,13 +88,24 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
 
 
 def latest_checkpoint(load_dir: str) -> str | None:
-    """The checkpoint ``load_dir/latest`` names; None without a pointer; CheckpointError when it dangles."""
+    """The checkpoint ``load_dir/latest`` names (a pointer file, or a link as HF exports use); None without one;
+    CheckpointError when it dangles or names something that is not an RL checkpoint (an HF export)."""
     pointer = os.path.join(load_dir, "latest")
-    if not os.path.isfile(pointer):
+    if not os.path.lexists(pointer):
         return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    path = os.path.join(load_dir, name)
+    if os.path.islink(pointer) or os.path.isdir(pointer):
+        path = os.path.join(load_dir, os.readlink(pointer)) if os.path.islink(pointer) else pointer
+        path = os.path.normpath(path)
+        if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "state.pt")):
+            raise CheckpointError(
+                f"{pointer} points to the HF export {path}, not an RL checkpoint; start from it with "
+                f"--hf-checkpoint {path} (--load resumes a directory written by --save)"
+            )
+        name = os.path.relpath(path, load_dir)
+    else:
+        with open(pointer) as f:
+            name = f.read().strip()
+        path = os.path.join(load_dir, name)
     if not name or not os.path.isfile(os.path.join(path, "state.pt")):
         done = sorted(d for d in os.listdir(load_dir) if d.startswith("iter_"))
         hint = f"; the newest complete one may be {done[-1]}: write that name into {pointer}" if done else ""
