@@ -142,6 +142,10 @@ class RLRun:
             name: data.load_examples(path, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key)
             for name, path in offpolicy_options.val_sets(a.val_data)
         }
+        notes = [] if self.paired else [self.train_set.drop_note("--train-data")]  # pairs: in their summary
+        for note in notes + [v.drop_note("--val-data") for v in self.val_sets.values()]:
+            if note:
+                log0(note)
         train = self.train_set.original if self.paired else self.train_set
         checks = [(v, "validation (--val-data)") for v in self.val_sets.values()] + (
             [(train, f"--reward-method {a.reward_method}")] if self.method.needs_ground_truth else []

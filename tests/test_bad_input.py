@@ -556,3 +556,28 @@ def test_signal_finishes_the_step_then_stops_and_a_second_abandons():
         assert (e.value.abandoned, e.value.exit_code) == (True, 130)
     finally:
         stop.uninstall()
+
+
+# ---------------------------------------------------------------------- dropped rows
+@pytest.mark.e2e
+def test_dropped_validation_rows_are_said_at_start_up(tiny_bundle, tmp_path):
+    """--max-prompt-length drops over-long validation rows: the start-up says how many of which file, so the
+    held-out score is never read as one on the whole set."""
+    from helpers import run_train, tiny_run_args
+
+    from megatron_corew.demo.tiny_task import generate_problems, verl_rows, write_parquet
+
+    _, val = generate_problems(num_train=8, num_val=8, seed=3)
+    rows = verl_rows(val, "test", "original")
+    for k in (1, 4, 6):  # three rows far over the limit; the tiny task's prompts are a few dozen tokens
+        rows[k]["prompt"][-1]["content"] += " " + "one plus one " * 300
+    val_path = str(tmp_path / "val.parquet")
+    write_parquet(rows, val_path)
+    out = str(tmp_path / "run")
+    extra = ["--val-data", val_path, "--max-prompt-length", "256"]
+    proc = run_train(tiny_run_args(tiny_bundle, out, "gt", steps=0, extra=extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"--val-data {val_path}: 3 of 8 rows dropped (prompt longer than --max-prompt-length 256 tokens); "
+        "5 rows are used" in proc.stdout
+    ), proc.stdout[-3000:]
