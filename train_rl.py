@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     from checkpoints_conversion.hf_io import CheckpointError
     from megatron_corew.data import DataError
     from megatron_corew.policy import parallel
+    from megatron_corew.rewards.spec import RewardMethodError
     from megatron_corew.rollout.sglang.http import SGLangError
     from megatron_corew.train import RLRun
     from megatron_corew.utils import run_dir, run_lock
@@ -69,6 +70,8 @@ def main(argv=None) -> int:
         result = run.run()
     except FloatingPointError as e:
         return fail(e, 3)
+    except RewardMethodError as e:
+        return fail(e)
     except SGLangError as e:
         return fail(e, 1)
     except lifecycle.Interrupted as e:

@@ -60,3 +60,24 @@ def test_the_table_names_real_flags():
     assert set(RANGES) - dests == set()
     assert set(EXPERIMENT) - dests == set()
     assert all(v == REFUSE or len(v) > 20 for v in EXPERIMENT.values())  # a warned flag says why it may change
+
+
+def test_mis_bounds_that_keep_only_exact_agreement_are_refused(tiny_bundle, tmp_path, capsys):
+    """--rollout-is mis with upper bound 1 and lower bound 1 drops every token whose ratio is not exactly 1 (on
+    a real engine nearly all of them): refused in one line; the default bounds (2, 1/2) pass."""
+    from megatron_corew.arguments import parse_args
+
+    base = ["--hf-checkpoint", tiny_bundle["model"], "--train-data", tiny_bundle["train"]]
+    base += ["--output-dir", str(tmp_path / "out"), "--rollout-is", "mis"]
+    for extra in (
+        ["--rollout-is-threshold", "1"],
+        ["--rollout-is-threshold", "1", "--rollout-is-threshold-lower", "1"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            parse_args(base + extra)
+        assert e.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines() == [
+            "error: --rollout-is mis with --rollout-is-threshold 1 and lower bound 1 drops every token whose ratio "
+            "is not exactly 1; widen the bounds"
+        ]
+    assert parse_args(base).rollout_is_threshold == 2.0
