@@ -581,3 +581,63 @@ def test_dropped_validation_rows_are_said_at_start_up(tiny_bundle, tmp_path):
         f"--val-data {val_path}: 3 of 8 rows dropped (prompt longer than --max-prompt-length 256 tokens); "
         "5 rows are used" in proc.stdout
     ), proc.stdout[-3000:]
+
+
+# ---------------------------------------------------------------------- tools pointed at a file
+def _tool(script, *argv):
+    proc = subprocess.run(
+        [sys.executable, os.path.join("tools", script), *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO),
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.e2e
+def test_tool_outputs_that_are_existing_files(setup, tmp_path):
+    """--save / --output-dir / --output naming an existing file (or a path under one): one line, exit 2, before
+    any work (a NotADirectoryError / FileExistsError traceback before)."""
+    afile = str(tmp_path / "a_file")
+    open(afile, "w").close()
+    under = os.path.join(afile, "out")
+    for save in (afile, under):
+        line = _tool("convert_hf_to_megatron.py", "--hf-dir", setup["model"], "--save", save, "--overwrite")
+        assert line.startswith(f"error: --save {save} ") and "not a directory" in line, line
+    for out in (afile, under):
+        line = _tool("evaluate.py", "--model", setup["model"], "--data", setup["good"], "--output-dir", out)
+        assert line.startswith(f"error: --output-dir {out} ") and "not a directory" in line, line
+    src = str(tmp_path / "gsm8k.jsonl")
+    with open(src, "w") as f:
+        f.write(json.dumps({"question": "1+1?", "answer": "one and one #### 2"}) + "\n")
+    for out in (afile, os.path.join(afile, "test.parquet")):
+        line = _tool("preprocess_data.py", "--dataset", "gsm8k", "--input", src, "--output", out)
+        assert line.startswith(f"error: --output {afile} ") and "not a directory" in line, line
+
+
+@pytest.mark.e2e
+def test_convert_megatron_to_hf_on_a_truncated_checkpoint(setup, tmp_path):
+    """A torn .distcp (a copy cut short): one line naming the checkpoint, not a bare EOFError."""
+    ckpt = str(tmp_path / "ckpt")
+    proc = subprocess.run(
+        [sys.executable, "tools/convert_hf_to_megatron.py", "--hf-dir", setup["model"], "--save", ckpt],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in os.listdir(ckpt):
+        if name.endswith(".distcp"):
+            path = os.path.join(ckpt, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    out = str(tmp_path / "hf")
+    line = _tool("convert_megatron_to_hf.py", "--load", ckpt, "--save", out, "--no-progress-bar")
+    assert line.startswith(f"error: {ckpt}: ") and "is truncated or corrupt" in line, line
+    assert not os.path.exists(out)

@@ -14,6 +14,7 @@ import random
 import shutil
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
 from checkpoints_conversion.hf_io import CheckpointError
@@ -151,7 +152,7 @@ def load_checkpoint(load_dir: str, trainer, check=None) -> dict | None:
                 )
     except CheckpointError:
         raise
-    except Exception as e:  # megatron's CheckpointingException, torch's reader errors on torn shards
+    except (Exception, CheckpointException) as e:  # megatron's / torch's (a BaseException) errors on torn shards
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise CheckpointError(
             f"{path}/model cannot be loaded ({type(e).__name__}: {msg}); it is corrupt or truncated, or was "
