@@ -451,7 +451,7 @@ class RLRun:
         import torch
 
         a = self.args
-        with self.colocation.hold("train"):
+        with self.stop.critical(), self.colocation.hold("train"):
             path = hf_export.save_hf_checkpoint(
                 self.trainer.model,
                 self.model_args,
@@ -474,7 +474,7 @@ class RLRun:
             self.save_hf(step)
 
     def save(self, step: int) -> None:
-        with self.colocation.hold("train"):
+        with self.stop.critical(), self.colocation.hold("train"):  # completes even when SIGTERM hits the group
             self._save(step)
 
     def _save(self, step: int) -> None:

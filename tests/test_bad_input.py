@@ -558,6 +558,33 @@ def test_signal_finishes_the_step_then_stops_and_a_second_abandons():
         stop.uninstall()
 
 
+def test_signals_during_a_save_never_abandon_it():
+    """Inside ``critical()`` (a checkpoint write) even a second signal is only recorded: the save completes and the
+    loop stops after the step; outside the loop the save completes and then the stop is raised."""
+    from megatron_corew.utils.lifecycle import Interrupted, StopOnSignal
+
+    stop = StopOnSignal().install()
+    try:
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # would abandon the step outside a save
+            saved = True
+        assert saved and stop.signum == signal.SIGTERM
+        with pytest.raises(Interrupted) as e:
+            stop.check(5)
+        assert (e.value.step, e.value.abandoned) == (5, False)
+    finally:
+        stop.uninstall()
+    stop = StopOnSignal()  # the final save, after the loop: the handler is there only while it saves
+    stop.step = 7
+    with pytest.raises(Interrupted) as e:
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGINT)
+            saved = "final"
+    assert saved == "final" and (e.value.step, e.value.abandoned, e.value.exit_code) == (7, False, 130)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # ---------------------------------------------------------------------- dropped rows
 @pytest.mark.e2e
 def test_dropped_validation_rows_are_said_at_start_up(tiny_bundle, tmp_path):

@@ -21,7 +21,7 @@ from checkpoints_conversion.hf_io import CheckpointError
 from megatron_corew import flags
 from megatron_corew.policy import parallel
 from megatron_corew.policy.parallel import broadcast_object
-from megatron_corew.utils import faults
+from megatron_corew.utils import faults, lifecycle
 
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
@@ -63,8 +63,30 @@ def publish_latest(root: str, name: str, prefix: str, keep_last: int | None) -> 
             shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
+_MANAGERS: list = []
+
+
+def _signal_proof_writer_queue() -> None:
+    """megatron's torch_dist save collects its writer processes' results through a multiprocessing manager that it
+    spawns on first use; a SIGTERM to the whole process group (SLURM preemption) killed that manager mid-save and
+    the save died (EOFError / BrokenPipeError). Start the manager here instead, ignoring SIGINT/SIGTERM."""
+    import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if _MANAGERS or getattr(filesystem_async, "_results_queue", "absent") is not None:
+        return  # ours already, megatron's already, or a megatron without this queue
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=lifecycle.ignore_stop_signals)
+    _MANAGERS.append(manager)
+    filesystem_async._results_queue = manager.Queue()
+
+
 def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_last: int | None = None) -> str:
     from megatron.core import dist_checkpointing
+
+    _signal_proof_writer_queue()
 
     name = f"iter_{step:07d}"
     final = os.path.join(save_dir, name)
