@@ -14,8 +14,8 @@ def _rank() -> int:
 
 
 def _claim_dirs(args) -> list[str]:
-    """Rank 0 locks --output-dir and --save (and a separate --save-hf) and checks the output directory is this
-    run's; raises LockHeld / UsedDirectory."""
+    """Rank 0 locks --output-dir and --save (and a separate --save-hf) and checks the output and checkpoint
+    directories are this run's; raises LockHeld / UsedDirectory."""
     from megatron_corew.utils import run_dir, run_lock
     from megatron_corew.validation import hf_export_root
 
@@ -27,7 +27,8 @@ def _claim_dirs(args) -> list[str]:
         dirs.append(("--save-hf", hf))
     notes = run_lock.lock_dirs(dirs)
     note = run_dir.claim(args.output_dir, resuming=bool(args.load), overwrite=args.overwrite)
-    return notes + ([note] if note else [])
+    save_note = run_dir.claim_save(args.save, load=args.load, overwrite=args.overwrite) if args.save else None
+    return notes + [n for n in (note, save_note) if n]
 
 
 def main(argv=None) -> int:
@@ -41,6 +42,7 @@ def main(argv=None) -> int:
     from checkpoints_conversion.hf_io import CheckpointError
     from megatron_corew.data import DataError
     from megatron_corew.policy import parallel
+    from megatron_corew.rewards.spec import RewardMethodError
     from megatron_corew.rollout.sglang.http import SGLangError
     from megatron_corew.train import RLRun
     from megatron_corew.utils import run_dir, run_lock
@@ -68,6 +70,8 @@ def main(argv=None) -> int:
         result = run.run()
     except FloatingPointError as e:
         return fail(e, 3)
+    except RewardMethodError as e:
+        return fail(e)
     except SGLangError as e:
         return fail(e, 1)
     except lifecycle.Interrupted as e:

@@ -11,6 +11,7 @@ import json
 import os
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from checkpoints_conversion.families import EMBEDDING_KEY, FINAL_NORM_KEY, OUTPUT_KEY
 from checkpoints_conversion.hf_io import CheckpointError
@@ -48,7 +49,10 @@ def read_checkpoint_metadata(ckpt_dir: str) -> dict:
         raise CheckpointError(f"{ckpt_dir}: sharded backend {backend!r} is not supported (torch_dist only)")
     if not os.path.isfile(os.path.join(ckpt_dir, ".metadata")):
         raise CheckpointError(f"{ckpt_dir}: .metadata is missing (incomplete checkpoint)")
-    md = FileSystemReader(ckpt_dir).read_metadata()
+    try:
+        md = FileSystemReader(ckpt_dir).read_metadata()
+    except (Exception, CheckpointException) as e:  # EOFError / UnpicklingError of a torn .metadata
+        raise _torn(ckpt_dir, ".metadata", e) from None
     out, objects = {}, set()
     for key, m in md.state_dict_metadata.items():
         if isinstance(m, BytesStorageMetadata):
@@ -119,7 +123,17 @@ def _load_chunks(ckpt_dir: str, requests: dict) -> dict:
             global_offset=tuple(off),
             axis_fragmentations=None,
         )
-    return dist_checkpointing.load(sharded, ckpt_dir, validate_access_integrity=False)
+    try:
+        return dist_checkpointing.load(sharded, ckpt_dir, validate_access_integrity=False)
+    except (Exception, CheckpointException) as e:  # torch's CheckpointException (a BaseException) wraps the
+        raise _torn(ckpt_dir, "its tensors", e) from None  # EOFError / zip error of a torn shard
+
+
+def _torn(ckpt_dir: str, what: str, e: Exception) -> CheckpointError:
+    """One line for a checkpoint file that cannot be read (a copy cut short, a disk error)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    msg = (lines[-1] if lines else "")[:200]
+    return CheckpointError(f"{ckpt_dir}: cannot read {what} ({type(e).__name__}: {msg}); it is truncated or corrupt")
 
 
 def _compact(t: torch.Tensor, dtype) -> torch.Tensor:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from megatron_corew import rewards
+from megatron_corew import flags, rewards
 from megatron_corew.policy.config import TrainerConfig
 from megatron_corew.validation import FlagError, validate
 
@@ -24,19 +24,45 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("model and parallelism")
     g.add_argument("--hf-checkpoint", required=True, help="HF model directory the policy starts from")
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
-    g.add_argument("--use-distributed-optimizer", action="store_true")
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="tensor-parallel ranks (megatron-core TP)")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="pipeline stages (megatron-core PP)")
+    g.add_argument(
+        "--use-distributed-optimizer", action="store_true", help="shard the optimizer state over data-parallel ranks"
+    )
     g.add_argument("--bf16", action="store_true", help="bf16 params/compute (fp32 main weights)")
-    g.add_argument("--recompute-granularity", choices=["full", "selective"], default=None)
-    g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--overlap-grad-reduce", action="store_true")
+    g.add_argument(
+        "--recompute-granularity",
+        choices=["full", "selective"],
+        default=None,
+        help="activation recomputation: full layers or selective (attention only)",
+    )
+    g.add_argument(
+        "--sequence-parallel",
+        action="store_true",
+        help="shard layer norms and dropout along the sequence over the TP ranks",
+    )
+    g.add_argument(
+        "--overlap-grad-reduce", action="store_true", help="overlap the DP gradient all-reduce with the backward pass"
+    )
     g.add_argument("--overlap-param-gather", action="store_true", help="needs --use-distributed-optimizer")
     g.add_argument(
-        "--attention-backend", choices=["auto", "flash", "fused", "unfused", "local"], default=_T.attention_backend
+        "--attention-backend",
+        choices=["auto", "flash", "fused", "unfused", "local"],
+        default=_T.attention_backend,
+        help="megatron-core attention kernel (auto: the best available)",
     )
-    g.add_argument("--fp8-format", choices=["e4m3", "hybrid"], default=None)
-    g.add_argument("--fp8-recipe", choices=["delayed", "tensorwise", "blockwise"], default=None)
+    g.add_argument(
+        "--fp8-format",
+        choices=["e4m3", "hybrid"],
+        default=None,
+        help="FP8 training format (needs Transformer Engine and a CUDA GPU)",
+    )
+    g.add_argument(
+        "--fp8-recipe",
+        choices=["delayed", "tensorwise", "blockwise"],
+        default=None,
+        help="FP8 scaling recipe (with --fp8-format)",
+    )
 
     g = p.add_argument_group("data")
     g.add_argument("--train-data", required=True, help="verl-schema parquet of training prompts")
@@ -55,7 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="held-out parquet(s) with ground truth for validation; several are logged as val/NAME/... "
         "(NAME: the file stem unless given), one keeps val/accuracy",
     )
-    g.add_argument("--max-val-samples", type=int, default=None)
+    g.add_argument(
+        "--max-val-samples",
+        type=int,
+        default=None,
+        help="validate on the first N rows of each --val-data set (default: all)",
+    )
     g.add_argument(
         "--val-n-samples",
         type=int,
@@ -63,9 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also report sampled avg@k accuracy on the held-out set (k samples per question; 0: off)",
     )
     g.add_argument("--val-temperature", type=float, default=1.0, help="temperature of the avg@k validation samples")
-    g.add_argument("--prompt-key", default="prompt")
-    g.add_argument("--max-prompt-length", type=int, default=512)
-    g.add_argument("--max-response-length", type=int, default=3072)
+    g.add_argument("--prompt-key", default="prompt", help="parquet column holding the chat prompt")
+    g.add_argument(
+        "--max-prompt-length",
+        type=int,
+        default=512,
+        help="prompts longer than this many tokens are dropped (counted at start-up)",
+    )
+    g.add_argument("--max-response-length", type=int, default=3072, help="tokens generated per response at most")
 
     g = p.add_argument_group("optimisation (Megatron names)")
     g.add_argument("--global-batch-size", type=int, default=128, help="prompts (pairs for Co-rewarding-I) per step")
@@ -112,21 +148,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="RL steps (0: set up, validate and report the initial weights); default: --epochs over the data",
     )
-    g.add_argument("--epochs", type=int, default=3)
-    g.add_argument("--lr", type=float, default=_T.lr)
-    g.add_argument("--min-lr", type=float, default=_T.min_lr)
-    g.add_argument("--lr-warmup-fraction", type=float, default=_T.lr_warmup_fraction)
-    g.add_argument("--weight-decay", type=float, default=_T.weight_decay)
+    g.add_argument(
+        "--epochs", type=int, default=3, help="passes over the training prompts when --train-iters is not given"
+    )
+    g.add_argument("--lr", type=float, default=_T.lr, help="peak learning rate")
+    g.add_argument("--min-lr", type=float, default=_T.min_lr, help="learning rate at the end of the cosine decay")
+    g.add_argument(
+        "--lr-warmup-fraction",
+        type=float,
+        default=_T.lr_warmup_fraction,
+        help="fraction of the steps with linear warm-up",
+    )
+    g.add_argument("--weight-decay", type=float, default=_T.weight_decay, help="AdamW weight decay")
     g.add_argument(
         "--weight-decay-all-params",
         action="store_true",
         help="decay biases and norm weights too, as the reference does (megatron's default skips them)",
     )
-    g.add_argument("--adam-beta1", type=float, default=_T.adam_beta1)
-    g.add_argument("--adam-beta2", type=float, default=_T.adam_beta2)
-    g.add_argument("--adam-eps", type=float, default=_T.adam_eps)
-    g.add_argument("--clip-grad", type=float, default=_T.clip_grad)
-    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--adam-beta1", type=float, default=_T.adam_beta1, help="Adam beta1")
+    g.add_argument("--adam-beta2", type=float, default=_T.adam_beta2, help="Adam beta2")
+    g.add_argument("--adam-eps", type=float, default=_T.adam_eps, help="Adam epsilon")
+    g.add_argument("--clip-grad", type=float, default=_T.clip_grad, help="gradient-norm clip (0: none)")
+    g.add_argument("--seed", type=int, default=1234, help="seed of the data order, sampling and initialisation")
 
     g = p.add_argument_group("RL")
     g.add_argument(
@@ -142,18 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODULE",
         help="import this dotted module first (it registers more reward methods); repeatable",
     )
-    g.add_argument("--n-samples-per-prompt", type=int, default=8)
-    g.add_argument("--rollout-temperature", type=float, default=1.0)
-    g.add_argument("--rollout-top-p", type=float, default=1.0)
+    g.add_argument("--n-samples-per-prompt", type=int, default=8, help="responses sampled per prompt (the GRPO group)")
+    g.add_argument(
+        "--rollout-temperature", type=float, default=1.0, help="sampling temperature of the training rollouts"
+    )
+    g.add_argument("--rollout-top-p", type=float, default=1.0, help="nucleus sampling top-p of the training rollouts")
     g.add_argument("--kl-loss-coef", type=float, default=None, help="default: the method's reference value")
-    g.add_argument("--kl-loss-type", choices=["k1", "k2", "k3", "low_var_kl"], default=_T.kl_estimator)
-    g.add_argument("--entropy-coef", type=float, default=_T.entropy_coef)
+    g.add_argument(
+        "--kl-loss-type",
+        choices=["k1", "k2", "k3", "low_var_kl"],
+        default=_T.kl_estimator,
+        help="KL estimator of the KL loss",
+    )
+    g.add_argument("--entropy-coef", type=float, default=_T.entropy_coef, help="entropy bonus coefficient")
     inert = (
         " (acts only where the PPO ratio can differ from 1: --num-steps-per-rollout > 1 or --off-policy-form bypass)"
     )
-    g.add_argument("--clip-ratio-low", type=float, default=_T.clip_low, help="PPO clip below 1" + inert)
-    g.add_argument("--clip-ratio-high", type=float, default=_T.clip_high, help="PPO clip above 1" + inert)
-    g.add_argument("--dual-clip-c", type=float, default=_T.dual_clip, help="dual clip of negative advantages" + inert)
+    g.add_argument(
+        "--clip-ratio-low", type=float, default=_T.clip_low, help="PPO clip: lower ratio bound 1 - this" + inert
+    )
+    g.add_argument(
+        "--clip-ratio-high", type=float, default=_T.clip_high, help="PPO clip: upper ratio bound 1 + this" + inert
+    )
+    g.add_argument(
+        "--dual-clip-c", type=float, default=_T.dual_clip, help="dual-clip bound of negative-advantage losses" + inert
+    )
     g.add_argument("--no-std-normalization", action="store_true", help="Dr.GRPO advantages")
     g.add_argument(
         "--label-matching",
@@ -162,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="pseudo-label voting: raw string equality (the reference) or equivalence clusters; default: the "
         "method's (exact, equiv for corewarding_3)",
     )
-    g.add_argument("--gt-grading", choices=["reference", "equiv"], default="reference")
+    g.add_argument(
+        "--gt-grading",
+        choices=["reference", "equiv"],
+        default="reference",
+        help="ground-truth grading: the reference's string normalisation or equivalence",
+    )
     g.add_argument("--random-reward-p", type=float, default=0.5, help="random_reward: the probability of a reward of 1")
     g.add_argument(
         "--view-loss-agg",
@@ -170,9 +231,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="sum",
         help="Co-rewarding-I: sum (reference) or average the two views' losses",
     )
-    g.add_argument("--teacher-update-interval", type=int, default=1)
-    g.add_argument("--teacher-alpha-start", type=float, default=0.01)
-    g.add_argument("--teacher-alpha-end", type=float, default=1e-5)
+    g.add_argument("--teacher-update-interval", type=int, default=1, help="EMA teacher update every N steps")
+    g.add_argument(
+        "--teacher-alpha-start",
+        type=float,
+        default=0.01,
+        help="EMA weight of the policy at the first step (cosine schedule)",
+    )
+    g.add_argument("--teacher-alpha-end", type=float, default=1e-5, help="EMA weight of the policy at the last step")
     g.add_argument("--no-ema", action="store_true", help="Co-rewarding-II ablation: teacher stays the initial model")
     g.add_argument(
         "--anchor-cpu-offload",
@@ -189,14 +255,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     g = p.add_argument_group("logging, evaluation, checkpoints")
-    g.add_argument("--output-dir", default="runs/default")
-    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument(
+        "--output-dir",
+        default="runs/default",
+        help="run directory: metrics.jsonl, result.json, tensorboard, rollout dumps",
+    )
+    g.add_argument(
+        "--tensorboard-dir", default=None, help="tensorboard event directory (default: OUTPUT_DIR/tensorboard)"
+    )
     g.add_argument("--wandb-project", default=None, help="also log to Weights & Biases (when installed)")
-    g.add_argument("--eval-interval", type=int, default=10)
+    g.add_argument(
+        "--eval-interval", type=int, default=10, help="validate every N steps (0: only before and after training)"
+    )
     g.add_argument("--rollout-dump", action="store_true", help="write every step's rollouts as jsonl")
-    g.add_argument("--save", default=None)
-    g.add_argument("--save-interval", type=int, default=None)
-    g.add_argument("--load", default=None)
+    g.add_argument("--save", default=None, help="directory of RL checkpoints (iter_*/ and latest)")
+    g.add_argument("--save-interval", type=int, default=None, help="write a checkpoint every N steps and at the end")
+    g.add_argument("--load", default=None, help="resume the run from this --save directory")
     g.add_argument(
         "--save-hf-interval",
         type=int,
@@ -204,7 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="export an HF checkpoint (safetensors) every N steps and at the end",
     )
     g.add_argument("--save-hf", default=None, help="directory of HF exports (default: OUTPUT_DIR/hf)")
-    g.add_argument("--save-hf-dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    g.add_argument(
+        "--save-hf-dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default=None,
+        help="dtype of the HF exports (default: the training dtype)",
+    )
     g.add_argument("--keep-last-checkpoints", type=int, default=None, help="delete older iter_* directories")
     g.add_argument(
         "--on-nonfinite",
@@ -224,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="start a new run in an --output-dir that already holds one (its metrics, tensorboard and rollout dumps "
         "are removed); without it such a directory is refused unless the run resumes with --load",
     )
-    g.add_argument("--no-progress-bar", action="store_true")
+    g.add_argument("--no-progress-bar", action="store_true", help="no tqdm progress bar")
     from megatron_corew.rollout.config import add_rollout_args
 
     add_rollout_args(p)  # --rollout-backend {embedded,sglang}, --sglang-* flags
@@ -232,9 +311,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     offpolicy_options.add_args(p)  # --rollout-is*, --num-steps-per-rollout, --dynamic-sampling*, --overlong-*
     add_colocate_args(p)
-    from megatron_corew.rollout.generation import add_pipeline_args
-
     add_pipeline_args(p)  # --async-rollout, --max-staleness, --teacher-prefetch (docs/ASYNC.md)
+    for action in p._actions:  # each flag's range and resume rule from the one table (megatron_corew/flags.py)
+        if action.help is not None:
+            action.help += flags.help_suffix(action.dest)
     return p
 
 
@@ -259,6 +339,28 @@ def add_colocate_args(p) -> None:
         default=None,
         help="peak dense FLOP/s of one device for perf/train_mfu (default: utils/perf.py's table by GPU name; "
         "on CPU without it the MFU is not logged)",
+    )
+
+
+def add_pipeline_args(parser) -> None:
+    g = parser.add_argument_group("rollout pipelining (docs/ASYNC.md)")
+    g.add_argument(
+        "--async-rollout",
+        action="store_true",
+        help="one-step off-policy: generate step k+1's rollouts (rank 0, background thread) while step k trains",
+    )
+    g.add_argument(
+        "--max-staleness",
+        type=int,
+        default=1,
+        help="with --async-rollout: generate up to this many steps ahead; a trained sample may lag the trainer's "
+        "weights by at most this many versions (0: the synchronous schedule)",
+    )
+    g.add_argument(
+        "--teacher-prefetch",
+        action="store_true",
+        help="Co-rewarding-II: the teacher answers step k+1's questions while step k trains (its labels come "
+        "from the teacher one EMA step older)",
     )
 
 

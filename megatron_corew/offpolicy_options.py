@@ -1,6 +1,7 @@
-"""Flags of the off-policy and DAPO-era training options (docs/OFF_POLICY.md), their applicability checks, and the
-naming of several validation sets. Off by default, except the off-policy correction of rollouts that can be stale
-(--async-rollout with --max-staleness >= 1, --num-steps-per-rollout > 1): there --rollout-is defaults to tis."""
+"""Flags of the off-policy and DAPO-era training options (docs/OFF_POLICY.md), the resolution of the off-policy
+correction, and the naming of several validation sets; their ranges and rules are in megatron_corew/flags.py. Off by
+default, except the correction of rollouts that can be stale (--async-rollout with --max-staleness >= 1,
+--num-steps-per-rollout > 1): there --rollout-is defaults to tis."""
 
 from __future__ import annotations
 
@@ -110,41 +111,6 @@ def resolve_off_policy(args, given, flag_error) -> list[str]:
                     "--off-policy-form decoupled the PPO ratio is exactly 1 (use --num-steps-per-rollout > 1 or "
                     "--off-policy-form bypass)"
                 )
-    return warnings
-
-
-def check(args, defaults: dict, flag_error) -> list[str]:
-    """One line for an option that would be ignored or cannot work with the others; returns warnings."""
-
-    def given(dest):
-        return getattr(args, dest, defaults.get(dest)) != defaults.get(dest)
-
-    warnings = resolve_off_policy(args, given, flag_error)
-    if args.rollout_is == "none":
-        for dest in ("rollout_is_level", "rollout_is_threshold", "rollout_is_threshold_lower"):
-            if given(dest):
-                raise flag_error(f"--{dest.replace('_', '-')} does not apply without --rollout-is tis|mis")
-    elif args.rollout_is == "tis" and given("rollout_is_threshold_lower"):
-        raise flag_error("--rollout-is-threshold-lower does not apply to --rollout-is tis (it truncates above only)")
-    if given("dynamic_sampling_max_rounds") and not args.dynamic_sampling:
-        raise flag_error("--dynamic-sampling-max-rounds does not apply without --dynamic-sampling")
-    if given("overlong_penalty_factor") and not args.overlong_buffer_len:
-        raise flag_error("--overlong-penalty-factor does not apply without --overlong-buffer-len")
-    if args.overlong_buffer_len and args.overlong_buffer_len >= args.max_response_length:
-        raise flag_error(
-            f"--overlong-buffer-len {args.overlong_buffer_len} must be below --max-response-length "
-            f"{args.max_response_length}"
-        )
-    if args.num_steps_per_rollout > args.global_batch_size:
-        raise flag_error(
-            f"--num-steps-per-rollout {args.num_steps_per_rollout} exceeds --global-batch-size "
-            f"{args.global_batch_size} (each step needs at least one prompt)"
-        )
-    val = args.val_data if isinstance(args.val_data, list) else [args.val_data] if args.val_data else []
-    names = [n for n, _ in val_sets(val)]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise flag_error(f"--val-data names {', '.join(dup)} more than once; name them NAME=PATH")
     return warnings
 
 

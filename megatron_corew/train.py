@@ -157,6 +157,10 @@ class RLRun:
             name: data.load_examples(path, self.tokenizer, a.max_prompt_length, prompt_key=a.prompt_key)
             for name, path in offpolicy_options.val_sets(a.val_data)
         }
+        notes = [] if self.paired else [self.train_set.drop_note("--train-data")]  # pairs: in their summary
+        for note in notes + [v.drop_note("--val-data") for v in self.val_sets.values()]:
+            if note:
+                log0(note)
         train = self.train_set.original if self.paired else self.train_set
         checks = [(v, "validation (--val-data)") for v in self.val_sets.values()] + (
             [(train, f"--reward-method {a.reward_method}")] if self.method.needs_ground_truth else []
@@ -441,7 +445,7 @@ class RLRun:
         import torch
 
         a = self.args
-        with self.colocation.hold("train"):
+        with self.stop.critical(), self.colocation.hold("train"):
             path = hf_export.save_hf_checkpoint(
                 self.trainer.model,
                 self.model_args,
@@ -464,7 +468,7 @@ class RLRun:
             self.save_hf(step)
 
     def save(self, step: int) -> None:
-        with self.colocation.hold("train"):
+        with self.stop.critical(), self.colocation.hold("train"):  # completes even when SIGTERM hits the group
             self._save(step)
 
     def _save(self, step: int) -> None:

@@ -1,199 +1,51 @@
 """Start-up checks of the training flags: every mistake is one line naming the flag and what would be valid,
 raised before any process group, model or engine exists (``arguments.parse_args`` turns it into exit code 2).
 
-Three kinds: numeric ranges (:data:`RANGES`, one entry per numeric flag; ``tests/test_bad_input.py`` checks that
-none is missing), flags that do not apply to the chosen method or to the other flags, and paths (the output,
-checkpoint and export directories must be writable; ``--load`` must be an RL checkpoint directory).
+Flag values and how flags relate (ranges, what a flag needs or excludes) are one table, :mod:`megatron_corew.flags`;
+this module runs it and adds the checks that read the world: the model directory, the launched layout, paths (the
+output, checkpoint and export directories must be writable; ``--load`` must be an RL checkpoint directory) and
+attached servers.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 
-from megatron_corew import rewards
+from megatron_corew import flags, rewards
 
 
 class FlagError(ValueError):
     """A bad flag or path; its message is the whole one-line diagnosis."""
 
 
-INF = math.inf
-
-# dest -> (low, low inclusive, high, high inclusive); None values are "unset" and always pass
-RANGES: dict[str, tuple[float, bool, float, bool]] = {
-    "tensor_model_parallel_size": (1, True, INF, False),
-    "pipeline_model_parallel_size": (1, True, INF, False),
-    "max_val_samples": (1, True, INF, False),
-    "val_n_samples": (0, True, INF, False),
-    "val_temperature": (0, False, INF, False),
-    "max_prompt_length": (1, True, INF, False),
-    "max_response_length": (1, True, INF, False),
-    "global_batch_size": (1, True, INF, False),
-    "micro_batch_size": (1, True, INF, False),
-    "max_tokens_per_micro_batch": (1, True, INF, False),
-    "max_tokens_per_gpu": (1, True, INF, False),
-    "logits_chunk_tokens": (0, True, INF, False),
-    "loss_agg_micro_batch": (1, True, INF, False),
-    "train_iters": (0, True, INF, False),  # 0: set up, validate, report the initial weights (result.json), exit
-    "epochs": (1, True, INF, False),
-    "lr": (0, False, 1, True),  # above 1 no optimiser step is meaningful (1e6 silently destroys the model)
-    "min_lr": (0, True, 1, True),
-    "lr_warmup_fraction": (0, True, 1, True),
-    "weight_decay": (0, True, INF, False),
-    "adam_beta1": (0, True, 1, False),
-    "adam_beta2": (0, True, 1, False),
-    "adam_eps": (0, False, INF, False),
-    "clip_grad": (0, True, INF, False),  # 0: no clipping
-    "seed": (0, True, 2**32 - 1, True),
-    "n_samples_per_prompt": (2, True, INF, False),  # group advantages compare a prompt's samples
-    "rollout_temperature": (0, False, INF, False),
-    "rollout_top_p": (0, False, 1, True),
-    "kl_loss_coef": (0, True, INF, False),
-    "entropy_coef": (0, True, INF, False),
-    "clip_ratio_low": (0, True, 1, False),
-    "clip_ratio_high": (0, True, INF, False),
-    "dual_clip_c": (1, False, INF, False),
-    "random_reward_p": (0, True, 1, True),
-    "teacher_update_interval": (1, True, INF, False),
-    "teacher_alpha_start": (0, True, 1, True),
-    "teacher_alpha_end": (0, True, 1, True),
-    "eval_interval": (0, True, INF, False),  # 0: no validation during training
-    "save_interval": (1, True, INF, False),
-    "save_hf_interval": (1, True, INF, False),
-    "keep_last_checkpoints": (1, True, INF, False),
-    "max_consecutive_skips": (0, True, INF, False),  # 0: no limit
-    "rollout_batch_size": (1, True, INF, False),
-    "sglang_num_engines": (1, True, INF, False),
-    "sglang_bucket_mb": (0, False, INF, False),
-    "sglang_base_port": (1, True, 65535, True),
-    "sglang_startup_timeout": (0, False, INF, False),
-    "sglang_request_timeout": (0, False, INF, False),
-    "sglang_sync_timeout": (0, False, INF, False),
-    "sglang_control_timeout": (0, False, INF, False),
-    "sglang_http_retries": (0, True, INF, False),
-    "sglang_max_restarts": (0, True, INF, False),
-    "sglang_request_batch_size": (1, True, INF, False),
-    "sglang_reward_workers": (0, True, INF, False),
-    # off-policy / DAPO options (offpolicy_options.py)
-    "rollout_is_threshold": (1, True, INF, False),  # a ratio bound below 1 would truncate or drop on-policy tokens
-    "rollout_is_threshold_lower": (0, True, 1, True),
-    "num_steps_per_rollout": (1, True, INF, False),
-    "dynamic_sampling_max_rounds": (0, True, INF, False),
-    "overlong_buffer_len": (0, True, INF, False),  # 0: no soft overlong penalty
-    "overlong_penalty_factor": (0, True, INF, False),
-    "sglang_base_gpu_id": (0, True, INF, False),
-    "peak_flops": (0, False, INF, False),
-    "max_staleness": (0, True, INF, False),  # 0: --async-rollout runs the synchronous schedule
-}
+# the table of every flag's range and rules lives in flags.py; these names are kept for the tools that import them
+RANGES, flag, describe_range = flags.RANGES, flags.flag, flags.describe_range
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
 
-def flag(dest: str) -> str:
-    return "--" + dest.replace("_", "-")
-
-
-def _num(x: float) -> str:
-    return "inf" if x == INF else f"{x:g}"
-
-
-def describe_range(lo: float, lo_in: bool, hi: float, hi_in: bool) -> str:
-    return f"{'[' if lo_in else '('}{_num(lo)}, {_num(hi)}{']' if hi_in and hi != INF else ')'}"
-
-
 def check_ranges(args, ranges: dict | None = None) -> None:
-    """Each numeric flag in ``ranges`` (default :data:`RANGES`) within its range; None (unset) passes."""
-    for dest, (lo, lo_in, hi, hi_in) in (RANGES if ranges is None else ranges).items():
-        v = getattr(args, dest, None)
-        if v is None or isinstance(v, bool):
-            continue
-        ok = math.isfinite(v) and (v >= lo if lo_in else v > lo) and (v <= hi if hi_in else v < hi)
-        if not ok:
-            raise FlagError(f"{flag(dest)} {v:g} is out of range; valid: {describe_range(lo, lo_in, hi, hi_in)}")
-    if ranges is None and args.min_lr > args.lr:
-        raise FlagError(f"--min-lr {args.min_lr:g} is larger than --lr {args.lr:g}; valid: 0 <= --min-lr <= --lr")
-
-
-METHOD_FLAGS = ("random_reward_p",)  # flags only some methods read (MethodSpec.reads_flags)
-
-
-def _given(args, defaults: dict, dest: str) -> bool:
-    return getattr(args, dest) != defaults.get(dest)
+    """Each numeric flag in ``ranges`` (default :data:`flags.RANGES`) within its range; None (unset) passes."""
+    err = flags.range_error(args, ranges)
+    if err:
+        raise FlagError(err)
 
 
 def check_applicable(args, defaults: dict) -> list[str]:
-    """Refuse flags the chosen method (or the other flags) would silently ignore; return warnings."""
-    method = rewards.get_method(args.reward_method)
-    m = f"--reward-method {args.reward_method}"
-    if method.reframes and args.train_data_rephrased:
-        raise FlagError(f"--train-data-rephrased does not apply to {m} (the policy writes the second view itself)")
-    if method.reframes and args.async_rollout:
-        raise FlagError(f"--async-rollout does not apply to {m} (its second view is written at the step's start)")
-    if method.paired_views and not method.reframes and not args.train_data_rephrased:
-        raise FlagError(f"{m} needs --train-data-rephrased (it trains on both views of each question)")
-    if args.teacher_on_rephrased and not args.train_data_rephrased:
-        raise FlagError("--teacher-on-rephrased needs --train-data-rephrased")
-    if getattr(args, "train_data_rephrase_check", None) and not args.train_data_rephrased:
-        raise FlagError("--train-data-rephrase-check needs --train-data-rephrased (it filters that pair)")
-    if args.train_data_rephrased and not (method.paired_views or (method.teacher and args.teacher_on_rephrased)):
-        extra = "; with an EMA teacher add --teacher-on-rephrased" if method.teacher else ""
-        raise FlagError(f"--train-data-rephrased does not apply to {m} (it never reads the rephrased file){extra}")
-    if not method.teacher:
-        for dest in (
-            "teacher_update_interval",
-            "teacher_alpha_start",
-            "teacher_alpha_end",
-            "no_ema",
-            "teacher_on_rephrased",
-        ):
-            if _given(args, defaults, dest):
-                raise FlagError(f"{flag(dest)} does not apply to {m} (it has no EMA teacher)")
-    if not method.paired_views and _given(args, defaults, "view_loss_agg"):
-        raise FlagError(f"--view-loss-agg does not apply to {m} (it trains on one view)")
-    if (not method.pseudo_labels or method.fixed_label_matching) and _given(args, defaults, "label_matching"):
-        why = "it always clusters by equivalence" if method.pseudo_labels else "it votes no pseudo-labels"
-        raise FlagError(f"--label-matching does not apply to {m} ({why})")
-    for dest in METHOD_FLAGS:
-        if dest not in method.reads_flags and _given(args, defaults, dest):
-            raise FlagError(f"{flag(dest)} does not apply to {m} (it reads no such setting)")
-    if method.paired_views and method.teacher and args.teacher_on_rephrased:
-        raise FlagError(f"--teacher-on-rephrased does not apply to {m} (its teacher answers both views)")
-    if not method.needs_ground_truth and not args.val_data and _given(args, defaults, "gt_grading"):
-        raise FlagError(f"--gt-grading does not apply: {m} grades no ground truth and there is no --val-data")
-    if not args.val_data:
-        for dest in ("max_val_samples", "val_n_samples", "val_temperature"):
-            if _given(args, defaults, dest):
-                raise FlagError(f"{flag(dest)} does not apply without --val-data")
-    if args.save_interval is not None and not args.save:
-        raise FlagError("--save-interval does not apply without --save")
-    if args.save_hf and not args.save_hf_interval:
-        raise FlagError("--save-hf does not apply without --save-hf-interval")
-    if args.save_hf_dtype and not args.save_hf_interval:
-        raise FlagError("--save-hf-dtype does not apply without --save-hf-interval")
-    if args.keep_last_checkpoints is not None and not (args.save or args.save_hf_interval):
-        raise FlagError("--keep-last-checkpoints does not apply without --save or --save-hf-interval")
-    if args.max_tokens_per_gpu is not None and args.micro_batch_layout != "packed":
-        raise FlagError("--max-tokens-per-gpu does not apply without --micro-batch-layout packed")
-    if getattr(args, "rollout_drop_finished", False) and args.rollout_backend != "embedded":
-        raise FlagError("--rollout-drop-finished does not apply to --rollout-backend sglang (it batches continuously)")
-    if _given(args, defaults, "loss_agg_micro_batch") and args.loss_agg_mode != "microbatch-token-mean":
-        raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
-    if args.overlap_param_gather and not args.use_distributed_optimizer:
-        raise FlagError("--overlap-param-gather needs --use-distributed-optimizer")
+    """The ranges, the off-policy correction resolved (its default depends on the other flags), then the rules of
+    :mod:`megatron_corew.flags`: raise the first refusal, return the warnings."""
+    check_ranges(args)  # a value out of range is the first thing to say
     warnings = []
-    if hasattr(args, "rollout_is"):  # namespaces built without the off-policy flags skip their checks
+    if hasattr(args, "rollout_is"):  # namespaces built without the off-policy flags skip it
         from megatron_corew import offpolicy_options
 
-        warnings += offpolicy_options.check(args, defaults, FlagError)
-    from megatron_corew.rollout.generation import check_pipeline_args
-
-    check_pipeline_args(args, method, lambda dest: _given(args, defaults, dest))
-    if args.kl_loss_coef == 0 and _given(args, defaults, "kl_loss_type"):
-        warnings.append("--kl-loss-type has no effect with --kl-loss-coef 0")
-    if args.train_iters is not None and _given(args, defaults, "epochs"):
-        warnings.append("--epochs has no effect with --train-iters")
+        given = lambda dest: getattr(args, dest, defaults.get(dest)) != defaults.get(dest)  # noqa: E731
+        warnings += offpolicy_options.resolve_off_policy(args, given, FlagError)
+    err, more = flags.check(args, defaults, rewards.get_method(args.reward_method))
+    if err:
+        raise FlagError(err)
+    warnings += more
     return warnings
 
 
@@ -263,6 +115,13 @@ def check_load(path: str) -> None:
         raise FlagError(
             f"--load {path} holds no checkpoint (no 'latest' pointer); to start a new run, leave out --load"
         )
+    from checkpoints_conversion.hf_io import CheckpointError
+    from megatron_corew.policy.checkpointing import latest_checkpoint
+
+    try:  # what the loader will read, read now: a pointer it cannot follow would start the run at step 0
+        latest_checkpoint(path)
+    except CheckpointError as e:
+        raise FlagError(f"--load {path}: {e}") from None
 
 
 def hf_export_root(args) -> str | None:
@@ -333,8 +192,6 @@ def check_ray_resource(args) -> None:
     spec = getattr(args, "sglang_ray_resource", None)
     if spec is None:
         return
-    if getattr(args, "rollout_backend", None) != "sglang" or not args.sglang_use_ray or args.sglang_urls:
-        raise FlagError("--sglang-ray-resource does not apply without --rollout-backend sglang --sglang-use-ray")
     from megatron_corew.rollout.sglang.ray_fleet import parse_resource
 
     try:
@@ -345,13 +202,10 @@ def check_ray_resource(args) -> None:
 
 def validate(args, defaults: dict) -> list[str]:
     """All start-up checks; raises :class:`FlagError`, returns warnings to print once."""
-    check_ranges(args)
     warnings = check_applicable(args, defaults)
     check_model(args)
     check_layout(args)
     check_paths(args)
     check_servers(args)
-    if getattr(args, "colocate", False) and getattr(args, "sglang_urls", None):
-        warnings.append("--colocate with --sglang-urls: the attached servers must run with --enable-memory-saver")
     check_ray_resource(args)
     return warnings

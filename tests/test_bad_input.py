@@ -339,6 +339,68 @@ def test_used_output_directory_refused_unless_resumed_or_overwritten(tmp_path):
     assert sorted(os.listdir(out)) == []
 
 
+def test_save_directory_of_another_run_refused_unless_resumed_or_overwritten(tmp_path):
+    """A new run (new --output-dir, no --load) with --save pointing at another run's checkpoints would overwrite
+    them step by step: refused in one line through train_rl.py's directory claim."""
+    import argparse
+
+    from megatron_corew.utils import run_lock
+    from megatron_corew.utils.run_dir import UsedDirectory
+    from train_rl import _claim_dirs
+
+    old = str(tmp_path / "old_ckpt")
+    os.makedirs(os.path.join(old, "iter_0000002"))
+    with open(os.path.join(old, "latest"), "w") as f:
+        f.write("iter_0000002\n")
+
+    def args(out, load=None, overwrite=False):
+        keys = dict(save_hf_interval=None, save_hf=None, tensorboard_dir=None)
+        return argparse.Namespace(output_dir=str(tmp_path / out), save=old, load=load, overwrite=overwrite, **keys)
+
+    try:
+        with pytest.raises(UsedDirectory) as e:
+            _claim_dirs(args("new_run"))
+        assert str(e.value) == (
+            f"--save {old} already holds checkpoints (iter_0000002); resume them with --load {old}, choose "
+            "another --save, or pass --overwrite to replace them"
+        )
+        run_lock.release_all()
+        assert _claim_dirs(args("resumed", load=old + "/")) == []  # resuming the same directory
+        run_lock.release_all()
+        assert os.path.isdir(os.path.join(old, "iter_0000002"))
+        notes = _claim_dirs(args("over", overwrite=True))
+        assert notes == [f"--overwrite: removed the previous run's checkpoints iter_0000002, latest from {old}"]
+        assert [n for n in os.listdir(old) if not n.startswith(".")] == []
+    finally:
+        run_lock.release_all()
+
+
+def test_load_whose_latest_is_a_link(setup, capsys, tmp_path):
+    """``latest`` as a link (as HF exports write it): to a checkpoint it is followed; to an HF export the start-up
+    refuses it (the loader would otherwise find no pointer file and train from step 0 over the checkpoints)."""
+    from megatron_corew.policy.checkpointing import latest_checkpoint
+
+    ckpt = str(tmp_path / "ckpt")
+    os.makedirs(os.path.join(ckpt, "iter_0000002"))
+    open(os.path.join(ckpt, "iter_0000002", "state.pt"), "w").close()
+    os.symlink("iter_0000002", os.path.join(ckpt, "latest"))
+    assert latest_checkpoint(ckpt) == os.path.join(ckpt, "iter_0000002")
+    hf = str(tmp_path / "hf")
+    os.makedirs(os.path.join(hf, "step_0000002"))
+    open(os.path.join(hf, "step_0000002", "config.json"), "w").close()
+    os.symlink("step_0000002", os.path.join(hf, "latest"))
+    assert _flags_error(setup, capsys, "--load", hf) == (
+        f"error: --load {hf}: {hf}/latest points to the HF export {hf}/step_0000002, not an RL checkpoint; start "
+        f"from it with --hf-checkpoint {hf}/step_0000002 (--load resumes a directory written by --save)"
+    )
+    os.remove(os.path.join(ckpt, "latest"))
+    os.symlink("iter_0000009", os.path.join(ckpt, "latest"))  # dangling link
+    assert _flags_error(setup, capsys, "--load", ckpt) == (
+        f"error: --load {ckpt}: {ckpt}/latest points to {ckpt}/iter_0000009, which is not a complete checkpoint; "
+        f"the newest complete one may be iter_0000002: write that name into {ckpt}/latest"
+    )
+
+
 def test_lock_refused_while_held_and_reclaimed_when_stale(tmp_path):
     import socket
 
@@ -465,11 +527,54 @@ def test_resume_refuses_a_changed_experiment():
             "another experiment (start a new run without --load)"
         )
     assert compare_settings(saved, {**saved, "global_batch_size": 8}, where) == [
-        f"resuming {where} with global_batch_size=8 (the checkpoint has 4)"
+        f"resuming {where} with global_batch_size=8 (the checkpoint has 4): fitting the run to other hardware; the "
+        "sampler keeps its place in the epoch"
     ]
     assert compare_settings(None, saved, where) == [
         f"{where} records no run settings (written by an older version); they are not checked"
     ]
+
+
+RESUME_REFUSED = [
+    ["--rollout-temperature", "0.7"],
+    ["--rollout-top-p", "0.9"],
+    ["--max-response-length", "64"],
+    ["--loss-agg-mode", "microbatch-token-mean"],
+    ["--clip-ratio-high", "0.28"],
+    ["--dual-clip-c", "5"],
+    ["--rollout-is", "tis"],
+    ["--async-rollout"],
+    ["--dynamic-sampling"],
+    ["--reward-method", "majority_vote", "--label-matching", "equiv"],
+    ["--entropy-coef", "0.01"],
+]
+
+
+@pytest.mark.parametrize("changed", RESUME_REFUSED, ids=[c[-2] if len(c) > 1 else c[0] for c in RESUME_REFUSED])
+def test_resume_refuses_every_experiment_defining_flag(setup, changed):
+    """The settings recorded in a checkpoint come from the flag table: a resume that changes one is refused."""
+    from checkpoints_conversion.hf_io import CheckpointError
+    from megatron_corew.arguments import build_parser
+    from megatron_corew.policy.checkpointing import compare_settings, run_settings
+    from megatron_corew.rewards import get_method
+
+    base = ["--hf-checkpoint", setup["model"], "--train-data", setup["good"], "--reward-method", "majority_vote"]
+    model = type("Shape", (), dict.fromkeys(("model_type", "vocab_size", "hidden_size", "num_layers",
+                                             "num_attention_heads", "num_query_groups"), 1))  # fmt: skip
+
+    def settings(argv):
+        a = build_parser().parse_args(argv)
+        a.kl_loss_coef = 0.0
+        return run_settings(a, get_method(a.reward_method), model, 6, 40)
+
+    saved, now = settings(base), settings(base + changed)
+    with pytest.raises(CheckpointError) as e:
+        compare_settings(saved, now, "checkpoint c (step 2)")
+    dest = next(k for k in now if now[k] != saved[k])
+    assert str(e.value) == (
+        f"checkpoint c (step 2) was written with {dest}={saved[dest]} but this run has {dest}={now[dest]}; "
+        "resuming would continue another experiment (start a new run without --load)"
+    )
 
 
 # ---------------------------------------------------------------------- signals
@@ -489,3 +594,115 @@ def test_signal_finishes_the_step_then_stops_and_a_second_abandons():
         assert (e.value.abandoned, e.value.exit_code) == (True, 130)
     finally:
         stop.uninstall()
+
+
+def test_signals_during_a_save_never_abandon_it():
+    """Inside ``critical()`` (a checkpoint write) even a second signal is only recorded: the save completes and the
+    loop stops after the step; outside the loop the save completes and then the stop is raised."""
+    from megatron_corew.utils.lifecycle import Interrupted, StopOnSignal
+
+    stop = StopOnSignal().install()
+    try:
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)  # would abandon the step outside a save
+            saved = True
+        assert saved and stop.signum == signal.SIGTERM
+        with pytest.raises(Interrupted) as e:
+            stop.check(5)
+        assert (e.value.step, e.value.abandoned) == (5, False)
+    finally:
+        stop.uninstall()
+    stop = StopOnSignal()  # the final save, after the loop: the handler is there only while it saves
+    stop.step = 7
+    with pytest.raises(Interrupted) as e:
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGINT)
+            saved = "final"
+    assert saved == "final" and (e.value.step, e.value.abandoned, e.value.exit_code) == (7, False, 130)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---------------------------------------------------------------------- dropped rows
+@pytest.mark.e2e
+def test_dropped_validation_rows_are_said_at_start_up(tiny_bundle, tmp_path):
+    """--max-prompt-length drops over-long validation rows: the start-up says how many of which file, so the
+    held-out score is never read as one on the whole set."""
+    from helpers import run_train, tiny_run_args
+
+    from megatron_corew.demo.tiny_task import generate_problems, verl_rows, write_parquet
+
+    _, val = generate_problems(num_train=8, num_val=8, seed=3)
+    rows = verl_rows(val, "test", "original")
+    for k in (1, 4, 6):  # three rows far over the limit; the tiny task's prompts are a few dozen tokens
+        rows[k]["prompt"][-1]["content"] += " " + "one plus one " * 300
+    val_path = str(tmp_path / "val.parquet")
+    write_parquet(rows, val_path)
+    out = str(tmp_path / "run")
+    extra = ["--val-data", val_path, "--max-prompt-length", "256"]
+    proc = run_train(tiny_run_args(tiny_bundle, out, "gt", steps=0, extra=extra))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"--val-data {val_path}: 3 of 8 rows dropped (prompt longer than --max-prompt-length 256 tokens); "
+        "5 rows are used" in proc.stdout
+    ), proc.stdout[-3000:]
+
+
+# ---------------------------------------------------------------------- tools pointed at a file
+def _tool(script, *argv):
+    proc = subprocess.run(
+        [sys.executable, os.path.join("tools", script), *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO),
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    return proc.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.e2e
+def test_tool_outputs_that_are_existing_files(setup, tmp_path):
+    """--save / --output-dir / --output naming an existing file (or a path under one): one line, exit 2, before
+    any work (a NotADirectoryError / FileExistsError traceback before)."""
+    afile = str(tmp_path / "a_file")
+    open(afile, "w").close()
+    under = os.path.join(afile, "out")
+    for save in (afile, under):
+        line = _tool("convert_hf_to_megatron.py", "--hf-dir", setup["model"], "--save", save, "--overwrite")
+        assert line.startswith(f"error: --save {save} ") and "not a directory" in line, line
+    for out in (afile, under):
+        line = _tool("evaluate.py", "--model", setup["model"], "--data", setup["good"], "--output-dir", out)
+        assert line.startswith(f"error: --output-dir {out} ") and "not a directory" in line, line
+    src = str(tmp_path / "gsm8k.jsonl")
+    with open(src, "w") as f:
+        f.write(json.dumps({"question": "1+1?", "answer": "one and one #### 2"}) + "\n")
+    for out in (afile, os.path.join(afile, "test.parquet")):
+        line = _tool("preprocess_data.py", "--dataset", "gsm8k", "--input", src, "--output", out)
+        assert line.startswith(f"error: --output {afile} ") and "not a directory" in line, line
+
+
+@pytest.mark.e2e
+def test_convert_megatron_to_hf_on_a_truncated_checkpoint(setup, tmp_path):
+    """A torn .distcp (a copy cut short): one line naming the checkpoint, not a bare EOFError."""
+    ckpt = str(tmp_path / "ckpt")
+    proc = subprocess.run(
+        [sys.executable, "tools/convert_hf_to_megatron.py", "--hf-dir", setup["model"], "--save", ckpt],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in os.listdir(ckpt):
+        if name.endswith(".distcp"):
+            path = os.path.join(ckpt, name)
+            with open(path, "r+b") as f:
+                f.truncate(os.path.getsize(path) // 2)
+    out = str(tmp_path / "hf")
+    line = _tool("convert_megatron_to_hf.py", "--load", ckpt, "--save", out, "--no-progress-bar")
+    assert line.startswith(f"error: {ckpt}: ") and "is truncated or corrupt" in line, line
+    assert not os.path.exists(out)

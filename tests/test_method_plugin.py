@@ -97,3 +97,87 @@ def test_unknown_plugin_is_one_clear_error(make_bundle):
     )
     assert proc.returncode != 0
     assert "--reward-plugin no_such_module_here" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------------- plugins that break the contract
+CLASH = "from megatron_corew.rewards import MethodSpec, register\nregister(MethodSpec('gt', lambda g, o: []))\n"
+RAISES_ON_IMPORT = "raise KeyError('MODEL_PATH')\n"
+SHORT = (
+    "from megatron_corew.rewards import MethodSpec, register\n"
+    "def first_only(groups, options):\n"
+    "    return [[1.0] for g in groups]  # one reward per group, not per rollout\n"
+    "def broken(groups, options):\n"
+    "    return 1 / 0\n"
+    "register(MethodSpec('short_rewards', first_only, kl_coef=0.0))\n"
+    "register(MethodSpec('broken_rewards', broken, kl_coef=0.0))\n"
+)
+
+
+def _plugin(tmp_path, monkeypatch, name, code):
+    (tmp_path / f"{name}.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+@pytest.mark.parametrize(
+    "name,code,line",
+    [
+        (
+            "clash_plugin",
+            CLASH,
+            "error: --reward-plugin clash_plugin: reward method 'gt' already exists (built in); register the new one "
+            "under another name",
+        ),
+        (
+            "raising_plugin",
+            RAISES_ON_IMPORT,
+            "error: --reward-plugin raising_plugin: importing it raised KeyError: 'MODEL_PATH'",
+        ),
+    ],
+)
+def test_plugin_that_cannot_load_is_one_line(tmp_path, monkeypatch, capsys, name, code, line):
+    from megatron_corew.rewards import get_method, load_plugins
+
+    _plugin(tmp_path, monkeypatch, name, code)
+    with pytest.raises(SystemExit) as e:
+        load_plugins([name])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
+    assert get_method("gt").rewards.__module__ == "megatron_corew.rewards.methods"  # the built-in is kept
+
+
+def test_plugin_rewards_that_break_the_contract_name_the_plugin(tmp_path, monkeypatch):
+    from megatron_corew.rewards import compute_rewards, get_method
+    from megatron_corew.rewards.spec import Group, RewardMethodError
+
+    _plugin(tmp_path, monkeypatch, "short_plugin", SHORT)
+    import short_plugin  # noqa: F401  registers the two methods
+
+    groups = [Group(answers=["1", "2", "3"]), Group(answers=["4", "5", "6"])]
+    with pytest.raises(RewardMethodError) as e:
+        compute_rewards(get_method("short_rewards"), groups)
+    assert str(e.value) == (
+        "reward method short_rewards (--reward-plugin short_plugin) returned 1 rewards for group 0, which has 3 "
+        "rollouts; it must return one per rollout"
+    )
+    with pytest.raises(RewardMethodError) as e:
+        compute_rewards(get_method("broken_rewards"), groups)
+    assert str(e.value) == (
+        "reward method broken_rewards (--reward-plugin short_plugin) raised ZeroDivisionError: division by zero"
+    )
+
+
+@pytest.mark.e2e
+def test_plugin_returning_too_few_rewards_stops_at_the_first_step(tmp_path, tiny_bundle):
+    from helpers import REPO, launch_command, run_in_own_session, tiny_run_args
+
+    (tmp_path / "short_plugin.py").write_text(SHORT)
+    args = tiny_run_args(tiny_bundle, str(tmp_path / "run"), "short_rewards", steps=2)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=f"{REPO}:{tmp_path}")
+    proc = run_in_own_session(launch_command("train_rl.py", args + ["--reward-plugin", "short_plugin"], 1), env, 600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: reward method short_rewards (--reward-plugin short_plugin) returned 1 rewards for group 0, which has "
+        "4 rollouts; it must return one per rollout"
+    )
+    assert not os.path.exists(tmp_path / "run" / "metrics.jsonl") or not open(tmp_path / "run" / "metrics.jsonl").read()

@@ -371,7 +371,7 @@ def _rounds(rounds, max_rounds):
     from megatron_corew.rollout.generation import PromptSource, RolloutGenerator
 
     calls = iter(range(1, len(rounds)))
-    prompts = PromptSource(lambda step: _batch(rounds[next(calls)], step), None, None)
+    prompts = PromptSource(lambda step, round=0: _batch(rounds[next(calls)], step), None, None)
     args = SimpleNamespace(dynamic_sampling_max_rounds=max_rounds)
     gen = RolloutGenerator(args, None, prompts, 1, False)
     return lambda first, m: gen.dynamic_rounds(first, lambda batch: None, m)

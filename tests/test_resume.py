@@ -303,3 +303,42 @@ def test_consecutive_nonfinite_updates_stop_the_run(tiny_bundle, tmp_path):
         "error: 1 consecutive updates were non-finite and skipped (--max-consecutive-skips 1); stopping at step 3, "
         f"last good checkpoint: {os.path.join(out, 'ckpt', 'iter_0000002')}"
     )
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_sigterm_to_the_whole_process_group_while_saving(tiny_bundle, tmp_path, nproc):
+    """SLURM preemption signals every process of the job, megatron's dist-checkpoint helper processes included.
+    With a checkpoint every step, SIGTERM to the process group at several delays must still stop gracefully: the
+    one-line message, a complete ``latest`` that a resume loads, no temp directory left."""
+    from checkpoints_conversion.megatron_read import read_checkpoint_metadata
+    from megatron_corew.policy.checkpointing import latest_checkpoint, read_state
+
+    delays = (0.0, 0.5, 1.2) if nproc == 1 else (0.3, 1.0)
+    for k, delay in enumerate(delays):
+        out = str(tmp_path / f"run{k}")
+        ckpt = os.path.join(out, "ckpt")
+        proc = _start(_args(tiny_bundle, out, "gt", steps=400, extra=["--save-interval", "1"]), nproc)
+        try:
+            _wait_for(lambda c=ckpt: os.path.exists(os.path.join(c, "latest")), what="the first checkpoint")
+            time.sleep(delay)
+            os.killpg(proc.pid, signal.SIGTERM)  # every process of the run, as the scheduler does
+            _, err = proc.communicate(timeout=240)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # leftovers (a test failure) do not outlive the test
+            except ProcessLookupError:
+                pass
+        said = [line for line in err.splitlines() if "stopped by SIGTERM" in line]
+        assert said and "EOFError" not in err, (delay, err[-4000:])
+        assert said[-1].startswith("stopped by SIGTERM ") and f"resume with --load {ckpt}" in said[-1], said
+        if nproc == 1:
+            assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, (proc.returncode, err[-3000:])
+        path = latest_checkpoint(ckpt)  # complete: state.pt and every data file its .metadata lists
+        assert f"last good checkpoint: {path};" in said[-1]
+        step = read_state(path)["step"]
+        assert read_checkpoint_metadata(os.path.join(path, "model"))
+        assert [n for n in os.listdir(ckpt) if ".tmp-" in n] == [], os.listdir(ckpt)
+    resumed = run_train(_args(tiny_bundle, out, "gt", steps=step + 1, extra=["--load", ckpt]), nproc=nproc)
+    _ok(resumed)
+    assert f"resumed from {ckpt} at step {step}" in resumed.stdout

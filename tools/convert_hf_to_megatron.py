@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
+    from megatron_corew.validation import FlagError, check_writable
+
+    try:  # a file (or a path under one) is refused now, not after the conversion with a traceback
+        check_writable("--save", a.save)
+    except FlagError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     from megatron_corew.policy import cpu_compat
 
     cpu_compat.apply()  # before megatron's first import; a no-op where CUDA exists

@@ -131,10 +131,11 @@ def main(argv=None) -> int:
         print("error: --openai-url needs --tokenizer (prompts are rendered and tokenised here)", file=sys.stderr)
         return 2
     from megatron_corew.utils.lifecycle import set_cpu_threads
-    from megatron_corew.validation import FlagError, check_ranges
+    from megatron_corew.validation import FlagError, check_ranges, check_writable
 
     try:
         check_ranges(args, TOOL_RANGES)
+        check_writable("--output-dir", args.output_dir)  # before the evaluation, not after it
     except FlagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

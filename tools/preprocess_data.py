@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 
@@ -76,6 +77,18 @@ def main(argv=None) -> int:
 
     if not args.hub and not args.input:
         print("error: pass --input FILE... (or --hub)", file=sys.stderr)
+        return 2
+    from megatron_corew.validation import FlagError, check_writable
+
+    try:  # OUTPUT is a directory, or a .parquet file inside one: neither may sit under an existing file
+        if args.output.endswith(".parquet"):
+            check_writable("--output", os.path.dirname(os.path.abspath(args.output)))
+            if os.path.isdir(args.output):
+                raise FlagError(f"--output {args.output} is a directory; name a .parquet file or a directory")
+        else:
+            check_writable("--output", args.output)
+    except FlagError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 2
     try:
         summary = preprocess(

@@ -248,6 +248,16 @@ class PromptDataset(Sequence):
     def __iter__(self) -> Iterator[Example]:
         return iter(self.examples)
 
+    def drop_note(self, use: str) -> str | None:
+        """One line for the start-up log when ``--max-prompt-length`` dropped rows of this file (``use``: what the
+        file is for), so a score on fewer rows is never read as one on the whole set."""
+        if not self.num_dropped:
+            return None
+        return (
+            f"{use} {self.path}: {self.num_dropped} of {self.num_rows} rows dropped (prompt longer than "
+            f"--max-prompt-length {self.max_prompt_length} tokens); {len(self)} rows are used"
+        )
+
     def unlabelled_rows(self) -> list[int]:
         """File rows (0-based) of the kept examples that have no ground truth."""
         return [e.index for e in self.examples if e.ground_truth is None]

@@ -14,12 +14,14 @@ import random
 import shutil
 
 import torch
+from torch.distributed.checkpoint.api import CheckpointException
 
 from checkpoints_conversion.atomic import commit_dir, publish_pointer, temp_dir
 from checkpoints_conversion.hf_io import CheckpointError
+from megatron_corew import flags
 from megatron_corew.policy import parallel
 from megatron_corew.policy.parallel import broadcast_object
-from megatron_corew.utils import faults
+from megatron_corew.utils import faults, lifecycle
 
 _OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
@@ -61,8 +63,30 @@ def publish_latest(root: str, name: str, prefix: str, keep_last: int | None) -> 
             shutil.rmtree(os.path.join(root, old), ignore_errors=True)
 
 
+_MANAGERS: list = []
+
+
+def _signal_proof_writer_queue() -> None:
+    """megatron's torch_dist save collects its writer processes' results through a multiprocessing manager that it
+    spawns on first use; a SIGTERM to the whole process group (SLURM preemption) killed that manager mid-save and
+    the save died (EOFError / BrokenPipeError). Start the manager here instead, ignoring SIGINT/SIGTERM."""
+    import multiprocessing as mp
+    from multiprocessing.managers import SyncManager
+
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if _MANAGERS or getattr(filesystem_async, "_results_queue", "absent") is not None:
+        return  # ours already, megatron's already, or a megatron without this queue
+    manager = SyncManager(ctx=mp.get_context("spawn"))
+    manager.start(initializer=lifecycle.ignore_stop_signals)
+    _MANAGERS.append(manager)
+    filesystem_async._results_queue = manager.Queue()
+
+
 def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_last: int | None = None) -> str:
     from megatron.core import dist_checkpointing
+
+    _signal_proof_writer_queue()
 
     name = f"iter_{step:07d}"
     final = os.path.join(save_dir, name)
@@ -87,13 +111,24 @@ def save_checkpoint(save_dir: str, step: int, trainer, loop_state: dict, keep_la
 
 
 def latest_checkpoint(load_dir: str) -> str | None:
-    """The checkpoint ``load_dir/latest`` names; None without a pointer; CheckpointError when it dangles."""
+    """The checkpoint ``load_dir/latest`` names (a pointer file, or a link as HF exports use); None without one;
+    CheckpointError when it dangles or names something that is not an RL checkpoint (an HF export)."""
     pointer = os.path.join(load_dir, "latest")
-    if not os.path.isfile(pointer):
+    if not os.path.lexists(pointer):
         return None
-    with open(pointer) as f:
-        name = f.read().strip()
-    path = os.path.join(load_dir, name)
+    if os.path.islink(pointer) or os.path.isdir(pointer):
+        path = os.path.join(load_dir, os.readlink(pointer)) if os.path.islink(pointer) else pointer
+        path = os.path.normpath(path)
+        if os.path.isfile(os.path.join(path, "config.json")) and not os.path.isfile(os.path.join(path, "state.pt")):
+            raise CheckpointError(
+                f"{pointer} points to the HF export {path}, not an RL checkpoint; start from it with "
+                f"--hf-checkpoint {path} (--load resumes a directory written by --save)"
+            )
+        name = os.path.relpath(path, load_dir)
+    else:
+        with open(pointer) as f:
+            name = f.read().strip()
+        path = os.path.join(load_dir, name)
     if not name or not os.path.isfile(os.path.join(path, "state.pt")):
         done = sorted(d for d in os.listdir(load_dir) if d.startswith("iter_"))
         hint = f"; the newest complete one may be {done[-1]}: write that name into {pointer}" if done else ""
@@ -139,7 +174,7 @@ def load_checkpoint(load_dir: str, trainer, check=None) -> dict | None:
                 )
     except CheckpointError:
         raise
-    except Exception as e:  # megatron's CheckpointingException, torch's reader errors on torn shards
+    except (Exception, CheckpointException) as e:  # megatron's / torch's (a BaseException) errors on torn shards
         msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
         raise CheckpointError(
             f"{path}/model cannot be loaded ({type(e).__name__}: {msg}); it is corrupt or truncated, or was "
@@ -153,49 +188,40 @@ def load_checkpoint(load_dir: str, trainer, check=None) -> dict | None:
 
 # ---------------------------------------------------------------------- the run a checkpoint belongs to
 SHAPE = ("model_type", "vocab_size", "hidden_size", "num_layers", "num_attention_heads", "num_query_groups")
-REFUSE = ("reward_method", *SHAPE, "seed", "num_prompts")  # resuming with another value is another experiment
-WARN = (
-    "kl_loss_coef",
-    "kl_anchor",
-    "teacher_alpha_start",
-    "teacher_alpha_end",
-    "teacher_update_interval",
-    "no_ema",
-    "global_batch_size",
-    "n_samples_per_prompt",
-    "train_iters",
-    "lr",
-    "min_lr",
-    "lr_warmup_fraction",
-)
+DERIVED = {  # settings not given as one flag; resuming with another value is another experiment, or why not
+    **dict.fromkeys(SHAPE, flags.REFUSE),
+    "num_prompts": flags.REFUSE,
+    "kl_anchor": "follows the reward method, which is refused when it changes",
+}
+
+
+def experiment_table() -> dict[str, str]:
+    """Every recorded setting -> ``flags.REFUSE`` or the reason a changed value is only warned about: the
+    experiment-defining flags of megatron_corew/flags.py plus the model shape and the data size."""
+    return {**flags.EXPERIMENT, **DERIVED}
 
 
 def run_settings(args, method, model_args, train_iters: int, num_prompts: int) -> dict:
     """What defines the experiment, recorded in every checkpoint's state.pt and checked on resume."""
-    out = {k: getattr(args, k) for k in WARN if hasattr(args, k)}
+    out = {k: getattr(args, k) for k in flags.EXPERIMENT if hasattr(args, k)}
     out.update({k: getattr(model_args, k) for k in SHAPE})
-    out.update(
-        reward_method=args.reward_method,
-        kl_anchor=method.anchor,
-        seed=args.seed,
-        train_iters=train_iters,
-        num_prompts=num_prompts,
-    )
+    out.update(kl_anchor=method.anchor, train_iters=train_iters, num_prompts=num_prompts)
     return out
 
 
 def compare_settings(saved: dict | None, now: dict, where: str) -> list[str]:
-    """Raise CheckpointError (one line) on a changed method, model shape, seed or data size; warnings otherwise."""
+    """Raise CheckpointError (one line) on a changed experiment-defining setting; warnings (with the reason the
+    change is allowed) for the others. Settings the checkpoint does not record are not compared."""
     if not saved:
         return [f"{where} records no run settings (written by an older version); they are not checked"]
-    for key in REFUSE:
-        if key in saved and saved[key] != now.get(key):
+    table, warnings = experiment_table(), []
+    for key, rule in table.items():
+        if key not in saved or saved[key] == now.get(key):
+            continue
+        if rule == flags.REFUSE:
             raise CheckpointError(
                 f"{where} was written with {key}={saved[key]} but this run has {key}={now.get(key)}; "
                 "resuming would continue another experiment (start a new run without --load)"
             )
-    return [
-        f"resuming {where} with {key}={now.get(key)} (the checkpoint has {saved[key]})"
-        for key in WARN
-        if key in saved and saved[key] != now.get(key)
-    ]
+        warnings.append(f"resuming {where} with {key}={now.get(key)} (the checkpoint has {saved[key]}): {rule}")
+    return warnings

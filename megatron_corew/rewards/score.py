@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from megatron_corew.rewards.grading import answers_equivalent, extract_boxed_answer, grade_answer
-from megatron_corew.rewards.spec import Group, MethodSpec, ScoreOptions, get_method
+from megatron_corew.rewards.spec import Group, MethodSpec, ScoreOptions, checked_rewards, get_method
 from megatron_corew.rewards.voting import majority_vote, match_rewards
 
 
@@ -24,7 +24,7 @@ def compute_rewards(
     grader: grades extracted (answer, ground truth) pairs elsewhere for ground-truth rewards (a ``Grader``)."""
     spec = method if isinstance(method, MethodSpec) else get_method(method)
     options = ScoreOptions(label_matching, gt_grading, grader, stream, flags)
-    rewards = spec.rewards(groups, options)
+    rewards = checked_rewards(spec, groups, options)
     metrics = (
         {}
         if spec.needs_ground_truth

@@ -74,8 +74,30 @@ _REGISTRY: dict[str, MethodSpec] = {}
 _BUILTINS = "megatron_corew.rewards.methods"
 
 
+class RewardMethodError(ValueError):
+    """A reward method that cannot be used: a taken name, or rewards that do not fit the rollouts (one line)."""
+
+
+def origin(spec: MethodSpec) -> str:
+    """Where a method comes from, for messages: built in, or the plugin module that defines its reward function."""
+    module = getattr(spec.rewards, "__module__", None) or "?"
+    return "built in" if module.startswith("megatron_corew.") else f"--reward-plugin {module}"
+
+
+def _definition(spec: MethodSpec):
+    code = getattr(spec.rewards, "__code__", None)
+    return (code.co_filename, code.co_firstlineno) if code is not None else id(spec.rewards)
+
+
 def register(spec: MethodSpec) -> MethodSpec:
-    """Add ``spec`` to the registry (a second registration of the same name replaces the first)."""
+    """Add ``spec`` to the registry. A name another definition already holds is refused: a plugin would otherwise
+    silently replace a built-in method, or be replaced by it. (The same definition imported twice is fine.)"""
+    _load_builtins()
+    old = _REGISTRY.get(spec.name)
+    if old is not None and _definition(old) != _definition(spec):
+        raise RewardMethodError(
+            f"reward method {spec.name!r} already exists ({origin(old)}); register the new one under another name"
+        )
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -97,9 +119,45 @@ def get_method(name: str) -> MethodSpec:
 
 
 def load_plugins(modules) -> None:
-    """Import each dotted module path (each registers its methods); a bad path is one clear error."""
+    """Import each dotted module path (each registers its methods); any failure is one line and exit code 2."""
     for module in modules or ():
         try:
             importlib.import_module(module)
+        except RewardMethodError as e:
+            _refuse(f"--reward-plugin {module}: {e}")
         except ImportError as e:
-            raise SystemExit(f"error: --reward-plugin {module}: cannot import it ({e})") from None
+            _refuse(f"--reward-plugin {module}: cannot import it ({e})")
+        except Exception as e:  # the plugin's own code raised while it was imported
+            _refuse(f"--reward-plugin {module}: importing it raised {type(e).__name__}: {e}")
+
+
+def _refuse(line: str) -> None:
+    import sys
+
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def checked_rewards(spec: MethodSpec, groups: list[Group], options: ScoreOptions) -> list[list[float]]:
+    """``spec.rewards`` with its contract checked: one number per rollout of every group. A method that
+    raises or breaks it is one line naming the method and where it comes from (RewardMethodError)."""
+    who = f"reward method {spec.name} ({origin(spec)})"
+    try:
+        rewards = spec.rewards(groups, options)
+    except Exception as e:
+        if origin(spec) == "built in":  # the built-ins' own errors (graders) keep their types and handling
+            raise
+        raise RewardMethodError(f"{who} raised {type(e).__name__}: {e}") from None
+    try:
+        rewards = [[float(r) for r in group] for group in rewards]
+    except (TypeError, ValueError) as e:
+        raise RewardMethodError(f"{who} must return a list of reward lists of numbers ({e})") from None
+    if len(rewards) != len(groups):
+        raise RewardMethodError(f"{who} returned rewards for {len(rewards)} groups; the batch has {len(groups)}")
+    for k, (group, got) in enumerate(zip(groups, rewards)):
+        if len(got) != len(group.answers):
+            raise RewardMethodError(
+                f"{who} returned {len(got)} rewards for group {k}, which has {len(group.answers)} rollouts; "
+                "it must return one per rollout"
+            )
+    return rewards

@@ -27,55 +27,7 @@ from megatron_corew.policy import parallel
 from megatron_corew.records import StepBatch
 from megatron_corew.rollout.base import Generation, SamplingParams
 
-__all__ = ["PromptSource", "RolloutGenerator", "add_pipeline_args", "check_pipeline_args", "sampling_seed"]
-
-
-def add_pipeline_args(parser) -> None:
-    g = parser.add_argument_group("rollout pipelining (docs/ASYNC.md)")
-    g.add_argument(
-        "--async-rollout",
-        action="store_true",
-        help="one-step off-policy: generate step k+1's rollouts (rank 0, background thread) while step k trains",
-    )
-    g.add_argument(
-        "--max-staleness",
-        type=int,
-        default=1,
-        help="with --async-rollout: generate up to this many steps ahead; a trained sample may lag the trainer's "
-        "weights by at most this many versions (0: the synchronous schedule)",
-    )
-    g.add_argument(
-        "--teacher-prefetch",
-        action="store_true",
-        help="Co-rewarding-II: the teacher answers step k+1's questions while step k trains (its labels come "
-        "from the teacher one EMA step older)",
-    )
-
-
-def check_pipeline_args(args, method, given) -> None:
-    """Refuse pipelining flags that would be ignored or could not work; ``given(dest)``: set on the command line."""
-    from megatron_corew.validation import FlagError
-
-    if given("max_staleness") and not args.async_rollout:
-        raise FlagError("--max-staleness does not apply without --async-rollout")
-    if args.teacher_prefetch and not method.teacher:
-        raise FlagError(f"--teacher-prefetch does not apply to --reward-method {args.reward_method} (no teacher)")
-    for on, name in ((args.async_rollout, "--async-rollout"), (args.teacher_prefetch, "--teacher-prefetch")):
-        if on and getattr(args, "dynamic_sampling", False):
-            raise FlagError(f"{name} and --dynamic-sampling do not combine: refill rounds are generated on demand")
-        if on and getattr(args, "colocate", False):
-            raise FlagError(
-                f"{name} and --colocate do not combine: colocated engines give their GPU memory to the trainer "
-                "while it trains, so nothing can be generated alongside (use disaggregated engines)"
-            )
-    shared = getattr(args, "rollout_backend", "embedded") == "sglang" and method.teacher
-    if shared and str(getattr(args, "sglang_teacher_engines", "")) == "shared":
-        for on, name in ((args.async_rollout, "--async-rollout"), (args.teacher_prefetch, "--teacher-prefetch")):
-            if on:
-                raise FlagError(
-                    f"{name} needs a teacher engine group of its own (--sglang-teacher-engines N): on shared "
-                    "engines the teacher swaps its weights in and the two roles' generations only queue"
-                )
+__all__ = ["PromptSource", "RolloutGenerator", "sampling_seed"]
 
 
 @dataclasses.dataclass

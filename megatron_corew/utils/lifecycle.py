@@ -6,15 +6,22 @@
   a watcher thread ends the rank when its parent process changes.
 - Signals: the first SIGINT/SIGTERM lets the current step finish, the loop then stops (:class:`Interrupted`);
   a second one abandons the step at once. Checkpoints are atomic, so either way the last one is intact.
+- Saves: inside :meth:`StopOnSignal.critical` (checkpoint writes, HF exports) no signal abandons anything: the
+  save completes, then the run stops after the step. A SIGTERM sent to the whole process group, as SLURM sends on
+  preemption, also reaches the helper processes of the save: forked writers inherit this handler, and the
+  spawned results-queue manager runs :func:`ignore_stop_signals` (policy/checkpointing.py starts it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def set_cpu_threads(local_processes: int = 1, quiet: bool = False) -> int | None:
@@ -81,9 +88,10 @@ class StopOnSignal:
         self.signum: int | None = None
         self.step = 0  # the last finished step, kept by the loop
         self._old: dict = {}
+        self._critical = False
 
     def install(self) -> StopOnSignal:
-        for s in (signal.SIGINT, signal.SIGTERM):
+        for s in STOP_SIGNALS:
             self._old[s] = signal.signal(s, self._handle)
         return self
 
@@ -92,9 +100,27 @@ class StopOnSignal:
             signal.signal(s, h)
         self._old = {}
 
+    @contextlib.contextmanager
+    def critical(self):
+        """A save that must complete: signals are recorded, never acted on, until it is done."""
+        installed = bool(self._old)
+        if not installed:  # outside the loop: still finish the save, then stop
+            self.install()
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+            if not installed:
+                self.uninstall()
+                if self.signum is not None:  # the stop the save held back
+                    raise Interrupted(self.signum, self.step, abandoned=False)
+
     def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
+        if self.signum is not None and not self._critical:
             raise Interrupted(signum, self.step, abandoned=True)
+        if self.signum is not None:
+            return  # a second signal during a save: the save completes, then the loop stops
         self.signum = signum
         if int(os.environ.get("RANK", "0")) == 0:
             print(
@@ -110,3 +136,18 @@ class StopOnSignal:
         stop = self.signum is not None if agreed is None else agreed
         if stop:
             raise Interrupted(self.signum or signal.SIGTERM, step, abandoned=False)
+
+
+def ignore_stop_signals() -> None:
+    """Initializer of a helper process that must outlive a group-wide SIGINT/SIGTERM (the save it serves completes,
+    then its parent stops); it still exits when its parent is gone."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="corew-parent-watch", daemon=True).start()
