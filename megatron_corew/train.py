@@ -15,6 +15,7 @@ from megatron_corew.colocation import Colocation
 from megatron_corew.policy import checkpointing, hf_export, multistep, parallel, weight_push
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
+from megatron_corew.rewards.extract import get_extractor
 from megatron_corew.rollout import factory
 from megatron_corew.rollout.pipeline import RolloutPipeline
 from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf, rollout_dump
@@ -51,6 +52,7 @@ class RLRun:
         )  # fail fast, before any work
         parallel.init_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size, a.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(a.hf_checkpoint)
+        self.extract_answer = get_extractor(a.answer_format)  # rewards, votes and validation read answers alike
         self._load_data()
         self.sampler = data.EpochSampler(len(self.train_set), a.global_batch_size, seed=a.seed)
         steps_per_epoch = len(self.train_set) // a.global_batch_size
@@ -274,7 +276,7 @@ class RLRun:
             )
         if self.teacher_engine is not None:
             batch.add_teacher_rollouts(early)
-            rewards.decode(batch.teacher_rollouts, self.tokenizer)
+            rewards.decode(batch.teacher_rollouts, self.tokenizer, self.extract_answer)
         if self.pipeline is not None:
             out.update(self.pipeline.after_teacher(batch, "train/teacher_alpha" in out))
         return out
@@ -289,7 +291,7 @@ class RLRun:
         """Rewards (rank 0), then GRPO group advantages, shared with every rank."""
         metrics, advantages = {}, None
         if parallel.is_rank0():
-            rewards.decode(batch.rollouts, self.tokenizer)
+            rewards.decode(batch.rollouts, self.tokenizer, self.extract_answer)
             options = rewards.ScoreOptions(self.args.label_matching, self.args.gt_grading, self.grader)
             metrics = rewards.score_batch(batch, self.method, options)
             if self.args.overlong_buffer_len:  # DAPO soft overlong penalty, before the advantages
@@ -378,6 +380,7 @@ class RLRun:
                     n_samples=a.val_n_samples,
                     temperature=a.val_temperature,
                     prefix=prefix,
+                    answer_format=a.answer_format,
                 )
             )
         return {**out, **offpolicy_options.mean_over_sets(out, list(self.val_sets))}

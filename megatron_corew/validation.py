@@ -121,6 +121,12 @@ def _given(args, defaults: dict, dest: str) -> bool:
 
 def check_applicable(args, defaults: dict) -> list[str]:
     """Refuse flags the chosen method (or the other flags) would silently ignore; return warnings."""
+    from megatron_corew.rewards.extract import parse_format
+
+    try:
+        parse_format(args.answer_format)
+    except ValueError as e:
+        raise FlagError(f"--answer-format: {e}") from None
     method = rewards.get_method(args.reward_method)
     m = f"--reward-method {args.reward_method}"
     if method.paired_views and not args.train_data_rephrased:
@@ -164,6 +170,8 @@ def check_applicable(args, defaults: dict) -> list[str]:
         raise FlagError("--max-tokens-per-gpu does not apply without --micro-batch-layout packed")
     if getattr(args, "rollout_drop_finished", False) and args.rollout_backend != "embedded":
         raise FlagError("--rollout-drop-finished does not apply to --rollout-backend sglang (it batches continuously)")
+    if getattr(args, "rollout_no_shared_prefill", False) and args.rollout_backend != "embedded":
+        raise FlagError("--rollout-no-shared-prefill does not apply to --rollout-backend sglang (it caches prefixes)")
     if _given(args, defaults, "loss_agg_micro_batch") and args.loss_agg_mode != "microbatch-token-mean":
         raise FlagError("--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean")
     if args.overlap_param_gather and not args.use_distributed_optimizer:

@@ -94,6 +94,7 @@ def create_engine(
             pad_token_id=pad,
             max_batch_size=cfg.batch_size,
             drop_finished=cfg.drop_finished,
+            shared_prefill=not cfg.no_shared_prefill,
         )
     if cfg.backend != "sglang":
         raise ValueError(f"unknown rollout backend {cfg.backend!r}")
