@@ -44,7 +44,7 @@ TASKS = {
     "gsm_symbolic": ("gsm_symbolic", {}),
 }
 METHODS = ["gt", "majority_vote", "corewarding_2", "corewarding_3"]
-SEEDS = {"train": 11, "test": 22, "shots": 33}
+SEEDS = {"train": 1, "test": 10**6, "shots": 2 * 10**6}  # reasoning-gym item i uses seed + i: far apart
 
 
 def log(msg: str) -> None:
@@ -91,10 +91,11 @@ def evaluate_model(model_dir: str, test: str, n: int, k: int, args) -> dict:
     from megatron_corew.data import load_examples
     from megatron_corew.evaluation import evaluate_examples
     from megatron_corew.rollout.embedded import EmbeddedEngine
+    from megatron_corew.rollout.factory import eos_ids
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     exs = list(load_examples(test, tok))[:n]
-    engine = EmbeddedEngine(model_dir, [tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    engine = EmbeddedEngine(model_dir, eos_ids(model_dir, tok), pad_token_id=tok.pad_token_id)
     common = dict(max_new_tokens=args.max_response_length, answer_format=args.answer_format)
     g = evaluate_examples(engine, tok, exs, mode="greedy", **common)
     s = evaluate_examples(engine, tok, exs, mode="sampled", k=k, seed=1, **common)
@@ -187,7 +188,12 @@ def main(argv=None) -> int:
     ap.add_argument("--max-response-length", type=int, default=64)
     ap.add_argument("--answer-format", default="boxed,answer-is")
     ap.add_argument("--speed-steps", type=int, default=3, help="steps of each variant in the speed comparison")
+    ap.add_argument("--stages", default="tasks,methods,speed", help="which stages run (without tasks: --task)")
     args = ap.parse_args(argv)
+    stages = set(args.stages.split(","))
+    if stages - {"tasks", "methods", "speed"} or ("tasks" not in stages and not args.task):
+        print("error: --stages takes tasks,methods,speed (without tasks, name the --task)", file=sys.stderr)
+        return 2
     if args.smoke:
         args.select_problems, args.eval_problems, args.k, args.train_problems = 6, 8, 2, 16
         args.steps, args.prompts, args.samples, args.speed_steps = 1, 2, 4, 1
@@ -220,123 +226,143 @@ def main(argv=None) -> int:
     ]
 
     # task table
-    log("task table")
-    data = {t: write_task(t, args.out, args.train_problems, n_test, args.shots) for t in tasks}
-    picks = {t: evaluate_model(model, data[t]["test"], args.select_problems, k, args) for t in tasks}
-    md += [f"## Base model per task ({args.select_problems} held-out problems each)", ""]
-    md.append(
-        table(
-            ["task", "greedy pass@1", f"maj@{k}", f"maj@{k} - pass@1", f"avg@{k}", "answer rate"],
-            [
-                [t, pct(r["greedy"]), pct(r["maj"]), pct(r["maj"] - r["greedy"]), pct(r["avg"]), pct(r["answer_rate"])]
-                for t, r in picks.items()
-            ],
+    data: dict[str, dict[str, str]] = {}
+    if "tasks" in stages:
+        log("task table")
+        data = {t: write_task(t, args.out, args.train_problems, n_test, args.shots) for t in tasks}
+        picks = {t: evaluate_model(model, data[t]["test"], args.select_problems, k, args) for t in tasks}
+        md += [f"## Base model per task ({args.select_problems} held-out problems each)", ""]
+        md.append(
+            table(
+                ["task", "greedy pass@1", f"maj@{k}", f"maj@{k} - pass@1", f"avg@{k}", "answer rate"],
+                [
+                    [
+                        t,
+                        pct(r["greedy"]),
+                        pct(r["maj"]),
+                        pct(r["maj"] - r["greedy"]),
+                        pct(r["avg"]),
+                        pct(r["answer_rate"]),
+                    ]
+                    for t, r in picks.items()
+                ],
+            )
         )
-    )
-    task = args.task or max(tasks, key=lambda t: (picks[t]["maj"] - picks[t]["greedy"], picks[t]["maj"]))
-    if args.task and args.task not in data:
+        task = args.task or max(tasks, key=lambda t: (picks[t]["maj"] - picks[t]["greedy"], picks[t]["maj"]))
+        if args.task and args.task not in data:
+            data[task] = write_task(task, args.out, args.train_problems, n_test, args.shots)
+        md.append(f"Training task: **{task}** ({'chosen: --task' if args.task else 'the largest maj@k - pass@1'}).\n")
+    else:
+        task = args.task
         data[task] = write_task(task, args.out, args.train_problems, n_test, args.shots)
-    md.append(f"Training task: **{task}** ({'chosen: --task' if args.task else 'the largest maj@k - pass@1'}).\n")
     print("\n".join(md), flush=True)
 
     # base model and the methods
-    log(f"base model on {args.eval_problems} problems of {task}")
-    evals = {"base": [evaluate_model(model, data[task]["test"], args.eval_problems, k, args)]}
-    runs: dict[str, list[dict]] = {}
-    methods = [m for m in args.methods.split(",") if m in method_registry.method_names()]
-    for method in methods:
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            log(f"train {method} seed {seed}")
-            run = train(
-                model, data[task]["train"], method, seed, args.steps, os.path.join(args.out, f"{method}-s{seed}"), args
+    if "methods" in stages:
+        log(f"base model on {args.eval_problems} problems of {task}")
+        evals = {"base": [evaluate_model(model, data[task]["test"], args.eval_problems, k, args)]}
+        runs: dict[str, list[dict]] = {}
+        methods = [m for m in args.methods.split(",") if m in method_registry.method_names()]
+        for method in methods:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                log(f"train {method} seed {seed}")
+                run = train(
+                    model,
+                    data[task]["train"],
+                    method,
+                    seed,
+                    args.steps,
+                    os.path.join(args.out, f"{method}-s{seed}"),
+                    args,
+                )
+                runs.setdefault(method, []).append(run)
+                evals.setdefault(method, []).append(
+                    evaluate_model(run["export"], data[task]["test"], args.eval_problems, k, args)
+                )
+        head = [
+            "model",
+            "greedy pass@1",
+            f"avg@{k}",
+            f"maj@{k}",
+            "answer rate",
+            "reward",
+            "pseudo-label acc",
+            "s/step",
+            "peak RSS GB",
+        ]
+        rows = []
+        for name, es in evals.items():
+            rs = runs.get(name, [])
+            steps = [s for r in rs for s in r["steps"]]
+            rows.append(
+                [
+                    f"{name} (n={len(es)})",
+                    spread([e["greedy"] for e in es]),
+                    spread([e["avg"] for e in es]),
+                    spread([e["maj"] for e in es]),
+                    spread([e["answer_rate"] for e in es]),
+                    pct(mean_of(steps, "reward/mean")),
+                    pct(mean_of(steps, "pseudo/label_acc")),
+                    "-" if not steps else f"{mean_of(steps, 'perf/time_step'):.1f}",
+                    "-" if not rs else f"{max(r['peak_rss_gb'] for r in rs):.2f}",
+                ]
             )
-            runs.setdefault(method, []).append(run)
-            evals.setdefault(method, []).append(
-                evaluate_model(run["export"], data[task]["test"], args.eval_problems, k, args)
-            )
-    head = [
-        "model",
-        "greedy pass@1",
-        f"avg@{k}",
-        f"maj@{k}",
-        "answer rate",
-        "reward",
-        "pseudo-label acc",
-        "s/step",
-        "peak RSS GB",
-    ]
-    rows = []
-    for name, es in evals.items():
-        rs = runs.get(name, [])
-        steps = [s for r in rs for s in r["steps"]]
-        rows.append(
-            [
-                f"{name} (n={len(es)})",
-                spread([e["greedy"] for e in es]),
-                spread([e["avg"] for e in es]),
-                spread([e["maj"] for e in es]),
-                spread([e["answer_rate"] for e in es]),
-                pct(mean_of(steps, "reward/mean")),
-                pct(mean_of(steps, "pseudo/label_acc")),
-                "-" if not steps else f"{mean_of(steps, 'perf/time_step'):.1f}",
-                "-" if not rs else f"{max(r['peak_rss_gb'] for r in rs):.2f}",
-            ]
-        )
-    part = [f"## Base vs trained on {task} ({evals['base'][0]['n']} held-out problems; mean ± std over seeds)", ""]
-    part += [table(head, rows), "Per-step reward and pseudo-label accuracy (each run):", ""]
-    for name, rs in runs.items():
-        for seed, r in zip(args.seeds.split(","), rs):
-            curve = " ".join(
-                f"{pct(s.get('reward/mean'))}/{pct(s.get('pseudo/label_acc'))}"
-                if "pseudo/label_acc" in s
-                else pct(s.get("reward/mean"))
-                for s in r["steps"]
-            )
-            part.append(f"- {name} seed {seed}: reward[/label acc] per step (%): {curve}")
-    part.append("")
-    print("\n".join(part), flush=True)
-    md += part
+        part = [f"## Base vs trained on {task} ({evals['base'][0]['n']} held-out problems; mean ± std over seeds)", ""]
+        part += [table(head, rows), "Per-step reward and pseudo-label accuracy (each run):", ""]
+        for name, rs in runs.items():
+            for seed, r in zip(args.seeds.split(","), rs):
+                curve = " ".join(
+                    f"{pct(s.get('reward/mean'))}/{pct(s.get('pseudo/label_acc'))}"
+                    if "pseudo/label_acc" in s
+                    else pct(s.get("reward/mean"))
+                    for s in r["steps"]
+                )
+                part.append(f"- {name} seed {seed}: reward[/label acc] per step (%): {curve}")
+        part.append("")
+        print("\n".join(part), flush=True)
+        md += part
 
     # speed: before (per-sample prefill, whole logits) and after (shared prefill, chunked log-probs)
-    log("speed comparison")
-    variants = {"before": ["--rollout-no-shared-prefill", "--logits-chunk-tokens", "0"], "after": []}
-    speed = {}
-    for name, extra in variants.items():
-        out = os.path.join(args.out, f"speed-{name}")
-        speed[name] = train(model, data[task]["train"], "corewarding_2", 1, args.speed_steps, out, args, extra)
-    stages = sorted({s for r in speed.values() for s in stage_split(r["steps"])})
-    rows = []
-    for stage in stages:
-        b, a = (stage_split(speed[v]["steps"]).get(stage) for v in ("before", "after"))
+    if "speed" in stages:
+        log("speed comparison")
+        variants = {"before": ["--rollout-no-shared-prefill", "--logits-chunk-tokens", "0"], "after": []}
+        speed = {}
+        for name, extra in variants.items():
+            out = os.path.join(args.out, f"speed-{name}")
+            speed[name] = train(model, data[task]["train"], "corewarding_2", 1, args.speed_steps, out, args, extra)
+        stages = sorted({s for r in speed.values() for s in stage_split(r["steps"])})
+        rows = []
+        for stage in stages:
+            b, a = (stage_split(speed[v]["steps"]).get(stage) for v in ("before", "after"))
+            rows.append(
+                [
+                    stage,
+                    "-" if b is None else f"{b:.2f}",
+                    "-" if a is None else f"{a:.2f}",
+                    "-" if not (a and b) else f"{b / a:.2f}",
+                ]
+            )
         rows.append(
             [
-                stage,
-                "-" if b is None else f"{b:.2f}",
-                "-" if a is None else f"{a:.2f}",
-                "-" if not (a and b) else f"{b / a:.2f}",
+                "peak RSS (GB)",
+                f"{speed['before']['peak_rss_gb']:.2f}",
+                f"{speed['after']['peak_rss_gb']:.2f}",
+                f"{speed['before']['peak_rss_gb'] / speed['after']['peak_rss_gb']:.2f}",
             ]
         )
-    rows.append(
-        [
-            "peak RSS (GB)",
-            f"{speed['before']['peak_rss_gb']:.2f}",
-            f"{speed['after']['peak_rss_gb']:.2f}",
-            f"{speed['before']['peak_rss_gb'] / speed['after']['peak_rss_gb']:.2f}",
+        part = [
+            f"## Co-rewarding-II step time, before / after (mean of {args.speed_steps} step(s), seconds; load "
+            f"{os.getloadavg()[0]:.1f})",
+            "",
+            "before: `--rollout-no-shared-prefill --logits-chunk-tokens 0`; after: the defaults (shared prefill, "
+            "chunked log-probs for the 49k vocabulary).",
+            "",
+            table(["stage", "before", "after", "before / after"], rows),
+            f"Total time: {(time.time() - t_start) / 60:.1f} min.",
+            "",
         ]
-    )
-    part = [
-        f"## Co-rewarding-II step time, before / after (mean of {args.speed_steps} step(s), seconds; load "
-        f"{os.getloadavg()[0]:.1f})",
-        "",
-        "before: `--rollout-no-shared-prefill --logits-chunk-tokens 0`; after: the defaults (shared prefill, "
-        "chunked log-probs for the 49k vocabulary).",
-        "",
-        table(["stage", "before", "after", "before / after"], rows),
-        f"Total time: {(time.time() - t_start) / 60:.1f} min.",
-        "",
-    ]
-    print("\n".join(part), flush=True)
-    md += part
+        print("\n".join(part), flush=True)
+        md += part
     if results:
         from checkpoints_conversion.atomic import write_text
 
