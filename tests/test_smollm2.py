@@ -128,7 +128,9 @@ def test_corewarding_2_two_steps_with_few_shot_prompts(smollm2_hf, tmp_path):
     import reasoning_gym
 
     def write(name, seed, size):
-        ds = reasoning_gym.create_dataset("basic_arithmetic", size=size, seed=seed, min_terms=2, max_terms=2)
+        ds = reasoning_gym.create_dataset(
+            "basic_arithmetic", size=size, seed=seed, min_terms=2, max_terms=2, min_digits=1, max_digits=1
+        )
         path = tmp_path / f"{name}.jsonl"
         path.write_text("".join(json.dumps({"question": x["question"], "answer": x["answer"]}) + "\n" for x in ds))
         return str(path)
