@@ -118,6 +118,7 @@ def train(model: str, data: str, method: str, seed: int, steps: int, out: str, a
     cmd += ["--max-prompt-length", "1024", "--max-response-length", str(args.max_response_length)]
     cmd += ["--micro-batch-size", str(args.prompts * args.samples), "--lr", str(args.lr)]
     cmd += ["--train-iters", str(steps), "--seed", str(seed), "--output-dir", out, "--overwrite"]
+    cmd += ["--rollout-temperature", str(args.rollout_temperature)]
     cmd += ["--answer-format", args.answer_format, "--save-hf-interval", str(steps), *extra]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.time()
@@ -185,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, default=4, help="prompts per step")
     ap.add_argument("--samples", type=int, default=8, help="samples per prompt")
     ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--rollout-temperature", type=float, default=1.0, help="training samples' temperature")
     ap.add_argument("--max-response-length", type=int, default=64)
     ap.add_argument("--answer-format", default="boxed,answer-is")
     ap.add_argument("--speed-steps", type=int, default=3, help="steps of each variant in the speed comparison")
@@ -220,7 +222,7 @@ def main(argv=None) -> int:
         f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load at start "
         f"{os.getloadavg()[0]:.1f}; threads: {os.environ.get('OMP_NUM_THREADS', 'all cores')}. Settings: "
         f"{args.shots}-shot chat prompts, answer format `{args.answer_format}`, {args.prompts} prompts x "
-        f"{args.samples} samples per step, {args.steps} steps, lr {args.lr:g}, responses <= "
+        f"{args.samples} samples per step at T={args.rollout_temperature:g}, {args.steps} steps, lr {args.lr:g}, responses <= "
         f"{args.max_response_length} tokens, k={k}, seeds {args.seeds}{' (SMOKE: tiny settings)' if args.smoke else ''}.",
         "",
     ]
