@@ -328,30 +328,24 @@ def main(argv=None) -> int:
     if "speed" in stages:
         log("speed comparison")
         variants = {"before": ["--rollout-no-shared-prefill", "--logits-chunk-tokens", "0"], "after": []}
-        speed = {}
+        speed, failed = {}, {}
         for name, extra in variants.items():
             out = os.path.join(args.out, f"speed-{name}")
-            speed[name] = train(model, data[task]["train"], "corewarding_2", 1, args.speed_steps, out, args, extra)
-        stages = sorted({s for r in speed.values() for s in stage_split(r["steps"])})
+            try:
+                speed[name] = train(model, data[task]["train"], "corewarding_2", 1, args.speed_steps, out, args, extra)
+            except RuntimeError as e:  # e.g. whole fp32 logits killed for memory (exit -9): a result too
+                failed[name] = str(e).splitlines()[0]
+                speed[name] = {"steps": [], "peak_rss_gb": None}
+                log(f"speed {name}: {failed[name]}")
+        split = {v: stage_split(speed[v]["steps"]) for v in variants}
         rows = []
-        for stage in stages:
-            b, a = (stage_split(speed[v]["steps"]).get(stage) for v in ("before", "after"))
-            rows.append(
-                [
-                    stage,
-                    "-" if b is None else f"{b:.2f}",
-                    "-" if a is None else f"{a:.2f}",
-                    "-" if not (a and b) else f"{b / a:.2f}",
-                ]
-            )
-        rows.append(
-            [
-                "peak RSS (GB)",
-                f"{speed['before']['peak_rss_gb']:.2f}",
-                f"{speed['after']['peak_rss_gb']:.2f}",
-                f"{speed['before']['peak_rss_gb'] / speed['after']['peak_rss_gb']:.2f}",
-            ]
-        )
+        for stage in sorted(set(split["before"]) | set(split["after"])):
+            b, a = split["before"].get(stage), split["after"].get(stage)
+            ratio = "-" if not (a and b) else f"{b / a:.2f}"
+            rows.append([stage, "-" if b is None else f"{b:.2f}", "-" if a is None else f"{a:.2f}", ratio])
+        rss = [speed[v]["peak_rss_gb"] for v in ("before", "after")]
+        ratio = "-" if None in rss else f"{rss[0] / rss[1]:.2f}"
+        rows.append(["peak RSS (GB)", *("-" if x is None else f"{x:.2f}" for x in rss), ratio])
         part = [
             f"## Co-rewarding-II step time, before / after (mean of {args.speed_steps} step(s), seconds; load "
             f"{os.getloadavg()[0]:.1f})",
@@ -360,6 +354,7 @@ def main(argv=None) -> int:
             "chunked log-probs for the 49k vocabulary).",
             "",
             table(["stage", "before", "after", "before / after"], rows),
+            *(f"{v} failed: {msg}" for v, msg in failed.items()),
             f"Total time: {(time.time() - t_start) / 60:.1f} min.",
             "",
         ]
