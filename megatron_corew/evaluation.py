@@ -30,9 +30,11 @@ __all__ = [
     "results_markdown",
     "response_text",
     "EVAL_TEMPERATURE",
+    "EVAL_MAX_NEW_TOKENS",
 ]
 
-EVAL_TEMPERATURE = 0.8
+EVAL_TEMPERATURE = 0.8  # sampled evaluation: tools/evaluate.py --temperature and --val-temperature
+EVAL_MAX_NEW_TOKENS = 3072  # tools/evaluate.py --max-new-tokens and --max-response-length
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -51,13 +53,15 @@ def response_text(tokenizer, g) -> str:
     return tokenizer.decode(g.response_ids, skip_special_tokens=True)
 
 
-def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str) -> float:
+def _majority_accuracy(answers: list[str], gts: list[str], k: int, grading: str, grader=None) -> float:
     """maj@k: share of problems whose majority-voted answer (exact string, ties to the first seen, empty answers
     never vote; the training-time vote of the self-supervised methods) is graded correct."""
     from megatron_corew.rewards.grading import grade_answer
     from megatron_corew.rewards.voting import majority_vote
 
     votes = [majority_vote(answers[i * k : (i + 1) * k]) for i in range(len(gts))]
+    if grader is not None:
+        return sum(grader.grade(votes, list(gts), grading)) / len(gts)
     return sum(grade_answer(vote, gt, grading) for vote, gt in zip(votes, gts)) / len(gts)
 
 
@@ -71,14 +75,17 @@ def evaluate_examples(
     top_p: float = 1.0,
     seed: int = 0,
     grading: str = "reference",
-    max_new_tokens: int = 3072,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     pass_ks: Sequence[int] | None = None,
     grader=None,
     return_records: bool = False,
+    answer_format: str = "boxed",
 ) -> dict[str, Any]:
     """Metrics of one benchmark. ``examples``: :class:`megatron_corew.data.Example` (prompt_ids, ground_truth);
-    ``grader``: a :class:`megatron_corew.rewards.grading.Grader`, an :class:`InlineGrader` when None."""
-    from megatron_corew.rewards.grading import InlineGrader, extract_boxed_answer
+    ``grader``: a :class:`megatron_corew.rewards.grading.Grader`, an :class:`InlineGrader` when None;
+    ``answer_format``: how answers are read from responses (rewards/extract.py, as in training)."""
+    from megatron_corew.rewards.extract import get_extractor
+    from megatron_corew.rewards.grading import InlineGrader
     from megatron_corew.rollout.base import SamplingParams
 
     if mode not in ("greedy", "sampled"):
@@ -109,7 +116,8 @@ def evaluate_examples(
     texts = [response_text(tokenizer, g) for g in gens]
     gts = [examples[i // k].ground_truth for i in range(n * k)]
     t1 = time.perf_counter()
-    answers = [extract_boxed_answer(t) for t in texts]
+    extract = get_extractor(answer_format)
+    answers = [extract(t) for t in texts]
     scores = (grader or InlineGrader()).grade(answers, gts, grading)
     t_grade = time.perf_counter() - t1
     correct = [sum(scores[i * k : (i + 1) * k] or [0.0]) for i in range(n)]
@@ -125,7 +133,8 @@ def evaluate_examples(
         "max_new_tokens": max_new_tokens,
         "response_length": sum(lengths) / len(lengths),
         "truncated_rate": sum(g.finish_reason == "length" for g in gens) / len(gens),
-        "boxed_rate": sum(bool(a.strip()) for a in answers) / len(answers),
+        "answer_format": answer_format,
+        "boxed_rate": sum(bool(a.strip()) for a in answers) / len(answers),  # an answer was found
         "generate_seconds": round(t_gen, 3),
         "grade_seconds": round(t_grade, 3),
     }
@@ -134,7 +143,7 @@ def evaluate_examples(
     else:
         out[f"avg@{k}"] = sum(scores) / len(scores)
         out["pass@1"] = out[f"avg@{k}"]
-        out[f"maj@{k}"] = _majority_accuracy(answers, [examples[i].ground_truth for i in range(n)], k, grading)
+        out[f"maj@{k}"] = _majority_accuracy(answers, [e.ground_truth for e in examples], k, grading, grader)
         for j in sorted(set(list(pass_ks or []) + [k])):
             if 1 < j <= k:
                 out[f"pass@{j}"] = sum(pass_at_k(k, int(round(c)), j) for c in correct) / n
@@ -186,17 +195,25 @@ def validation_metrics(
     tokenizer,
     examples: Sequence,
     grading: str = "reference",
-    max_new_tokens: int = 3072,
+    max_new_tokens: int = EVAL_MAX_NEW_TOKENS,
     n_samples: int = 0,
-    temperature: float = 1.0,
+    temperature: float = EVAL_TEMPERATURE,
     prefix: str = "val/",
     seed: int = 1,
+    answer_format: str = "boxed",
 ) -> dict[str, float]:
     """The in-training validation: greedy accuracy (seed 0) and, when ``n_samples`` > 0, sampled avg@k / pass@k
     (top_p 1, ``seed``: the same draws at every evaluation). Keys: ``val/accuracy``, ``val/response_length``,
     ``val/accuracy_avg@k``, ``val/pass@k``, ``val/maj@k``."""
     g = evaluate_examples(
-        engine, tokenizer, examples, mode="greedy", seed=0, grading=grading, max_new_tokens=max_new_tokens
+        engine,
+        tokenizer,
+        examples,
+        mode="greedy",
+        seed=0,
+        grading=grading,
+        max_new_tokens=max_new_tokens,
+        answer_format=answer_format,
     )
     out = {f"{prefix}accuracy": g["pass@1"], f"{prefix}response_length": g["response_length"]}
     if n_samples:
@@ -211,6 +228,7 @@ def validation_metrics(
             seed=seed,
             grading=grading,
             max_new_tokens=max_new_tokens,
+            answer_format=answer_format,
         )
         out[f"{prefix}accuracy_avg@{n_samples}"] = s[f"avg@{n_samples}"]
         if n_samples > 1:

@@ -218,6 +218,11 @@ RULES: tuple[Rule, ...] = (
         "does not apply to --rollout-backend sglang (it batches continuously)",
     ),  # fmt: skip
     Rule(
+        "rollout_no_shared_prefill",
+        lambda a, m: a.rollout_backend == "embedded",
+        "does not apply to --rollout-backend sglang (it caches prefixes)",
+    ),  # fmt: skip
+    Rule(
         "sglang_ray_resource",
         lambda a, m: a.rollout_backend == "sglang" and a.sglang_use_ray and not a.sglang_urls,
         "does not apply without --rollout-backend sglang --sglang-use-ray",
@@ -301,6 +306,7 @@ EXPERIMENT: dict[str, str] = {
     "teacher_on_rephrased": REFUSE,
     "rollout_is": REFUSE,
     "off_policy_form": REFUSE,
+    "answer_format": REFUSE,
     "random_reward_p": REFUSE,
     "rollout_is_level": REFUSE,
     "rollout_is_threshold": REFUSE,

@@ -18,6 +18,7 @@ from megatron_corew.data import online_rephrase
 from megatron_corew.policy import checkpointing, hf_export, multistep, parallel, weight_push
 from megatron_corew.policy.trainer import PolicyTrainer, TrainerConfig
 from megatron_corew.records import Prompt, StepBatch
+from megatron_corew.rewards.extract import get_extractor
 from megatron_corew.rollout import factory
 from megatron_corew.rollout.generation import PromptSource, RolloutGenerator, sampling_seed
 from megatron_corew.utils import RunLogger, StageTimer, faults, lifecycle, perf, rollout_dump
@@ -54,6 +55,7 @@ class RLRun:
         )  # fail fast, before any work
         parallel.init_distributed(a.tensor_model_parallel_size, a.pipeline_model_parallel_size, a.seed)
         self.tokenizer = AutoTokenizer.from_pretrained(a.hf_checkpoint)
+        self.extract_answer = get_extractor(a.answer_format)  # rewards, votes and validation read answers alike
         self._load_data()
         self.sampler = data.EpochSampler(len(self.train_set), a.global_batch_size, seed=a.seed)
         steps_per_epoch = len(self.train_set) // a.global_batch_size
@@ -274,7 +276,7 @@ class RLRun:
             self.colocation.enter("rollout")
         out.update(self.generator.teacher_rollouts(batch, "train/teacher_alpha" in out))
         if self.teacher_engine is not None:
-            rewards.decode(batch.teacher_rollouts, self.tokenizer)
+            rewards.decode(batch.teacher_rollouts, self.tokenizer, self.extract_answer)
         return out
 
     def sequence_statistics(self, batch: StepBatch) -> None:
@@ -287,7 +289,7 @@ class RLRun:
         """Rewards (rank 0), then GRPO group advantages, shared with every rank."""
         metrics, advantages = {}, None
         if parallel.is_rank0():
-            rewards.decode(batch.rollouts, self.tokenizer)
+            rewards.decode(batch.rollouts, self.tokenizer, self.extract_answer)
             a = self.args
             flags = tuple((dest, getattr(a, dest)) for dest in self.method.reads_flags)
             options = rewards.ScoreOptions(a.label_matching, a.gt_grading, self.grader, (a.seed,), flags)
@@ -377,6 +379,7 @@ class RLRun:
                     temperature=a.val_temperature,
                     prefix=prefix,
                     seed=sampling_seed(a.seed, "validation"),  # never a policy or teacher seed
+                    answer_format=a.answer_format,
                 )
             )
         return {**out, **offpolicy_options.mean_over_sets(out, list(self.val_sets))}

@@ -36,6 +36,12 @@ def check_applicable(args, defaults: dict) -> list[str]:
     """The ranges, the off-policy correction resolved (its default depends on the other flags), then the rules of
     :mod:`megatron_corew.flags`: raise the first refusal, return the warnings."""
     check_ranges(args)  # a value out of range is the first thing to say
+    from megatron_corew.rewards.extract import parse_format
+
+    try:
+        parse_format(args.answer_format)
+    except ValueError as e:
+        raise FlagError(f"--answer-format: {e}") from None
     warnings = []
     if hasattr(args, "rollout_is"):  # namespaces built without the off-policy flags skip it
         from megatron_corew import offpolicy_options

@@ -192,6 +192,19 @@ def test_flags_that_do_not_apply_to_the_method(setup, capsys):
             "--rollout-drop-finished does not apply to --rollout-backend sglang (it batches continuously)",
         ),
         (
+            ["--rollout-backend", "sglang", "--rollout-no-shared-prefill"],
+            "--rollout-no-shared-prefill does not apply to --rollout-backend sglang (it caches prefixes)",
+        ),
+        (
+            ["--answer-format", "boxed,answer"],
+            "--answer-format: unknown answer format 'answer'; choose from ['answer-is', 'boxed', 'gsm8k', "
+            "'last-number'] or regex:PATTERN",
+        ),
+        (
+            ["--answer-format", "regex:(["],
+            "--answer-format: bad regex '([': unterminated character set at position 1",
+        ),
+        (
             ["--loss-agg-micro-batch", "4"],
             "--loss-agg-micro-batch does not apply without --loss-agg-mode microbatch-token-mean",
         ),

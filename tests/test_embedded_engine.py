@@ -55,3 +55,56 @@ def test_drop_finished_greedy_same_tokens(model):
     assert len({len(g.response_ids) for g in base}) > 1
     for a, b in zip(base, drop):
         assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0.0) < 1e-5
+
+
+def _grouped(prompts, n):
+    """GRPO's layout: each prompt n times in a row, plus one prompt repeated out of order."""
+    return [p for p in prompts for _ in range(n)] + [prompts[0]]
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["default", "drop_finished"])
+def test_shared_prefill_logprobs_equal_transformers_and_prefill_once(model, drop):
+    """Repeated prompts are prefilled once (the first forward sees each distinct prompt once) and every sample's
+    log-probs still equal transformers' full forward: a cache row copied to the wrong sample would miss by far."""
+    prompts = _grouped(_prompts(n=6, seed=2), 4)
+    engine = EmbeddedEngine(model, EOS, pad_token_id=0, drop_finished=drop)
+    seen = []
+    hook = engine.model.register_forward_pre_hook(lambda m, a, kw: seen.append(kw["input_ids"].shape), with_kwargs=True)
+    gens = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=5))
+    hook.remove()
+    assert seen[0][0] == 6 and all(s[1] == 1 and s[0] <= len(prompts) for s in seen[1:]), seen[:3]
+    assert len({tuple(g.response_ids) for g in gens}) > 6  # the samples of a prompt differ
+    ref = hf_reference_logprobs(model, [{"prompt": p, "response": g.response_ids} for p, g in zip(prompts, gens)])
+    for p, g, r in zip(prompts, gens, ref):
+        assert g.prompt_ids == p
+        assert max(abs(a - b) for a, b in zip(g.logprobs, r["logp"])) < 1e-5
+
+
+def test_shared_prefill_same_samples_as_per_sample_prefill(model):
+    """Same seed, same samples with and without the shared prefill (the prefill batch differs, the values not)."""
+    prompts = _grouped(_prompts(n=5, seed=3), 4)
+    params = SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=9)
+    shared = EmbeddedEngine(model, EOS, pad_token_id=0).generate(prompts, params)
+    alone = EmbeddedEngine(model, EOS, pad_token_id=0, shared_prefill=False).generate(prompts, params)
+    assert [g.response_ids for g in shared] == [g.response_ids for g in alone]
+    for a, b in zip(shared, alone):
+        assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0.0) < 1e-5
+
+
+def test_step_and_cumulative_token_rates_count_the_same_tokens(model):
+    """After one generate call the step's rollout rate (the step's rollouts over the generate stage) equals the
+    engine's own cumulative rate: both count response tokens, never the prompt (hand-counted here)."""
+    from types import SimpleNamespace
+
+    from megatron_corew.utils.perf import rate_metrics
+
+    engine = EmbeddedEngine(model, EOS, pad_token_id=0)
+    prompts = _prompts(n=6, seed=4)
+    gens = engine.generate(prompts, SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=1))
+    response_tokens = sum(len(g.response_ids) for g in gens)
+    assert response_tokens < sum(len(p) for p in prompts) + response_tokens  # the prompt tokens would change it
+    batch = SimpleNamespace(rollouts=[SimpleNamespace(response_ids=g.response_ids) for g in gens], teacher_rollouts=[])
+    seconds = {"perf/time_generate": engine.stats["seconds"]}
+    m = rate_metrics(batch, seconds, step_seconds=2.0, engine=engine)
+    assert m["perf/rollout_tokens_per_s"] == pytest.approx(m["perf/rollout_tokens_per_s_cumulative"], rel=1e-12)
+    assert m["perf/tokens_per_s"] == pytest.approx(response_tokens / 2.0)

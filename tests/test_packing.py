@@ -128,6 +128,17 @@ def test_chunked_stats_only_wanted_and_budget():
     assert chunk_for_budget(12 * 1000 * 64, 1000) == 64
 
 
+def test_default_chunking_for_large_vocabularies():
+    """Unset --logits-chunk-tokens: whole logits below 32768 entries; above, chunks whose fp32 logits and two
+    temporaries fit 256 MiB (SmolLM2's 49152: 455 tokens, hand-computed; TP=2 halves the shard, doubling it)."""
+    from megatron_corew.policy.vocab_parallel import default_chunk_tokens
+
+    assert default_chunk_tokens(32000) == 0 and default_chunk_tokens(151) == 0
+    assert default_chunk_tokens(49152) == (256 << 20) // (12 * 49152) == 455
+    assert default_chunk_tokens(49152, tp=2) == (256 << 20) // (12 * 24576)
+    assert default_chunk_tokens(151936) * 12 * 151936 <= 256 << 20
+
+
 # ---------------------------------------------------------------- packed vs padded training (worker processes)
 LENGTHS = [3, 500, 17, 120, 40, 8, 260, 64, 5, 33, 40, 8, 40]  # repeats: equal lengths attend as one batch
 

@@ -391,3 +391,71 @@ def test_reasoning_gym_gsm_style(tmp_path, tok):
     ds = load_examples(res["output"], tok)
     assert [e.ground_truth for e in ds] == [x["answer"].replace(",", "") for x in items]
     assert all(e.prompt_text == reference_render(tok, x["question"]) for e, x in zip(ds, items))
+
+
+def run_main(capsys, *args):
+    """tools/preprocess_data.py in this process (faster than a subprocess): (exit code, stderr lines)."""
+    from tools import preprocess_data
+
+    capsys.readouterr()
+    rc = preprocess_data.main(list(args))
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+def _qa(tmp_path, name, pairs):
+    return write_jsonl(tmp_path / f"{name}.jsonl", [{"question": q, "answer": a} for q, a in pairs])
+
+
+QA_TEST = [("Calculate 2 + 3.", 5), ("Calculate 7 - 9.", "-2")]
+QA_POOL = [("Calculate 1 + 1.", "2"), ("Calculate 2 + 3.", "5"), ("Calculate 4 * 2.", "8"), ("Calculate 9 - 3.", "6")]
+
+
+@pytest.mark.parametrize("style", ["chat", "inline"])
+def test_few_shot_prompts_and_metadata(tmp_path, tok, style, capsys):
+    """Every row gets the same K worked examples from the pool file, never a question of the input (2 + 3 is in
+    both: left out), in the chosen layout, and the parquet metadata says which; load_examples renders exactly
+    those messages (what training, validation and tools/evaluate.py read)."""
+    src, pool = _qa(tmp_path, "test", QA_TEST), _qa(tmp_path, "pool", QA_POOL)
+    out = str(tmp_path / "fs.parquet")
+    flags = ["--dataset", "qa", "--input", src, "--few-shot", "2", "--few-shot-from", pool]
+    flags += ["--few-shot-style", style, "--few-shot-seed", "1"]
+    rc, err = run_main(capsys, *flags, "--output", out)
+    assert rc == 0, err
+    meta = json.loads(pq.read_schema(out).metadata[b"few_shot"])
+    assert meta["k"] == 2 and meta["style"] == style and meta["left_out_as_in_inputs"] == 1
+    shots = [(e["question"], e["reply"]) for e in meta["examples"]]
+    assert len(shots) == 2 and all(q != "Calculate 2 + 3." for q, _ in shots)
+    answers = dict(QA_POOL)
+    assert all(r == f"The answer is \\boxed{{{answers[q]}}}." for q, r in shots)
+    ds = load_examples(out, tok)
+    for ex, (q, gt) in zip(ds, QA_TEST):
+        assert ex.ground_truth == str(gt)
+        if style == "chat":
+            want = [{"role": "system", "content": SYSTEM_PROMPT}]
+            for sq, sr in shots:
+                want += [{"role": "user", "content": sq}, {"role": "assistant", "content": sr}]
+            want.append({"role": "user", "content": q})
+        else:
+            text = "".join(f"Question: {sq}\nAnswer: {sr}\n\n" for sq, sr in shots) + f"Question: {q}"
+            want = [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+        assert ex.messages == want
+        assert ex.prompt_text == tok.apply_chat_template(want, add_generation_prompt=True, tokenize=False)
+    again = str(tmp_path / "again.parquet")
+    assert run_main(capsys, *flags, "--output", again)[0] == 0
+    assert pq.read_table(again).equals(pq.read_table(out))  # a fixed seed draws the same examples
+
+
+def test_few_shot_bad_input_refused_in_one_line(tmp_path, capsys):
+    src, pool = _qa(tmp_path, "test", QA_TEST), _qa(tmp_path, "pool", QA_POOL)
+    out = str(tmp_path / "x.parquet")
+    cases = [
+        (["--few-shot", "2", "--few-shot-from", src], f"error: --few-shot-from {src} is also an --input"),
+        (["--few-shot", "2"], "error: --few-shot needs --few-shot-from FILE"),
+        (["--few-shot", "4", "--few-shot-from", pool], "usable example(s) not in the inputs, --few-shot 4 needs 4"),
+        (["--few-shot-from", pool], "error: --few-shot-from does not apply without --few-shot K"),
+        (["--few-shot", "1", "--few-shot-from", pool, "--few-shot-answer", "x"], "has no {answer} placeholder"),
+    ]
+    for flags, message in cases:
+        rc, lines = run_main(capsys, "--dataset", "qa", "--input", src, "--output", out, *flags)
+        assert rc == 2 and len(lines) == 1 and message in lines[0], (flags, lines)
+        assert not os.path.exists(out)

@@ -26,6 +26,7 @@ import time
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from megatron_corew.evaluation import EVAL_MAX_NEW_TOKENS, EVAL_TEMPERATURE
     from megatron_corew.rollout.tool_backend import add_tool_backend_args
 
     p = argparse.ArgumentParser(
@@ -53,11 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mode", choices=["greedy", "sampled", "both"], default="greedy")
     e.add_argument("--k", type=int, default=8, help="samples per problem in sampled mode (avg@k, pass@k)")
     e.add_argument("--pass-k", type=int, nargs="*", default=None, help="extra pass@j to report (j <= k)")
-    e.add_argument("--temperature", type=float, default=0.8, help="sampled mode")
+    e.add_argument("--temperature", type=float, default=EVAL_TEMPERATURE, help="sampled mode (= --val-temperature)")
     e.add_argument("--top-p", type=float, default=1.0, help="sampled mode")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--max-new-tokens", type=int, default=3072)
+    e.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS, help="= --max-response-length")
     e.add_argument("--grading", choices=["reference", "equiv"], default="reference")
+    e.add_argument(
+        "--answer-format",
+        default="boxed",
+        help="how answers are read from responses, as train_rl.py --answer-format (rewards/extract.py)",
+    )
     e.add_argument("--grader-workers", type=int, default=0, help="grading processes with per-item timeouts (0: inline)")
     e.add_argument("--output-dir", required=True)
     e.add_argument("--save-responses", action="store_true", help="write every response with its grade (jsonl)")
@@ -130,12 +136,17 @@ def main(argv=None) -> int:
     if args.openai_url and not (args.tokenizer or args.model):
         print("error: --openai-url needs --tokenizer (prompts are rendered and tokenised here)", file=sys.stderr)
         return 2
+    from megatron_corew.rewards.extract import parse_format
     from megatron_corew.utils.lifecycle import set_cpu_threads
     from megatron_corew.validation import FlagError, check_ranges, check_writable
 
     try:
         check_ranges(args, TOOL_RANGES)
         check_writable("--output-dir", args.output_dir)  # before the evaluation, not after it
+        try:
+            parse_format(args.answer_format)
+        except ValueError as e:
+            raise FlagError(f"--answer-format: {e}") from None
     except FlagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -219,6 +230,7 @@ def main(argv=None) -> int:
                     pass_ks=args.pass_k,
                     grader=pool,
                     return_records=args.save_responses,
+                    answer_format=args.answer_format,
                 )[name]
                 recs = r.pop("records", None)
                 if recs is not None:
@@ -267,6 +279,7 @@ def main(argv=None) -> int:
                         "seed": args.seed,
                         "max_new_tokens": args.max_new_tokens,
                         "grading": args.grading,
+                        "answer_format": args.answer_format,
                     },
                 },
                 indent=1,

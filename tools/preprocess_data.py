@@ -5,6 +5,9 @@
     python tools/preprocess_data.py --dataset amc --input amc.jsonl --output data/amc/test.parquet --on-bad-row skip
     python tools/preprocess_data.py --dataset dapo --hub --output data/dapo          # needs `datasets` + network
 
+    python tools/preprocess_data.py --dataset qa --input test.jsonl --output data/arith/test.parquet \\
+        --few-shot 3 --few-shot-from train.jsonl                          # 3 worked examples before each question
+
 Writes OUTPUT (a .parquet path) or OUTPUT/<split>.parquet: system prompt + bare question, reward_model.ground_truth,
 extra_info {index, split, source metadata}. Malformed rows are reported as ``FILE: row N: reason`` and either stop
 the run (--on-bad-row error, the default; exit code 2) or are skipped and counted. The output appears only when
@@ -22,7 +25,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megatron_corew.data.prompts import SYSTEM_PROMPT
+    from megatron_corew.data.prompts import FEW_SHOT_ANSWER, SYSTEM_PROMPT
     from megatron_corew.data.sources import SOURCES
 
     p = argparse.ArgumentParser(
@@ -62,6 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="system: system prompt + bare question (reference releases); user: instruction appended "
         "to the question, no system message",
     )
+    f = p.add_argument_group("few-shot prompts")
+    f.add_argument("--few-shot", type=int, default=0, help="worked examples before each question (0: none)")
+    f.add_argument(
+        "--few-shot-from",
+        nargs="+",
+        default=None,
+        help="files the examples are drawn from (same --dataset format; never an --input)",
+    )
+    f.add_argument("--few-shot-style", choices=["chat", "inline"], default="chat", help="chat turns or one text")
+    f.add_argument("--few-shot-answer", default=FEW_SHOT_ANSWER, help="an example's reply; {answer}: its answer")
+    f.add_argument("--few-shot-seed", type=int, default=0, help="which examples are drawn")
     return p
 
 
@@ -73,7 +87,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, _sigterm_to_exit)
-    from megatron_corew.data.sources import PreprocessError, preprocess
+    from megatron_corew.data.sources import FewShot, PreprocessError, preprocess
 
     if not args.hub and not args.input:
         print("error: pass --input FILE... (or --hub)", file=sys.stderr)
@@ -90,6 +104,17 @@ def main(argv=None) -> int:
     except FlagError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.few_shot < 0:
+        print(f"error: --few-shot {args.few_shot} must be >= 0", file=sys.stderr)
+        return 2
+    if args.few_shot_from and not args.few_shot:
+        print("error: --few-shot-from does not apply without --few-shot K", file=sys.stderr)
+        return 2
+    shots = None
+    if args.few_shot:
+        shots = FewShot(
+            args.few_shot, args.few_shot_from or [], args.few_shot_style, args.few_shot_answer, args.few_shot_seed
+        )
     try:
         summary = preprocess(
             args.dataset,
@@ -101,6 +126,7 @@ def main(argv=None) -> int:
             system_prompt=args.system_prompt or None,
             prompt_style=args.prompt_style,
             hub=args.hub,
+            few_shot=shots,
         )
     except PreprocessError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)

@@ -17,6 +17,11 @@ Sources and their columns (column names are matched case-insensitively; the firs
     math500  HuggingFaceH4/MATH-500                problem | answer, else last \\boxed{} of solution
     aime     AI-MO/aimo-validation-aime            problem / question / prompt | answer (numbers accepted)
     amc      AI-MO/aimo-validation-amc             problem / question / prompt | answer (numbers accepted)
+    qa       any question/answer file (e.g. reasoning-gym output)  question / problem / prompt | answer
+
+Few-shot (``few_shot`` > 0): every row's question follows the same K worked examples, drawn with a fixed seed from
+other files (``few_shot_from``, never an input; questions that also occur in the inputs are left out), as chat
+turns or inline (``data/prompts.py``); the choice is recorded in the parquet's metadata under ``few_shot``.
 
 Inputs are local files (parquet, jsonl, json array / {"data": [...]}) or a directory of them (a hub snapshot:
 files whose name starts with the split), or the hub itself through ``datasets`` when it is installed and online
@@ -39,7 +44,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from checkpoints_conversion import atomic
-from megatron_corew.data.prompts import SYSTEM_PROMPT, chat_messages
+from megatron_corew.data.prompts import FEW_SHOT_ANSWER, SYSTEM_PROMPT, chat_messages, few_shot_messages
 from megatron_corew.data.readers import BadRow, PreprocessError, RecordSet, expand_inputs, read_hub, read_records
 from megatron_corew.utils import faults
 
@@ -134,7 +139,20 @@ SOURCES: dict[str, SourceSpec] = {
         default_split="train",
         splits=("train",),
     ),
+    "qa": SourceSpec(
+        "qa",
+        "local",
+        None,
+        ("question", "problem", "prompt"),
+        (("answer", "plain"),),
+        numeric_answers=True,
+        meta_cols=("source_dataset",),
+        default_split="train",
+        splits=("train", "test"),
+    ),
 }
+
+FEW_SHOT_KEY = b"few_shot"  # parquet metadata key of the few-shot record
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -255,6 +273,7 @@ class ConvertResult:
     meta_keys: list[str]
     num_in: int
     bad: list[str]
+    questions: list[str]  # the bare question of each row
 
 
 def convert_records(
@@ -271,6 +290,7 @@ def convert_records(
     data_source = data_source or spec.hub_id
     rows, bad, num_in, index = [], [], 0, 0
     meta_keys: list[str] = []
+    questions: list[str] = []
 
     def fail(b: BadRow):
         if on_bad_row == "error":
@@ -318,9 +338,63 @@ def convert_records(
                     raise ValueError("; ".join(errors))
                 meta = {m: _meta_str(rec.get(c)) for m, c in mcols if c is not None and rec.get(c) is not None}
                 rows.append(verl_row(q, gt, row_index, split, data_source, system_prompt, prompt_style, meta))
+                questions.append(q)
             except ValueError as e:
                 fail(BadRow(where, str(e)))
-    return ConvertResult(rows, meta_keys, num_in, bad)
+    return ConvertResult(rows, meta_keys, num_in, bad, questions)
+
+
+@dataclass
+class FewShot:
+    """K worked examples for every prompt: from ``paths`` (read as the same source format), never an input."""
+
+    k: int
+    paths: list[str]
+    style: str = "chat"  # chat turns or inline text (data/prompts.py)
+    answer_template: str = FEW_SHOT_ANSWER  # a worked example's reply; {answer} is its ground truth
+    seed: int = 0
+
+
+def add_few_shot(
+    res: ConvertResult, shots_cfg: FewShot, spec: SourceSpec, inputs: list[str], system_prompt, prompt_style
+):
+    """Rewrite every row's prompt with the worked examples; return the metadata record."""
+    import random
+
+    if shots_cfg.style not in ("chat", "inline"):
+        raise PreprocessError(f"--few-shot-style must be chat or inline, got {shots_cfg.style!r}")
+    if "{answer}" not in shots_cfg.answer_template:
+        raise PreprocessError(f"--few-shot-answer {shots_cfg.answer_template!r} has no {{answer}} placeholder")
+    if not shots_cfg.paths:
+        raise PreprocessError("--few-shot needs --few-shot-from FILE (worked examples never come from the inputs)")
+    files = expand_inputs(shots_cfg.paths, None)
+    taken = {os.path.realpath(p) for p in inputs}
+    for f in files:
+        if os.path.realpath(f) in taken:
+            raise PreprocessError(f"--few-shot-from {f} is also an --input: worked examples never come from it")
+    pool = convert_records([read_records(f) for f in files], spec, "few_shot", "skip", None, None, "system")
+    seen = set(res.questions)
+    candidates = [(q, r["reward_model"]["ground_truth"]) for q, r in zip(pool.questions, pool.rows) if q not in seen]
+    if len(candidates) < shots_cfg.k:
+        raise PreprocessError(
+            f"--few-shot-from {', '.join(files)}: {len(candidates)} usable example(s) not in the inputs, "
+            f"--few-shot {shots_cfg.k} needs {shots_cfg.k}"
+        )
+    order = list(range(len(candidates)))
+    random.Random(shots_cfg.seed).shuffle(order)
+    picked = [candidates[i] for i in order[: shots_cfg.k]]
+    shots = [(q, shots_cfg.answer_template.format(answer=gt)) for q, gt in picked]
+    for row, q in zip(res.rows, res.questions):
+        row["prompt"] = few_shot_messages(q, shots, shots_cfg.style, system_prompt, prompt_style)
+    return {
+        "k": shots_cfg.k,
+        "style": shots_cfg.style,
+        "from": files,
+        "seed": shots_cfg.seed,
+        "answer_template": shots_cfg.answer_template,
+        "examples": [{"question": q, "reply": r} for q, r in shots],
+        "left_out_as_in_inputs": len(pool.rows) - len(candidates),
+    }
 
 
 def preprocess(
@@ -334,6 +408,7 @@ def preprocess(
     prompt_style: str = "system",
     hub: bool = False,
     max_bad_reported: int = 20,
+    few_shot: FewShot | None = None,
 ) -> dict:
     """Convert ``inputs`` (files or directories) of source ``dataset`` and write ``output`` atomically.
 
@@ -356,8 +431,14 @@ def preprocess(
         raise PreprocessError(
             f"no usable rows in {[rs.path for rs in record_sets]} ({res.num_in} rows, {len(res.bad)} malformed)"
         )
+    shots = None
+    if few_shot is not None and few_shot.k > 0:
+        shots = add_few_shot(res, few_shot, spec, [rs.path for rs in record_sets], system_prompt, prompt_style)
     out = output if output.endswith(".parquet") else os.path.join(output, f"{split}.parquet")
-    atomic_write_parquet(verl_table(res.rows, res.meta_keys), out)
+    table = verl_table(res.rows, res.meta_keys)
+    if shots is not None:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), FEW_SHOT_KEY: json.dumps(shots)})
+    atomic_write_parquet(table, out)
     return {
         "dataset": dataset,
         "split": split,
@@ -367,4 +448,5 @@ def preprocess(
         "rows_out": len(res.rows),
         "skipped": len(res.bad),
         "skipped_rows": res.bad[:max_bad_reported],
+        "few_shot": shots,
     }

@@ -13,7 +13,9 @@ class TrainerConfig:
     max_tokens_per_micro_batch: int | None = None
     micro_batch_layout: str = "padded"  # padded (right-padded rows) or packed (one row of whole sequences, THD)
     max_tokens_per_gpu: int | None = None  # packed: token budget per micro-batch (None: micro_batch_size x longest)
-    logits_chunk_tokens: int = 0  # > 0: log-prob / entropy / self-certainty over chunks of this many tokens
+    # > 0: log-prob / entropy / self-certainty over chunks of this many tokens; 0: whole logits; None: chunked
+    # when the vocabulary is large (policy/vocab_parallel.py default_chunk_tokens)
+    logits_chunk_tokens: int | None = None
     loss_agg_mode: str = "global-token-mean"  # or microbatch-token-mean (the reference's), see docs/ALGORITHMS.md
     loss_agg_micro_batch: int = 8  # microbatch-token-mean: sequences per reference micro-batch
     lr: float = 3e-6

@@ -102,6 +102,8 @@ class PolicyTrainer:
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
         self.args, self.cfg, self.ps = model_args, cfg, ps
+        if cfg.logits_chunk_tokens is None:  # large vocabularies: chunked, never [tokens, vocab] fp32 at once
+            cfg.logits_chunk_tokens = vocab_parallel.default_chunk_tokens(model_args.vocab_size, cfg.tp)
         extra = {}
         if cfg.attention_backend != "auto":
             from megatron.core.transformer.enums import AttnBackend

@@ -146,3 +146,15 @@ def chunked_stats(hidden, weight, labels, true_vocab_size, temperature=1.0, chun
 def chunk_for_budget(budget_bytes: int, local_vocab: int) -> int:
     """Tokens per chunk so that a chunk's fp32 logits and their two same-sized temporaries fit ``budget_bytes``."""
     return max(1, budget_bytes // (3 * 4 * max(local_vocab, 1)))
+
+
+LARGE_VOCAB = 32768  # from here on the whole [tokens, vocab] fp32 logits dominate a step's memory
+DEFAULT_CHUNK_BUDGET = 256 << 20  # bytes of fp32 logits (and two temporaries) per chunk
+
+
+def default_chunk_tokens(vocab_size: int, tp: int = 1) -> int:
+    """``--logits-chunk-tokens`` when not given: chunks within :data:`DEFAULT_CHUNK_BUDGET` for a vocabulary of
+    :data:`LARGE_VOCAB` or more (SmolLM2: 49152, Qwen: 151936), whole logits (0) below."""
+    if vocab_size < LARGE_VOCAB:
+        return 0
+    return chunk_for_budget(DEFAULT_CHUNK_BUDGET, -(-vocab_size // max(tp, 1)))

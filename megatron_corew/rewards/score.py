@@ -69,11 +69,12 @@ def reference_label_metrics(groups: list[Group]) -> dict:
     return {"pseudo/ref_label_acc": hits / rollouts if rollouts else 0.0}
 
 
-def decode(rollouts, tokenizer) -> None:
-    """Fill each rollout's response text and its extracted (last boxed) answer."""
+def decode(rollouts, tokenizer, extract=extract_boxed_answer) -> None:
+    """Fill each rollout's response text and its answer (``extract``: rewards/extract.py, the last boxed by
+    default); votes and rewards compare these answers."""
     for r in rollouts:
         r.text = tokenizer.decode(r.generation.response_ids, skip_special_tokens=True)
-        r.answer = extract_boxed_answer(r.text)
+        r.answer = extract(r.text)
 
 
 def score_batch(batch, spec: MethodSpec, options: ScoreOptions) -> dict:

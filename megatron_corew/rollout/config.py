@@ -57,6 +57,12 @@ class RolloutConfig:
         "samples differ from the default's, since smaller batches round differently)",
         "--rollout-drop-finished",
     )
+    no_shared_prefill: bool = _setting(
+        False,
+        "embedded engine: prefill every sample's prompt on its own instead of once per distinct prompt "
+        "(slower; for timing comparisons)",
+        "--rollout-no-shared-prefill",
+    )
     output_dir: str = _setting("runs/default", "run directory; SGLang logs and synced weights default to it")
     urls: list[str] | None = _setting(
         None, "attach to running SGLang servers instead of launching them (never restarted)", "--sglang-urls"
@@ -198,6 +204,7 @@ def add_rollout_args(parser):
     add("backend", choices=["embedded", "sglang"])
     add("batch_size", type=int)
     add("drop_finished", action="store_true")
+    add("no_shared_prefill", action="store_true")
     add("urls", nargs="+")
     add("router_url")
     add("num_engines", type=int)

@@ -38,6 +38,7 @@ class EmbeddedEngine(RolloutEngine):
         device: str | None = None,
         drop_finished: bool = False,
         role: str = "policy",
+        shared_prefill: bool = True,
     ):
         from transformers import AutoModelForCausalLM
 
@@ -50,6 +51,7 @@ class EmbeddedEngine(RolloutEngine):
         self.pad = pad_token_id if pad_token_id is not None else min(self.eos)
         self.max_batch_size = max_batch_size
         self.drop_finished = drop_finished  # faster on long-tailed lengths; smaller batches round differently
+        self.shared_prefill = shared_prefill  # a prompt repeated n times (GRPO groups) is prefilled once
         self.weight_version = 0
         self.stats = {"tokens": 0, "seconds": 0.0}
         self._param_names = set(self.model.state_dict().keys())
@@ -121,18 +123,9 @@ class EmbeddedEngine(RolloutEngine):
         eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.device)
         rows = torch.arange(n, device=self.device)  # decode-batch row -> prompt index
         finished = torch.zeros(n, dtype=torch.bool, device=self.device)  # per decode-batch row
-        step_ids, step_pos = ids, positions
+        logits = self._prefill(prompts, ids, mask, positions, cache)
+        step_pos = positions[:, -1:]
         for t in range(steps):
-            out = self.model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=step_pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{self._cache_arg: cache},
-            )
-            cache = getattr(out, self._cache_arg)
-            logits = out.logits[:, -1, :].float()
             if params.greedy:
                 logp_all = torch.log_softmax(logits, dim=-1)
                 token = logits.argmax(dim=-1)
@@ -148,16 +141,17 @@ class EmbeddedEngine(RolloutEngine):
             token_logps[rows, t] = token_logp.float()
             lengths[rows] += live.long()
             finished = finished | (live & torch.isin(token, eos))
-            if bool(finished.all()):
+            if bool(finished.all()) or t == steps - 1:
                 break
             step_ids = token.unsqueeze(-1)
-            step_pos = step_pos[:, -1:] + 1
+            step_pos = step_pos + 1
             mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)], dim=-1)
             if self.drop_finished and int(finished.sum()) * 4 >= len(rows):  # a quarter stopped: shrink the batch
                 keep = torch.nonzero(~finished).flatten()
                 cache.batch_select_indices(keep)
                 rows, finished, mask = rows[keep], finished[keep], mask[keep]
                 step_ids, step_pos = step_ids[keep], step_pos[keep]
+            logits = self._forward(step_ids, mask, step_pos, cache)
         tokens, token_logps, lengths = tokens.cpu(), token_logps.cpu(), lengths.cpu().tolist()
         out = []
         for r, p in enumerate(prompts):
@@ -172,6 +166,33 @@ class EmbeddedEngine(RolloutEngine):
                 )
             )
         return out
+
+    def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
+        """fp32 logits of the last position of each row; ``cache`` grows in place."""
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: cache},
+        )
+        return out.logits[:, -1, :].float()
+
+    def _prefill(self, prompts, ids, mask, positions, cache) -> torch.Tensor:
+        """The prompts' forward pass. With ``shared_prefill`` each distinct prompt is run once and its KV cache
+        rows and logits are copied to its repeats (GRPO's n samples of a prompt): the same values, 1/n the
+        prefill work. The copies are exact; a smaller prefill batch may round differently in the last bit."""
+        first: dict[tuple, int] = {}
+        source = [first.setdefault(tuple(p), r) for r, p in enumerate(prompts)]  # row -> its first occurrence
+        if not self.shared_prefill or len(first) == len(prompts):
+            return self._forward(ids, mask, positions, cache)
+        unique = torch.tensor(sorted(first.values()), device=self.device)
+        slot = {r: i for i, r in enumerate(unique.tolist())}
+        expand = torch.tensor([slot[r] for r in source], device=self.device)  # row -> its unique slot
+        logits = self._forward(ids[unique], mask[unique], positions[unique], cache)
+        cache.batch_select_indices(expand)
+        return logits[expand]
 
     def throughput(self) -> float:
         return self.stats["tokens"] / max(self.stats["seconds"], 1e-9)

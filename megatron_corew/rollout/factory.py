@@ -95,6 +95,7 @@ def create_engine(
             max_batch_size=cfg.batch_size,
             drop_finished=cfg.drop_finished,
             role=role,
+            shared_prefill=not cfg.no_shared_prefill,
         )
     if cfg.backend != "sglang":
         raise ValueError(f"unknown rollout backend {cfg.backend!r}")

@@ -25,10 +25,14 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def set_cpu_threads(local_processes: int = 1, quiet: bool = False) -> int | None:
-    """torch intra-op threads = cores // processes on this host, unless ``OMP_NUM_THREADS`` says otherwise."""
-    if os.environ.get("OMP_NUM_THREADS"):
-        return None
+    """torch intra-op threads = cores // processes on this host, unless ``OMP_NUM_THREADS`` says otherwise;
+    the count in use is logged either way (a step's time on CPU depends on it first)."""
     import torch
+
+    if os.environ.get("OMP_NUM_THREADS"):
+        if not quiet:
+            print(f"CPU threads: {torch.get_num_threads()} per process (OMP_NUM_THREADS)", file=sys.stderr, flush=True)
+        return None
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     n = max(1, cores // max(1, local_processes))

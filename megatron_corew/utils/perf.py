@@ -5,6 +5,15 @@ rollouts) plus the tokens trained on (prompt + response of every trained sequenc
 -- over the step's wall time and the GPUs (ranks, on CPU) the run occupies: the trainer's ranks, plus the engines'
 GPUs when they are not the trainer's (launched SGLang engines without ``--colocate``).
 
+The token rates all count the same tokens, the response tokens an engine generated (prompt tokens are not
+generation work; an engine's own ``throughput()`` counts them too):
+
+* ``perf/tokens_per_s``: the policy's response tokens of the step over the step's wall time;
+* ``perf/rollout_tokens_per_s`` / ``perf/teacher_rollout_tokens_per_s``: the policy's / the teacher's response
+  tokens of the step over that step's generate / teacher-generate stage;
+* ``perf/rollout_tokens_per_s_cumulative`` / ``perf/teacher_rollout_tokens_per_s_cumulative`` (and per SGLang
+  engine ``..._engine{i}_...``): the same count over the same seconds, summed since the engine started.
+
 ``perf/train_mfu``: analytic FLOPs of the train stage over its measured time and the peak of the devices it ran on
 (``--peak-flops``, else the table below by ``torch.cuda.get_device_name``; on CPU without ``--peak-flops`` the
 metric is left out). The FLOPs are those of dense matrix products, counted per sequence with its real length
@@ -124,13 +133,14 @@ class PerfMeter:
 
 
 def rate_metrics(batch, seconds: dict, step_seconds: float, engine=None, teacher_engine=None) -> dict:
-    """This step's token rates (whole step, generate, teacher generate) and each engine's own rate since start."""
-    generated = sum(r.length for r in batch.rollouts)
+    """This step's token rates (whole step, generate, teacher generate) and each engine's own rate since start:
+    response tokens per second throughout (the module docstring)."""
+    generated = sum(len(r.response_ids) for r in batch.rollouts)
     out = {"perf/tokens_per_s": generated / step_seconds}
     if seconds.get("perf/time_generate"):  # this step's rate; the engine's own is since start
         out["perf/rollout_tokens_per_s"] = generated / seconds["perf/time_generate"]
     if batch.teacher_rollouts and seconds.get("perf/time_teacher_generate"):
-        teacher = sum(r.length for r in batch.teacher_rollouts)
+        teacher = sum(len(r.response_ids) for r in batch.teacher_rollouts)
         out["perf/teacher_rollout_tokens_per_s"] = teacher / seconds["perf/time_teacher_generate"]
     for role, eng in (("rollout", engine), ("teacher_rollout", teacher_engine)):
         if eng is not None:
