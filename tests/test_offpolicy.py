@@ -371,10 +371,10 @@ def test_offpolicy_flag_errors(tiny_bundle, tmp_path, capsys):
 @pytest.mark.e2e
 def test_two_step_run_with_every_option(warm_bundle, tmp_path):
     """Label-free (majority vote) with every option on, on the warm tiny model (its answers agree some of the time;
-    about 7 tokens each, so every response over L - B = 4 tokens is penalised); each count is recomputed from the
-    rollout dumps."""
+    6 or 7 tokens each, so every response is penalised and those with two-digit answers are truncated); each count
+    is recomputed from the rollout dumps."""
     out = str(tmp_path / "run")
-    L, B = 8, 4
+    L, B = 6, 4
     args = [
         "--hf-checkpoint", warm_bundle["model"], "--train-data", warm_bundle["train"],
         "--val-data", warm_bundle["val"], f"again={warm_bundle['val']}", "--max-val-samples", "4",
