@@ -208,15 +208,18 @@ def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_va
     return out
 
 
-WARM_SFT_STEPS = 160  # 64 problems x 2 phrasings, batch 32: about 20 s on one core; sampled accuracy ~0.4
+WARM_SFT_STEPS = 200  # 16 problems x 2 phrasings, batch 32: about 10 s on one idle core
 
 
-def make_warm_bundle(root: str, sft_steps: int = WARM_SFT_STEPS, num_train: int = 64, num_val: int = 8) -> dict:
+def make_warm_bundle(root: str, sft_steps: int = WARM_SFT_STEPS, num_train: int = 16, num_val: int = 8) -> dict:
     """The tiny task's model (megatron_corew/demo) warm-started to answer with a bare ``\\boxed{N}`` (7 tokens with
-    the end of turn), operands 1..9: at temperature 1 its samples are right some of the time and agree with each
-    other some of the time, so gt AND the label-free methods earn non-zero, varying rewards within a group (the
-    random tiny bundle's reward is identically 0: its runs train no policy gradient). Same keys as
-    ``make_tiny_bundle``. Deterministic: fixed seed, one thread, deterministic algorithms."""
+    the end of turn), operands 1..9, on targets that are right 60% of the time and one off otherwise (redrawn at
+    every draw): its samples at temperature 1 are right some of the time and agree with each other some of the
+    time, so gt AND the label-free methods earn non-zero, varying rewards within a group for several steps of
+    training (the random tiny bundle's reward is identically 0: its runs train no policy gradient). Same keys as
+    ``make_tiny_bundle``. Deterministic: fixed seeds, one thread, deterministic algorithms."""
+    import random
+
     from transformers import GenerationConfig
 
     from megatron_corew.data.prompts import chat_messages, prompt_ids
@@ -226,16 +229,26 @@ def make_warm_bundle(root: str, sft_steps: int = WARM_SFT_STEPS, num_train: int 
     tok = build_tokenizer()
     eos = tok.convert_tokens_to_ids(IM_END)
     train, val = generate_problems(num_train=num_train, num_val=num_val, seed=0, max_operand=9)
+
+    def boxed(n: int) -> list[int]:
+        return list(tok(f"\\boxed{{{n}}}", add_special_tokens=False)["input_ids"]) + [eos]
+
     items = []
     for p in train:
-        answer = list(tok(f"\\boxed{{{p.answer}}}", add_special_tokens=False)["input_ids"]) + [eos]
-        items += [(prompt_ids(tok, chat_messages(p.question(ph))), answer) for ph in ("original", "rephrased")]
+        answers = [boxed(p.answer), boxed(p.answer - 1), boxed(p.answer + 1)]
+        items += [(prompt_ids(tok, chat_messages(p.question(ph))), answers) for ph in ("original", "rephrased")]
+    rng = random.Random(0)
+
+    def target(item):  # right 60% of the time, one off otherwise
+        prompt, (right, below, above) = item
+        return prompt, right if rng.random() < 0.6 else rng.choice((below, above))
+
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     try:
         model = build_model(tok, "qwen3", seed=0)
-        supervised_finetune(model, tok, items, sft_steps, batch_size=32, lr=3e-3, seed=0)
+        supervised_finetune(model, tok, items, sft_steps, target, batch_size=32, lr=3e-3, seed=0)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

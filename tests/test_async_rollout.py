@@ -1,13 +1,14 @@
 """Rollout pipelining (issue 13, docs/ASYNC.md): --async-rollout with --max-staleness 0 is the synchronous run
 bitwise; with staleness 1 step 1 trains on version-0 rollouts, every dumped sample is within the bound, and a
 SIGKILL + resume equals the uninterrupted async run; --teacher-prefetch runs and logs its label staleness (and
-changes nothing when the teacher does not move, --no-ema). Embedded engine on CPU (same interface as SGLang)."""
+changes nothing when the teacher does not move, --no-ema). Embedded engine on CPU (same interface as SGLang); the
+runs compared for equality use the warm tiny model, so every compared step trains a non-zero policy gradient."""
 
 import json
 import os
 
 import pytest
-from helpers import read_metrics, run_train
+from helpers import assert_real_signal, read_metrics, run_train
 
 from megatron_corew.data import EpochSampler
 
@@ -66,8 +67,10 @@ def _dump(out, step):
 
 
 def _same_run(a, b, steps):
-    """Every metric of run a (perf/* are wall-clock) in run b, dumps byte-equal, final weights equal."""
+    """Every metric of run a (perf/* are wall-clock) in run b, dumps byte-equal, final weights equal; every step
+    had varying rewards and a non-zero policy gradient."""
     ra, rb = read_metrics(a), read_metrics(b)
+    assert_real_signal(ra, range(1, steps + 1))
     assert len(ra) == len(rb)
     for x, y in zip(ra, rb):
         for k, v in x.items():
@@ -83,20 +86,20 @@ def _same_run(a, b, steps):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("method", ["gt", "corewarding_2"])
-def test_staleness_zero_is_the_synchronous_run_bitwise(tiny_bundle, tmp_path, method):
+def test_staleness_zero_is_the_synchronous_run_bitwise(warm_bundle, tmp_path, method):
     sync, k0 = str(tmp_path / "sync"), str(tmp_path / "k0")
-    _ok(run_train(_args(tiny_bundle, sync, method, steps=3)))
-    _ok(run_train(_args(tiny_bundle, k0, method, steps=3, extra=["--async-rollout", "--max-staleness", "0"])))
+    _ok(run_train(_args(warm_bundle, sync, method, steps=3)))
+    _ok(run_train(_args(warm_bundle, k0, method, steps=3, extra=["--async-rollout", "--max-staleness", "0"])))
     _same_run(sync, k0, 3)
     assert all(r["rollout/staleness_max"] == 0 for r in read_metrics(k0) if "train/loss" in r)
 
 
 @pytest.mark.e2e
-def test_staleness_one_versions_and_sigkill_resume_is_exact(tiny_bundle, tmp_path):
+def test_staleness_one_versions_and_sigkill_resume_is_exact(warm_bundle, tmp_path):
     full, crashed, sync = str(tmp_path / "full"), str(tmp_path / "crashed"), str(tmp_path / "sync")
     save = lambda out: ["--save", os.path.join(out, "ckpt"), "--save-interval", "2"]  # noqa: E731
     extra = ["--async-rollout", "--max-staleness", "1"]
-    _ok(run_train(_args(tiny_bundle, full, steps=6, extra=extra + save(full))))
+    _ok(run_train(_args(warm_bundle, full, steps=6, extra=extra + save(full))))
     # the versions each step trains on, read from the dumps: step 1 from version 0, then one behind the trainer
     # (step s is trained by the weights of s-1 updates and samples from those of s-2)
     versions = {s: sorted({r["weight_version"] for r in _dump(full, s)}) for s in range(1, 7)}
@@ -110,29 +113,29 @@ def test_staleness_one_versions_and_sigkill_resume_is_exact(tiny_bundle, tmp_pat
     lag = [abs(rows[s]["train/is_weight_mean"] - 1.0) for s in range(1, 7)]
     assert max(lag[2:]) > 1e-3 and all(rows[s]["train/is_weight_max"] <= 2.0 for s in range(1, 7)), lag
     # synchronous: step 2 samples from version 1, so the async schedule really trains off-policy
-    _ok(run_train(_args(tiny_bundle, sync, steps=2)))
+    _ok(run_train(_args(warm_bundle, sync, steps=2)))
     assert {r["weight_version"] for r in _dump(sync, 2)} == {1}
     assert not any("train/is_weight_mean" in r for r in read_metrics(sync))  # on-policy: no correction
 
-    proc = run_train(_args(tiny_bundle, crashed, steps=6, extra=extra + save(crashed)), {"COREW_FAULT": "after_step:4"})
+    proc = run_train(_args(warm_bundle, crashed, steps=6, extra=extra + save(crashed)), {"COREW_FAULT": "after_step:4"})
     assert proc.returncode == -9  # SIGKILL, with step 5's rollouts in flight
-    _ok(run_train(_args(tiny_bundle, crashed, steps=6, extra=extra + save(crashed) + ["--load", crashed + "/ckpt"])))
+    _ok(run_train(_args(warm_bundle, crashed, steps=6, extra=extra + save(crashed) + ["--load", crashed + "/ckpt"])))
     assert [r["step"] for r in read_metrics(crashed) if "train/loss" in r] == [1, 2, 3, 4, 5, 6]
     _same_run(full, crashed, 6)
 
 
 @pytest.mark.e2e
-def test_teacher_prefetch_synchronous_logs_label_staleness(tiny_bundle, tmp_path):
+def test_teacher_prefetch_synchronous_logs_label_staleness(warm_bundle, tmp_path):
     """Every step's labels come from the teacher before that step's EMA update: staleness 1 with an update each
     step, 0 on the steps without one (--teacher-update-interval 2); with --no-ema the run is the plain one."""
     out = str(tmp_path / "prefetch")
-    _ok(run_train(_args(tiny_bundle, out, extra=["--teacher-prefetch", "--teacher-update-interval", "2"])))
+    _ok(run_train(_args(warm_bundle, out, extra=["--teacher-prefetch", "--teacher-update-interval", "2"])))
     rows = [r for r in read_metrics(out) if "train/loss" in r]
     assert [r["rollout/teacher_label_staleness"] for r in rows] == [0, 1, 0, 1]
     assert all(r["rollout/staleness_max"] == 0 for r in rows)  # policy rollouts stay synchronous
     plain, pre = str(tmp_path / "plain"), str(tmp_path / "pre")
-    _ok(run_train(_args(tiny_bundle, plain, steps=3, extra=["--no-ema"])))
-    _ok(run_train(_args(tiny_bundle, pre, steps=3, extra=["--no-ema", "--teacher-prefetch"])))
+    _ok(run_train(_args(warm_bundle, plain, steps=3, extra=["--no-ema"])))
+    _ok(run_train(_args(warm_bundle, pre, steps=3, extra=["--no-ema", "--teacher-prefetch"])))
     _same_run(plain, pre, 3)
 
 
@@ -172,19 +175,19 @@ def _defaults():
 
 
 @pytest.mark.dist
-def test_two_ranks_receive_the_pipelined_batch_by_broadcast(tiny_bundle, tmp_path):
+def test_two_ranks_receive_the_pipelined_batch_by_broadcast(warm_bundle, tmp_path):
     """TP 2 (torchrun, 2 ranks): rank 0 generates ahead, rank 1 gets each batch when its step needs it; staleness
     0 is the synchronous 2-rank run bitwise, staleness 1 trains step 2 on version-0 rollouts on both ranks."""
     tp = ["--tensor-model-parallel-size", "2"]
     sync, k0, k1 = (str(tmp_path / n) for n in ("sync", "k0", "k1"))
-    _ok(run_train(_args(tiny_bundle, sync, "gt", steps=2, extra=tp), nproc=2))
+    _ok(run_train(_args(warm_bundle, sync, "gt", steps=2, extra=tp), nproc=2))
     _ok(
         run_train(
-            _args(tiny_bundle, k0, "gt", steps=2, extra=tp + ["--async-rollout", "--max-staleness", "0"]), nproc=2
+            _args(warm_bundle, k0, "gt", steps=2, extra=tp + ["--async-rollout", "--max-staleness", "0"]), nproc=2
         )
     )
     _same_run(sync, k0, 2)
-    _ok(run_train(_args(tiny_bundle, k1, "gt", steps=2, extra=tp + ["--async-rollout"]), nproc=2))
+    _ok(run_train(_args(warm_bundle, k1, "gt", steps=2, extra=tp + ["--async-rollout"]), nproc=2))
     assert {r["weight_version"] for r in _dump(k1, 2)} == {0}
     assert [r["rollout/staleness_max"] for r in read_metrics(k1) if "train/loss" in r] == [0, 1]
 

@@ -2,14 +2,15 @@
 
 The loop run with the trainer offloaded between its phases (embedded engine on CPU: only the trainer moves; the
 SGLang release/resume needs CUDA and is exercised by tools/gpu_session.sh) equals the run without, metric for
-metric and in the final weights, through a checkpoint and a resume; the FLOP count is checked against a hand
+metric and in the final weights, through a checkpoint and a resume, on the warm tiny model (every compared step
+trains a non-zero policy gradient); the FLOP count is checked against a hand
 computation."""
 
 import json
 import os
 
 import pytest
-from helpers import read_metrics, run_train
+from helpers import assert_real_signal, read_metrics, run_train
 
 from checkpoints_conversion.config import ModelArgs
 from megatron_corew.rollout.sglang import memory
@@ -113,12 +114,13 @@ def _same(a, b):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)], ids=["tp1", "tp2"])
-def test_colocated_loop_is_bitwise_invisible(tiny_bundle, tmp_path, nproc):
+def test_colocated_loop_is_bitwise_invisible(warm_bundle, tmp_path, nproc):
     ckpt = str(tmp_path / "ckpt")
     co_args = ["--colocate", "--save", ckpt, "--save-interval", "1"]
-    co_rows, co, log = _run(tiny_bundle, str(tmp_path / "co"), 3, co_args, nproc)
-    plain_rows, plain, _ = _run(tiny_bundle, str(tmp_path / "plain"), 3, nproc=nproc)
+    co_rows, co, log = _run(warm_bundle, str(tmp_path / "co"), 3, co_args, nproc)
+    plain_rows, plain, _ = _run(warm_bundle, str(tmp_path / "plain"), 3, nproc=nproc)
     assert "[colocate] the embedded engine has no memory of its own" in log
+    assert_real_signal(plain_rows, (1, 2, 3))
     assert _same(co_rows, plain_rows)
     assert (co["policy_sha256"], co["anchor_sha256"]) == (plain["policy_sha256"], plain["anchor_sha256"])
     for r in co_rows:  # trained on the device, off it at the end of every step
@@ -132,7 +134,7 @@ def test_colocated_loop_is_bitwise_invisible(tiny_bundle, tmp_path, nproc):
     os.remove(os.path.join(ckpt, "iter_0000003", "state.pt"))
     with open(os.path.join(ckpt, "latest"), "w") as f:
         f.write("iter_0000002\n")
-    res_rows, res, _ = _run(tiny_bundle, str(tmp_path / "resumed"), 3, ["--colocate", "--load", ckpt], nproc)
+    res_rows, res, _ = _run(warm_bundle, str(tmp_path / "resumed"), 3, ["--colocate", "--load", ckpt], nproc)
     assert _same(res_rows[-1:], plain_rows[-1:])
     assert (res["policy_sha256"], res["anchor_sha256"]) == (plain["policy_sha256"], plain["anchor_sha256"])
 

@@ -53,6 +53,11 @@ def test_train_step_is_layout_invariant(models, tmp_path):
     ]
     base = results[0]
     assert base["step1"]["kl"] == 0.0  # step-0 KL to the reference copy
+    # mean |advantage| over the trained tokens, by hand: every response token carries its sample's advantage
+    n_tokens = sum(len(s["response"]) for s in samples)
+    adv_abs = sum(abs(s["adv"]) * len(s["response"]) for s in samples) / n_tokens
+    for r in results:
+        assert r["step1"]["adv_abs_mean"] == pytest.approx(adv_abs, rel=1e-6)
     for (_, lay), r in zip(TRAIN_LAYOUTS[1:], results[1:]):
         for step in ("step1", "step2"):
             for key in ("loss", "grad_norm", "kl", "pg_loss"):

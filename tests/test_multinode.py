@@ -29,6 +29,7 @@ import time
 import uuid
 
 import pytest
+from helpers import assert_real_signal
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -245,6 +246,7 @@ def test_two_node_launch_with_ray_fleet_on_a_worker_raylet_equals_one_launcher(t
     # every non-perf metric equals the one-launcher run's, exactly
     one, multi = metrics(one_out), metrics(multi_out)
     assert [m["step"] for m in one] == [m["step"] for m in multi] == [1, 2]
+    assert_real_signal(one, (1, 2))  # the warm tiny task: the compared steps train a real policy gradient
     for a, b in zip(one, multi):
         a = {k: v for k, v in a.items() if not k.startswith("perf/") and k != "time"}  # time: the wall clock
         b = {k: v for k, v in b.items() if not k.startswith("perf/") and k != "time"}

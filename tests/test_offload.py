@@ -2,14 +2,15 @@
 
 Checked against the same runs without offload (an independent code path: the anchor simply stays put): every
 per-step metric and the final policy and teacher weights are bitwise equal, at TP=1 and TP=2, through a
-checkpoint save and a resume; between steps the anchor holds no device memory."""
+checkpoint save and a resume, on the warm tiny model (every compared step trains a non-zero policy gradient);
+between steps the anchor holds no device memory."""
 
 import json
 import os
 
 import pytest
 import torch
-from helpers import read_metrics, run_train, tiny_run_args
+from helpers import assert_real_signal, read_metrics, run_train, tiny_run_args
 
 from megatron_corew.policy.offload import HostOffload
 
@@ -52,12 +53,13 @@ def _same(rows_a, rows_b):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("nproc", [1, pytest.param(2, marks=pytest.mark.dist)], ids=["tp1", "tp2"])
-def test_offload_is_bitwise_invisible(tiny_bundle, tmp_path, nproc):
+def test_offload_is_bitwise_invisible(warm_bundle, tmp_path, nproc):
     ckpt = str(tmp_path / "ckpt")
     off_rows, off = _run(
-        tiny_bundle, str(tmp_path / "off"), 3, ["--anchor-cpu-offload", "--save", ckpt, "--save-interval", "1"], nproc
+        warm_bundle, str(tmp_path / "off"), 3, ["--anchor-cpu-offload", "--save", ckpt, "--save-interval", "1"], nproc
     )
-    on_rows, on = _run(tiny_bundle, str(tmp_path / "on"), 3, [], nproc)
+    on_rows, on = _run(warm_bundle, str(tmp_path / "on"), 3, [], nproc)
+    assert_real_signal(on_rows, (1, 2, 3))
     assert _same(off_rows, on_rows)
     assert (off["policy_sha256"], off["anchor_sha256"]) == (on["policy_sha256"], on["anchor_sha256"])
     assert all(r["mem/anchor_device_bytes"] == 0 for r in off_rows)
@@ -66,6 +68,6 @@ def test_offload_is_bitwise_invisible(tiny_bundle, tmp_path, nproc):
     os.remove(os.path.join(ckpt, "iter_0000003", "state.pt"))  # make step 2 the newest complete checkpoint
     with open(os.path.join(ckpt, "latest"), "w") as f:
         f.write("iter_0000002\n")
-    res_rows, res = _run(tiny_bundle, str(tmp_path / "resumed"), 3, ["--anchor-cpu-offload", "--load", ckpt], nproc)
+    res_rows, res = _run(warm_bundle, str(tmp_path / "resumed"), 3, ["--anchor-cpu-offload", "--load", ckpt], nproc)
     assert _same(res_rows[-1:], on_rows[-1:])
     assert (res["policy_sha256"], res["anchor_sha256"]) == (on["policy_sha256"], on["anchor_sha256"])

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from helpers import REPO, WORKERS, make_tiny_hf_model, read_metrics, run_python_worker, run_train
+from helpers import WORKERS, assert_real_signal, make_tiny_hf_model, read_metrics, run_python_worker, run_train
 
 from megatron_corew.algo import dynamic_sampling, grpo, importance, shaping
 from megatron_corew.policy import packing
@@ -551,17 +551,15 @@ def test_off_policy_correction_is_the_default_where_rollouts_can_be_stale(tiny_b
 
 # ---------------------------------------------------------------- a 2-step run with everything on
 @pytest.mark.e2e
-def test_two_step_run_with_every_option(tiny_bundle, tmp_path):
-    """Label-free (majority vote) with every option on; each count is recomputed from the rollout dumps."""
-    from megatron_corew.demo.tiny_bundle import is_complete
-
-    assets = os.path.join(REPO, "assets", "tiny")  # the warm-started model gets some answers right
-    model = os.path.join(assets, "model") if is_complete(assets) else tiny_bundle["model"]
+def test_two_step_run_with_every_option(warm_bundle, tmp_path):
+    """Label-free (majority vote) with every option on, on the warm tiny model (its answers agree some of the time;
+    6 or 7 tokens each, so every response is penalised and those with two-digit answers are truncated); each count
+    is recomputed from the rollout dumps."""
     out = str(tmp_path / "run")
-    L, B = 18, 8
+    L, B = 6, 4
     args = [
-        "--hf-checkpoint", model, "--train-data", tiny_bundle["train"],
-        "--val-data", tiny_bundle["val"], f"again={tiny_bundle['val']}", "--max-val-samples", "4",
+        "--hf-checkpoint", warm_bundle["model"], "--train-data", warm_bundle["train"],
+        "--val-data", warm_bundle["val"], f"again={warm_bundle['val']}", "--max-val-samples", "4",
         "--reward-method", "majority_vote", "--global-batch-size", "4", "--n-samples-per-prompt", "4",
         "--max-response-length", str(L), "--max-prompt-length", "128", "--micro-batch-size", "8", "--lr", "1e-3",
         "--train-iters", "2", "--eval-interval", "1", "--output-dir", out, "--no-progress-bar", "--rollout-dump",
@@ -574,16 +572,20 @@ def test_two_step_run_with_every_option(tiny_bundle, tmp_path):
     rows: dict = {}
     for r in read_metrics(out):  # the final validation is a row of its own at the last step
         rows.setdefault(r["step"], {}).update(r)
+    assert_real_signal(read_metrics(out), (1, 2))
+    penalised = truncated = 0
     for step in (1, 2):
         m = rows[step]
         d = os.path.join(out, "rollouts")
         rounds = [json.loads(x) for x in open(os.path.join(d, f"step_{step:06d}.jsonl"))]
         # overlong: reward = correctness + 0.5 * min(0, L - B - n) / B, written out per response
         pen = [0.5 * min(0, L - B - r["response_tokens"]) / B for r in rounds]
+        penalised += sum(p < 0 for p in pen)
         assert m["rollout/overlong_penalty_mean"] == pytest.approx(sum(pen) / len(pen))
         for r, p in zip(rounds, pen):
             assert r["reward"] - p == pytest.approx(round(r["reward"] - p)) and round(r["reward"] - p) in (0, 1)
         trunc = sum(r["finish_reason"] == "length" for r in rounds) / len(rounds)
+        truncated += trunc > 0
         assert m["rollout/truncated_masked_fraction"] == trunc == m["rollout/clip_ratio"]
         # dynamic sampling: the zero-variance groups of every round's dump are the dropped ones
         zero = kept = 0
@@ -601,6 +603,7 @@ def test_two_step_run_with_every_option(tiny_bundle, tmp_path):
         assert m["rollout/dynamic_cap_hit"] == float(kept < 4)
         assert 0 <= m["train/is_masked_fraction"] <= 1 and math.isfinite(m["train/is_weight_mean"])
         assert "train/pg_clipfrac_after_first" in m
+    assert penalised > 0 and truncated > 0  # the penalty and the truncation mask did act
     for step in (0, 1, 2):
         v = rows[step]
         assert v["val/accuracy"] == pytest.approx((v["val/val/accuracy"] + v["val/again/accuracy"]) / 2)
@@ -608,17 +611,14 @@ def test_two_step_run_with_every_option(tiny_bundle, tmp_path):
 
 
 @pytest.mark.e2e
-def test_sigkill_and_resume_with_dynamic_sampling_is_exact(tiny_bundle, tmp_path):
+def test_sigkill_and_resume_with_dynamic_sampling_is_exact(warm_bundle, tmp_path):
     """Refill rounds move the sampler's cursor; it is checkpointed after the step, so the resumed run draws the
-    same prompts (same counts, losses and final weights) as the uninterrupted one."""
-    from megatron_corew.demo.tiny_bundle import is_complete
-
-    assets = os.path.join(REPO, "assets", "tiny")
-    model = os.path.join(assets, "model") if is_complete(assets) else tiny_bundle["model"]
+    same prompts (same counts, losses and final weights) as the uninterrupted one (warm tiny model: every step
+    trains a non-zero policy gradient)."""
 
     def args(out, extra=()):
         return [
-            "--hf-checkpoint", model, "--train-data", tiny_bundle["train"], "--reward-method", "gt",
+            "--hf-checkpoint", warm_bundle["model"], "--train-data", warm_bundle["train"], "--reward-method", "gt",
             "--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "16",
             "--max-prompt-length", "128", "--micro-batch-size", "8", "--lr", "1e-3", "--train-iters", "4",
             "--eval-interval", "0", "--output-dir", out, "--no-progress-bar", "--save", os.path.join(out, "ckpt"),
@@ -635,6 +635,7 @@ def test_sigkill_and_resume_with_dynamic_sampling_is_exact(tiny_bundle, tmp_path
     a = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
     b = {r["step"]: r for r in read_metrics(crashed) if "train/loss" in r}  # step 3 twice: the rerun's wins
     assert sum(a[s]["rollout/dynamic_generation_rounds"] for s in a) > len(a)  # refills did happen
+    assert_real_signal(read_metrics(full), range(1, 5))
     for step in range(1, 5):
         assert all(a[step][k] == b[step][k] for k in keys), step
     ra, rb = (json.load(open(os.path.join(d, "result.json"))) for d in (full, crashed))

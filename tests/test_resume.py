@@ -1,5 +1,5 @@
 """Crash safety: SIGKILL after a checkpoint and resume reproduces the uninterrupted run bitwise
-(fp32, embedded engine); a kill while a checkpoint is being written leaves the previous one usable; a resume
+(fp32, embedded engine, on the warm tiny model so every compared step trains a non-zero policy gradient); a kill while a checkpoint is being written leaves the previous one usable; a resume
 logs every step once; the fault classes of issue 18: a double launch, ranks orphaned by their launcher, a kill
 during an HF export, a resume that changes the method, SIGTERM, consecutive non-finite updates."""
 
@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, launch_command, read_metrics, run_train
+from helpers import REPO, assert_real_signal, launch_command, read_metrics, run_train
 
 KEYS = ("train/loss", "train/grad_norm", "train/kl", "reward/mean", "train/entropy")
 
@@ -57,14 +57,16 @@ def _ok(proc):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("method", ["gt", "corewarding_2"])
-def test_sigkill_and_resume_is_bitwise_identical(tiny_bundle, tmp_path, method):
+@pytest.mark.parametrize("method", ["gt", "corewarding_1", "corewarding_2"])
+def test_sigkill_and_resume_is_bitwise_identical(warm_bundle, tmp_path, method):
     full, crashed = str(tmp_path / "full"), str(tmp_path / "crashed")
-    _ok(run_train(_args(tiny_bundle, full, method)))
-    proc = run_train(_args(tiny_bundle, crashed, method), env_extra={"COREW_FAULT": "after_step:4"})
+    views = ["--train-data-rephrased", warm_bundle["train_rephrased"]] if method == "corewarding_1" else []
+    _ok(run_train(_args(warm_bundle, full, method, extra=views)))
+    proc = run_train(_args(warm_bundle, crashed, method, extra=views), env_extra={"COREW_FAULT": "after_step:4"})
     assert proc.returncode == -9  # SIGKILL
     assert open(os.path.join(crashed, "ckpt", "latest")).read().strip() == "iter_0000004"
-    _ok(run_train(_args(tiny_bundle, crashed, method, extra=["--load", os.path.join(crashed, "ckpt")])))
+    _ok(run_train(_args(warm_bundle, crashed, method, extra=[*views, "--load", os.path.join(crashed, "ckpt")])))
+    assert_real_signal(read_metrics(full), range(1, 7))
     a = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
     b = {r["step"]: r for r in read_metrics(crashed) if "train/loss" in r}
     assert [r["step"] for r in read_metrics(crashed) if "train/loss" in r] == [1, 2, 3, 4, 5, 6]  # each once

@@ -1,11 +1,19 @@
 """Co-rewarding-II's EMA teacher: a float64 reference of the schedule at TP=1, TP=2, PP=2, and the
-no-EMA ablation leaving the teacher bitwise equal to the initial model."""
+no-EMA ablation leaving the teacher bitwise equal to the initial model while the policy trains a real gradient."""
 
 import json
 import os
 
 import pytest
-from helpers import make_tiny_hf_model, random_samples, run_train, run_worker, tiny_run_args
+from helpers import (
+    assert_real_signal,
+    make_tiny_hf_model,
+    random_samples,
+    read_metrics,
+    run_train,
+    run_worker,
+    tiny_run_args,
+)
 
 
 @pytest.mark.dist
@@ -18,8 +26,8 @@ def test_ema_teacher_matches_float64_reference(tmp_path, nproc, layout):
 
 
 @pytest.mark.e2e
-def test_no_ema_keeps_initial_teacher_bitwise(tmp_path, tiny_bundle):
-    bundle = tiny_bundle
+def test_no_ema_keeps_initial_teacher_bitwise(tmp_path, warm_bundle):
+    bundle = warm_bundle
     common = tiny_run_args(bundle, steps=None)
     results = {}
     for name, extra in [
@@ -31,6 +39,8 @@ def test_no_ema_keeps_initial_teacher_bitwise(tmp_path, tiny_bundle):
         proc = run_train(common + extra + ["--output-dir", out])
         assert proc.returncode == 0, proc.stderr[-3000:]
         results[name] = json.load(open(os.path.join(out, "result.json")))
+        if name != "initial":
+            assert_real_signal(read_metrics(out), (1, 2))
     assert results["no_ema"]["anchor_sha256"] == results["initial"]["anchor_sha256"]
     assert results["no_ema"]["policy_sha256"] != results["initial"]["policy_sha256"]
     assert results["ema"]["anchor_sha256"] != results["initial"]["anchor_sha256"]
