@@ -1,7 +1,7 @@
 """Step time of Co-rewarding-II: synchronous vs --async-rollout vs --async-rollout --teacher-prefetch.
 
     python benchmarks/bench_async.py                        # tiny model, two SGLang CPU servers (policy + teacher)
-    python benchmarks/bench_async.py --backend embedded --steps 6 --out gpu_results/async_gpu.md   # lent GPU
+    python benchmarks/bench_async.py --backend embedded --steps 6 --out gpu_results/async_gpu.md   # on a GPU
 
 Each mode is one train_rl.py run that launches its own policy and teacher SGLang server (--sglang-teacher-engines
 1); the table compares the mean step time of steps 2..N (step 1 has nothing to overlap with) side by side with

@@ -4,7 +4,7 @@ A random-init model of a real shape (Qwen2.5-0.5B by default; no download) at PP
 GPU) pushes its policy and its EMA teacher into real SGLang servers started here (``--dtype bfloat16``: the engine
 dtype of a GPU run). Rows:
 
-* ``funnel (old)``: every tensor through rank 0, sent as the trainer holds it (fp32), as before issue 19;
+* ``funnel (old)``: every tensor through rank 0, sent as the trainer holds it (fp32) (the old path);
 * ``funnel + cast``: the same, cast to the engine dtype first;
 * ``sharded``: each stage's sender pushes its own stage, cast to the engine dtype;
 * ``sharded + delta`` (teacher only): after one emulated optimizer step (every element moved by lr, as Adam's

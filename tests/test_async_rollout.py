@@ -1,4 +1,4 @@
-"""Rollout pipelining (issue 13, docs/ASYNC.md): --async-rollout with --max-staleness 0 is the synchronous run
+"""Rollout pipelining (docs/ASYNC.md): --async-rollout with --max-staleness 0 is the synchronous run
 bitwise; with staleness 1 step 1 trains on version-0 rollouts, every dumped sample is within the bound, and a
 SIGKILL + resume equals the uninterrupted async run; --teacher-prefetch runs and logs its label staleness (and
 changes nothing when the teacher does not move, --no-ema). Embedded engine on CPU (same interface as SGLang); the

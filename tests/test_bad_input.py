@@ -1,6 +1,6 @@
 """Bad input fails at start-up with one clear line naming the problem (no traceback dump).
 
-The classes of issue 18, each with its exact message: (1) work lost or overwritten (unusable --save/--output-dir,
+The classes of bad input and faults we track, each with its exact message: (1) work lost or overwritten (unusable --save/--output-dir,
 a --load that is not a checkpoint directory, a used output directory, a held lock), (2) nonsense flag values and
 flags that do not apply to the method, (3) bad data rows and model directories, (4) a resume that changes the
 experiment, (5) broken config / checkpoint / pointer files and layouts without a launcher. Flags are checked

@@ -1,4 +1,4 @@
-"""Reproduction fidelity against independent references (issue 16): the learning-rate schedule's closed form, the
+"""Reproduction fidelity against independent references: the learning-rate schedule's closed form, the
 Co-rewarding-II step order, the EMA teacher's fp32 source under --bf16, the weight export and EMA source after
 the optimizer step with --overlap-param-gather at DP=2, the reference's pseudo-label accuracy, and the stop-token
 union. docs/DIFFERENCES.md lists what still differs from the reference and the flag that restores it."""

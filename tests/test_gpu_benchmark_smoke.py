@@ -1,5 +1,5 @@
 """The GPU benchmark's CPU smoke mode runs end to end and prints its table (the GPU numbers
-themselves come from a lent GPU, see README)."""
+themselves come from a GPU, see docs/GPU.md)."""
 
 import subprocess
 import sys

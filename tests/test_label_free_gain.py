@@ -1,4 +1,4 @@
-"""Issue 3's claim, checked the strict way: Co-rewarding-I, -II and -III raise the tiny model's held-out
+"""The label-free claim, checked the strict way: Co-rewarding-I, -II and -III raise the tiny model's held-out
 (greedy, ground-truth graded) accuracy when the TRAINING files carry no ground truth at all.
 
 The training parquet files are copied with every ``reward_model.ground_truth`` set to null, so no label can reach

@@ -359,7 +359,7 @@ def test_agrees_with_math_verify_on_unambiguous_pairs():
 
 
 # ----------------------------------------------------------------------------------------------
-# the answer forms where a grader most often misses (issue 15), each with near misses that must stay unequal
+# the answer forms where a grader most often misses, each with near misses that must stay unequal
 # ----------------------------------------------------------------------------------------------
 
 # category -> (a, b, equal?) worked out by hand.

@@ -1,6 +1,6 @@
 """Crash safety: SIGKILL after a checkpoint and resume reproduces the uninterrupted run bitwise
 (fp32, embedded engine, on the warm tiny model so every compared step trains a non-zero policy gradient); a kill while a checkpoint is being written leaves the previous one usable; a resume
-logs every step once; the fault classes of issue 18: a double launch, ranks orphaned by their launcher, a kill
+logs every step once; the fault classes we track: a double launch, ranks orphaned by their launcher, a kill
 during an HF export, a resume that changes the method, SIGTERM, consecutive non-finite updates."""
 
 import json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared script for a lent GPU machine (H100/H200, Python 3.12, CUDA torch, no internet), run
+# The one prepared script for a GPU machine (H100/H200, Python 3.12, CUDA torch, no internet), run
 # from the repository root through the device tool with carry ["gpu_wheels"] (made here first by
 # `bash tools/gpu_wheelhouse.sh`). Each stage has its own time limit and a failing stage does not stop
 # the next; everything lands in $OUT (default gpu_results/): session.log, gpu_train_step.json and
@@ -50,7 +50,7 @@ if has bench; then
   timeout 330 python benchmarks/gpu_train_step.py --json "$OUT/gpu_train_step.json" ${BENCH_ARGS:-} \
     || echo "benchmark failed or timed out (rc $?)"
 fi
-# ============================================================ colocate (issue 19)
+# ============================================================ colocate
 # A colocated 2-step Co-rewarding-II run of the Qwen2.5-1.5B shape (random bf16 weights, the tiny task's
 # tokenizer and prompts) on this GPU with --colocate: an SGLang engine on the trainer's GPU when SGLang and
 # torch_memory_saver are installed (release/resume by tag exercised around the train phase), else the embedded
@@ -59,7 +59,7 @@ fi
 # in /tmp (too big to come back). Own time limits; a failure does not stop the next section.
 # CPU rehearsal: STAGES=colocate COLOCATE_SHAPE=tiny OUT=/tmp/gs bash tools/gpu_session.sh
 if has colocate; then
-  stage "colocate (issue 19): colocated 2-step run, ${COLOCATE_SHAPE:-qwen2.5-1.5b} shape"
+  stage "colocate: colocated 2-step run, ${COLOCATE_SHAPE:-qwen2.5-1.5b} shape"
   (
     set -e
     CO=${TMPDIR:-/tmp}/corew_colocate
@@ -112,9 +112,9 @@ EOF
     [ "$rc" = 0 ] || echo "colocated run failed (rc $rc): see $OUT/colocate.log"
   ) || echo "colocate section failed (rc $?)"
 fi
-# ============================================================ end colocate (issue 19)
+# ============================================================ end colocate
 
-# ---- async (issue 13) ------------------------------------------------------------------------------------
+# ---- async ------------------------------------------------------------------------------------
 # Rollout pipelining step times on the GPU: Co-rewarding-II synchronous vs --async-rollout vs + --teacher-prefetch
 # (embedded engines: the wheelhouse has no SGLang). Not in the default STAGES: run with STAGES="env async".
 if has async; then
@@ -123,8 +123,8 @@ if has async; then
     --max-response-length ${ASYNC_RESPONSE_LENGTH:-128} --timeout 90 --out "$OUT/async_gpu.md" \
     || echo "async benchmark failed or timed out (rc $?)"
 fi
-# ---- end async (issue 13) --------------------------------------------------------------------------------
-# ---------------------------------------------------------------- weight sync (issue 19) -- begin
+# ---- end async --------------------------------------------------------------------------------
+# ---------------------------------------------------------------- weight sync -- begin
 # Funnel vs sharded weight sync for the Qwen2.5-1.5B shape (random init) into a bf16 engine; PP=2 needs two GPUs
 # (two NCCL ranks cannot share one), so one GPU measures PP=1 (cast, delta, CUDA IPC). Real SGLang when installed,
 # otherwise the fake receiving endpoint of tests/sglang_stubs.py (the results file says which).
@@ -137,19 +137,19 @@ if has wsync; then
     || echo "weight-sync benchmark failed or timed out (rc $?)"
   rm -rf "$OUT/wsync_work"  # the random 1.5B checkpoint: not worth bringing back
 fi
-# ---------------------------------------------------------------- weight sync (issue 19) -- end
-# ---------------------------------------------------------------- packing (issue 12)
+# ---------------------------------------------------------------- weight sync -- end
+# ---------------------------------------------------------------- packing
 # Packed micro-batches (Transformer Engine THD when TE is present) vs padded: GRPO step time of the Qwen2.5-1.5B
 # shape (random init, bf16) on 32 long-tailed sequences (lognormal 16..2048 tokens), and the data-parallel token
 # imbalance (max / mean) before and after balancing. About 2 minutes; its own time limits and results files
 # ($OUT/packing_step.md, $OUT/packing_balance.md); a failure here is logged and the script goes on.
 if has packing; then
-  stage "packing (issue 12): packed (THD) vs padded step, Qwen2.5-1.5B shape, bf16"
+  stage "packing: packed (THD) vs padded step, Qwen2.5-1.5B shape, bf16"
   timeout 180 python benchmarks/bench_packing.py --only step --shape qwen2.5-1.5b --bf16 --samples 32 \
     --micro-batch-size 4 --max-tokens-per-gpu 16384 --steps 2 --warmup 1 --out "$OUT/packing_step.md" \
     || echo "packing step benchmark failed or timed out (rc $?)"
   timeout 60 python benchmarks/bench_packing.py --only balance --out "$OUT/packing_balance.md" \
     || echo "packing balance table failed (rc $?)"
 fi
-# ---------------------------------------------------------------- end of packing (issue 12)
+# ---------------------------------------------------------------- end of packing
 stage "done"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Prepare the wheels a lent GPU machine needs (Python 3.12, CUDA torch preinstalled, no internet):
+# Prepare the wheels a GPU machine needs (Python 3.12, CUDA torch preinstalled, no internet):
 # megatron-core and the small pure-Python packages this project imports, downloaded here into
 # gpu_wheels/ (git-ignored) and carried to the device with the run tool's `carry: ["gpu_wheels"]`.
 # On the device:  pip install --no-index --find-links gpu_wheels --no-deps gpu_wheels/*.whl && pip install --no-deps -e .
