@@ -304,7 +304,7 @@ EXPERIMENT: dict[str, str] = {
     "view_loss_agg": REFUSE,
     "no_ema": REFUSE,
     "teacher_on_rephrased": REFUSE,
-    "rollout_is": REFUSE,
+    "rollout_is": "its default follows the staleness of the rollouts (--async-rollout, --max-staleness, --num-steps-per-rollout)",
     "off_policy_form": REFUSE,
     "answer_format": REFUSE,
     "random_reward_p": REFUSE,
