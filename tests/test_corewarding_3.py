@@ -121,10 +121,13 @@ def test_tp2_run_equals_the_one_rank_run(warm_bundle, tmp_path):
     assert_real_signal(read_metrics(one), [1, 2])
     a = {r["step"]: r for r in read_metrics(one) if "train/loss" in r}
     b = {r["step"]: r for r in read_metrics(two) if "train/loss" in r}
-    for step in (1, 2):
-        for k in STEP_KEYS:  # rel: the tolerance of tests/test_megatron_equivalence.py's layout test; abs: the
-            # step-1 KL against a teacher equal to the policy is fp32 rounding noise (1.2e-9 seen at TP=1, 0 at TP=2)
-            assert b[step][k] == pytest.approx(a[step][k], rel=1e-5, abs=1e-8), (step, k)
+    for step, rel in ((1, 1e-5), (2, 1e-4)):
+        # step 1: the tolerance of tests/test_megatron_equivalence.py's layout test; step 2 trains on weights that
+        # already differ in the last bits between the layouts (grad norm 1.9e-5 apart seen); abs: the step-1 KL
+        # against a teacher equal to the policy is fp32 rounding noise (1.2e-9 seen at TP=1, 0 at TP=2)
+        assert b[step]["reward/mean"] == a[step]["reward/mean"], step  # the same samples were trained on
+        for k in STEP_KEYS:
+            assert b[step][k] == pytest.approx(a[step][k], rel=rel, abs=1e-8), (step, k)
 
 
 @pytest.mark.e2e
