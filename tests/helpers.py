@@ -189,15 +189,10 @@ def hf_reference_grad_norm(model_dir: str, samples: list[dict], temperature: flo
     return float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters() if p.grad is not None)))
 
 
-def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_val: int = 8) -> dict:
-    """A random tiny model with the tiny task's tokenizer plus small verl-schema parquet files:
-    enough for end-to-end runs of train_rl.py in seconds (no warm start, so rewards are mostly 0)."""
-    from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems, verl_rows, write_parquet
+def _with_parquet_files(root: str, out: dict, train, val) -> dict:
+    """``out`` plus the bundle's verl-schema files: train, its rephrased view, and validation."""
+    from megatron_corew.demo.tiny_task import verl_rows, write_parquet
 
-    model = make_tiny_hf_model(os.path.join(root, "model"), arch, vocab=512)
-    build_tokenizer().save_pretrained(model)
-    train, val = generate_problems(num_train=num_train, num_val=num_val, seed=0)
-    out = {"model": model}
     for name, probs, split, phrasing in [
         ("train", train, "train", "original"),
         ("train_rephrased", train, "train", "rephrased"),
@@ -206,6 +201,18 @@ def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_va
         out[name] = os.path.join(root, f"{name}.parquet")
         write_parquet(verl_rows(probs, split, phrasing), out[name])
     return out
+
+
+def make_tiny_bundle(root: str, arch: str = "qwen3", num_train: int = 64, num_val: int = 8) -> dict:
+    """A random tiny model with the tiny task's tokenizer plus small verl-schema parquet files:
+    enough for end-to-end runs of train_rl.py in seconds (no warm start, so rewards are mostly 0)."""
+    from megatron_corew.demo.tiny_task import build_tokenizer, generate_problems
+
+    model = make_tiny_hf_model(os.path.join(root, "model"), arch, vocab=512)
+    build_tokenizer().save_pretrained(model)
+    train, val = generate_problems(num_train=num_train, num_val=num_val, seed=0)
+    out = {"model": model}
+    return _with_parquet_files(root, out, train, val)
 
 
 WARM_SFT_STEPS = 200  # 16 problems x 2 phrasings, batch 32: about 10 s on one idle core
@@ -224,7 +231,7 @@ def make_warm_bundle(root: str, sft_steps: int = WARM_SFT_STEPS, num_train: int 
 
     from megatron_corew.data.prompts import chat_messages, prompt_ids
     from megatron_corew.demo.tiny_model import build_model, supervised_finetune
-    from megatron_corew.demo.tiny_task import IM_END, build_tokenizer, generate_problems, verl_rows, write_parquet
+    from megatron_corew.demo.tiny_task import IM_END, build_tokenizer, generate_problems
 
     tok = build_tokenizer()
     eos = tok.convert_tokens_to_ids(IM_END)
@@ -256,14 +263,7 @@ def make_warm_bundle(root: str, sft_steps: int = WARM_SFT_STEPS, num_train: int 
     out = {"model": os.path.join(root, "model")}
     model.save_pretrained(out["model"])
     tok.save_pretrained(out["model"])
-    for name, probs, split, phrasing in [
-        ("train", train, "train", "original"),
-        ("train_rephrased", train, "train", "rephrased"),
-        ("val", val, "test", "original"),
-    ]:
-        out[name] = os.path.join(root, f"{name}.parquet")
-        write_parquet(verl_rows(probs, split, phrasing), out[name])
-    return out
+    return _with_parquet_files(root, out, train, val)
 
 
 def assert_real_signal(rows: list[dict], steps) -> None:
