@@ -543,6 +543,10 @@ def test_resume_refuses_a_changed_experiment():
         f"resuming {where} with global_batch_size=8 (the checkpoint has 4): fitting the run to other hardware; the "
         "sampler keeps its place in the epoch"
     ]
+    assert compare_settings({**saved, "rollout_is": "none"}, {**saved, "rollout_is": "tis"}, where) == [
+        f"resuming {where} with rollout_is=tis (the checkpoint has none): its default follows the "
+        "staleness of the rollouts (--async-rollout, --max-staleness, --num-steps-per-rollout)"
+    ]
     assert compare_settings(None, saved, where) == [
         f"{where} records no run settings (written by an older version); they are not checked"
     ]
@@ -555,7 +559,7 @@ RESUME_REFUSED = [
     ["--loss-agg-mode", "microbatch-token-mean"],
     ["--clip-ratio-high", "0.28"],
     ["--dual-clip-c", "5"],
-    ["--rollout-is", "tis"],
+    ["--rollout-is-threshold", "3"],
     ["--async-rollout"],
     ["--dynamic-sampling"],
     ["--reward-method", "majority_vote", "--label-matching", "equiv"],

@@ -54,18 +54,23 @@ def _hf_logprobs(model_dir: str, weights: dict | None, prompt: list[int], respon
     return [float(lp[len(prompt) - 1 + j, t]) for j, t in enumerate(response)]
 
 
-def _interrupt_mid_response(engine, reqs, wait_s: float):
-    """Submit, let them decode for a while, interrupt. Retried with a longer wait (same weights) until some
-    request kept tokens, so a loaded machine cannot make the test vacuous."""
+def _interrupt_mid_response(engine, make_requests, wait_s: float):
+    """Submit fresh requests, let them decode for a while, interrupt. Retried until some request kept tokens, so
+    neither a loaded machine (nothing decoded yet: wait longer, same requests) nor an idle one (everything finished
+    before the interrupt: fresh requests, shorter wait) can make the test vacuous."""
     finished: list[Request] = []
-    for _ in range(6):
+    reqs = make_requests()
+    for _ in range(8):
         engine.submit(reqs)
         time.sleep(wait_s)
         reqs = engine.interrupt()
         finished += engine.collect(0)
-        if any(r.response_ids for r in reqs) or not reqs:
+        if any(r.response_ids for r in reqs):
             break
-        wait_s *= 2
+        if not reqs:  # all finished before the interrupt
+            finished, reqs, wait_s = [], make_requests(), wait_s / 4
+        else:
+            wait_s *= 2
     return reqs, finished
 
 
@@ -168,7 +173,7 @@ def test_embedded_resume_after_weight_update_uses_the_new_weights(embedded, tiny
     model = tiny_bundle["model"]
     new = _perturbed(model)
     original = {n: t.clone() for n, t in embedded.model.state_dict().items()}
-    stopped, _ = _interrupt_mid_response(embedded, _requests(64), 0.05)
+    stopped, _ = _interrupt_mid_response(embedded, lambda: _requests(64), 0.05)
     assert stopped, "every request finished before the interrupt"
     kept = {r.rid: (list(r.response_ids), list(r.logprobs), list(r.token_versions)) for r in stopped}
     try:
@@ -232,7 +237,7 @@ def test_sglang_abort_keeps_prefix_and_resumes_under_new_weights(sglang_server, 
     )
     engine.partial_workers = 3  # the fourth request waits in the client: the interrupt must hand it back unsent
     new = _perturbed(model)
-    stopped, finished = _interrupt_mid_response(engine, _requests(200), 1.0)
+    stopped, finished = _interrupt_mid_response(engine, lambda: _requests(200), 1.0)
     assert stopped, "every request finished before the interrupt"
     kept = {r.rid: (list(r.response_ids), list(r.logprobs), list(r.token_versions)) for r in stopped}
     if not finished:  # none freed a slot: the fourth was never sent
