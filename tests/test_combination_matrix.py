@@ -31,23 +31,37 @@ def test_pairwise_design_covers_every_pair():
         assert list(r) == list(cm.FACTORS) and all(r[f] in cm.FACTORS[f] for f in r)
         assert not any(cm.forbidden({a: r[a], b: r[b]}) for a, b in itertools.combinations(r, 2)), r
     assert all_pairs(cm.FACTORS, cm.forbidden)[0] == rows  # deterministic
-    assert len(rows) <= 24  # 4 layouts x 4 methods need 16; the matrix's time budget allows a few more
+    assert len(rows) == 32  # 8 methods x 4 layouts need 32: the factor order reaches the minimum
 
 
 def test_refused_pairs_are_the_documented_refusals():
-    """Written out by hand from megatron_corew/rollout/pipeline.py's checks: prefetch needs a teacher; pipelined
-    rollouts (async or prefetch) refuse dynamic sampling and --colocate."""
+    """Written out by hand from megatron_corew/flags.py's rules: prefetch needs a teacher; Self-Harmony refuses
+    async rollouts; pipelined rollouts (async or prefetch) refuse dynamic sampling and --colocate."""
     _, excluded = all_pairs(cm.FACTORS, cm.forbidden)
-    want = {(("prefetch", "on"), ("method", m)) for m in ("gt", "corewarding_1", "entropy")}
+    no_teacher = ("gt", "corewarding_1", "entropy", "random_reward", "semantic_entropy", "self_harmony")
+    want = {(("prefetch", "on"), ("method", m)) for m in no_teacher}
+    want |= {(("method", "self_harmony"), ("async", s)) for s in ("s1", "s2")}
     want |= {(("async", s), ("dynamic", "on")) for s in ("s1", "s2")}
     want |= {(("async", s), ("offload", "colocate")) for s in ("s1", "s2")}
     want |= {(("prefetch", "on"), ("dynamic", "on")), (("prefetch", "on"), ("offload", "colocate"))}
-    assert set(excluded) == want
+    unordered = lambda pairs: {frozenset(p) for p in pairs}  # noqa: E731 (a pair's order is the factors')
+    assert unordered(excluded) == unordered(want) and len(excluded) == len(want)
     _, refusals = cm.design()
-    assert {c.pair for c in refusals} == want
+    assert unordered(c.pair for c in refusals) == unordered(want)
     for c in refusals:  # each refusal cell refuses for its pair only
         others = [(a, b) for a, b in itertools.combinations(c.values.items(), 2) if (a, b) != c.pair]
         assert not any(cm.forbidden(dict(p)) for p in others), c.id
+
+
+def test_method_traits_follow_the_registry():
+    """The tool's method tuples (which get --train-data-rephrased, which may prefetch, which refuse async) are the
+    registered specs' traits."""
+    from megatron_corew.rewards import get_method
+
+    specs = {m: get_method(m) for m in cm.METHODS}
+    assert set(cm.TEACHER_METHODS) == {m for m, s in specs.items() if s.teacher}
+    assert set(cm.REPHRASED_METHODS) == {m for m, s in specs.items() if s.paired_views and not s.reframes}
+    assert set(cm.REFRAMING_METHODS) == {m for m, s in specs.items() if s.reframes}
 
 
 def test_pairwise_small_example():

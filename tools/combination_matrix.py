@@ -33,26 +33,32 @@ sys.path.insert(0, REPO)
 
 from tools.pairwise import all_pairs  # noqa: E402
 
-# factor -> value -> train_rl.py flags
+METHODS = ("gt", "corewarding_1", "corewarding_2", "corewarding_3", "entropy", "random_reward", "semantic_entropy",
+           "self_harmony")  # fmt: skip
+TEACHER_METHODS = ("corewarding_2", "corewarding_3")  # an EMA teacher: --teacher-prefetch applies
+REPHRASED_METHODS = ("corewarding_1", "corewarding_3")  # read --train-data-rephrased
+REFRAMING_METHODS = ("self_harmony",)  # write their second view at the step's start: no --async-rollout
+# factor -> value -> train_rl.py flags. The order is the greedy pairwise fill's: the two largest factors first
+# (8 x 4 pairs need 32 rows) and this order of the rest reaches that minimum.
 FLAGS: dict[str, dict[str, list[str]]] = {
-    "layout": {"padded": ["--micro-batch-layout", "padded"], "packed": ["--micro-batch-layout", "packed"]},
-    "is": {"none": [], "tis": ["--rollout-is", "tis"], "mis": ["--rollout-is", "mis"]},
-    "async": {
-        "off": [],
-        "s1": ["--async-rollout", "--max-staleness", "1"],
-        "s2": ["--async-rollout", "--max-staleness", "2"],
-    },
-    "prefetch": {"off": [], "on": ["--teacher-prefetch"]},
-    "dynamic": {"off": [], "on": ["--dynamic-sampling"]},
-    "steps_per_rollout": {"1": [], "2": ["--num-steps-per-rollout", "2"]},
-    "offload": {"off": [], "offload": ["--offload-train"], "colocate": ["--colocate"]},
+    "method": {m: ["--reward-method", m] for m in METHODS},
     "parallel": {
         "TP1": [],
         "TP2": ["--tensor-model-parallel-size", "2"],
         "PP2": ["--pipeline-model-parallel-size", "2"],
         "DP2": ["--use-distributed-optimizer"],
     },
-    "method": {m: ["--reward-method", m] for m in ("gt", "corewarding_1", "corewarding_2", "entropy")},
+    "offload": {"off": [], "offload": ["--offload-train"], "colocate": ["--colocate"]},
+    "async": {
+        "off": [],
+        "s1": ["--async-rollout", "--max-staleness", "1"],
+        "s2": ["--async-rollout", "--max-staleness", "2"],
+    },
+    "is": {"none": [], "tis": ["--rollout-is", "tis"], "mis": ["--rollout-is", "mis"]},
+    "layout": {"padded": ["--micro-batch-layout", "padded"], "packed": ["--micro-batch-layout", "packed"]},
+    "steps_per_rollout": {"1": [], "2": ["--num-steps-per-rollout", "2"]},
+    "dynamic": {"off": [], "on": ["--dynamic-sampling"]},
+    "prefetch": {"off": [], "on": ["--teacher-prefetch"]},
 }
 FACTORS = {name: list(values) for name, values in FLAGS.items()}
 # values outside the pairwise design, used by twins and extra cells only
@@ -61,7 +67,6 @@ EXTRA_FLAGS = {
     ("parallel", "TP2+SP"): ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
     ("layout", "packed40"): ["--micro-batch-layout", "packed", "--max-tokens-per-gpu", "40"],
 }
-TEACHER_METHODS = ("corewarding_2",)
 STEPS = 3  # train iterations per cell: staleness 2 first shows at step 3
 TIMEOUT_S = 300
 RUN_FLAGS = ["--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-response-length", "24",
@@ -69,10 +74,12 @@ RUN_FLAGS = ["--global-batch-size", "4", "--n-samples-per-prompt", "4", "--max-r
 
 
 def forbidden(row: dict) -> str | None:
-    """The documented start-up refusals among the factors (megatron_corew/rollout/pipeline.py); pairwise."""
+    """The documented start-up refusals among the factors (RULES in megatron_corew/flags.py); pairwise."""
     ahead = row.get("async", "off") != "off" or row.get("prefetch") == "on"
     if row.get("prefetch") == "on" and "method" in row and row["method"] not in TEACHER_METHODS:
         return "--teacher-prefetch needs a method with an EMA teacher"
+    if row.get("async", "off") != "off" and row.get("method") in REFRAMING_METHODS:
+        return "--async-rollout does not apply to a method that writes its second view at the step's start"
     if ahead and row.get("dynamic") == "on":
         return "pipelined rollouts and --dynamic-sampling do not combine (refill rounds are generated on demand)"
     if ahead and row.get("offload") == "colocate":
@@ -175,7 +182,7 @@ def warm_bundle(out_root: str) -> dict:
 
 def train_args(cell: Cell, bundle: dict, out_dir: str, steps: int = STEPS) -> list[str]:
     args = ["--hf-checkpoint", bundle["model"], "--train-data", bundle["train"], "--output-dir", out_dir]
-    if cell.values["method"] == "corewarding_1":
+    if cell.values["method"] in REPHRASED_METHODS:
         args += ["--train-data-rephrased", bundle["train_rephrased"]]
     return args + ["--train-iters", str(steps)] + RUN_FLAGS + cell.flags()
 
