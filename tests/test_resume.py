@@ -5,6 +5,7 @@ during an HF export, a resume that changes the method, SIGTERM, consecutive non-
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import sys
 import time
 
 import pytest
-from helpers import REPO, assert_real_signal, launch_command, read_metrics, run_train
+from helpers import REPO, WORKERS, assert_real_signal, launch_command, read_metrics, run_in_own_session, run_train
 
 KEYS = ("train/loss", "train/grad_norm", "train/kl", "reward/mean", "train/entropy")
 
@@ -79,6 +80,56 @@ def test_sigkill_and_resume_is_bitwise_identical(warm_bundle, tmp_path, method):
     assert ra["anchor_sha256"] == rb["anchor_sha256"]  # the reference / EMA teacher too
     if method == "corewarding_2":
         assert a[6]["train/teacher_alpha"] == b[6]["train/teacher_alpha"]
+
+
+def _recorded(args, out: str) -> list[dict]:
+    """Run the loop under tests/workers/step_order_worker.py: its engine calls (prompts and replies) in order."""
+    cmd = [sys.executable, os.path.join(WORKERS, "step_order_worker.py"), out, "--", *args]
+    proc = run_in_own_session(cmd, dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.load(open(out))["events"]
+
+
+def _dump(run: str, step: int) -> list[dict]:
+    with open(os.path.join(run, "rollouts", f"step_{step:06d}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("method", ["random_reward", "self_harmony"])
+def test_stop_and_resume_continues_the_methods_own_draws(warm_bundle, tmp_path, method):
+    """A run stopped after step 2 (the uninterrupted run's step-2 checkpoint as its only one) and resumed trains
+    step 3 exactly as the uninterrupted run: random_reward's seeded stream continues at step 3 (a stream restarted
+    at the resume would repeat step 1's coin flips) and Self-Harmony's reframer writes the same rewrites (its
+    replies, token by token) before the solver answers them."""
+    full, stopped = str(tmp_path / "full"), str(tmp_path / "stopped")
+    events = _recorded(_args(warm_bundle, full, method, steps=3, extra=["--rollout-dump"]), full + ".json")
+    shutil.copytree(os.path.join(full, "ckpt", "iter_0000002"), os.path.join(stopped, "ckpt", "iter_0000002"))
+    with open(os.path.join(stopped, "ckpt", "latest"), "w") as f:
+        f.write("iter_0000002\n")
+    extra = ["--rollout-dump", "--load", os.path.join(stopped, "ckpt")]
+    resumed = _recorded(_args(warm_bundle, stopped, method, steps=3, extra=extra), stopped + ".json")
+    assert_real_signal(read_metrics(full), [3])
+    a = {r["step"]: r for r in read_metrics(full) if "train/loss" in r}
+    b = {r["step"]: r for r in read_metrics(stopped) if "train/loss" in r}
+    assert sorted(b) == [3]
+    for k in (*KEYS, *(k for k in a[3] if k.startswith("reframe/"))):
+        assert a[3][k] == b[3][k], (method, k)
+    keep = ("index", "view", "response", "reward", "label")
+    assert [{k: r[k] for k in keep} for r in _dump(stopped, 3)] == [{k: r[k] for k in keep} for r in _dump(full, 3)]
+    if method == "random_reward":
+        assert [r["reward"] for r in _dump(full, 3)] != [r["reward"] for r in _dump(full, 1)]
+    calls = lambda evs: [e for e in evs if e["event"] == "policy_generate"]  # noqa: E731
+    if method == "self_harmony":  # per step: the reframer's call (one rewrite per question), then the solver's
+        reframer = calls(events)[4]
+        assert len(reframer["prompts"]) == 4 and calls(resumed)[0]["prompts"] == reframer["prompts"]
+        assert calls(resumed)[0]["responses"] == reframer["responses"]
+    assert calls(resumed)[-1] == calls(events)[-1]  # the solver's rollouts of step 3
+    import torch
+
+    trained = [[e for e in evs if e["event"] == "train"][-1]["policy_after"] for evs in (events, resumed)]
+    after = [torch.load(d + ".json.pt")[t] for d, t in zip((full, stopped), trained)]
+    assert all(after[0][k].equal(after[1][k]) for k in after[0])  # the weights after step 3, bitwise
 
 
 @pytest.mark.e2e

@@ -1,5 +1,6 @@
-"""Runs RLRun (Co-rewarding-II or -III) in one process with recording wrappers around its engines and trainer, and writes
-what happened in each step for tests/test_fidelity.py and tests/test_corewarding_3.py to check against its own float64 reference.
+"""Runs RLRun (Co-rewarding-II or -III, Self-Harmony, any method) in one process with recording wrappers around its engines and trainer, and writes
+what happened in each step (what each engine was asked and answered) for tests/test_fidelity.py,
+tests/test_corewarding_3.py and tests/test_resume.py to check against their own references.
 
 Usage: python tests/workers/step_order_worker.py OUT.json -- TRAIN_RL_FLAGS...
 """
@@ -30,8 +31,11 @@ def main():
         generate, update = engine.generate, engine.update_weights
 
         def gen(prompts, params):
-            events.append({"event": f"{role}_generate", "prompts": prompts, "params": vars(params).copy()})
-            return generate(prompts, params)
+            event = {"event": f"{role}_generate", "prompts": prompts, "params": vars(params).copy()}
+            events.append(event)
+            out = generate(prompts, params)
+            event["responses"] = [list(g.response_ids) for g in out]
+            return out
 
         def upd(named_tensors, version):
             tensors = [(n, t.clone()) for n, t in named_tensors]
