@@ -31,6 +31,7 @@ import torch
 
 from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
 from megatron_corew.rollout.sglang.fleet import Fleet, FleetState, RestartPolicy
+from megatron_corew.rollout.sglang.generate_api import post_generate, read_answer, stream_seed
 from megatron_corew.rollout.sglang.http import EngineDownError, HTTPConfig, SGLangError, SGLangHTTPError, http_json
 from megatron_corew.rollout.sglang.partial import PartialRollouts
 from megatron_corew.rollout.sglang.weight_sync import DiskWeights, MemoryWeights, WeightSync
@@ -308,28 +309,14 @@ class SGLangEngine(PartialRollouts, RestartPolicy, WeightSync, RolloutEngine):
         def one(item):
             e, idx = item
             url = self.fleet.router_url if e < 0 else self.fleet.url(e)
-            payload = {
-                "input_ids": [list(map(int, prompts[k])) for k in idx],
-                "return_logprob": True,
-                "logprob_start_len": -1,
-                "stream": False,
-            }
             if params.seed is not None and not params.greedy:
-                seeded = [dict(sp, sampling_seed=int(params.seed * 1000003 + k) % (2**63)) for k in idx]
-                payload["sampling_params"] = seeded[0] if len(idx) == 1 else seeded
+                seeded = [dict(sp, sampling_seed=stream_seed(params.seed, k)) for k in idx]
+                sampling = seeded[0] if len(idx) == 1 else seeded
             else:
-                payload["sampling_params"] = sp
+                sampling = sp
             t0 = time.perf_counter()
             try:
-                resp = http_json(
-                    "POST",
-                    url + "/generate",
-                    payload,
-                    timeout=self.http.request_timeout,
-                    connect_timeout=self.http.connect_timeout,
-                    retries=self.http.retries,
-                    backoff=self.http.backoff,
-                )
+                resp = post_generate(self.http, url, [list(map(int, prompts[k])) for k in idx], sampling)
             except SGLangHTTPError as err:
                 with lock:
                     self.state.stat(e).failures += 1
@@ -358,17 +345,10 @@ class SGLangEngine(PartialRollouts, RestartPolicy, WeightSync, RolloutEngine):
         return failed
 
     def _to_generation(self, prompt: list[int], r: dict, engine: int, url: str) -> Generation:
-        meta = r.get("meta_info", {})
-        fr = meta.get("finish_reason") or {}
-        ftype = fr.get("type") if isinstance(fr, dict) else str(fr)
+        ids, lps, ftype, meta = read_answer(r, url)
         if ftype == "abort":
+            fr = meta.get("finish_reason") or {}
             raise SGLangError(f"{url}: request aborted by the server: {fr.get('message')}")
-        ids = [int(t) for t in r.get("output_ids", [])]
-        lps = meta.get("output_token_logprobs") or []
-        if len(lps) != len(ids) or any(int(x[1]) != t for x, t in zip(lps, ids)):
-            raise SGLangError(
-                f"{url}: output_token_logprobs do not line up with output_ids ({len(lps)} vs {len(ids)} tokens)"
-            )
         served = meta.get("weight_version")
         if served != self.weights.tag:
             raise SGLangError(
@@ -379,7 +359,7 @@ class SGLangEngine(PartialRollouts, RestartPolicy, WeightSync, RolloutEngine):
         return Generation(
             prompt_ids=list(prompt),
             response_ids=ids,
-            logprobs=[float(x[0]) for x in lps],
+            logprobs=lps,
             finish_reason=finish,
             weight_version=self.weight_version,
             meta={"engine": engine, "weight_tag": served, "sglang_finish": ftype},

@@ -23,7 +23,8 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import torch
 
 from megatron_corew.rollout.base import Request
-from megatron_corew.rollout.sglang.http import SGLangError, SGLangHTTPError, http_json
+from megatron_corew.rollout.sglang.generate_api import post_generate, read_answer, stream_seed
+from megatron_corew.rollout.sglang.http import SGLangError, SGLangHTTPError
 
 
 class _InFlight:
@@ -121,26 +122,11 @@ class PartialRollouts:
         url = self.fleet.router_url if e < 0 else self.fleet.url(e)
         sp = dict(self._sampling_params(r.params), max_new_tokens=int(r.remaining))
         if not r.params.greedy:  # the resumed part draws a stream of its own
-            sp["sampling_seed"] = int(r.seed * 1000003 + len(r.response_ids)) % (2**63)
-        payload = {
-            "input_ids": [int(t) for t in r.prompt_ids] + list(r.response_ids),
-            "sampling_params": sp,
-            "return_logprob": True,
-            "logprob_start_len": -1,
-            "stream": False,
-        }
+            sp["sampling_seed"] = stream_seed(r.seed, len(r.response_ids))
         st = self._partial
         t0 = time.perf_counter()
         try:
-            resp = http_json(
-                "POST",
-                url + "/generate",
-                payload,
-                timeout=self.http.request_timeout,
-                connect_timeout=self.http.connect_timeout,
-                retries=self.http.retries,
-                backoff=self.http.backoff,
-            )
+            resp = post_generate(self.http, url, [int(t) for t in r.prompt_ids] + list(r.response_ids), sp)
             ids, lps, aborted = self._partial_answer(resp, url, tag)
         except (SGLangHTTPError, SGLangError) as err:
             with st.cond:
@@ -170,19 +156,13 @@ class PartialRollouts:
         """(output ids, their log-probs, aborted) of one answer, after the alignment and version checks."""
         if isinstance(resp, list):
             resp = resp[0]
-        meta = resp.get("meta_info", {})
-        fr = meta.get("finish_reason") or {}
-        ftype = fr.get("type") if isinstance(fr, dict) else str(fr)
-        ids = [int(t) for t in resp.get("output_ids", [])]
-        lps = meta.get("output_token_logprobs") or []
-        if len(lps) != len(ids) or any(int(x[1]) != t for x, t in zip(lps, ids)):
-            raise SGLangError(f"{url}: output_token_logprobs do not line up with output_ids ({len(lps)} vs {len(ids)})")
+        ids, lps, ftype, meta = read_answer(resp, url)
         served = {meta.get("weight_version")} | {s.get("version") for s in meta.get("weight_versions") or []}
         if served != {tag}:
             raise SGLangError(
                 f"{url}: tokens generated with weight version(s) {sorted(map(str, served))}, expected {tag!r}"
             )
-        return ids, [float(x[0]) for x in lps], ftype == "abort"
+        return ids, lps, ftype == "abort"
 
     def _refuse_while_partial(self) -> None:
         if self.partial_busy():
