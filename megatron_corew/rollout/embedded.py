@@ -27,6 +27,29 @@ def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def left_padded(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[rows, width] token ids and attention mask of the prompts left-padded (every row's last token aligned, so
+    one decode step serves all rows), and their position ids. Shared by both decoders of this engine."""
+    n, width = len(prompts), max(len(p) for p in prompts)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def step_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One decode step's log-probs over the vocabulary (of ``logits / T``, as ``Generation.logprobs`` defines;
+    greedy: of the logits) and the top-p filtered probabilities to draw from (None for greedy: the argmax).
+    Shared by both decoders, which differ only in how they draw."""
+    if params.greedy:
+        return torch.log_softmax(logits, dim=-1), None
+    scaled = logits / params.temperature
+    return torch.log_softmax(scaled, dim=-1), torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1)
+
+
 class EmbeddedEngine(RolloutEngine):
     def __init__(
         self,
@@ -107,14 +130,7 @@ class EmbeddedEngine(RolloutEngine):
         from transformers import DynamicCache
 
         n = len(prompts)
-        width = max(len(p) for p in prompts)
-        ids = torch.full((n, width), self.pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for r, p in enumerate(prompts):  # left padding keeps every sequence's last token aligned
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, positions = left_padded(prompts, self.pad, self.device)
         cache = DynamicCache()
         steps = params.max_new_tokens
         tokens = torch.full((n, steps), self.pad, dtype=torch.long, device=self.device)
@@ -126,13 +142,10 @@ class EmbeddedEngine(RolloutEngine):
         logits = self._prefill(prompts, ids, mask, positions, cache)
         step_pos = positions[:, -1:]
         for t in range(steps):
-            if params.greedy:
-                logp_all = torch.log_softmax(logits, dim=-1)
+            logp_all, probs = step_distribution(logits, params)
+            if probs is None:
                 token = logits.argmax(dim=-1)
             else:
-                scaled = logits / params.temperature
-                logp_all = torch.log_softmax(scaled, dim=-1)
-                probs = torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1)
                 token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
             token_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
             token = torch.where(finished, torch.full_like(token, self.pad), token)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from megatron_corew.rollout.base import Request
-from megatron_corew.rollout.embedded import _top_p_filter
+from megatron_corew.rollout.embedded import left_padded, step_distribution
 
 _MASK = (1 << 63) - 1
 
@@ -151,37 +151,20 @@ class PartialDecoder:
         params = batch[0].params
         t0 = time.perf_counter()
         inputs = [list(r.prompt_ids) + list(r.response_ids) for r in batch]
-        n, width = len(batch), max(len(p) for p in inputs)
-        ids = torch.full((n, width), eng.pad, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for k, p in enumerate(inputs):  # left padding keeps every sequence's last token aligned
-            ids[k, width - len(p) :] = torch.tensor(p)
-            mask[k, width - len(p) :] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        step_ids, step_pos = ids, (mask.cumsum(-1) - 1).clamp(min=0)
+        n = len(batch)
+        step_ids, mask, step_pos = left_padded(inputs, eng.pad, dev)
         cache = DynamicCache()
         live = list(range(n))  # decode-batch row -> index into batch
         new_ids: list[list[int]] = [[] for _ in batch]
         new_lps: list[list[float]] = [[] for _ in batch]
         produced = 0
         while live and not self.stop:
-            out = eng.model(
-                input_ids=step_ids,
-                attention_mask=mask,
-                position_ids=step_pos,
-                use_cache=True,
-                logits_to_keep=1,
-                **{eng._cache_arg: cache},
-            )
-            cache = getattr(out, eng._cache_arg)
-            logits = out.logits[:, -1, :].float()
-            if params.greedy:
-                logp_all = torch.log_softmax(logits, dim=-1)
+            logits = eng._forward(step_ids, mask, step_pos, cache)
+            logp_all, probs = step_distribution(logits, params)
+            if probs is None:
                 token = logits.argmax(dim=-1)
             else:
-                scaled = logits / params.temperature
-                logp_all = torch.log_softmax(scaled, dim=-1)
-                cdf = torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1).double().cumsum(-1)
+                cdf = probs.double().cumsum(-1)
                 u = torch.tensor(
                     [token_uniform(batch[k].seed, len(batch[k].response_ids) + produced) for k in live],
                     dtype=torch.float64,
