@@ -26,7 +26,7 @@ def _closed_form_lr(s: int, total: int, lr: float, min_lr: float, fraction: floa
 @pytest.mark.parametrize("total,min_lr", [(50, 0.0), (37, 1e-7), (10, 0.0)])
 def test_lr_schedule_matches_closed_form_over_a_full_run(total, min_lr):
     from megatron_corew.policy.config import TrainerConfig
-    from megatron_corew.policy.trainer import lr_scheduler
+    from megatron_corew.policy.lr_schedule import lr_scheduler
 
     cfg = TrainerConfig(lr=3e-6, min_lr=min_lr, train_iters=total)  # warm-up fraction 0.1: the default
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
