@@ -397,22 +397,14 @@ def load_paired_examples(
         )
     oparsed, _ = _parse_rows(opath, otab, prompt_key, "error")
     rparsed, _ = _parse_rows(rpath, rtab, prompt_key, "error")
-    compared = 0
-    for (i, o), (_, r) in zip(oparsed, rparsed):
-        oi, ri = o["extra_info"].get("index"), r["extra_info"].get("index")
-        og, rg = o["ground_truth"], r["ground_truth"]
-        compared += (oi is not None and ri is not None) or (og is not None and rg is not None)
-        if oi is not None and ri is not None and oi != ri:
-            raise DataError(
-                f"paired files are misaligned at row {i}: extra_info.index is {oi!r} in {opath} but {ri!r} in {rpath}"
-            )
-        if og is not None and rg is not None and og.strip() != rg.strip():
-            raise DataError(f"paired files disagree at row {i}: ground truth {og!r} in {opath} but {rg!r} in {rpath}")
-    if not compared and rephrase_check is None:
-        _check_alignment_by_numbers(opath, rpath, oparsed, rparsed)
+    from megatron_corew.data import pair_checks
+
+    pair_checks.check_aligned(opath, rpath, oparsed, rparsed, by_numbers=rephrase_check is None)
     flagged_rows, num_flagged, num_fallback = set(), {}, 0
     if rephrase_check is not None:
-        flagged_rows, num_flagged, num_fallback = _read_rephrase_check(os.fspath(rephrase_check), oparsed, rparsed)
+        flagged_rows, num_flagged, num_fallback = pair_checks.read_rephrase_check(
+            os.fspath(rephrase_check), oparsed, rparsed
+        )
     oex, _ = _tokenize(opath, oparsed, tokenizer, "error")
     rex, _ = _tokenize(rpath, rparsed, tokenizer, "error")
     keep = [k for k in range(len(oex)) if oex[k].index not in flagged_rows]
@@ -444,62 +436,3 @@ def load_paired_examples(
     pairs = PairedDataset(original, rephrased, dropped, num_flagged, num_fallback, len(flagged_rows))
     logger.info("%s + %s: %s", opath, rpath, pairs.summary())
     return pairs
-
-
-def _check_alignment_by_numbers(opath: str, rpath: str, oparsed, rparsed, sample: int = 200) -> None:
-    """Neither side has an index or a label to compare: a rephrasing keeps its question's numbers, so when most
-    sampled rows do not (and row i's numbers sit better at row i+1, or almost no row matches), the files are
-    misaligned. Faithful rewrites keep their numbers in ~90% of pairs (docs/REPHRASING.md)."""
-    from megatron_corew.data.question_facts import number_diff, numbers_of
-
-    n, m = len(oparsed), min(sample, len(oparsed))
-    picked = sorted({k * (n - 1) // (m - 1) for k in range(m)}) if m > 1 else []
-    questions = {k: _question(oparsed[k][1]["messages"]) for k in picked}
-    rows = [k for k in picked if sum(sum(c.values()) for c in numbers_of(questions[k])[:2])]  # rows with numbers
-    if len(rows) < 8:
-        return
-
-    def kept(pairs) -> float:  # share of (original row, rephrased row) pairs whose rephrasing keeps the numbers
-        return sum(number_diff(questions[k], _question(rparsed[j][1]["messages"])) is None for k, j in pairs) / max(
-            1, len(pairs)
-        )
-
-    same = kept([(k, k) for k in rows])
-    next_row = kept([(k, k + 1) for k in rows if k + 1 < n])
-    if same < 0.5 and (same < 0.2 or next_row > same + 0.25):
-        raise DataError(
-            f"{opath} + {rpath}: the paired files look misaligned: only {same:.0%} of {len(rows)} sampled rows keep "
-            f"their question's numbers in the rephrasing (row i against row i+1: {next_row:.0%}); neither file has "
-            "extra_info.index or a ground truth to check; add an index, or pass --train-data-rephrase-check"
-        )
-
-
-def _question(messages: list[dict]) -> str:
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return users[-1] if users else ""
-
-
-def _read_rephrase_check(path: str, oparsed, rparsed) -> tuple[set[int], dict[str, int], int]:
-    """(flagged rows, flagged count by reason, fallback count) of a check file that belongs to this pair."""
-    from megatron_corew.data.rephrase_check import pair_sha, read_check_file
-
-    if not os.path.exists(path):
-        raise DataError(f"{path}: rephrase check file not found")
-    try:
-        records = read_check_file(path)
-    except (OSError, ValueError) as e:
-        raise DataError(str(e)) from None
-    if len(records) != len(oparsed):
-        raise DataError(f"{path}: {len(records)} check records for a pair of {len(oparsed)} rows")
-    flagged, by_reason, fallback = set(), {}, 0
-    for rec, (i, o), (_, r) in zip(records, oparsed, rparsed):
-        sha = rec.get("sha")
-        if sha is not None and sha != pair_sha(_question(o["messages"]), _question(r["messages"])):
-            raise DataError(f"{path}: row {i}: the check record is not of this pair's questions (another pair?)")
-        if rec["verdict"] == "flagged":
-            flagged.add(i)
-            for reason in rec["reasons"] or ["unspecified"]:
-                by_reason[reason] = by_reason.get(reason, 0) + 1
-        elif rec["verdict"] == "fallback":
-            fallback += 1
-    return flagged, by_reason, fallback
