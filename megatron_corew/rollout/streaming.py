@@ -63,6 +63,7 @@ class GroupStream:
         self.engine = engine
         self.units: dict[tuple[int, int], _Unit] = {}
         self.requests: dict[int, Request] = {}  # every request of a unit not yet taken
+        self.collected: set[int] = set()  # handed back finished by the engine's collect
         self.taken: set[tuple[int, int]] = set()
         self.next_rid = 0
 
@@ -91,12 +92,15 @@ class GroupStream:
     def add_finished(self, requests: list[Request]) -> None:
         """Requests the engine handed back finished (the engine keeps them as the same objects)."""
         for r in requests:
-            if r.rid not in self.requests:
+            if r.rid not in self.requests or r.rid in self.collected:
                 raise RuntimeError(f"request {r.rid} finished but belongs to no open group (trained twice?)")
             self.requests[r.rid] = r
+            self.collected.add(r.rid)
 
     def complete(self, key: tuple[int, int]) -> bool:
-        return all(self.requests[rid].finish_reason is not None for rid in self.units[key].rids)
+        """Every request of the unit came back through ``collect`` (the engine sets ``finish_reason`` on its own
+        thread before it hands a request back; only ``collect`` says the engine is done with it)."""
+        return all(rid in self.collected for rid in self.units[key].rids)
 
     def take(self, step: int, trainer_version: int, max_staleness: int, stale: str) -> tuple[dict, StreamStats]:
         """Wait until every unit of ``step`` is complete; return {row: Generation} of the units trained (all of
@@ -122,6 +126,7 @@ class GroupStream:
                 for rid in self.units[k].rids:
                     r = self.requests[rid]
                     self.requests[rid] = r = Request(rid, r.prompt_ids, r.params, seed=r.seed)
+                    self.collected.discard(rid)
                     fresh.append(r)
             self.engine.submit(fresh)
         out = {}
@@ -147,6 +152,7 @@ class GroupStream:
     def _forget(self, key) -> None:
         for rid in self.units.pop(key).rids:
             del self.requests[rid]
+            self.collected.discard(rid)
 
     def _wait(self, keys) -> None:
         while not all(self.complete(k) for k in keys):
@@ -188,6 +194,8 @@ class GroupStream:
             self.requests[r.rid] = r
             if r.finish_reason is None:
                 todo.append(r)
+            else:
+                self.collected.add(r.rid)
         self.resume(todo)
 
 
