@@ -52,7 +52,7 @@ FLAGS: dict[str, dict[str, list[str]]] = {
     "async": {
         "off": [],
         "s1": ["--async-rollout", "--max-staleness", "1"],
-        "s2": ["--async-rollout", "--max-staleness", "2"],
+        "fa2": ["--async-rollout", "--async-mode", "fully-async", "--max-staleness", "2"],
     },
     "is": {"none": [], "tis": ["--rollout-is", "tis"], "mis": ["--rollout-is", "mis"]},
     "layout": {"padded": ["--micro-batch-layout", "padded"], "packed": ["--micro-batch-layout", "packed"]},
