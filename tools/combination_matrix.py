@@ -33,13 +33,14 @@ sys.path.insert(0, REPO)
 
 from tools.pairwise import all_pairs  # noqa: E402
 
-METHODS = ("gt", "corewarding_1", "corewarding_2", "corewarding_3", "entropy", "random_reward", "semantic_entropy",
-           "self_harmony")  # fmt: skip
+# One method per loop trait (ground truth, paired views, EMA teacher, both, sequence statistics, online
+# reframing); the plain group-reward functions (majority_vote, random_reward, semantic_entropy) take gt's path.
+METHODS = ("gt", "corewarding_1", "corewarding_2", "corewarding_3", "entropy", "self_harmony")
 TEACHER_METHODS = ("corewarding_2", "corewarding_3")  # an EMA teacher: --teacher-prefetch applies
 REPHRASED_METHODS = ("corewarding_1", "corewarding_3")  # read --train-data-rephrased
 REFRAMING_METHODS = ("self_harmony",)  # write their second view at the step's start: no --async-rollout
 # factor -> value -> train_rl.py flags. The order is the greedy pairwise fill's: the two largest factors first
-# (8 x 4 pairs need 32 rows) and this order of the rest reaches that minimum.
+# (6 x 4 pairs need 24 rows) and this order of the rest reaches that minimum.
 FLAGS: dict[str, dict[str, list[str]]] = {
     "method": {m: ["--reward-method", m] for m in METHODS},
     "parallel": {
