@@ -97,7 +97,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     for path, flag in ((os.path.join(a.model, "config.json"), "--model"), (a.train_data, "--train-data")):
         if not os.path.exists(path):
-            print(f"profile_tiny_step: {flag}: {path} does not exist (python tools/make_tiny_task.py --out assets/tiny)")
+            print(
+                f"profile_tiny_step: {flag}: {path} does not exist (python tools/make_tiny_task.py --out assets/tiny)"
+            )
             return 2
     import torch
 
