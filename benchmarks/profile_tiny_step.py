@@ -6,7 +6,8 @@
 It builds ``RLRun`` in-process with the README's tiny-task settings (B 16 x G 8, at most 48 tokens, micro-batch
 64), runs warm-up steps, then times N steps with the step's own stage timers (``perf/time_*``: generate, teacher,
 logprob, reward, train, weight_sync; other = the step's wall time minus those) and prints the median and min-max of
-each. ``--cprofile K`` then runs the same number of steps again under cProfile (Python's deterministic profiler;
+each, and the process's CPU time per step (``time.process_time``: on a machine shared with other jobs it moves
+less than wall time). ``--cprofile K`` then runs the same number of steps again under cProfile (Python's deterministic profiler;
 its hooks slow the step, so the timed steps run without it) and prints the K functions with the most own time and
 the K with the most cumulative time: that is where per-step Python overhead shows. Flags after ``--`` go to
 ``train_rl.py`` (they override the defaults here).
@@ -46,18 +47,19 @@ def build_run(a, extra: list[str]):
 def timed_steps(run, first: int, n: int) -> list[dict]:
     rows = []
     for step in range(first, first + n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         m = run.step(step)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         row = {s: m.get(f"perf/time_{s}", 0.0) for s in STAGES}
         row["other"] = wall - sum(row.values())
         row["step"] = wall
+        row["step CPU time"] = cpu  # this process's CPU seconds: less sensitive to other jobs than wall time
         rows.append(row)
     return rows
 
 
 def table(rows: list[dict]) -> str:
-    cols = [s for s in STAGES if any(r[s] for r in rows)] + ["other", "step"]
+    cols = [s for s in STAGES if any(r[s] for r in rows)] + ["other", "step", "step CPU time"]
     step = statistics.median(r["step"] for r in rows)
     lines = ["| stage | median (s) | min - max (s) | share of the median step |", "|---|---:|---:|---:|"]
     for c in cols:
