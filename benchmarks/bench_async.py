@@ -1,4 +1,4 @@
-"""Step time of Co-rewarding-II: synchronous vs --async-rollout vs --async-rollout --teacher-prefetch.
+"""Step time of Co-rewarding-II: synchronous vs --async-rollout (pipeline) vs --teacher-prefetch vs fully-async.
 
     python benchmarks/bench_async.py                        # tiny model, two SGLang CPU servers (policy + teacher)
     python benchmarks/bench_async.py --backend embedded --steps 6 --out gpu_results/async_gpu.md   # on a GPU
@@ -27,11 +27,12 @@ MODES = {
     "synchronous": [],
     "async (staleness 1)": ["--async-rollout", "--max-staleness", "1"],
     "async + teacher prefetch": ["--async-rollout", "--max-staleness", "1", "--teacher-prefetch"],
+    "fully-async (staleness 1)": ["--async-rollout", "--async-mode", "fully-async", "--max-staleness", "1"],
 }
 
 
 def run_mode(a, name: str, flags: list[str], root: str, stubs: str | None) -> dict:
-    out = os.path.join(root, name.split()[0] + ("_tp" if "prefetch" in name else ""))
+    out = os.path.join(root, name.split()[0].replace("-", "_") + ("_tp" if "prefetch" in name else ""))
     cmd = [sys.executable, os.path.join(REPO, "train_rl.py")]
     cmd += ["--hf-checkpoint", a.model, "--train-data", a.data, "--reward-method", "corewarding_2"]
     cmd += ["--global-batch-size", str(a.global_batch_size), "--n-samples-per-prompt", str(a.n_samples)]
@@ -70,6 +71,9 @@ def run_mode(a, name: str, flags: list[str], root: str, stubs: str | None) -> di
         "staleness": max(r.get("rollout/staleness_max", 0) for r in rows),
         "label_staleness": max(r.get("rollout/teacher_label_staleness", 0) for r in rows),
         "wall_s": wall,
+        "label_acc": [r.get("pseudo/label_acc", float("nan")) for r in rows],
+        "reward": [r.get("reward/mean", float("nan")) for r in rows],
+        "token_age": max(r.get("rollout/token_age_max", r.get("rollout/staleness_max", 0)) for r in rows),
         "steps": len(rows),
     }
 
@@ -107,13 +111,16 @@ def main(argv=None) -> int:
     base = res["synchronous"]["step_s"]
     head = (
         "| mode | mean step s (steps 2..N) | vs sync | generate wait s | teacher s | train s | weight sync s "
-        "| max staleness | label staleness | run wall s |"
+        "| steps/s | max staleness | max token age | label staleness | label accuracy per step | reward per step "
+        "| run wall s |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 14]
+    per_step = lambda xs: " ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     for name, r in res.items():
         lines.append(
             f"| {name} | {r['step_s']:.2f} | {base / r['step_s']:.2f}x | {r['generate_s']:.2f} | {r['teacher_s']:.2f} "
-            f"| {r['train_s']:.2f} | {r['sync_s']:.2f} | {r['staleness']:g} | {r['label_staleness']:g} "
+            f"| {r['train_s']:.2f} | {r['sync_s']:.2f} | {1 / r['step_s']:.3f} | {r['staleness']:g} "
+            f"| {r['token_age']:g} | {r['label_staleness']:g} | {per_step(r['label_acc'])} | {per_step(r['reward'])} "
             f"| {r['wall_s']:.0f} |"
         )
     table = "\n".join(lines)
@@ -144,7 +151,8 @@ def main(argv=None) -> int:
         f.write(
             "`generate wait s` is the time the step waited for its rollouts (with --async-rollout they were made "
             "while the previous step trained); `teacher s` the teacher stage (EMA update, sync, and the wait for "
-            "its rollouts). See docs/ASYNC.md.\n"
+            "its rollouts); fully-async interrupts the requests in flight at each weight sync and resumes them on the "
+            "new weights (`max token age`: trainer version minus the oldest token's). See docs/ASYNC.md.\n"
         )
     print(f"wrote {a.out}")
     return 0

@@ -371,6 +371,22 @@ def add_pipeline_args(parser) -> None:
         "weights by at most this many versions (0: the synchronous schedule)",
     )
     g.add_argument(
+        "--async-mode",
+        choices=["pipeline", "fully-async"],
+        default="pipeline",
+        help="with --async-rollout: pipeline = whole steps generated ahead, a weight sync waits for the requests in "
+        "flight; fully-async = the engine decodes continuously, a weight sync interrupts the requests in flight "
+        "and resumes them on the new weights (partial rollouts), and each step takes its whole groups "
+        "(--max-staleness bounds every token's age)",
+    )
+    g.add_argument(
+        "--stale-samples",
+        choices=["regenerate", "drop"],
+        default="regenerate",
+        help="with --async-mode fully-async: a group whose oldest token lags the trainer by more than "
+        "--max-staleness is generated again from the current weights (regenerate) or left out of its step (drop)",
+    )
+    g.add_argument(
         "--teacher-prefetch",
         action="store_true",
         help="Co-rewarding-II: the teacher answers step k+1's questions while step k trains (its labels come "

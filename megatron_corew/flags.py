@@ -261,6 +261,10 @@ RULES: tuple[Rule, ...] = (
     ),  # fmt: skip
     # rollout pipelining (docs/ASYNC.md)
     Rule("max_staleness", lambda a, m: a.async_rollout, "does not apply without --async-rollout"),
+    Rule("async_mode", lambda a, m: a.async_rollout, "does not apply without --async-rollout"),
+    Rule(
+        "stale_samples", lambda a, m: a.async_mode == "fully-async", "does not apply without --async-mode fully-async"
+    ),
     Rule("teacher_prefetch", lambda a, m: m.teacher, "does not apply to {m} (no teacher)"),
     *(
         Rule(d, ok, f"and {other} {why}")
@@ -319,6 +323,8 @@ EXPERIMENT: dict[str, str] = {
     "mask_truncated_responses": REFUSE,
     "async_rollout": REFUSE,
     "teacher_prefetch": REFUSE,
+    "async_mode": REFUSE,
+    "stale_samples": "what happens to a group that lags too far from the resumed step on",
     "max_staleness": "saved rollouts that lag more than the new bound are regenerated",
     "global_batch_size": "fitting the run to other hardware; the sampler keeps its place in the epoch",
     "n_samples_per_prompt": "fitting the run to other hardware; group advantages stay per prompt",

@@ -73,6 +73,7 @@ class StepBatch:
     teacher_rollouts: list[Rollout] = field(default_factory=list)  # label-only (never trained on)
     labels: list[str] = field(default_factory=list)  # pseudo-label per group (voting methods)
     indices: list[int] = field(default_factory=list)  # dataset rows of the prompts (pairs)
+    teacher_versions: list[int] = field(default_factory=list)  # per group: the teacher version that labelled it
     round: int = 0  # dynamic sampling: the generation round of this step (0: the first; seeds differ per round)
 
     def prompt_ids(self, prompts: list[Prompt] | None = None) -> list[list[int]]:

@@ -39,8 +39,8 @@ def test_refused_pairs_are_the_documented_refusals():
     rollouts (async or prefetch) refuse dynamic sampling and --colocate."""
     _, excluded = all_pairs(cm.FACTORS, cm.forbidden)
     want = {(("prefetch", "on"), ("method", m)) for m in ("gt", "corewarding_1", "entropy")}
-    want |= {(("async", s), ("dynamic", "on")) for s in ("s1", "s2")}
-    want |= {(("async", s), ("offload", "colocate")) for s in ("s1", "s2")}
+    want |= {(("async", s), ("dynamic", "on")) for s in ("s1", "fa2")}
+    want |= {(("async", s), ("offload", "colocate")) for s in ("s1", "fa2")}
     want |= {(("prefetch", "on"), ("dynamic", "on")), (("prefetch", "on"), ("offload", "colocate"))}
     assert set(excluded) == want
     _, refusals = cm.design()

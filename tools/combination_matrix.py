@@ -40,7 +40,7 @@ FLAGS: dict[str, dict[str, list[str]]] = {
     "async": {
         "off": [],
         "s1": ["--async-rollout", "--max-staleness", "1"],
-        "s2": ["--async-rollout", "--max-staleness", "2"],
+        "fa2": ["--async-rollout", "--async-mode", "fully-async", "--max-staleness", "2"],
     },
     "prefetch": {"off": [], "on": ["--teacher-prefetch"]},
     "dynamic": {"off": [], "on": ["--dynamic-sampling"]},

@@ -11,7 +11,9 @@ that came back from a restart without its weights (``RefillNeeded``) is refilled
 Every sample carries the weight version of the engine that made it; the trainer's version is counted here
 (``advance``), a batch lagging it by more than ``--max-staleness`` stops the run, and a checkpoint keeps the
 finished, untrained rollouts (made from weights it does not hold) so that a resumed run samples what the
-uninterrupted one does. See docs/ASYNC.md.
+uninterrupted one does. With ``--async-mode fully-async`` the policy lane is a ``GroupStream``
+(rollout/streaming.py): the engine decodes continuously, a weight sync interrupts, pushes and resumes, and each
+step takes its whole groups. See docs/ASYNC.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from megatron_corew.algo import dynamic_sampling
 from megatron_corew.policy import parallel
 from megatron_corew.records import StepBatch
+from megatron_corew.rollout import streaming
 from megatron_corew.rollout.base import Generation, SamplingParams
 
 __all__ = ["PromptSource", "RolloutGenerator", "sampling_seed"]
@@ -101,8 +104,11 @@ class RolloutGenerator:
         self.async_rollout = bool(getattr(args, "async_rollout", False))
         self.max_staleness = args.max_staleness if self.async_rollout else 0
         self.teacher_prefetch = bool(getattr(args, "teacher_prefetch", False) and teacher)
-        self.pipelined = self.async_rollout or self.teacher_prefetch  # the policy's requests run in its thread
-        self.policy = _Lane("policy", "policy", engine, self.pipelined)
+        self.fully_async = self.async_rollout and getattr(args, "async_mode", "pipeline") == "fully-async"
+        self.pipelined = self.async_rollout or self.teacher_prefetch
+        self.threaded = self.pipelined and not self.fully_async  # the policy's requests run in its thread
+        self.policy = _Lane("policy", "policy", engine, self.threaded)
+        self.stream = streaming.GroupStream(engine) if self.fully_async and engine is not None else None
         self.teacher = _Lane("teacher", "anchor", teacher_engine, self.teacher_prefetch)
         self.weight_version = 0  # the trainer's: pushed with its weights, compared with every sample's
 
@@ -157,6 +163,8 @@ class RolloutGenerator:
     def rollouts(self, batch: StepBatch) -> dict:
         """This round's policy rollouts into ``batch`` (every rank); with --async-rollout also start the next steps'
         and check how far the samples lag the trainer."""
+        if self.fully_async:
+            return self._stream_rollouts(batch)
         step, k = batch.step, self.max_staleness
         params = self.sampling(step, "policy", batch.round)
         if self.pipelined and self.rank0 and step not in self.policy.ahead:  # first step, K=0, or a resume
@@ -182,6 +190,38 @@ class RolloutGenerator:
             out["perf/rollout_generation_s"] = seconds  # background time; perf/time_generate is the wait
         return out
 
+    def _submit(self, batch: StepBatch) -> None:
+        G = batch.samples_per_prompt
+        units = [p.pair_id for p in batch.prompts for _ in range(G)]  # a group, or both views of a pair
+        self.stream.submit_step(batch.step, batch.prompt_ids(), units, self.sampling(batch.step, "policy"))
+
+    def _stream_rollouts(self, batch: StepBatch) -> dict:
+        """--async-mode fully-async: submit the groups of the steps up to --max-staleness ahead (this step's too
+        when nothing started them), then take this step's whole groups from the stream (every rank)."""
+        step, k, got = batch.step, self.max_staleness, None
+        if self.rank0:
+            if not self.stream.has_step(step):
+                self._submit(batch)
+            for s in range(step + 1, min(step + k, self.train_iters - 1) + 1):
+                if not self.stream.has_step(s):
+                    self._submit(self.prompts.peek_batch(s, s - step - 1))
+            by_row, stats = self.stream.take(step, self.weight_version, k, self.args.stale_samples)
+            asked = batch.prompt_ids()
+            if any(g.prompt_ids != asked[row] for row, g in by_row.items()):
+                raise RuntimeError(f"step {step + 1}: streamed rollouts answer other prompts than the sampler's")
+            got = ([by_row[row] for row in sorted(by_row)], sorted(by_row), stats)
+        gens, rows, stats = parallel.broadcast_object(got)
+        G = batch.samples_per_prompt
+        if len(rows) < len(batch.prompts) * G:  # stale groups dropped: the step trains the others
+            kept = sorted({batch.prompts[row // G].pair_id for row in rows})
+            streaming.keep_units(batch, kept)
+        batch.add_rollouts(gens)
+        lags = [self.weight_version - g.weight_version for g in gens]
+        if max(lags) > k:  # the stream's own rule; kept here as the last word before training
+            raise RuntimeError(_staleness_error(step, max(lags), self.weight_version, k))
+        out = {"rollout/staleness_mean": sum(lags) / len(lags), "rollout/staleness_max": max(lags)}
+        return {**out, **stats.metrics()}
+
     def generate_now(self, role: str, step: int, round: int, prompts: list[list[int]], max_new_tokens: int):
         """A synchronous request to the policy engine outside the rollouts (Self-Harmony's online rewrites), seeded
         by its own ``role``; collective (re-push after a restart). Rank 0 gets the generations, the others None."""
@@ -201,15 +241,19 @@ class RolloutGenerator:
         step's on the teacher just synced (--teacher-prefetch)."""
         prompts = self.prompts.teacher_prompt_ids(batch)
         got = self._collect(self.teacher, batch.step, prompts, self.sampling(batch.step, "teacher", batch.round))
+        out = {}
         if self.teacher.engine is not None:
             batch.add_teacher_rollouts(got[0])
+            if self.fully_async:  # each group's label is recorded with the teacher version that voted it
+                batch.teacher_versions = streaming.label_versions(batch)
+                out["rollout/teacher_version_lag"] = self.weight_version - min(batch.teacher_versions)
         if not self.teacher_prefetch:
-            return {}
+            return out
         nxt = batch.step + 1
         if self.teacher.engine is not None and nxt < self.train_iters:
             ahead = self.prompts.peek_batch(nxt, 0)
             self.teacher.start(nxt, self.prompts.teacher_prompt_ids(ahead), self.sampling(nxt, "teacher"))
-        return {"rollout/teacher_label_staleness": int(ema_updated)}  # EMA steps behind the synchronous loop
+        return {**out, "rollout/teacher_label_staleness": int(ema_updated)}  # EMA steps behind the synchronous loop
 
     def dynamic_rounds(self, first: StepBatch, play_round: Callable[[StepBatch], object], metrics: dict) -> StepBatch:
         """``--dynamic-sampling``: refill ``first`` (generated and scored) up to its group count with rounds of
@@ -246,10 +290,15 @@ class RolloutGenerator:
         self.weight_version += 1
 
     def push_policy(self) -> dict:
-        """The trainer's policy into the policy engine (collective); in-flight generations finish first. Returns
-        the push's seconds and bytes."""
+        """The trainer's policy into the policy engine (collective); in-flight generations finish first, or with
+        --async-mode fully-async are interrupted and resumed on the new weights. Returns the push's seconds and
+        bytes."""
         self.policy.drain()
-        return self.trainer.push_weights(self.policy.engine, self.weight_version)
+        stopped = self.stream.interrupt() if self.stream is not None else []
+        out = self.trainer.push_weights(self.policy.engine, self.weight_version)
+        if self.stream is not None:
+            self.stream.resume(stopped)  # their kept prefix continues on the new weights
+        return out
 
     def push_teacher(self) -> dict:
         """The trainer's EMA teacher into the teacher engine (collective); in-flight generations finish first."""
@@ -261,6 +310,8 @@ class RolloutGenerator:
         """The trainer's weight version and, pipelined, the finished untrained policy rollouts (rank 0); teacher
         rollouts are regenerated on resume from the checkpoint's teacher, which made them."""
         out = {"weight_version": self.weight_version}
+        if self.fully_async:
+            return {**out, "rollout_stream": self.stream.state_dict() if self.stream is not None else {}}
         if not self.pipelined:
             return out
         if not self.rank0:
@@ -272,8 +323,13 @@ class RolloutGenerator:
 
     def load_state_dict(self, state: dict, start_step: int) -> None:
         self.weight_version = state.get("weight_version", start_step)
+        stream = state.get("rollout_stream")
+        if self.stream is not None and stream:  # stale groups meet --stale-samples when their step takes them
+            self.stream.load_state_dict(stream)
+        elif self.rank0 and stream:
+            print("rollout stream: the checkpoint's in-flight groups are not reused (not fully-async)", flush=True)
         saved = state.get("rollout_pipeline")
-        if not self.rank0 or not saved or not self.pipelined:
+        if not self.rank0 or not saved or not self.threaded:
             return
         saved = {int(s): [Generation(**g) for g in gens] for s, gens in saved.get("policy", {}).items()}
         trainer = self.weight_version  # at start_step; step s trains with version trainer + (s - start_step)
@@ -288,5 +344,7 @@ class RolloutGenerator:
             self.policy.started(s, gens)
 
     def close(self) -> None:
+        if self.stream is not None:
+            self.stream.interrupt()  # nothing is left to train on: stop the decoding thread
         self.policy.close()
         self.teacher.close()

@@ -32,6 +32,8 @@ def write(output_dir: str, batch, token_counts: bool = False) -> str:
                 "weight_version": r.weight_version,
                 "token_versions": list(r.generation.token_versions),
             }
+            if batch.teacher_versions:
+                row["teacher_version"] = batch.teacher_versions[r.group]
             if token_counts:
                 row["response_tokens"] = r.length - len(r.prompt_ids)
             f.write(json.dumps(row) + "\n")
