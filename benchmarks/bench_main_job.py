@@ -96,14 +96,26 @@ def main(argv=None) -> int:
         "kernels, slow) and the thread count of the build and the run",
     )
     p.add_argument("--steps", type=int, default=40)
+    p.add_argument(
+        "--assets",
+        default=None,
+        help="a tiny task already built by tools/make_tiny_task.py with the one variant's thread count (skips the "
+        "build; one variant only)",
+    )
     p.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "main_job.md"))
     a = p.parse_args(argv)
 
+    if a.assets and len(a.variants) != 1:
+        raise SystemExit("error: --assets: give exactly one --variants entry (the build's kernels and threads)")
     rows, builds = [], []
     with tempfile.TemporaryDirectory(prefix="bench_main_job_") as root:
         for kernel in a.variants:
-            assets, seconds = build_assets(kernel, root)
-            builds.append(f"{kernel}: tiny task built in {seconds:.0f} s")
+            if a.assets:
+                assets = os.path.abspath(a.assets)
+                builds.append(f"{kernel}: tiny task from {a.assets}")
+            else:
+                assets, seconds = build_assets(kernel, root)
+                builds.append(f"{kernel}: tiny task built in {seconds:.0f} s")
             for seed in a.seeds:
                 rows.append(run_main_job(kernel, assets, seed, a.steps, root))
                 print("\n".join(table(rows[-1:])[2:]), flush=True)

@@ -1,7 +1,8 @@
 """Our RL step (train_rl.py's ``RLRun.step``) against TRL's ``GRPOTrainer`` on one CPU machine, side by side.
 
-  python benchmarks/bench_vs_trl.py                         # both workloads, alternating rounds, writes results
-  python benchmarks/bench_vs_trl.py --workloads variable --rounds 4 --ours-variant "packed=--micro-batch-layout packed"
+  python benchmarks/bench_vs_trl.py                         # three workloads, all cores, writes the results file
+  python benchmarks/bench_vs_trl.py --workloads variable --rounds 4 --threads 1 \
+      --ours-variant defaults= --ours-variant "packed=--micro-batch-layout packed"
   python benchmarks/bench_vs_trl.py --smoke                 # tiny sizes, one round (the e2e test)
 
 Each system lives in its own long-lived worker process (this file with ``--worker``); the parent steps them in
@@ -16,7 +17,11 @@ the same chat-rendered token ids (checked); the two samplers draw different prom
 Workloads: ``fixed`` is the tiny task (assets/tiny, B 16 x G 8, at most 48 tokens; responses ~18 tokens, narrow).
 ``variable`` is the same checkpoint with its EOS row of ``lm_head`` scaled by 0.3 (written once to --work-dir), so
 that after its answer the model goes on until a now rarer EOS: at most 384 tokens, long-tailed lengths (median ~46,
-p90 ~115, ~5% reach the limit).
+p90 ~115, ~5% reach the limit). ``25M`` is a randomly initialised 25.7M-parameter Qwen3 with the same tokenizer
+(B 4 x G 8, 64-token responses: a random model rarely samples its EOS), where the matmuls, not the per-step
+overhead, set the pace. Both systems run with the same torch thread count (``--threads``, default all cores); the
+headline table of each workload holds the default configurations only, other ``--ours-variant`` /
+``--trl-variant`` rows follow it.
 
 Where the time goes: ours from the step's ``perf/time_*`` stages; TRL by wrapping its own methods
 (``_generate_single_turn``: generate; ``_calculate_rewards``: reward; the rest of
@@ -43,46 +48,58 @@ sys.path.insert(0, REPO)
 WORKLOADS = {
     "fixed": dict(B=16, G=8, max_len=48, eos_scale=None, lr=1e-4, mbs=64),
     "variable": dict(B=16, G=8, max_len=384, eos_scale=0.3, lr=1e-6, mbs=64),
+    "25M": dict(B=4, G=8, max_len=64, eos_scale=None, lr=1e-5, mbs=32, dims="25M"),
     "smoke": dict(B=2, G=4, max_len=16, eos_scale=None, lr=1e-4, mbs=4),
 }
+# a randomly initialised Qwen3 of ~25.7M parameters with the tiny task's tokenizer: a random model rarely samples
+# its EOS, so nearly every response runs to the length limit (a fixed-length decode of a model 137x the tiny one)
+DIMS = {
+    "25M": dict(
+        hidden_size=512, intermediate_size=1536, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=4,
+        head_dim=64,
+    ),
+}  # fmt: skip
 PROTO = "@@bench "
 NOTES = """
 Shared settings: the same checkpoint and training prompts (the same chat-rendered token ids, checked), B prompts x G
 samples, the same maximum response length, temperature 1, top-p 1 (TRL: top-k 0), KL off (`--kl-loss-coef 0` /
-`beta=0`), one optimizer step per rollout batch (no old-policy log-prob pass in either), micro-batch 64, the same
-lr, clip 0.2, weight decay 0.01, grad clip 1, fp32, CPU, and the same reward: our ground-truth grader
-(`rewards.grading.grade`) is TRL's `reward_func`. Workloads: fixed = the tiny task (responses ~18 tokens, narrow);
-variable = the tiny checkpoint with its EOS row of `lm_head` scaled by 0.3, so that the model goes on after its
-answer until a rarer EOS (lengths: median ~46, p90 ~115, ~5% reach the 384 limit). lr 1e-6 there keeps the length
-distribution steady over the run.
+`beta=0`), one optimizer step per rollout batch (no old-policy log-prob pass in either), the same micro-batch size,
+lr, clip 0.2, weight decay 0.01, grad clip 1, fp32, CPU, the same torch thread count, and the same reward: our
+ground-truth grader (`rewards.grading.grade`) is TRL's `reward_func`. Workloads: fixed = the tiny task (responses
+~18 tokens, narrow); variable = the tiny checkpoint with its EOS row of `lm_head` scaled by 0.3, so that the model
+goes on after its answer until a rarer EOS (lengths: median ~46, p90 ~115, ~5% reach the 384 limit; lr 1e-6 keeps
+the distribution steady over the run); 25M = a random 25.7M-parameter Qwen3 with the tiny tokenizer, 64-token
+responses (its reward is 0: a throughput measurement of a model 137x the tiny one).
 
-How to read it: samples/s = B x G x steps / their total step time; response tokens/s = generated tokens / the same
-time; step, generate, reward, train and other are means per step. Ours: `perf/time_generate`, `perf/time_reward`,
-`perf/time_train` of `RLRun.step`, other = the rest (weight sync into the engine). TRL: `_generate_single_turn`
-(generate), `_calculate_rewards` (reward), the rest of `_generate_and_score_completions` (other: tokenize, decode,
-pad, advantages), and the remainder of the optimizer step from `on_step_begin` to `on_step_end` (train: forward,
-backward, optimizer). Logging is outside both.
+How to read it: samples/s = B x G / step time, the median over the rounds with the slowest and fastest round in
+brackets; response tokens/s, step, generate, reward, train and other are medians per step too. Ours:
+`perf/time_generate`, `perf/time_reward`, `perf/time_train` of `RLRun.step`, other = the rest (weight sync into the
+engine). TRL: `_generate_single_turn` (generate), `_calculate_rewards` (reward), the rest of
+`_generate_and_score_completions` (other: tokenize, decode, pad, advantages), and the remainder of the optimizer
+step from `on_step_begin` to `on_step_end` (train: forward, backward, optimizer). Logging is outside both.
 
-Variants: TRL (defaults) is `GRPOTrainer` with the shared settings above (plain `generate`, padded training);
-TRL (continuous batching) adds `use_transformers_continuous_batching=True` (transformers' paged continuous-batching
-generation). Ours (defaults) is `train_rl.py` with its default layout (embedded engine in batches of
-`--rollout-batch-size 64`, padded micro-batches); ours (fast) adds `--rollout-drop-finished --rollout-batch-size 128
---micro-batch-layout packed`: finished sequences leave the decode batch, all 128 samples decode together, and
-training packs whole sequences into rows (no padding). These flags are not the default because they change the
-samples of a seeded run (a smaller decode batch rounds its matmuls differently, and one batch of 128 draws from the
-sampler in another order); default seeded runs stay bitwise identical.
+Defaults: TRL (defaults) is `GRPOTrainer` with the shared settings above (plain `generate`, padded training); ours
+(defaults) is `train_rl.py` with no extra flag: the embedded engine decodes a step's samples in one batch from which
+finished sequences leave (`--rollout-drop-finished`, on by default), and training runs padded micro-batches.
+`--no-rollout-drop-finished --rollout-batch-size 64` is the earlier layout (every row decoded to the longest, in
+batches of 64).
 
-This machine is shared (2 cores, load 6-25 while measuring): a step's wall time varies by 2x from one moment to
-the next. The systems take turns step by step, so both meet the same load on average; read the ratios.
+The machine may be shared: the header of each table gives the load average (1 minute) before and after its
+rounds. The systems take turns step by step, so both meet the same load on average; read the ratios, and rerun
+on an idle machine for absolute rates.
 """
 
 
 # ---------------------------------------------------------------- shared set-up
-def workload_model(base: str, eos_scale: float | None, work_dir: str) -> str:
-    """The checkpoint a workload runs: the tiny model, or a copy whose EOS row of lm_head is scaled."""
+def workload_model(base: str, eos_scale: float | None, work_dir: str, dims: str | None = None) -> str:
+    """The checkpoint a workload runs: the tiny model, a copy whose EOS row of lm_head is scaled, or a random model
+    of other ``dims`` with the tiny model's tokenizer."""
+    import shutil
+
+    if dims is not None:
+        return sized_model(base, dims, work_dir)
     if eos_scale is None:
         return base
-    import shutil
 
     from safetensors.torch import load_file, save_file
 
@@ -99,6 +116,26 @@ def workload_model(base: str, eos_scale: float | None, work_dir: str) -> str:
         head[e] *= eos_scale
     state["lm_head.weight"] = head
     save_file(state, os.path.join(tmp, "model.safetensors"), metadata={"format": "pt"})
+    os.replace(tmp, out)
+    return out
+
+
+def sized_model(base: str, dims: str, work_dir: str) -> str:
+    """A random Qwen3 of ``DIMS[dims]`` with ``base``'s tokenizer, written once to ``work_dir``."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from megatron_corew.demo.tiny_model import build_model
+
+    out = os.path.join(work_dir, f"model_{dims}")
+    if os.path.exists(os.path.join(out, "model.safetensors")):
+        return out
+    tok = AutoTokenizer.from_pretrained(base)
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_model(tok, seed=0, **DIMS[dims]).save_pretrained(tmp)
+    tok.save_pretrained(tmp)
     os.replace(tmp, out)
     return out
 
@@ -307,26 +344,36 @@ class Worker:
         self.log.close()
 
 
-def summarize(w: Worker, n: int) -> dict:
-    rs = w.results
-    total = sum(r["step_s"] for r in rs)
-    mean = {k: sum(r[k] for r in rs) / len(rs) for k in ("step_s", "generate_s", "reward_s", "train_s", "other_s")}
-    tokens = sum(r["tokens"] for r in rs)
+def summarize(results: list[dict], n: int) -> dict:
+    """Per-round numbers -> medians (and min / max of the rate) over the rounds; ``n`` samples per step."""
+    import statistics
+
+    med = {
+        k: statistics.median(r[k] for r in results) for k in ("step_s", "generate_s", "reward_s", "train_s", "other_s")
+    }
+    rates = [n / r["step_s"] for r in results]
+    tokens = sum(r["tokens"] for r in results)
     return {
-        **mean,
-        "samples_per_s": n * len(rs) / total,
-        "tokens_per_s": tokens / total,
-        "mean_len": tokens / (n * len(rs)),
-        "max_len": max(r["max_len"] for r in rs),
-        "reward": sum(r["reward"] for r in rs) / len(rs),
-        "steps": len(rs),
+        **med,
+        "samples_per_s": statistics.median(rates),
+        "samples_per_s_min": min(rates),
+        "samples_per_s_max": max(rates),
+        "tokens_per_s": statistics.median(r["tokens"] / r["step_s"] for r in results),
+        "mean_len": tokens / (n * len(results)),
+        "max_len": max(r["max_len"] for r in results),
+        "reward": sum(r["reward"] for r in results) / len(results),
+        "steps": len(results),
     }
 
 
-def run_workload(name: str, a, work_dir: str) -> tuple[list[tuple[str, dict]], dict]:
+def run_workload(name: str, a, work_dir: str) -> tuple[list[tuple[str, dict]], dict, tuple[float, float]]:
+    """Both systems' workers, stepped in turns; returns (label, summary) rows, the spec and the load average
+    (1 min) before and after the measured rounds."""
     spec = WORKLOADS[name]
-    model = workload_model(a.model, spec["eos_scale"], work_dir)
-    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads), PYTHONPATH=REPO, TOKENIZERS_PARALLELISM="false")
+    model = workload_model(a.model, spec["eos_scale"], work_dir, spec.get("dims"))
+    threads = str(a.threads)
+    env = dict(os.environ, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONPATH=REPO)
+    env["TOKENIZERS_PARALLELISM"] = "false"
     common = ["--model", model, "--train-data", a.train_data, "--seed", str(a.seed)]
     for k in ("B", "G", "max_len", "lr", "mbs"):
         common += [f"--{k.replace('_', '-')}", str(spec[k])]
@@ -341,37 +388,53 @@ def run_workload(name: str, a, work_dir: str) -> tuple[list[tuple[str, dict]], d
         for _ in range(a.warmup):
             for w in workers:
                 w.step()
+        load_before = os.getloadavg()[0]
         for r in range(a.rounds):
             for w in workers:  # A B A B ...: the systems take turns
                 w.results.append(w.step())
             print(
-                f"[{name}] round {r + 1}/{a.rounds}: "
+                f"[{name}] round {r + 1}/{a.rounds} (load {os.getloadavg()[0]:.1f}): "
                 + ", ".join(f"{w.name} {w.results[-1]['step_s']:.2f} s" for w in workers),
                 flush=True,
             )
+        load_after = os.getloadavg()[0]
     finally:
         for w in workers:
             w.close()
     n = spec["B"] * spec["G"]
-    return [(w.name, summarize(w, n)) for w in workers], spec
+    return [(w.name, summarize(w.results, n)) for w in workers], spec, (load_before, load_after)
 
 
-def table(name: str, spec: dict, rows: list[tuple[str, dict]]) -> str:
+def table(name: str, spec: dict, rows: list[tuple[str, dict]], load: tuple[float, float], threads: int) -> str:
+    """The headline table (the systems' default configurations), then any other variants, vs TRL's defaults."""
     trl = rows[0][1]
     head = (
         f"### {name}: B {spec['B']} x G {spec['G']}, at most {spec['max_len']} tokens, lr {spec['lr']}, "
         f"micro-batch {spec['mbs']}"
         + (f", EOS row of lm_head x {spec['eos_scale']}" if spec["eos_scale"] else "")
-        + "\n\n| system | samples/s | response tokens/s | vs TRL (samples/s) | step (s) | generate (s) | reward (s) "
-        "| train (s) | other (s) | mean / max length | mean reward |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+        + (f", random {spec['dims']}-parameter Qwen3" if spec.get("dims") else "")
+        + f"; {threads} threads per system, load average {load[0]:.1f} -> {load[1]:.1f}\n\n"
     )
-    lines = [
-        f"| {label} | {s['samples_per_s']:.1f} | {s['tokens_per_s']:.0f} | {s['samples_per_s'] / trl['samples_per_s']:.2f}x "
-        f"| {s['step_s']:.3f} | {s['generate_s']:.3f} | {s['reward_s']:.3f} | {s['train_s']:.3f} | {s['other_s']:.3f} "
-        f"| {s['mean_len']:.1f} / {s['max_len']:.0f} | {s['reward']:.3f} |"
-        for label, s in rows
-    ]
-    return head + "\n".join(lines) + "\n"
+    cols = (
+        "| system | samples/s, median (min-max) | response tokens/s | vs TRL (samples/s) | step (s) | generate (s) "
+        "| reward (s) | train (s) | other (s) | mean / max length | mean reward |\n|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+
+    def line(label, s):
+        return (
+            f"| {label} | {s['samples_per_s']:.1f} ({s['samples_per_s_min']:.1f}-{s['samples_per_s_max']:.1f}) "
+            f"| {s['tokens_per_s']:.0f} | {s['samples_per_s'] / trl['samples_per_s']:.2f}x "
+            f"| {s['step_s']:.3f} | {s['generate_s']:.3f} | {s['reward_s']:.3f} | {s['train_s']:.3f} "
+            f"| {s['other_s']:.3f} | {s['mean_len']:.1f} / {s['max_len']:.0f} | {s['reward']:.3f} |"
+        )
+
+    defaults = [(label, s) for label, s in rows if label.endswith("(defaults)")]
+    others = [(label, s) for label, s in rows if not label.endswith("(defaults)")]
+    text = head + cols + "\n".join(line(label, s) for label, s in defaults) + "\n"
+    if others:
+        text += "\nOther configurations (not the defaults):\n\n" + cols
+        text += "\n".join(line(label, s) for label, s in others) + "\n"
+    return text
 
 
 def machine() -> str:
@@ -395,10 +458,15 @@ def versions() -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--worker", choices=("ours", "trl"), help=argparse.SUPPRESS)
-    p.add_argument("--workloads", default="fixed,variable")
-    p.add_argument("--rounds", type=int, default=6, help="measured steps per system (alternating)")
+    p.add_argument("--workloads", default="fixed,variable,25M", help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    p.add_argument("--rounds", type=int, default=6, help="measured steps per system (taken in turns)")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured steps per system first")
-    p.add_argument("--threads", type=int, default=2, help="torch threads per worker (OMP_NUM_THREADS)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads of each system, the same for both (default: all cores, as a user's run gets)",
+    )
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--model", default=os.path.join(REPO, "assets/tiny/model"))
     p.add_argument("--train-data", default=os.path.join(REPO, "assets/tiny/data/train.parquet"))
@@ -445,6 +513,10 @@ def main(argv=None) -> int:
     a.ours_variants = [tuple(v.split("=", 1)) for v in (a.ours_variant or ["defaults="])]
     a.trl_variants = [tuple(v.split("=", 1)) for v in (a.trl_variant or ["defaults={}"])]
     names = ["smoke"] if a.smoke else a.workloads.split(",")
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        print(f"bench_vs_trl: --workloads: unknown {', '.join(unknown)}; valid: {', '.join(WORKLOADS)}")
+        return 2
     if a.smoke:
         a.rounds, a.warmup = 1, 0
     work_dir = a.work_dir or tempfile.mkdtemp(prefix="bench_vs_trl_")
@@ -453,8 +525,8 @@ def main(argv=None) -> int:
     load_before = machine()
     sections = []
     for name in names:
-        rows, spec = run_workload(name, a, work_dir)
-        text = table(name, spec, rows)
+        rows, spec, load = run_workload(name, a, work_dir)
+        text = table(name, spec, rows, load, a.threads)
         print("\n" + text, flush=True)
         sections.append(text)
     if a.smoke:
@@ -464,10 +536,9 @@ def main(argv=None) -> int:
         f.write(
             f"# bench_vs_trl.py: our RL step vs TRL GRPOTrainer, {started}\n\n"
             f"Machine: {load_before} at the start, {os.getloadavg()[0]:.1f} at the end (shared with other jobs).\n"
-            f"Software: {versions()}. Command: `{cmd.strip()}`; {a.threads} torch thread(s) per worker, "
-            f"{a.warmup} warm-up step(s), then {a.rounds} steps per system taken in turns.\n\n"
-            + "\n".join(sections)
-            + NOTES
+            f"Software: {versions()}. Command: `{cmd.strip()}`; {a.threads} torch thread(s) per system, "
+            f"{a.warmup} warm-up step(s), then {a.rounds} steps per system taken in turns; rates are medians over "
+            "the rounds (min-max in brackets).\n\n" + "\n".join(sections) + NOTES
         )
     print(f"wrote {a.out}")
     return 0

@@ -215,7 +215,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "rollout_drop_finished",
         lambda a, m: a.rollout_backend == "embedded",
-        "does not apply to --rollout-backend sglang (it batches continuously)",
+        "off (--no-rollout-drop-finished) does not apply to --rollout-backend sglang (it batches continuously)",
     ),  # fmt: skip
     Rule(
         "rollout_no_shared_prefill",

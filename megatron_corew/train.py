@@ -63,6 +63,7 @@ class RLRun:
         need_anchor = a.kl_loss_coef > 0 or self.method.needs_anchor_model
         self.trainer = PolicyTrainer(self.model_args, TrainerConfig.from_args(a, self.train_iters, need_anchor))
         self.rollout_cfg = factory.RolloutConfig.from_args(a)
+        factory.leave_a_core_for_servers(self.rollout_cfg, log0)
         self.colocation = Colocation(  # --colocate / --offload-train: offloaded before the engines start
             self.trainer, offload_train=a.offload_train, colocate=a.colocate, rollout_cfg=self.rollout_cfg, log=log0
         )

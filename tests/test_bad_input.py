@@ -188,8 +188,9 @@ def test_flags_that_do_not_apply_to_the_method(setup, capsys):
         (["--save-interval", "2"], "--save-interval does not apply without --save"),
         (["--max-tokens-per-gpu", "4096"], "--max-tokens-per-gpu does not apply without --micro-batch-layout packed"),
         (
-            ["--rollout-backend", "sglang", "--rollout-drop-finished"],
-            "--rollout-drop-finished does not apply to --rollout-backend sglang (it batches continuously)",
+            ["--rollout-backend", "sglang", "--no-rollout-drop-finished"],
+            "--rollout-drop-finished off (--no-rollout-drop-finished) does not apply to --rollout-backend sglang "
+            "(it batches continuously)",
         ),
         (
             ["--rollout-backend", "sglang", "--rollout-no-shared-prefill"],

@@ -25,7 +25,7 @@ def _prompts(n=24, seed=0):
     return [[rng.randint(20, 99) for _ in range(rng.randint(2, 9))] for _ in range(n)]
 
 
-@pytest.mark.parametrize("drop", [False, True], ids=["default", "drop_finished"])
+@pytest.mark.parametrize("drop", [False, True], ids=["keep_finished", "drop_finished"])
 def test_sampled_logprobs_equal_transformers(model, drop):
     """Every sampled token's reported log-prob equals transformers' full-sequence forward (float64) at T=1: a row
     confused when the batch shrinks would be scored against another row's context and miss by far more."""
@@ -62,7 +62,7 @@ def _grouped(prompts, n):
     return [p for p in prompts for _ in range(n)] + [prompts[0]]
 
 
-@pytest.mark.parametrize("drop", [False, True], ids=["default", "drop_finished"])
+@pytest.mark.parametrize("drop", [False, True], ids=["keep_finished", "drop_finished"])
 def test_shared_prefill_logprobs_equal_transformers_and_prefill_once(model, drop):
     """Repeated prompts are prefilled once (the first forward sees each distinct prompt once) and every sample's
     log-probs still equal transformers' full forward: a cache row copied to the wrong sample would miss by far."""

@@ -114,6 +114,55 @@ def test_flags_and_passthrough():
         ss.ServerSpec(model_path="/m", env={"SGLANG_RETURN_ORIGINAL_LOGPROB": "1"}).environment()
 
 
+def test_startup_import_failure_says_what_is_missing_and_the_stubs_are_found(tmp_path):
+    """A server interpreter that dies on SGLang's torchvision import: the start-up error's first line names the
+    module and the fix; a ``VENV/cpu_stubs`` beside the interpreter (tools/install_sglang.sh) joins PYTHONPATH."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(
+        "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\n"
+        "echo \"ModuleNotFoundError: No module named 'torchvision'\" >&2\nexit 1\n"
+    )
+    python.chmod(0o755)
+    spec = ss.ServerSpec(model_path="/m", python=str(python), log_path=str(tmp_path / "server.log"))
+    assert str(venv / "cpu_stubs") not in spec.environment().get("PYTHONPATH", "")
+    proc = ss.ServerProcess(spec)
+    proc.start()
+    with pytest.raises(sh.EngineDownError) as err:
+        proc.wait_ready(30)
+    first = str(err.value).splitlines()[0]
+    assert "could not import torchvision" in first and "tools/install_sglang.sh" in first, first
+    (venv / "cpu_stubs").mkdir()
+    spec = ss.ServerSpec(model_path="/m", python=str(python), extra_pythonpath=["/mine"])
+    assert spec.environment()["PYTHONPATH"].split(os.pathsep)[:2] == ["/mine", str(venv / "cpu_stubs")]
+    other = ss.startup_hint("ModuleNotFoundError: No module named 'zmq.asyncio'", "/v/bin/python")
+    assert "import zmq" in other and "/v/bin/python -m pip install zmq" in other
+    assert ss.startup_hint("RuntimeError: out of memory", "py") is None
+
+
+def test_trainer_leaves_a_core_for_a_launched_cpu_server(monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(3)
+        embedded = config.RolloutConfig()
+        attached = config.RolloutConfig(backend="sglang", device="cpu", urls=["http://a"])
+        assert factory.leave_a_core_for_servers(embedded, log=lambda *_: None) is None
+        assert factory.leave_a_core_for_servers(attached, log=lambda *_: None) is None
+        assert torch.get_num_threads() == 3
+        launched = config.RolloutConfig(backend="sglang", device="cpu")
+        assert factory.leave_a_core_for_servers(launched, log=lambda *_: None) == 2 == torch.get_num_threads()
+        torch.set_num_threads(3)
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice wins
+        assert factory.leave_a_core_for_servers(launched, log=lambda *_: None) is None
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_rollout_config_defaults_are_the_flag_defaults():
     """Parsing no flags gives the dataclass defaults; the training flags the factory reads are picked up."""
     args = config.build_rollout_parser().parse_args([])

@@ -9,8 +9,9 @@
 # installed torch 2.13.0+cpu and transformers instead of letting sglang's pins pull torch 2.14.1
 # plus several GB of CUDA libraries. sglang is installed with --no-deps, then the short list of
 # packages it imports on CPU (requirements-sglang.txt), with torch pinned so nothing can replace it.
-# Import stubs for sgl_kernel/torchvision are NOT installed here: they are test tooling
-# (tests/sglang_stubs.py) and are passed to the server with --sglang-extra-pythonpath.
+# SGLang imports sgl_kernel and torchvision at start-up; their PyPI wheels are CUDA builds (or replace torch with
+# one), so on a CPU-only torch this script writes import stubs (tests/sglang_stubs.py) to $VENV/cpu_stubs, which
+# the launcher puts on the PYTHONPATH of CPU servers run by $VENV/bin/python.
 # Idempotent: a venv whose sglang already imports is left alone. Takes about 1-2 minutes.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,9 +24,17 @@ TORCH_VERSION="$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])'
     exit 1
 }
 
+write_cpu_stubs() {  # CPU-only torch: the server imports sgl_kernel/torchvision stubs (VENV/cpu_stubs)
+    if "$VENV/bin/python" -c 'import sys, torch; sys.exit(0 if torch.version.cuda is None else 1)'; then
+        "$VENV/bin/python" "$ROOT/tests/sglang_stubs.py" "$VENV/cpu_stubs" >/dev/null
+        echo "CPU import stubs for sgl_kernel and torchvision in $VENV/cpu_stubs"
+    fi
+}
+
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import sglang, triton, fastapi, zmq" 2>/dev/null \
         && [ "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("sglang"))')" = "$SGLANG_VERSION" ]; then
     echo "sglang $SGLANG_VERSION already installed in $VENV"
+    write_cpu_stubs
     exit 0
 fi
 
@@ -43,3 +52,4 @@ print("sglang", m.version("sglang"), "| torch", torch.__version__, "| transforme
       "| triton", m.version("triton"))
 assert "+cpu" in torch.__version__ or not torch.version.cuda, "install_sglang.sh replaced torch with a CUDA build"
 PYEOF
+write_cpu_stubs

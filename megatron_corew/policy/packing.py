@@ -78,6 +78,11 @@ def pack_layout(lengths: list[int], multiple: int = 1) -> dict:
     return {"cu_seqlens": cu, "positions": positions, "offsets": cu[: len(lengths)], "total": padded}
 
 
+def _as_list(values) -> list:
+    """A Python list of numbers from a list or a tensor."""
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
 def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> dict:
     """Token tensors of shape [rows, width] for ``batch`` (records with prompt_ids, response_ids, advantage,
     rollout_logprobs): sequence k starts at flat offset ``starts[k]``; its response positions (position t predicts
@@ -87,26 +92,28 @@ def _fill(batch, indices, weights, rows: int, width: int, starts: list[int]) -> 
     from megatron_corew.policy import parallel
 
     n = rows * width
-    tokens = torch.zeros(n, dtype=torch.long)
-    labels = torch.zeros(n, dtype=torch.long)
-    mask, adv, weight, rollout_logp = (torch.zeros(n, dtype=torch.float32) for _ in range(4))
+    # built as Python lists and turned into tensors once: one small tensor per sample costs more than the copy
+    tokens, labels = [0] * n, [0] * n
+    mask, adv, weight, rollout_logp = [0.0] * n, [0.0] * n, [0.0] * n, [0.0] * n
     # an empty micro-batch (a rank with fewer sequences than micro-batches) has all of them: zeros, masked out
     has_rollout_logp = all(s.rollout_logprobs is not None for s in batch)
     old_logp = torch.zeros(n, dtype=torch.float32)  # pi_old of several steps per rollout (policy/multistep.py)
     has_old_logp = all(getattr(s, "old_logprobs", None) is not None for s in batch)
     first = []
     for k, (s, i) in enumerate(zip(batch, indices)):
-        seq = torch.tensor(s.prompt_ids + s.response_ids)
+        seq = _as_list(s.prompt_ids) + _as_list(s.response_ids)
         o = starts[k]
         tokens[o : o + len(seq)] = seq
         labels[o : o + len(seq) - 1] = seq[1:]
         a, b = o + len(s.prompt_ids) - 1, o + len(seq) - 1
         first.append(a)
-        mask[a:b], adv[a:b], weight[a:b] = 1.0, s.advantage, weights[i]
+        mask[a:b], adv[a:b], weight[a:b] = [1.0] * (b - a), [float(s.advantage)] * (b - a), [weights[i]] * (b - a)
         if has_rollout_logp:
-            rollout_logp[a:b] = torch.tensor(s.rollout_logprobs, dtype=torch.float32)
+            rollout_logp[a:b] = _as_list(s.rollout_logprobs)
         if has_old_logp:
             old_logp[a:b] = torch.as_tensor(s.old_logprobs, dtype=torch.float32)
+    tokens, labels = torch.tensor(tokens, dtype=torch.long), torch.tensor(labels, dtype=torch.long)
+    mask, adv, weight, rollout_logp = (torch.tensor(v, dtype=torch.float32) for v in (mask, adv, weight, rollout_logp))
     dev = parallel.device()
     shape = (rows, width)
     return {

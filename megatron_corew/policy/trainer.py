@@ -231,24 +231,26 @@ class PolicyTrainer:
         )
 
     def _token_stats(self, mb, output, want, entropy_grad: bool = True) -> dict:
-        """{"logp", and "entropy" / "self_certainty" if in ``want``}: [rows, width] fp32 from the model output
-        (full logits, or with ``logits_chunk_tokens`` the output layer's input, only response rows, chunked)."""
+        """{"logp", and "entropy" / "self_certainty" if in ``want``}: [rows, width] fp32 (0 off the response) from
+        the model output (logits, or with ``logits_chunk_tokens`` the output layer's input, chunked), computed on
+        the response positions only."""
         chunk = self.cfg.logits_chunk_tokens
-        if not chunk:
-            stats = self._stats(output)
-            out = {"logp": stats.token_logprobs(mb["labels"])}
+        shape, rows = mb["mask"].shape, mb["rows"]
+        # only the response positions: prompt and padding rows of the logits are never read
+        selected = output.reshape(-1, output.shape[-1]).index_select(0, rows)
+        labels = mb["labels"].reshape(-1).index_select(0, rows)
+        if chunk:
+            res = vocab_parallel.chunked_stats(
+                selected, mb["output_weight"], labels, self.args.vocab_size, self.cfg.temperature, chunk, want
+            )
+        else:
+            stats = self._stats(selected)
+            res = {"logp": stats.token_logprobs(labels)}
             if "entropy" in want:
                 with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-                    out["entropy"] = stats.entropy()
+                    res["entropy"] = stats.entropy()
             if "self_certainty" in want:
-                out["self_certainty"] = stats.self_certainty()
-            return out
-        shape, rows = mb["mask"].shape, mb["rows"]
-        hidden = output.reshape(-1, output.shape[-1]).index_select(0, rows)
-        labels = mb["labels"].reshape(-1).index_select(0, rows)
-        res = vocab_parallel.chunked_stats(
-            hidden, mb["output_weight"], labels, self.args.vocab_size, self.cfg.temperature, chunk, want
-        )
+                res["self_certainty"] = stats.self_certainty()
         full = mb["mask"].new_zeros(shape.numel())
         return {k: full.index_copy(0, rows, v).view(shape) for k, v in res.items() if k == "logp" or k in want}
 

@@ -50,11 +50,17 @@ class RolloutConfig:
     """Everything the rollout factory needs, typed; built once by ``from_args``."""
 
     backend: str = _setting("embedded", "rollout backend: embedded (HF transformers) or sglang", "--rollout-backend")
-    batch_size: int = _setting(64, "sequences per embedded-engine forward", "--rollout-batch-size")
+    batch_size: int | None = _setting(
+        None,
+        "embedded engine: sequences per decode batch (default: all of a call's prompts, one batch; a smaller cap "
+        "bounds the KV cache of a large model)",
+        "--rollout-batch-size",
+    )
     drop_finished: bool = _setting(
-        False,
-        "embedded engine: finished sequences leave the decode batch (several times faster on long-tailed lengths; "
-        "samples differ from the default's, since smaller batches round differently)",
+        True,
+        "embedded engine: finished sequences leave the decode batch (several times faster on long-tailed lengths); "
+        "--no-rollout-drop-finished decodes every row to the longest (the earlier behaviour: other samples for a "
+        "seed, since smaller batches round differently)",
         "--rollout-drop-finished",
     )
     no_shared_prefill: bool = _setting(
@@ -203,7 +209,7 @@ def add_rollout_args(parser):
 
     add("backend", choices=["embedded", "sglang"])
     add("batch_size", type=int)
-    add("drop_finished", action="store_true")
+    add("drop_finished", action=argparse.BooleanOptionalAction)
     add("no_shared_prefill", action="store_true")
     add("urls", nargs="+")
     add("router_url")

@@ -56,10 +56,10 @@ class EmbeddedEngine(RolloutEngine):
         model_dir: str,
         eos_token_ids: list[int],
         pad_token_id: int | None = None,
-        max_batch_size: int = 64,
+        max_batch_size: int | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | None = None,
-        drop_finished: bool = False,
+        drop_finished: bool = True,
         role: str = "policy",
         shared_prefill: bool = True,
     ):
@@ -72,7 +72,7 @@ class EmbeddedEngine(RolloutEngine):
         if not self.eos:
             raise ValueError(f"{model_dir}: no eos_token_id in config; cannot stop generation")
         self.pad = pad_token_id if pad_token_id is not None else min(self.eos)
-        self.max_batch_size = max_batch_size
+        self.max_batch_size = max_batch_size  # None: all of a call's prompts in one decode batch
         self.drop_finished = drop_finished  # faster on long-tailed lengths; smaller batches round differently
         self.shared_prefill = shared_prefill  # a prompt repeated n times (GRPO groups) is prefilled once
         self.weight_version = 0
@@ -104,8 +104,9 @@ class EmbeddedEngine(RolloutEngine):
         gen.manual_seed(seed)
         out: list[Generation] = []
         t0 = time.perf_counter()
-        for i in range(0, len(prompts), self.max_batch_size):
-            out.extend(self._generate_batch(prompts[i : i + self.max_batch_size], params, gen))
+        size = self.max_batch_size or max(len(prompts), 1)
+        for i in range(0, len(prompts), size):
+            out.extend(self._generate_batch(prompts[i : i + size], params, gen))
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["tokens"] += sum(len(g.response_ids) for g in out)
         return out

@@ -63,6 +63,23 @@ def announce_stop_tokens(model_dir: str, tokenizer=None) -> list[int]:
 _ENGINES: list = []
 
 
+def leave_a_core_for_servers(cfg: RolloutConfig, log=print) -> int | None:
+    """CPU SGLang servers launched on this machine decode in their own scheduler process; a trainer whose torch
+    threads take every core makes the two wait on each other. The rule: the trainer runs on cores - 1 threads
+    (at least 1) while such servers share the machine; an explicit OMP_NUM_THREADS is left as it is. Returns the
+    new thread count, or None when nothing changed."""
+    import torch
+
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shared = cfg.backend == "sglang" and not cfg.urls and not cfg.use_ray and device == "cpu"
+    threads = torch.get_num_threads()
+    if not shared or "OMP_NUM_THREADS" in os.environ or threads < 2:
+        return None
+    torch.set_num_threads(threads - 1)
+    log(f"trainer: {threads - 1} torch threads, one core left for the SGLang CPU server (OMP_NUM_THREADS overrides)")
+    return threads - 1
+
+
 def _shutdown_all():
     for e in reversed(_ENGINES):
         try:

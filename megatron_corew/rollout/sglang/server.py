@@ -25,6 +25,37 @@ def default_sglang_python() -> str:
     return DEFAULT_VENV_PYTHON if os.path.exists(DEFAULT_VENV_PYTHON) else sys.executable
 
 
+# SGLang imports these at start-up; on a CPU-only torch their PyPI wheels are CUDA builds (or pull one in)
+CPU_STUBBED = ("torchvision", "sgl_kernel")
+
+
+def cpu_stub_dir(python: str) -> str | None:
+    """``VENV/cpu_stubs`` beside the server interpreter ``VENV/bin/python``: the import stubs that
+    tools/install_sglang.sh writes for a CPU-only torch (None when absent)."""
+    d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(python))), "cpu_stubs")
+    return d if os.path.isdir(d) else None
+
+
+def startup_hint(log: str, python: str) -> str | None:
+    """One line naming the module whose import stopped a server, and how to get it (None: no import error)."""
+    import re
+
+    found = re.findall(r"No module named '([\w.]+)'", log)
+    if not found:
+        return None
+    module = found[-1].split(".")[0]
+    if module in CPU_STUBBED:
+        return (
+            f"SGLang could not import {module} (on a CPU-only torch it needs the import stubs): run "
+            f"`bash tools/install_sglang.sh` (it writes them to VENV/cpu_stubs, added for CPU servers), or pass "
+            f"--sglang-extra-pythonpath DIR after `python tests/sglang_stubs.py DIR`"
+        )
+    return (
+        f"SGLang could not import {module}: install it into the server's interpreter ({python} -m pip install "
+        f"{module}), or rerun `bash tools/install_sglang.sh`"
+    )
+
+
 # Flags that make SGLang serve on a CPU-only torch (no CUDA kernels, graphs or compiled grammars; fp32, a bounded
 # KV pool). Each can be overridden by the same flag in ServerSpec.server_args.
 CPU_DEFAULT_FLAGS = [
@@ -119,8 +150,12 @@ class ServerSpec:
         env.update({"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"})
         if self.device == "cpu":
             env["SGLANG_USE_CPU_ENGINE"] = "1"  # without it SGLang's is_cpu() is False
-        if self.extra_pythonpath:
-            env["PYTHONPATH"] = os.pathsep.join(list(self.extra_pythonpath) + [p for p in [env.get("PYTHONPATH")] if p])
+        paths = list(self.extra_pythonpath)
+        stubs = cpu_stub_dir(self.python) if self.device == "cpu" else None
+        if stubs and stubs not in paths:  # after the caller's own: theirs win
+            paths.append(stubs)
+        if paths:
+            env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in [env.get("PYTHONPATH")] if p])
         env.update({k: str(v) for k, v in self.env.items()})
         if env.get("SGLANG_RETURN_ORIGINAL_LOGPROB", "").lower() in ("1", "true"):
             raise ValueError(
@@ -248,9 +283,11 @@ class ServerProcess(_ManagedProcess):
                     self._pick_port()
                     self.start()
                     continue
+                hint = startup_hint(self.log_tail(200), self.spec.python)
                 raise EngineDownError(
-                    f"{self.name}: server process exited with code {self.proc.returncode} during "
-                    f"start-up; last log lines ({self.log_path}):\n{self.log_tail()}"
+                    f"{self.name}: server process exited with code {self.proc.returncode} during start-up"
+                    + (f": {hint}" if hint else "")
+                    + f"; last log lines ({self.log_path}):\n{self.log_tail()}"
                 )
             try:
                 http_json("GET", self.url + "/health", timeout=5, retries=0)
