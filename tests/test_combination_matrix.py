@@ -13,6 +13,7 @@ import math
 import os
 
 import pytest
+from helpers import RunAhead
 
 from tools import combination_matrix as cm
 from tools.pairwise import all_pairs
@@ -107,14 +108,11 @@ def test_classify_refusal_and_failures(tmp_path):
 # ------------------------------------------------------------------------------------------------- the runs (e2e)
 DESIGN, REFUSALS = cm.design()
 ALL_CELLS = DESIGN + cm.extra_cells() + REFUSALS
-_RESULTS: dict[str, cm.Result] = {}
+_RUNS = RunAhead("test_cell", "cell")
 
 
 def _result(cell: cm.Cell, bundle: dict, root) -> cm.Result:
-    key = cell.id + cell.tag
-    if key not in _RESULTS:
-        _RESULTS[key] = cm.run_cell(cell, bundle, str(root))
-    return _RESULTS[key]
+    return _RUNS.submit(cell.id + cell.tag, lambda: cm.run_cell(cell, bundle, str(root))).result()
 
 
 def _marks(cell: cm.Cell) -> list:
@@ -125,8 +123,9 @@ def _marks(cell: cm.Cell) -> list:
 
 
 @pytest.mark.parametrize("cell", [pytest.param(c, id=c.id, marks=_marks(c)) for c in ALL_CELLS])
-def test_cell(cell, warm_bundle, tmp_path_factory):
-    r = _result(cell, warm_bundle, tmp_path_factory.getbasetemp() / "cells")
+def test_cell(cell, warm_bundle, tmp_path_factory, request):
+    root = str(tmp_path_factory.getbasetemp() / "cells")
+    r = _RUNS.result(request, lambda c: c.id + c.tag, lambda c: cm.run_cell(c, warm_bundle, root))
     assert r.outcome == cell.expect, f"{r.outcome}: {r.line}\n{cm.reproduction(cell)}"
 
 

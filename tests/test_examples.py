@@ -12,7 +12,7 @@ import shlex
 import subprocess
 
 import pytest
-from helpers import REPO, run_in_own_session
+from helpers import REPO, RunAhead, run_in_own_session
 
 EXAMPLES = os.path.join(REPO, "examples")
 METHODS = ["gt", "majority_vote", "self_certainty", "entropy", "corewarding_1", "corewarding_2", "corewarding_3"]
@@ -361,19 +361,26 @@ def run_script(script: str, timeout: int = 300, **env) -> subprocess.CompletedPr
     return run_in_own_session(["bash", os.path.join(EXAMPLES, script)], script_env(OMP_NUM_THREADS=1, **env), timeout)
 
 
+_TINY_RUNS = RunAhead("test_cpu_tiny_runs_two_steps", "method")
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("method", METHODS)
-def test_cpu_tiny_runs_two_steps(method, small_bundle, tmp_path):
-    out = tmp_path / "run"
-    proc = run_script(
-        f"{method}.sh",
-        CPU_TINY=1,
-        MODEL_PATH=small_bundle["model"],
-        TRAIN_DATA=small_bundle["train"],
-        TRAIN_DATA_REPHRASED=small_bundle["train_rephrased"],
-        VAL_DATA=small_bundle["val"],
-        OUT=str(out),
-    )
+def test_cpu_tiny_runs_two_steps(method, small_bundle, tmp_path_factory, request):
+    def start(m):
+        out = tmp_path_factory.mktemp(m) / "run"
+        proc = run_script(
+            f"{m}.sh",
+            CPU_TINY=1,
+            MODEL_PATH=small_bundle["model"],
+            TRAIN_DATA=small_bundle["train"],
+            TRAIN_DATA_REPHRASED=small_bundle["train_rephrased"],
+            VAL_DATA=small_bundle["val"],
+            OUT=str(out),
+        )
+        return proc, out
+
+    proc, out = _TINY_RUNS.result(request, str, start)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     argv = printed_command(proc.stdout)
     assert value(argv, "--reward-method") == method
