@@ -2,10 +2,13 @@
 
   python benchmarks/bench_packing.py                        # all three tables (CPU, a few minutes)
   python benchmarks/bench_packing.py --only step --samples 64
+  python benchmarks/bench_packing.py --only step --workload tiny --cprofile 15
   python benchmarks/bench_packing.py --only memory --tokens 2048,16384
 
-1. Training-step time of the same GRPO step on a long-tailed (lognormal, 16..2048 tokens) batch: today's padded
-   layout vs packed (+ chunked statistics), alternating, one in-process trainer each, on a tiny random Qwen3.
+1. Training-step time of the same GRPO step, padded vs packed (+ chunked statistics), alternating, one in-process
+   trainer each, on two workloads: ``longtail`` (a tiny random Qwen3 on a lognormal 16..2048-token batch) and
+   ``tiny`` (the README's tiny task: the assets/tiny model's own sampled responses to 16 prompts x 8, at most 48
+   tokens, micro-batch 64). ``--cprofile K`` also profiles one step of each layout (K functions by own time).
 2. Data-parallel token imbalance (max / mean tokens per rank) of today's round-robin deal vs the LPT split.
 3. Peak memory of a log-prob pass (log-probs, entropy, self-certainty) over a 151,936-token vocabulary with a
    tiny hidden size, unchunked vs chunked, each in a fresh process (peak RSS growth); results compared.
@@ -55,6 +58,76 @@ def _tiny_model(path: str, vocab: int) -> str:
     return path
 
 
+def _tiny_task_samples(model_dir: str, seed: int):
+    """The tiny task's training batch: 16 prompts x 8 samples of the warm-started model (temperature 1, at most 48
+    new tokens, stopped at its end-of-turn token), as ``RLRun`` would hand them to the trainer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from megatron_corew.data.prompts import chat_messages, prompt_ids
+    from megatron_corew.demo.tiny_task import IM_END, generate_problems
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    train, _ = generate_problems(seed=seed)
+    prompts = [prompt_ids(tok, chat_messages(p.original)) for p in train[:16] for _ in range(8)]
+    eos, pad = tok.convert_tokens_to_ids(IM_END), tok.pad_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    attn = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts]).unsqueeze(1)).long()
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=attn, max_new_tokens=48, do_sample=True, temperature=1.0, top_p=1.0,
+            top_k=0, eos_token_id=eos, pad_token_id=pad,
+        )  # fmt: skip
+    pairs = []
+    for p, row in zip(prompts, out[:, width:].tolist()):
+        resp = row[: row.index(eos) + 1] if eos in row else row
+        pairs.append((p, resp))
+    return pairs
+
+
+def _workload(a, name: str):
+    """(model dir or config, hf_source, vocab, micro-batch size, description, [(prompt ids, response ids)])."""
+    rng = random.Random(1)
+    if name == "tiny":
+        model = os.path.join(REPO, "assets/tiny/model")
+        if not os.path.exists(os.path.join(model, "config.json")):
+            sys.exit(f"error: --workload tiny needs {model} (python tools/make_tiny_task.py)")
+        pairs = _tiny_task_samples(model, a.seed)
+        return model, None, None, 64, "the tiny task (assets/tiny model, 16 prompts x 8 sampled responses)", pairs
+    if a.shape == "tiny":
+        model, hf_source, vocab = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab), None, a.vocab
+        shape = f"tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab})"
+    else:  # a real shape, megatron's random init (only config.json is written; the GPU section of gpu_session.sh)
+        from benchmarks.gpu_train_step import SHAPES, write_config
+
+        model, hf_source, vocab = write_config(a.shape, tempfile.mkdtemp()), False, SHAPES[a.shape]["vocab_size"]
+        shape = f"{a.shape} shape (random init)"
+    pairs = []
+    for n in lognormal_lengths(a.samples, a.seed):
+        p = min(n - 1, rng.randint(8, 64))
+        pairs.append(([rng.randrange(3, vocab) for _ in range(p)], [rng.randrange(3, vocab) for _ in range(n - p)]))
+    return model, hf_source, vocab, a.micro_batch_size, f"lognormal lengths 16..2048, {shape}", pairs
+
+
+def _profile(trainer, samples, top: int) -> list[str]:
+    import cProfile
+    import io
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    trainer.train_step(samples)
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    body = buf.getvalue().strip().splitlines()
+    start = next(i for i, line in enumerate(body) if line.lstrip().startswith("ncalls"))
+    return ["```", *[line.rstrip() for line in body[start:]], "```"]
+
+
 def bench_step(a) -> list[str]:
     import torch
 
@@ -64,65 +137,72 @@ def bench_step(a) -> list[str]:
 
     parallel.init_distributed(1, 1)
     torch.set_num_threads(a.threads)
-    if a.shape == "tiny":
-        model, hf_source, vocab = _tiny_model(os.path.join(tempfile.mkdtemp(), "m"), a.vocab), None, a.vocab
-        shape = f"tiny Qwen3 (hidden 128, 2 layers, vocab {a.vocab})"
-    else:  # a real shape, megatron's random init (only config.json is written; the GPU section of gpu_session.sh)
-        from benchmarks.gpu_train_step import SHAPES, write_config
-
-        model, hf_source, vocab = write_config(a.shape, tempfile.mkdtemp()), False, SHAPES[a.shape]["vocab_size"]
-        shape = f"{a.shape} shape (random init)"
-    margs = load_model_args(model)
     cuda = torch.cuda.is_available()
-    rng = random.Random(1)
-    samples = []
-    for n in lognormal_lengths(a.samples, a.seed):
-        p = min(n - 1, rng.randint(8, 64))
-        samples.append(
-            TrainSample([rng.randrange(3, vocab) for _ in range(p)], [rng.randrange(3, vocab) for _ in range(n - p)])
-        )
-        samples[-1].advantage = rng.gauss(0, 1)
-    variants = {
-        "padded (today)": dict(micro_batch_layout="padded"),
-        "packed": dict(micro_batch_layout="packed", max_tokens_per_gpu=a.max_tokens_per_gpu),
-        "packed + chunked": dict(
-            micro_batch_layout="packed", max_tokens_per_gpu=a.max_tokens_per_gpu, logits_chunk_tokens=1024
-        ),
-    }
-    trainers = {}
-    for name, kw in variants.items():
-        cfg = TrainerConfig(
-            micro_batch_size=a.micro_batch_size, lr=1e-5, train_iters=100, need_anchor=False, bf16=a.bf16, **kw
-        )
-        trainers[name] = PolicyTrainer(margs, cfg, hf_source=hf_source)
-    times = {name: [] for name in variants}
-    losses = {}
-    for rep in range(a.warmup + a.steps):  # alternate: a slow moment of the machine hits every variant
+    rows = []
+    for workload in ("tiny", "longtail") if a.workload == "both" else (a.workload,):
+        model, hf_source, vocab, mbs_size, what, pairs = _workload(a, workload)
+        margs = load_model_args(model)
+        rng = random.Random(2)
+        samples = []
+        for p, r in pairs:
+            samples.append(TrainSample(list(p), list(r)))
+            samples[-1].advantage = rng.gauss(0, 1)
+        budget = a.max_tokens_per_gpu if workload == "longtail" else None  # tiny: the default budget
+        variants = {
+            "padded": dict(micro_batch_layout="padded"),
+            "packed": dict(micro_batch_layout="packed", max_tokens_per_gpu=budget),
+            "packed + chunked": dict(micro_batch_layout="packed", max_tokens_per_gpu=budget, logits_chunk_tokens=1024),
+        }
+        trainers = {}
+        for name, kw in variants.items():
+            cfg = TrainerConfig(
+                micro_batch_size=mbs_size, lr=1e-5, train_iters=100, need_anchor=False, bf16=a.bf16, **kw
+            )
+            trainers[name] = PolicyTrainer(margs, cfg, hf_source=hf_source)
+        times = {name: [] for name in variants}
+        losses = {}
+        for rep in range(a.warmup + a.steps):  # alternate: a slow moment of the machine hits every variant
+            for name, tr in trainers.items():
+                t0 = time.perf_counter()
+                m = tr.train_step(samples)
+                if cuda:
+                    torch.cuda.synchronize()
+                if rep >= a.warmup:
+                    times[name].append(time.perf_counter() - t0)
+                losses.setdefault(name, m["loss"])
+        total = sum(s.length for s in samples)
+        rows += [
+            f"### {workload}",
+            "",
+            f"{len(samples)} sequences, {what}: total {total} tokens, mean {total / len(samples):.0f}, lengths "
+            f"{min(s.length for s in samples)}..{max(s.length for s in samples)}; {'bf16' if a.bf16 else 'fp32'}, "
+            f"{torch.cuda.get_device_name(0) if cuda else f'{a.threads} CPU thread(s)'}, micro-batch {mbs_size} "
+            f"(padded), packed budget {budget or 'micro-batch x longest'}; median of {a.steps} steps after "
+            f"{a.warmup} warm-up, load average {os.getloadavg()[0]:.1f} at the end",
+            "",
+            "| layout | micro-batches | tokens computed | step time (s) | min - max (s) | speed-up vs padded "
+            "| step-1 loss |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        base = None
         for name, tr in trainers.items():
-            t0 = time.perf_counter()
-            m = tr.train_step(samples)
-            if cuda:
-                torch.cuda.synchronize()
-            if rep >= a.warmup:
-                times[name].append(time.perf_counter() - t0)
-            losses.setdefault(name, m["loss"])
-    total = sum(s.length for s in samples)
-    rows = [
-        f"{a.samples} sequences, lognormal lengths 16..2048 (total {total} tokens, mean {total / a.samples:.0f}, "
-        f"max {max(s.length for s in samples)}), {shape}, {'bf16' if a.bf16 else 'fp32'}, "
-        f"{torch.cuda.get_device_name(0) if cuda else f'{a.threads} CPU thread(s)'}, micro-batch "
-        f"{a.micro_batch_size} (padded), median of {a.steps} steps after {a.warmup} warm-up",
-        "",
-        "| layout | micro-batches | tokens computed | step time (s) | speed-up vs padded | step-1 loss |",
-        "|---|---|---|---|---|---|",
-    ]
-    base = None
-    for name, tr in trainers.items():
-        mbs = tr._local_microbatches(samples)
-        computed = sum(mb["tokens"].numel() for mb in mbs)
-        med = sorted(times[name])[len(times[name]) // 2]
-        base = base or med
-        rows.append(f"| {name} | {len(mbs)} | {computed} | {med:.3f} | {base / med:.2f}x | {losses[name]:.9f} |")
+            mbs = tr._local_microbatches(samples)
+            computed = sum(mb["tokens"].numel() for mb in mbs)
+            med = sorted(times[name])[len(times[name]) // 2]
+            base = base or med
+            rows.append(
+                f"| {name} | {len(mbs)} | {computed} | {med:.3f} | {min(times[name]):.3f} - {max(times[name]):.3f} "
+                f"| {base / med:.2f}x | {losses[name]:.9f} |"
+            )
+        rows.append("")
+        if a.cprofile:
+            for name in ("padded", "packed"):
+                rows += [
+                    f"cProfile of one {name} step ({workload}), by own time:",
+                    "",
+                    *_profile(trainers[name], samples, a.cprofile),
+                    "",
+                ]
     return rows
 
 
@@ -242,7 +322,9 @@ def bench_memory(a) -> list[str]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=("step", "balance", "memory"), default=None)
-    ap.add_argument("--samples", type=int, default=64)
+    ap.add_argument("--samples", type=int, default=64, help="longtail workload: sequences per step")
+    ap.add_argument("--workload", choices=("tiny", "longtail", "both"), default="both", help="step section")
+    ap.add_argument("--cprofile", type=int, default=0, help="step: profile one step per layout, K functions")
     ap.add_argument("--vocab", type=int, default=2048)
     ap.add_argument("--shape", default="tiny", help="tiny, or a shape of benchmarks/gpu_train_step.py (GPU)")
     ap.add_argument("--bf16", action="store_true")
