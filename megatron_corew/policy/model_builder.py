@@ -101,28 +101,23 @@ def build_layer_spec(args: ModelArgs, use_te: bool | None = None):
 def _packed_local_attention():
     """megatron's local ``DotProductAttention`` that also takes THD ``PackedSeqParams``: each sequence of the
     packed row attends causally within its own ``cu_seqlens`` segment (the semantics of TE's THD attention;
-    rotary positions restart per sequence in megatron's own THD rope path)."""
+    rotary positions restart per sequence in megatron's own THD rope path), sequences of similar length batched
+    (:mod:`megatron_corew.policy.packed_attention`)."""
     from megatron.core.transformer.dot_product_attention import DotProductAttention
+
+    from megatron_corew.policy.packed_attention import packed_attention
 
     class PackedDotProductAttention(DotProductAttention):
         def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None, **kw):
             packed = kw.pop("packed_seq_params", None)
             if packed is None:
                 return super().forward(query, key, value, attention_mask, attn_mask_type, attention_bias, **kw)
-            cu = packed.cu_seqlens_q.tolist()  # [t, heads, dim] in, [t, 1, hidden] out, as for THD
-            segments = list(zip(cu[:-1], cu[1:]))
-            by_length: dict[int, list[int]] = {}
-            for i, (a, b) in enumerate(segments):
-                by_length.setdefault(b - a, []).append(i)
-            parts: list = [None] * len(segments)
-            for group in by_length.values():  # sequences of one length attend as one batch: [s, b, heads, dim]
-                q, k, v = (
-                    torch.stack([x[segments[i][0] : segments[i][1]] for i in group], dim=1) for x in (query, key, value)
-                )
-                out = super(PackedDotProductAttention, self).forward(q, k, v, None, attn_mask_type)
-                for j, i in enumerate(group):
-                    parts[i] = out[:, j : j + 1]
-            return torch.cat(parts, dim=0)
+            parent = super(PackedDotProductAttention, self).forward
+
+            def attend(q, k, v):
+                return parent(q, k, v, None, attn_mask_type)
+
+            return packed_attention(attend, query, key, value, packed.cu_seqlens_q.tolist())
 
     return PackedDotProductAttention
 
