@@ -319,6 +319,20 @@ def bench_memory(a) -> list[str]:
     return rows
 
 
+def write_sections(path: str, sections: dict[str, str]) -> None:
+    """Replace the ``## name`` sections of ``path`` that this run measured; keep the others (and the title)."""
+    old = open(path).read() if os.path.exists(path) else "# bench_packing.py results\n\n"
+    head, *parts = old.split("\n## ")
+    kept = {p.split("\n", 1)[0].strip(): "## " + p.rstrip() + "\n" for p in parts}
+    for name, body in sections.items():
+        kept[name] = body.rstrip() + "\n"
+    order = [n for n in ("step", "balance", "memory") if n in kept] + [
+        n for n in kept if n not in ("step", "balance", "memory")
+    ]
+    with open(path, "w") as f:
+        f.write(head.rstrip() + "\n\n" + "\n\n".join(kept[n].rstrip() for n in order) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=("step", "balance", "memory"), default=None)
@@ -337,22 +351,26 @@ def main(argv=None):
     ap.add_argument("--tokens", default="1024,16384")
     ap.add_argument("--chunk", type=int, default=128)
     ap.add_argument("--memory-limit-gib", type=float, default=None, help="cap of the passes' address space")
-    ap.add_argument("--out", default=None, help="also write the tables (markdown) here")
+    ap.add_argument("--out", default=None, help="also write the measured sections (markdown) into this file")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.memory_child:
         tokens, chunk, out = a.memory_child.split(",")
         _memory_child(int(tokens), int(chunk), out)
         return
-    lines = [f"bench_packing on {platform.node()} ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d %H:%M UTC')}", ""]
+    stamp = (
+        f"`{' '.join(['python', 'benchmarks/bench_packing.py', *(argv if argv is not None else sys.argv[1:])])}` on "
+        f"{platform.node()} ({os.cpu_count()} CPUs, {platform.processor() or platform.machine()}), "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {os.getloadavg()[0]:.1f} at the start"
+    )
+    sections = {}
     for name, fn in (("step", bench_step), ("balance", bench_balance), ("memory", bench_memory)):
         if a.only in (None, name):
-            lines += [f"## {name}", "", *fn(a), ""]
-    text = "\n".join(lines)
+            sections[name] = "\n".join([f"## {name}", "", stamp, "", *fn(a), ""])
+    text = "\n".join(sections.values())
     print(text)
     if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+        write_sections(a.out, sections)
     sys.stdout.flush()
     os._exit(0)  # the in-process trainers hold gloo groups; skip their teardown
 
