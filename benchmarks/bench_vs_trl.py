@@ -2,7 +2,7 @@
 
   python benchmarks/bench_vs_trl.py                         # three workloads, all cores, writes the results file
   python benchmarks/bench_vs_trl.py --workloads variable --rounds 4 --threads 1 \
-      --ours-variant defaults= --ours-variant "packed=--micro-batch-layout packed"
+      --ours-variant defaults= --ours-variant "padded=--micro-batch-layout padded"
   python benchmarks/bench_vs_trl.py --smoke                 # tiny sizes, one round (the e2e test)
 
 Each system lives in its own long-lived worker process (this file with ``--worker``); the parent steps them in
@@ -80,7 +80,8 @@ step from `on_step_begin` to `on_step_end` (train: forward, backward, optimizer)
 
 Defaults: TRL (defaults) is `GRPOTrainer` with the shared settings above (plain `generate`, padded training); ours
 (defaults) is `train_rl.py` with no extra flag: the embedded engine decodes a step's samples in one batch from which
-finished sequences leave (`--rollout-drop-finished`, on by default), and training runs padded micro-batches.
+finished sequences leave (`--rollout-drop-finished`, on by default), and training runs packed micro-batches
+(`--micro-batch-layout packed`, the default; `padded` opts out).
 `--no-rollout-drop-finished --rollout-batch-size 64` is the earlier layout (every row decoded to the longest, in
 batches of 64).
 

@@ -150,7 +150,8 @@ fi
 # -------------------------------------------------------------------- model presets
 # name | HF name | TP | micro-batch (sequences) | token budget per micro-batch
 # TP: 7B/8B -> 2 (TP=4 also divides their query groups), 3B/4B -> 1/2. Token budgets assume 80 GB GPUs
-# with full recompute; lower MAX_TOKENS_PER_MB if a rank runs out of memory.
+# with full recompute; lower MAX_TOKENS_PER_MB if a rank runs out of memory. The GPU presets keep padded
+# micro-batches until packing has run with Transformer Engine's THD attention (tools/gpu_session.sh).
 MODEL=${MODEL:-qwen3-8b-base}
 case "$(echo "$MODEL" | tr '[:upper:]' '[:lower:]')" in
   qwen2.5-7b|qwen2_5-7b|qwen25-7b)
@@ -272,7 +273,7 @@ CMD=("${LAUNCH[@]}" "$REPO/train_rl.py" --hf-checkpoint "$MODEL_PATH"
   "${DATA_ARGS[@]}"
   --reward-method "$METHOD" --global-batch-size "${GLOBAL_BATCH:-128}" --n-samples-per-prompt "${N_SAMPLES:-8}"
   --max-prompt-length "${PROMPT_LEN:-512}" --max-response-length "${RESPONSE_LEN:-3072}"
-  --micro-batch-size "$MICRO_BATCH" --max-tokens-per-micro-batch "$MAX_TOKENS_PER_MB"
+  --micro-batch-layout padded --micro-batch-size "$MICRO_BATCH" --max-tokens-per-micro-batch "$MAX_TOKENS_PER_MB"
   --lr "${LR:-3e-6}" --epochs "${EPOCHS:-3}" --rollout-temperature "${TEMPERATURE:-1.0}" --rollout-top-p 1.0
   --eval-interval "${EVAL_INTERVAL:-10}" --seed "${SEED:-1234}"
   "${METHOD_ARGS[@]}"

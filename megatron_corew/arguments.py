@@ -117,13 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-tokens-per-micro-batch",
         type=int,
         default=None,
-        help="token budget per micro-batch (dynamic batching); overrides nothing, caps both",
+        help="padded layout: token budget per micro-batch (dynamic batching); overrides nothing, caps both",
     )
     g.add_argument(
         "--micro-batch-layout",
-        choices=("padded", "packed"),
-        default=_T.micro_batch_layout,
-        help="padded rows, or packed whole sequences (THD) token-balanced over DP ranks and micro-batches",
+        choices=("packed", "padded"),
+        default="packed",  # TrainerConfig keeps padded for library callers; see docs/TRAINING.md
+        help="packed (default): whole sequences in one row (THD), token-balanced over DP ranks and micro-batches; "
+        "padded: right-padded rows, one per sequence",
     )
     g.add_argument(
         "--max-tokens-per-gpu",

@@ -203,7 +203,12 @@ RULES: tuple[Rule, ...] = (
     Rule(
         "max_tokens_per_gpu",
         lambda a, m: a.micro_batch_layout == "packed",
-        "does not apply without --micro-batch-layout packed",
+        "does not apply to --micro-batch-layout padded (its budget is --max-tokens-per-micro-batch)",
+    ),  # fmt: skip
+    Rule(
+        "max_tokens_per_micro_batch",
+        lambda a, m: a.micro_batch_layout == "padded",
+        "does not apply to --micro-batch-layout packed (the default; its budget is --max-tokens-per-gpu)",
     ),  # fmt: skip
     Rule(
         "loss_agg_micro_batch",

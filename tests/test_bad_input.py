@@ -186,7 +186,16 @@ def test_flags_that_do_not_apply_to_the_method(setup, capsys):
         ),
         (["--val-n-samples", "4"], "--val-n-samples does not apply without --val-data"),
         (["--save-interval", "2"], "--save-interval does not apply without --save"),
-        (["--max-tokens-per-gpu", "4096"], "--max-tokens-per-gpu does not apply without --micro-batch-layout packed"),
+        (
+            ["--micro-batch-layout", "padded", "--max-tokens-per-gpu", "4096"],
+            "--max-tokens-per-gpu does not apply to --micro-batch-layout padded (its budget is "
+            "--max-tokens-per-micro-batch)",
+        ),
+        (
+            ["--max-tokens-per-micro-batch", "4096"],
+            "--max-tokens-per-micro-batch does not apply to --micro-batch-layout packed (the default; its budget is "
+            "--max-tokens-per-gpu)",
+        ),
         (
             ["--rollout-backend", "sglang", "--no-rollout-drop-finished"],
             "--rollout-drop-finished off (--no-rollout-drop-finished) does not apply to --rollout-backend sglang "
