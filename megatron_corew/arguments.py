@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--micro-batch-layout",
         choices=("packed", "padded"),
         default="packed",  # TrainerConfig keeps padded for library callers; see docs/TRAINING.md
-        help="packed (default): whole sequences in one row (THD), token-balanced over DP ranks and micro-batches; "
+        help="packed: whole sequences in one row (THD), token-balanced over DP ranks and micro-batches; "
         "padded: right-padded rows, one per sequence",
     )
     g.add_argument(
