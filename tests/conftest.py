@@ -54,6 +54,52 @@ def warm_bundle(tmp_path_factory):
     return make_warm_bundle(str(tmp_path_factory.mktemp("warm_bundle")))
 
 
+# Every process a test starts inherits this marker (subprocesses copy os.environ), so the sweep below finds the
+# ones that outlived their test even after they left this process's tree (setsid, a parent that died).
+_RUN_MARKER = ("MEGATRON_COREW_TEST_RUN", f"{os.getpid()}-{os.urandom(4).hex()}")
+os.environ[_RUN_MARKER[0]] = _RUN_MARKER[1]
+
+
+def _marked_processes() -> dict:
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "create_time"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get(_RUN_MARKER[0]) == _RUN_MARKER[1]:
+                found[(p.pid, p.info["create_time"])] = p
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_processes(request):
+    """A test module must not leave processes behind (an SGLang server's idle scheduler takes a whole core, a Ray
+    daemon or a trainer's helper holds memory): each would slow every later test. At the end of a module (after its
+    own fixtures) a process this run started during the module and still running is killed and named in one line."""
+    import psutil
+
+    before = set(_marked_processes())
+    yield
+    left = [p for key, p in _marked_processes().items() if key not in before]
+    if not left:
+        return
+    names = []
+    for p in left:
+        try:
+            names.append(f"{p.pid}:{' '.join(p.cmdline()[:3])[:80]}")
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    line = f"{request.module.__name__} left {len(left)} processes running, killed: {'; '.join(names)}"
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print(f"\n[conftest] {line}", flush=True)
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line for the SGLang tests that were skipped, one for the heavy-tier tests the run did not select."""
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sglang" in getattr(r, "keywords", {})]
