@@ -100,6 +100,49 @@ def no_leaked_processes(request):
         print(f"\n[conftest] {line}", flush=True)
 
 
+_config = None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config
+
+
+def _machine_state() -> str:
+    """Free disk, available memory, load and the busiest processes: what decides whether a failure or a slow test
+    is the code's or the machine's."""
+    import shutil
+
+    import psutil
+
+    disk = shutil.disk_usage(os.environ.get("TMPDIR", "/tmp")).free / 2**30
+    mem = psutil.virtual_memory().available / 2**30
+    largest = sorted(
+        psutil.process_iter(["pid", "memory_info", "cmdline"]),
+        key=lambda p: -(p.info["memory_info"].rss if p.info["memory_info"] else 0),
+    )[:3]
+    top = "; ".join(
+        f"{p.pid} {p.info['memory_info'].rss / 2**30:.1f} GB {' '.join((p.info['cmdline'] or [])[:2])[:60]}"
+        for p in largest
+        if p.info["memory_info"]
+    )
+    return f"tmp free {disk:.1f} GB, memory available {mem:.1f} GB, load {os.getloadavg()[0]:.1f}; largest: {top}"
+
+
+def pytest_runtest_logreport(report):
+    """A failure, or a test over five minutes, is told the moment it happens with the machine's state: a run cut
+    off by a time limit still shows what failed and why."""
+    slow = report.when == "call" and report.duration > 300
+    if not (report.failed or slow) or _config is None:
+        return
+    what = "FAILED" if report.failed else "SLOW"
+    lines = [f"[conftest] {what} {report.nodeid} ({report.when}, {report.duration:.0f} s); {_machine_state()}"]
+    if report.failed:
+        lines += ["  " + x for x in report.longreprtext.splitlines()[-25:]]
+    with _config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print("\n" + "\n".join(lines), flush=True)
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line for the SGLang tests that were skipped, one for the heavy-tier tests the run did not select."""
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sglang" in getattr(r, "keywords", {})]
