@@ -213,7 +213,7 @@ def bench_balance(a) -> list[str]:
     rows = [
         f"{a.samples * 4} sequences, lognormal 16..2048; tokens per DP rank, max / mean",
         "",
-        "| DP ranks | round-robin of sorted lengths (today) | LPT split (packed) | micro-batches per rank (packed) |",
+        "| DP ranks | round-robin of sorted lengths (padded) | LPT split (packed) | micro-batches per rank (packed) |",
         "|---|---|---|---|",
     ]
     lengths = lognormal_lengths(a.samples * 4, a.seed)
