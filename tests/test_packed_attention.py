@@ -28,6 +28,15 @@ def test_buckets_hand_checked():
     assert buckets([1, 2, 2, 400, 400]) == [[0, 1, 2], [3, 4]]
 
 
+@pytest.fixture
+def one_thread():
+    """Tensors of a few hundred numbers: a second OpenMP thread only waits (seconds on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _causal(q, k, v):
     """Plain causal attention for the bucketed path: [s, b, heads, dim] -> [s, b, heads * dim] (GQA by repeat)."""
     rep = q.shape[2] // k.shape[2]
@@ -40,17 +49,16 @@ def _causal(q, k, v):
 
 
 def _reference(q, k, v, cu):
-    """float64, one sequence at a time with an explicit loop over queries (independent of the batched path)."""
+    """float64, one sequence at a time (no padding, no buckets), causal by an explicit lower-triangular mask."""
     q, k, v = (x.double() for x in (q, k, v))
     rep = q.shape[1] // k.shape[1]
     rows = []
     for a, b in zip(cu[:-1], cu[1:]):
-        for t in range(a, b):
-            keys = k[a : t + 1].repeat_interleave(rep, dim=1)  # [n, heads, dim]
-            vals = v[a : t + 1].repeat_interleave(rep, dim=1)
-            w = torch.einsum("hd,nhd->hn", q[t], keys) / q.shape[-1] ** 0.5
-            rows.append(torch.einsum("hn,nhd->hd", w.softmax(-1), vals).reshape(-1))
-    return torch.stack(rows).unsqueeze(1)
+        keys, vals = k[a:b].repeat_interleave(rep, dim=1), v[a:b].repeat_interleave(rep, dim=1)  # [n, heads, dim]
+        w = torch.einsum("qhd,khd->hqk", q[a:b], keys) / q.shape[-1] ** 0.5
+        w = w.masked_fill(~torch.ones(b - a, b - a, dtype=torch.bool).tril(), float("-inf"))
+        rows.append(torch.einsum("hqk,khd->qhd", w.softmax(-1), vals).reshape(b - a, -1))
+    return torch.cat(rows).unsqueeze(1)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +67,7 @@ def _reference(q, k, v, cu):
     ids=["mixed", "one-sequence", "length-1", "equal", "long-and-1"],
 )
 @pytest.mark.parametrize("call_pairs", [0, 64, 10**9], ids=["per-length", "some", "one-bucket"])
-def test_packed_attention_matches_float64_per_sequence(lengths, call_pairs, monkeypatch):
+def test_packed_attention_matches_float64_per_sequence(lengths, call_pairs, monkeypatch, one_thread):
     from megatron_corew.policy import packed_attention as pa
 
     monkeypatch.setattr(pa, "CALL_PAIRS", call_pairs)
