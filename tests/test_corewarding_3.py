@@ -127,7 +127,7 @@ LAYOUTS = {
     "tp2": (2, ["--tensor-model-parallel-size", "2"], False),
     "pp2": (2, ["--pipeline-model-parallel-size", "2"], False),
     "dp2": (2, ["--use-distributed-optimizer"], False),
-    "packed": (1, ["--micro-batch-layout", "packed", "--max-tokens-per-gpu", "64"], False),
+    "padded": (1, ["--micro-batch-layout", "padded"], False),  # the one-rank run is packed (the default)
     "colocate": (1, ["--colocate"], True),
     # both views generated ahead for the policy and the teacher: at staleness 0 the synchronous schedule
     "async_prefetch": (1, ["--async-rollout", "--teacher-prefetch", "--max-staleness", "0"], True),
@@ -138,7 +138,7 @@ LAYOUTS = {
     "layout", [pytest.param(k, marks=pytest.mark.dist if v[0] > 1 else pytest.mark.e2e) for k, v in LAYOUTS.items()]
 )
 def test_layout_equals_the_one_rank_run(warm_bundle, one_rank_run, tmp_path, layout):
-    """TP 2, PP 2 and DP 2 (distributed optimizer) and the packed layout train the 1-rank run's numbers within
+    """TP 2, PP 2 and DP 2 (distributed optimizer) and the padded layout train the 1-rank run's numbers within
     rounding; --colocate and async rollouts with teacher prefetch at staleness 0 are the 1-rank run bitwise."""
     nproc, extra, bitwise = LAYOUTS[layout]
     out = str(tmp_path / layout)
@@ -150,7 +150,7 @@ def test_layout_equals_the_one_rank_run(warm_bundle, one_rank_run, tmp_path, lay
         # step 1: the tolerance of tests/test_megatron_equivalence.py's layout test; step 2 trains on weights that
         # already differ in the last bits between the layouts (grad norm 1.9e-5 apart seen). Absolute: the step-1
         # KL against a teacher equal to the policy is fp32 rounding noise (1.2e-9 seen at TP=1, 0 at TP=2); the
-        # step-2 loss is a token mean of terms of size |A| ~ 1 that cancel to ~3e-5 (packed: 1.6e-8 apart seen)
+        # step-2 loss is a token mean of terms of size |A| ~ 1 that cancel to ~3e-5 (packed vs padded: 1.6e-8 apart seen)
         assert b[step]["reward/mean"] == a[step]["reward/mean"], step  # the same samples were trained on
         for k in (*STEP_KEYS, "pseudo/cross_view_agreement"):
             if bitwise:
