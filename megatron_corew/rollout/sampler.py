@@ -83,7 +83,7 @@ def sample(
         token = logits.argmax(dim=-1)
     else:
         cdf = probs.double().cumsum(-1)
-        total = cdf[:, -1:]
+        total = cdf[:, -1:].contiguous()
         u = token_uniforms(seeds, index).to(cdf.device).unsqueeze(-1)
         token = torch.searchsorted(cdf, u * total, right=True)
         # u * total may round up to total: the last token of non-zero probability, never a filtered one
