@@ -56,7 +56,7 @@ class EmbeddedEngine(RolloutEngine):
             raise ValueError(f"{model_dir}: no eos_token_id in config; cannot stop generation")
         self.pad = pad_token_id if pad_token_id is not None else min(self.eos)
         self.max_batch_size = max_batch_size  # None: all of a call's prompts in one decode batch
-        self.drop_finished = drop_finished  # faster on long-tailed lengths; smaller batches round differently
+        self.drop_finished = drop_finished  # faster on long-tailed lengths; the same samples either way
         self.shared_prefill = shared_prefill  # a prompt repeated n times (GRPO groups) is prefilled once
         self.weight_version = 0
         self.stats = {"tokens": 0, "seconds": 0.0}
