@@ -54,6 +54,95 @@ def warm_bundle(tmp_path_factory):
     return make_warm_bundle(str(tmp_path_factory.mktemp("warm_bundle")))
 
 
+# Every process a test starts inherits this marker (subprocesses copy os.environ), so the sweep below finds the
+# ones that outlived their test even after they left this process's tree (setsid, a parent that died).
+_RUN_MARKER = ("MEGATRON_COREW_TEST_RUN", f"{os.getpid()}-{os.urandom(4).hex()}")
+os.environ[_RUN_MARKER[0]] = _RUN_MARKER[1]
+
+
+def _marked_processes() -> dict:
+    import psutil
+
+    found = {}
+    for p in psutil.process_iter(["pid", "create_time"]):
+        if p.pid == os.getpid():
+            continue
+        try:
+            if p.environ().get(_RUN_MARKER[0]) == _RUN_MARKER[1]:
+                found[(p.pid, p.info["create_time"])] = p
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leaked_processes(request):
+    """A test module must not leave processes behind (an SGLang server's idle scheduler takes a whole core, a Ray
+    daemon or a trainer's helper holds memory): each would slow every later test. At the end of a module (after its
+    own fixtures) a process this run started during the module and still running is killed and named in one line."""
+    import psutil
+
+    before = set(_marked_processes())
+    yield
+    left = [p for key, p in _marked_processes().items() if key not in before]
+    if not left:
+        return
+    names = []
+    for p in left:
+        try:
+            names.append(f"{p.pid}:{' '.join(p.cmdline()[:3])[:80]}")
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(left, timeout=10)
+    line = f"{request.module.__name__} left {len(left)} processes running, killed: {'; '.join(names)}"
+    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print(f"\n[conftest] {line}", flush=True)
+
+
+_config = None
+
+
+def pytest_configure(config):
+    global _config
+    _config = config
+
+
+def _machine_state() -> str:
+    """Free disk, available memory, load and the busiest processes: what decides whether a failure or a slow test
+    is the code's or the machine's."""
+    import shutil
+
+    import psutil
+
+    disk = shutil.disk_usage(os.environ.get("TMPDIR", "/tmp")).free / 2**30
+    mem = psutil.virtual_memory().available / 2**30
+    largest = sorted(
+        psutil.process_iter(["pid", "memory_info", "cmdline"]),
+        key=lambda p: -(p.info["memory_info"].rss if p.info["memory_info"] else 0),
+    )[:3]
+    top = "; ".join(
+        f"{p.pid} {p.info['memory_info'].rss / 2**30:.1f} GB {' '.join((p.info['cmdline'] or [])[:2])[:60]}"
+        for p in largest
+        if p.info["memory_info"]
+    )
+    return f"tmp free {disk:.1f} GB, memory available {mem:.1f} GB, load {os.getloadavg()[0]:.1f}; largest: {top}"
+
+
+def pytest_runtest_logreport(report):
+    """A failure, or a test over five minutes, is told the moment it happens with the machine's state: a run cut
+    off by a time limit still shows what failed and why."""
+    slow = report.when == "call" and report.duration > 300
+    if not (report.failed or slow) or _config is None:
+        return
+    what = "FAILED" if report.failed else "SLOW"
+    lines = [f"[conftest] {what} {report.nodeid} ({report.when}, {report.duration:.0f} s); {_machine_state()}"]
+    if report.failed:
+        lines += ["  " + x for x in report.longreprtext.splitlines()[-25:]]
+    with _config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print("\n" + "\n".join(lines), flush=True)
+
+
 def pytest_terminal_summary(terminalreporter):
     """One line for the SGLang tests that were skipped, one for the heavy-tier tests the run did not select."""
     skipped = [r for r in terminalreporter.stats.get("skipped", []) if "sglang" in getattr(r, "keywords", {})]

@@ -93,7 +93,7 @@ def run_python_worker(worker: str, args, nproc: int = 1, timeout: int = 300) -> 
     """Run a test worker script (single process or torchrun); a failure raises with its output."""
     full = launch_command(worker, args, nproc)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    proc = subprocess.run(full, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+    proc = run_in_own_session(full, env, timeout)
     if proc.returncode != 0:
         raise AssertionError(f"worker failed ({' '.join(full)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
 
@@ -104,10 +104,19 @@ def run_in_own_session(cmd: list[str], env: dict, timeout: int) -> subprocess.Co
     import signal
     import tempfile
 
+    env = dict(env, PYTHONFAULTHANDLER="1")  # SIGABRT prints every thread's Python stack
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO, env=env, start_new_session=True)
+        timed_out = False
         try:
             rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # say where it hung before it goes
+            timed_out = True
+            try:
+                os.killpg(proc.pid, signal.SIGABRT)
+                proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
         finally:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -115,6 +124,8 @@ def run_in_own_session(cmd: list[str], env: dict, timeout: int) -> subprocess.Co
                 pass
         out.seek(0)
         err.seek(0)
+        if timed_out:
+            raise AssertionError(f"timed out after {timeout} s: {' '.join(cmd)[:300]}\n{err.read()[-6000:]}")
         return subprocess.CompletedProcess(cmd, rc, out.read(), err.read())
 
 
