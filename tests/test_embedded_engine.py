@@ -108,3 +108,59 @@ def test_step_and_cumulative_token_rates_count_the_same_tokens(model):
     m = rate_metrics(batch, seconds, step_seconds=2.0, engine=engine)
     assert m["perf/rollout_tokens_per_s"] == pytest.approx(m["perf/rollout_tokens_per_s_cumulative"], rel=1e-12)
     assert m["perf/tokens_per_s"] == pytest.approx(response_tokens / 2.0)
+
+
+def _by_request(engine, prompts, params, order):
+    """The prompts answered through ``submit`` / ``collect``, submitted in ``order``, row ``i`` seeded as row
+    ``i`` of a ``generate`` call (``request_seed``); returned in row order."""
+    from megatron_corew.rollout.base import Request
+    from megatron_corew.rollout.streaming import request_seed
+
+    engine.submit([Request(i, list(prompts[i]), params, seed=request_seed(params.seed, i)) for i in order])
+    done = {}
+    while len(done) < len(prompts):
+        done.update((r.rid, r.generation()) for r in engine.collect(None))
+    return [done[i] for i in range(len(prompts))]
+
+
+def test_seeded_samples_do_not_depend_on_the_decode_batch_layout(model):
+    """One seeded call, decoded in one batch, one row at a time, in batches of 5, without dropping finished rows,
+    and as requests submitted in a shuffled order: every prompt gets the same tokens (log-probs equal up to the
+    last-bit rounding of other batch shapes). Submitted in row order, the request path is ``generate`` bit for
+    bit (the fully-async run with --max-staleness 0 relies on it)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # hundreds of one-row forwards: thread hand-offs would cost more than the work
+    try:
+        _check_layouts(model)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_layouts(model):
+    prompts = _grouped(_prompts(n=6, seed=6), 3)
+    params = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=MAX_NEW, seed=21)
+    base = EmbeddedEngine(model, EOS, pad_token_id=0).generate(prompts, params)
+    lengths = [len(g.response_ids) for g in base]
+    assert len(set(lengths)) >= 5 and min(lengths) < MAX_NEW // 2, lengths  # rows leave the batch at many steps
+    assert len({tuple(g.response_ids) for g in base}) == len(prompts)  # a group's samples differ
+    order = list(range(len(prompts)))
+    random.Random(0).shuffle(order)
+    layouts = {
+        "one_row_batches": EmbeddedEngine(model, EOS, pad_token_id=0, max_batch_size=1).generate(prompts, params),
+        "batches_of_5": EmbeddedEngine(model, EOS, pad_token_id=0, max_batch_size=5).generate(prompts, params),
+        "keep_finished": EmbeddedEngine(model, EOS, pad_token_id=0, drop_finished=False).generate(prompts, params),
+        "shuffled_requests": _by_request(
+            EmbeddedEngine(model, EOS, pad_token_id=0, max_batch_size=7), prompts, params, order
+        ),  # fmt: skip
+    }
+    for name, gens in layouts.items():
+        assert [g.response_ids for g in gens] == [g.response_ids for g in base], name
+        assert [g.finish_reason for g in gens] == [g.finish_reason for g in base], name
+        for a, b in zip(base, gens):
+            assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0.0) < 1e-5, name
+    same = _by_request(EmbeddedEngine(model, EOS, pad_token_id=0), prompts, params, range(len(prompts)))
+    assert [(g.response_ids, g.logprobs, g.finish_reason) for g in same] == [
+        (g.response_ids, g.logprobs, g.finish_reason) for g in base
+    ]

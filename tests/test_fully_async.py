@@ -3,7 +3,7 @@
 Default tier: the group stream on the real embedded engine (tiny model): whole groups only, each taken once, a
 Co-rewarding-I pair never trained with one view, stale groups dropped or regenerated with counts that add up, a
 teacher label never without its teacher version, and a checkpoint of in-flight requests resumed. e2e tier:
---max-staleness 0 equals the synchronous run of the same sampler bitwise (warm model, real gradients); a
+--max-staleness 0 equals the default synchronous run bitwise (warm model, real gradients); a
 --max-staleness 1 run whose dumped token ages stay within the bound, saved, and resumed with bound 0 (the saved
 groups are regenerated, counted)."""
 
@@ -12,7 +12,7 @@ import os
 from types import SimpleNamespace
 
 import pytest
-from helpers import REPO, assert_real_signal, read_metrics, run_in_own_session, run_train
+from helpers import assert_real_signal, read_metrics, run_train
 
 from megatron_corew.records import Prompt, StepBatch
 from megatron_corew.rollout.base import Generation, Request, SamplingParams
@@ -206,22 +206,24 @@ def _dump(out, step):
         return [json.loads(line) for line in f]
 
 
+def _dump_rewards(out, step):
+    return [r["reward"] for r in _dump(out, step)]
+
+
 FULLY = ["--async-rollout", "--async-mode", "fully-async"]
 
 
 @pytest.mark.e2e
-def test_bound_zero_is_the_synchronous_run_of_the_same_sampler_bitwise(warm_bundle, tmp_path):
-    """--max-staleness 0 through submit / collect / interrupt equals a synchronous run whose policy engine answers
-    each step through one submit of the same per-request seeds: metrics, dumps (teacher versions aside), weights."""
+def test_bound_zero_is_the_default_synchronous_run_bitwise(warm_bundle, tmp_path):
+    """--max-staleness 0 through submit / collect / interrupt equals the default synchronous run (``generate``,
+    no async flag): metrics, every dumped rollout (teacher versions aside), weights. Row i of a step samples from
+    request_seed(step seed, i) on both paths, decoded by the engine's one loop."""
     sync, k0 = str(tmp_path / "sync"), str(tmp_path / "k0")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-    worker = os.path.join(REPO, "tests", "workers", "per_request_sync.py")
-    import sys
-
-    _ok(run_in_own_session([sys.executable, worker, *_args(warm_bundle, sync, steps=2)], env, 600))
+    _ok(run_train(_args(warm_bundle, sync, steps=2)))
     _ok(run_train(_args(warm_bundle, k0, steps=2, extra=FULLY + ["--max-staleness", "0"])))
     ra, rb = read_metrics(sync), read_metrics(k0)
     assert_real_signal(ra, range(1, 3))
+    assert all(len({round(x, 6) for x in _dump_rewards(sync, s)}) > 1 for s in range(1, 3))  # rewards vary
     for x, y in zip(ra, rb, strict=True):
         for k, v in x.items():
             if not k.startswith("perf/") and k not in ("time", "wall_time", "timestamp"):

@@ -59,8 +59,7 @@ class RolloutConfig:
     drop_finished: bool = _setting(
         True,
         "embedded engine: finished sequences leave the decode batch (several times faster on long-tailed lengths); "
-        "--no-rollout-drop-finished decodes every row to the longest (the earlier behaviour: other samples for a "
-        "seed, since smaller batches round differently)",
+        "--no-rollout-drop-finished decodes every row to the longest (the same samples for a seed, slower)",
         "--rollout-drop-finished",
     )
     no_shared_prefill: bool = _setting(

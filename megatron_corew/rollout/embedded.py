@@ -2,7 +2,9 @@
 
 The default backend on a CPU machine and in tests: same interface and weight-sync path (HF names)
 as the SGLang backend, deterministic for a given seed, and it reports the log-prob of every sampled
-token so the trainer can check that its recomputation agrees.
+token so the trainer can check that its recomputation agrees. ``generate`` and the interruptible decoder
+(rollout/embedded_partial.py) share one decode loop (``decode_rows``) and one sampler (rollout/sampler.py):
+row ``i`` of a call seeded ``s`` samples as a request seeded ``request_seed(s, i)``, whatever the decode batch.
 """
 
 from __future__ import annotations
@@ -14,17 +16,8 @@ from typing import Iterable
 import torch
 
 from megatron_corew.rollout.base import Generation, RolloutEngine, SamplingParams
+from megatron_corew.rollout.sampler import request_seed, sample
 from megatron_corew.utils import faults
-
-
-def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    cum = sorted_logits.softmax(-1).cumsum(-1)
-    drop_sorted = cum - sorted_logits.softmax(-1) > top_p  # keep the token that crosses top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
 
 
 def left_padded(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,16 +31,6 @@ def left_padded(prompts: list[list[int]], pad: int, device) -> tuple[torch.Tenso
         mask[r, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
-
-
-def step_distribution(logits: torch.Tensor, params: SamplingParams) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One decode step's log-probs over the vocabulary (of ``logits / T``, as ``Generation.logprobs`` defines;
-    greedy: of the logits) and the top-p filtered probabilities to draw from (None for greedy: the argmax).
-    Shared by both decoders, which differ only in how they draw."""
-    if params.greedy:
-        return torch.log_softmax(logits, dim=-1), None
-    scaled = logits / params.temperature
-    return torch.log_softmax(scaled, dim=-1), torch.softmax(_top_p_filter(scaled, params.top_p), dim=-1)
 
 
 class EmbeddedEngine(RolloutEngine):
@@ -73,7 +56,7 @@ class EmbeddedEngine(RolloutEngine):
             raise ValueError(f"{model_dir}: no eos_token_id in config; cannot stop generation")
         self.pad = pad_token_id if pad_token_id is not None else min(self.eos)
         self.max_batch_size = max_batch_size  # None: all of a call's prompts in one decode batch
-        self.drop_finished = drop_finished  # faster on long-tailed lengths; smaller batches round differently
+        self.drop_finished = drop_finished  # faster on long-tailed lengths; the same samples either way
         self.shared_prefill = shared_prefill  # a prompt repeated n times (GRPO groups) is prefilled once
         self.weight_version = 0
         self.stats = {"tokens": 0, "seconds": 0.0}
@@ -97,16 +80,30 @@ class EmbeddedEngine(RolloutEngine):
         self.calls += 1
         if faults.active(f"lose_weights_{self.role}", self.calls):
             self._restart()
-        gen = torch.Generator(device=self.device)
         # no seed: draw one from the global generator (never torch.seed(), which reseeds it from the OS
         # and would make a resumed run diverge)
         seed = params.seed if params.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        gen.manual_seed(seed)
+        seeds = [request_seed(seed, i) for i in range(len(prompts))]  # by the row of the call, never of a batch
         out: list[Generation] = []
         t0 = time.perf_counter()
         size = self.max_batch_size or max(len(prompts), 1)
         for i in range(0, len(prompts), size):
-            out.extend(self._generate_batch(prompts[i : i + size], params, gen))
+            chunk = prompts[i : i + size]
+            zeros = [0] * len(chunk)
+            tokens, logps, lengths, reasons = self.decode_rows(
+                chunk, params, seeds[i : i + size], zeros, [params.max_new_tokens] * len(chunk)
+            )
+            for r, p in enumerate(chunk):
+                response = tokens[r, : lengths[r]].tolist()
+                out.append(
+                    Generation(
+                        prompt_ids=list(p),
+                        response_ids=response,
+                        logprobs=logps[r, : lengths[r]].tolist(),
+                        finish_reason=reasons[r],
+                        weight_version=self.weight_version,
+                    )
+                )
         self.stats["seconds"] += time.perf_counter() - t0
         self.stats["tokens"] += sum(len(g.response_ids) for g in out)
         return out
@@ -124,38 +121,48 @@ class EmbeddedEngine(RolloutEngine):
         self.weight_version = 0
         raise RefillNeeded(f"embedded {self.role} engine restarted with the weights of {self.model_dir}")
 
-    def _generate_batch(self, prompts, params: SamplingParams, gen: torch.Generator) -> list[Generation]:
-        """Left-padded prompts decoded together. The sampled tokens and their log-probs are kept in [rows, steps]
-        tensors (one vector update per step, no per-row Python work); with ``drop_finished`` the rows that have
-        stopped leave the decode batch (KV cache, mask and positions shrink with it)."""
+    def decode_rows(self, inputs, params: SamplingParams, seeds, offsets, budgets, stop=None, on_finish=None):
+        """Decode the left-padded ``inputs`` together: row ``r`` draws its token ``j`` (counted from
+        ``offsets[r]``, the tokens it already holds) from (``seeds[r]``, j) and stops at an EOS or after
+        ``budgets[r]`` new tokens. The sampled tokens and log-probs are kept in [rows, steps] tensors (one vector
+        update per step, no per-row Python work); with ``drop_finished`` the stopped rows leave the decode batch
+        (KV cache, mask and positions shrink with it) once a quarter of it stopped. ``stop()`` is asked before
+        each forward pass (an interrupt keeps what was decoded); ``on_finish(r, ids, logps, reason)`` is told of
+        each row as it finishes. Returns the tokens, log-probs, lengths and finish reasons (None: interrupted)."""
         from transformers import DynamicCache
 
-        n = len(prompts)
-        ids, mask, positions = left_padded(prompts, self.pad, self.device)
+        n, dev = len(inputs), self.device
+        steps = max(budgets, default=0)
+        ids, mask, positions = left_padded(inputs, self.pad, dev)
+        seeds = torch.tensor(seeds, dtype=torch.long, device=dev)
+        offsets = torch.tensor(offsets, dtype=torch.long, device=dev)
+        budgets = torch.tensor(budgets, dtype=torch.long, device=dev)
         cache = DynamicCache()
-        steps = params.max_new_tokens
-        tokens = torch.full((n, steps), self.pad, dtype=torch.long, device=self.device)
-        token_logps = torch.zeros((n, steps), dtype=torch.float32, device=self.device)
-        lengths = torch.zeros(n, dtype=torch.long, device=self.device)
-        eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=self.device)
-        rows = torch.arange(n, device=self.device)  # decode-batch row -> prompt index
-        finished = torch.zeros(n, dtype=torch.bool, device=self.device)  # per decode-batch row
-        logits = self._prefill(prompts, ids, mask, positions, cache)
+        tokens = torch.full((n, steps), self.pad, dtype=torch.long, device=dev)
+        token_logps = torch.zeros((n, steps), dtype=torch.float32, device=dev)
+        lengths = torch.zeros(n, dtype=torch.long, device=dev)
+        eos = torch.tensor(sorted(self.eos), dtype=torch.long, device=dev)
+        rows = torch.arange(n, device=dev)  # decode-batch row -> input index
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)  # per decode-batch row
+        if steps == 0 or (stop is not None and stop()):
+            return self._decoded(tokens, token_logps, lengths, budgets)
+        logits = self._prefill(inputs, ids, mask, positions, cache)
         step_pos = positions[:, -1:]
         for t in range(steps):
-            logp_all, probs = step_distribution(logits, params)
-            if probs is None:
-                token = logits.argmax(dim=-1)
-            else:
-                token = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-            token_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1)
+            token, token_logp = sample(logits, params, seeds[rows], offsets[rows] + t)
             token = torch.where(finished, torch.full_like(token, self.pad), token)
             live = ~finished
             tokens[rows, t] = token  # a finished row writes pad past its length: never read
             token_logps[rows, t] = token_logp.float()
             lengths[rows] += live.long()
-            finished = finished | (live & torch.isin(token, eos))
-            if bool(finished.all()) or t == steps - 1:
+            at_eos = live & torch.isin(token, eos)
+            done = at_eos | (live & (lengths[rows] >= budgets[rows]))
+            finished = finished | done
+            if on_finish is not None and bool(done.any()):
+                for b in torch.nonzero(done).flatten().tolist():
+                    r, k = int(rows[b]), int(lengths[rows[b]])
+                    on_finish(r, tokens[r, :k].tolist(), token_logps[r, :k].tolist(), "stop" if at_eos[b] else "length")
+            if bool(finished.all()) or t == steps - 1 or (stop is not None and stop()):
                 break
             step_ids = token.unsqueeze(-1)
             step_pos = step_pos + 1
@@ -166,20 +173,21 @@ class EmbeddedEngine(RolloutEngine):
                 rows, finished, mask = rows[keep], finished[keep], mask[keep]
                 step_ids, step_pos = step_ids[keep], step_pos[keep]
             logits = self._forward(step_ids, mask, step_pos, cache)
-        tokens, token_logps, lengths = tokens.cpu(), token_logps.cpu(), lengths.cpu().tolist()
-        out = []
-        for r, p in enumerate(prompts):
-            response = tokens[r, : lengths[r]].tolist()
-            out.append(
-                Generation(
-                    prompt_ids=list(p),
-                    response_ids=response,
-                    logprobs=token_logps[r, : lengths[r]].tolist(),
-                    finish_reason="stop" if response and response[-1] in self.eos else "length",
-                    weight_version=self.weight_version,
-                )
-            )
-        return out
+        return self._decoded(tokens, token_logps, lengths, budgets)
+
+    def _decoded(self, tokens, token_logps, lengths, budgets):
+        """``decode_rows``' result on the CPU, with each row's finish reason (None: interrupted)."""
+        tokens, token_logps, lengths, budgets = (
+            tokens.cpu(),
+            token_logps.cpu(),
+            lengths.cpu().tolist(),
+            budgets.tolist(),
+        )
+        reasons = [
+            "stop" if k and int(tokens[r, k - 1]) in self.eos else "length" if k >= budgets[r] else None
+            for r, k in enumerate(lengths)
+        ]
+        return tokens, token_logps, lengths, reasons
 
     def _forward(self, ids, mask, positions, cache) -> torch.Tensor:
         """fp32 logits of the last position of each row; ``cache`` grows in place."""

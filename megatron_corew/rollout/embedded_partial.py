@@ -2,11 +2,12 @@
 ``rollout/base.py``): one background thread decodes the submitted requests in batches, in-process; an interrupt
 stops it after the current token and hands the unfinished requests back with what they kept.
 
-Resumes are exact: a request's token ``j`` is sampled with a uniform drawn from its own generator seeded by
-(request seed, j) (inverse-CDF sampling), never from a batch-wide stream, so neither the batch a request shares
-nor where it was interrupted changes which token it draws. A resumed request is prefilled with
-``prompt + kept tokens`` and continues at index ``len(kept)``: with unchanged weights it yields the tokens of an
-uninterrupted run (``tests/test_partial_rollouts.py``).
+Resumes are exact: a request's token ``j`` is drawn from (request seed, j) by the engine's one sampler
+(rollout/sampler.py), never from a batch-wide stream, so neither the batch a request shares nor where it was
+interrupted changes which token it draws. A resumed request is prefilled with ``prompt + kept tokens`` and
+continues at index ``len(kept)``: with unchanged weights it yields the tokens of an uninterrupted run
+(``tests/test_partial_rollouts.py``). A batch is decoded by the engine's own loop (``decode_rows``), so the
+requests of a call submitted at once are decoded exactly as ``generate`` decodes the same call.
 """
 
 from __future__ import annotations
@@ -17,16 +18,6 @@ import time
 import torch
 
 from megatron_corew.rollout.base import Request
-from megatron_corew.rollout.embedded import left_padded, step_distribution
-
-_MASK = (1 << 63) - 1
-
-
-def token_uniform(seed: int, index: int) -> float:
-    """The uniform in [0, 1) that picks token ``index`` of the request with ``seed``."""
-    g = torch.Generator()
-    g.manual_seed((int(seed) * 6364136223846793005 + int(index) * 1442695040888963407 + 1) & _MASK)
-    return float(torch.rand((), generator=g, dtype=torch.float64))
 
 
 class PartialDecoder:
@@ -143,62 +134,23 @@ class PartialDecoder:
             self.cond.notify_all()
 
     def _decode(self, batch: list[Request]) -> None:
-        from transformers import DynamicCache
-
         eng = self.engine
-        dev = eng.device
         version = int(eng.weight_version)
-        params = batch[0].params
         t0 = time.perf_counter()
-        inputs = [list(r.prompt_ids) + list(r.response_ids) for r in batch]
-        n = len(batch)
-        step_ids, mask, step_pos = left_padded(inputs, eng.pad, dev)
-        cache = DynamicCache()
-        live = list(range(n))  # decode-batch row -> index into batch
-        new_ids: list[list[int]] = [[] for _ in batch]
-        new_lps: list[list[float]] = [[] for _ in batch]
-        produced = 0
-        while live and not self.stop:
-            logits = eng._forward(step_ids, mask, step_pos, cache)
-            logp_all, probs = step_distribution(logits, params)
-            if probs is None:
-                token = logits.argmax(dim=-1)
-            else:
-                cdf = probs.double().cumsum(-1)
-                u = torch.tensor(
-                    [token_uniform(batch[k].seed, len(batch[k].response_ids) + produced) for k in live],
-                    dtype=torch.float64,
-                    device=dev,
-                )
-                token = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(-1), right=True).squeeze(-1)
-                token = token.clamp(max=cdf.shape[-1] - 1)
-            token_logp = logp_all.gather(-1, token.unsqueeze(-1)).squeeze(-1).tolist()
-            produced += 1
-            keep_rows = []
-            for row, k in enumerate(live):
-                t = int(token[row])
-                new_ids[k].append(t)
-                new_lps[k].append(float(token_logp[row]))
-                if t in eng.eos:
-                    self._finish(batch[k], new_ids[k], new_lps[k], version, "stop")
-                elif len(new_ids[k]) >= batch[k].remaining:
-                    self._finish(batch[k], new_ids[k], new_lps[k], version, "length")
-                else:
-                    keep_rows.append(row)
-            if len(keep_rows) < len(live):  # finished rows leave the decode batch
-                sel = torch.tensor(keep_rows, dtype=torch.long, device=dev)
-                if keep_rows:
-                    cache.batch_select_indices(sel)
-                live = [live[row] for row in keep_rows]
-                mask, token = mask[sel], token[sel]
-                step_pos = step_pos[sel]
-            step_ids = token.unsqueeze(-1)
-            step_pos = step_pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=dev)], dim=-1)
-        for k in live:  # interrupted: keep what was decoded
-            self._finish(batch[k], new_ids[k], new_lps[k], version, None)
+        tokens, logps, lengths, reasons = eng.decode_rows(
+            [list(r.prompt_ids) + list(r.response_ids) for r in batch],
+            batch[0].params,
+            [r.seed for r in batch],
+            [len(r.response_ids) for r in batch],
+            [r.remaining for r in batch],
+            stop=lambda: self.stop,
+            on_finish=lambda k, ids, lps, reason: self._finish(batch[k], ids, lps, version, reason),
+        )
+        for k, r in enumerate(batch):
+            if reasons[k] is None:  # interrupted: keep what was decoded
+                self._finish(r, tokens[k, : lengths[k]].tolist(), logps[k, : lengths[k]].tolist(), version, None)
         eng.stats["seconds"] += time.perf_counter() - t0
-        eng.stats["tokens"] += sum(len(x) for x in new_ids)
+        eng.stats["tokens"] += sum(lengths)
 
 
 def _kind(r: Request) -> tuple:

@@ -19,7 +19,6 @@ step takes its whole groups. See docs/ASYNC.md.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -29,6 +28,7 @@ from megatron_corew.policy import parallel
 from megatron_corew.records import StepBatch
 from megatron_corew.rollout import streaming
 from megatron_corew.rollout.base import Generation, SamplingParams
+from megatron_corew.rollout.sampler import seed_hash
 
 __all__ = ["PromptSource", "RolloutGenerator", "sampling_seed"]
 
@@ -46,8 +46,7 @@ def sampling_seed(seed: int, role: str, step: int = 0, round: int = 0) -> int:
     """The sampling seed of one generation call: a 63-bit hash of (run seed, role, step, dynamic-sampling round),
     so that no two roles (policy, teacher, validation, any other), steps or rounds draw the same samples, for
     every run seed."""
-    key = f"{seed}/{role}/{step}/{round}".encode()
-    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big") >> 1
+    return seed_hash(seed, role, step, round)
 
 
 def _timed(engine, prompts, params):

@@ -14,17 +14,11 @@ regenerated (``--stale-samples``). See docs/ASYNC.md.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 
 from megatron_corew.rollout.base import Request, SamplingParams
+from megatron_corew.rollout.sampler import request_seed
 
 __all__ = ["GroupStream", "StreamStats", "keep_units", "label_versions", "request_seed"]
-
-
-def request_seed(batch_seed: int, row: int) -> int:
-    """The sampling seed of row ``row`` of a step whose generation seed is ``batch_seed`` (63 bits)."""
-    digest = hashlib.blake2b(f"{batch_seed}/{row}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
 
 
 @dataclasses.dataclass
@@ -75,7 +69,7 @@ class GroupStream:
     ) -> None:
         """Submit every sample of ``step`` in one call (the engine batches them), tracked per unit:
         ``unit_of_row[i]`` names the unit of row ``i`` (its prompt's pair id). Row ``i`` samples with
-        ``request_seed(params.seed, i)``."""
+        ``request_seed(params.seed, i)``, as row ``i`` of a synchronous ``generate`` of the step does."""
         if self.has_step(step):
             raise RuntimeError(f"step {step + 1}: its groups were already submitted")
         new = []
