@@ -64,7 +64,7 @@ def _marked_processes() -> dict:
     import psutil
 
     found = {}
-    for p in psutil.process_iter(["pid", "create_time"]):
+    for p in psutil.process_iter(["pid", "create_time", "name"]):
         if p.pid == os.getpid():
             continue
         try:
@@ -85,7 +85,7 @@ def no_leaked_processes(request):
     before = set(_marked_processes())
     yield
     # torch's shared-memory manager is an idle daemon that lives as long as the process that needed it
-    left = [p for key, p in _marked_processes().items() if key not in before and p.name() != "torch_shm_manager"]
+    left = [p for key, p in _marked_processes().items() if key not in before and p.info["name"] != "torch_shm_manager"]
     if not left:
         return
     names = []
