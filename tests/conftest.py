@@ -54,6 +54,12 @@ def warm_bundle(tmp_path_factory):
     return make_warm_bundle(str(tmp_path_factory.mktemp("warm_bundle")))
 
 
+def _tell(config, lines: list[str]) -> None:
+    """Print to the terminal now, past pytest's output capture."""
+    with config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
+        print("\n" + "\n".join(lines), flush=True)
+
+
 # Every process a test starts inherits this marker (subprocesses copy os.environ), so the sweep below finds the
 # ones that outlived their test even after they left this process's tree (setsid, a parent that died).
 _RUN_MARKER = ("MEGATRON_COREW_TEST_RUN", f"{os.getpid()}-{os.urandom(4).hex()}")
@@ -96,9 +102,10 @@ def no_leaked_processes(request):
         except psutil.Error:
             pass
     psutil.wait_procs(left, timeout=10)
-    line = f"{request.module.__name__} left {len(left)} processes running, killed: {'; '.join(names)}"
-    with request.config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
-        print(f"\n[conftest] {line}", flush=True)
+    _tell(
+        request.config,
+        [f"[conftest] {request.module.__name__} left {len(left)} processes running, killed: {'; '.join(names)}"],
+    )
 
 
 _config = None
@@ -140,8 +147,7 @@ def pytest_runtest_logreport(report):
     lines = [f"[conftest] {what} {report.nodeid} ({report.when}, {report.duration:.0f} s); {_machine_state()}"]
     if report.failed:
         lines += ["  " + x for x in report.longreprtext.splitlines()[-25:]]
-    with _config.pluginmanager.get_plugin("capturemanager").global_and_fixture_disabled():
-        print("\n" + "\n".join(lines), flush=True)
+    _tell(_config, lines)
 
 
 def pytest_terminal_summary(terminalreporter):
